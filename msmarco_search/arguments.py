@@ -1,0 +1,62 @@
+"""Command-line flags shared by the scripts, so every stage spells them the same way."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .report import info
+from .sources import HUB_CONFIGS, Source, open_source
+
+
+def add_source_arguments(parser: Any) -> None:
+    """The data-source flags every stage shares."""
+    group = parser.add_argument_group("data source")
+    group.add_argument("--dataset-path", nargs="+", default=None, metavar="PATH",
+                       help="read local data instead of the hub: row-layout .jsonl/.json/.parquet file(s) or "
+                            "folder, a datasets.save_to_disk folder, or the official TSVs (a folder, or "
+                            "collection/queries/qrels/top1000 files named one by one)")
+    group.add_argument("--dataset-config", default="v1.1", choices=HUB_CONFIGS, help="hub config (default v1.1)")
+    group.add_argument("--split", default="train",
+                       help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train)")
+    group.add_argument("--data-dir", default="data", help="cache folder for the hub and derived files (./data)")
+    group.add_argument("--min-relevance", type=int, default=1,
+                       help="TSV qrels: the lowest grade that counts as relevant (default 1)")
+
+
+def source_from_args(args: Any) -> Source:
+    source = open_source(args.dataset_path, args.dataset_config, args.split, args.data_dir, args.min_relevance)
+    info(f"Data source: {source.description}")
+    return source
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1."""
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be 0."""
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value

@@ -1,0 +1,94 @@
+"""Triplets as token arrays (tokenised once, cached, memory-mapped) and the batches cut from them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arrays import TokenArrays
+from .errors import PipelineError
+from .report import info
+from .text import TOKENIZER_VERSION
+from .triplets import Triplets
+from .vocab import Vocabulary
+
+SIDES = ("queries", "positives", "negatives")
+
+
+@dataclass
+class TokenBatch:
+    """A batch of token sequences in ``nn.EmbeddingBag`` form: flat ids and the start offset of each row."""
+
+    ids: torch.Tensor  # int64, (total tokens,)
+    offsets: torch.Tensor  # int64, (batch,)
+
+    @classmethod
+    def from_arrays(cls, arrays: TokenArrays, indices: np.ndarray) -> TokenBatch:
+        ids, offsets = arrays.gather(indices)
+        return cls(torch.from_numpy(ids), torch.from_numpy(offsets))
+
+    @classmethod
+    def from_lists(cls, sequences: list[list[int]]) -> TokenBatch:
+        lengths = [len(s) for s in sequences]
+        offsets = np.zeros(len(sequences), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        flat = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=sum(lengths))
+        return cls(torch.from_numpy(flat), torch.from_numpy(offsets))
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def lengths(self) -> torch.Tensor:
+        ends = torch.cat([self.offsets[1:], self.offsets.new_tensor([len(self.ids)])])
+        return ends - self.offsets
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(self.ids.to(device, non_blocking=True), self.offsets.to(device, non_blocking=True))
+
+
+@dataclass
+class TripletArrays:
+    queries: TokenArrays
+    positives: TokenArrays
+    negatives: TokenArrays
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def batch(self, indices: np.ndarray) -> tuple[TokenBatch, TokenBatch, TokenBatch]:
+        return (TokenBatch.from_arrays(self.queries, indices), TokenBatch.from_arrays(self.positives, indices),
+                TokenBatch.from_arrays(self.negatives, indices))
+
+
+def vocabulary_fingerprint(vocab: Vocabulary) -> str:
+    digest = hashlib.sha256("\n".join(vocab.index_to_word).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: int, max_passage_length: int,
+                      cache_dir: Path | None = None, source_identity: str = "") -> TripletArrays:
+    """Tokenise the three columns once; with ``cache_dir`` and a ``source_identity``, reuse earlier work."""
+    cache = None
+    if cache_dir is not None and source_identity:
+        key = hashlib.sha256("|".join([source_identity, vocabulary_fingerprint(vocab), str(max_query_length),
+                                       str(max_passage_length), TOKENIZER_VERSION]).encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"triplet_tokens_{key}"
+        if (cache / "negatives.offsets.npy").is_file():
+            try:
+                arrays = TripletArrays(*(TokenArrays.load(cache, side) for side in SIDES))
+                if len(arrays.queries) == len(triplets):
+                    info(f"📦 Loading cached token arrays from {cache}")
+                    return arrays
+            except PipelineError:
+                pass  # a damaged cache is rebuilt below
+    limits = {"queries": max_query_length, "positives": max_passage_length, "negatives": max_passage_length}
+    arrays = TripletArrays(*(vocab.encode_many(getattr(triplets, side), limits[side], total=len(triplets),
+                                               desc=f"Tokenising {side}") for side in SIDES))
+    if cache is not None:
+        for side in SIDES:
+            getattr(arrays, side).save(cache, side)
+    return arrays

@@ -1,0 +1,197 @@
+"""The two-tower model: a query tower and a passage tower over CBOW-initialised word vectors.
+
+Each tower maps a batch of token sequences to L2-normalised vectors; relevance is their dot product.
+
+- ``mean`` (default): a weighted mean of the word vectors (each vocabulary word has a learned weight,
+  ``exp(w)``, starting at 1, so the tower starts as a plain mean), then a linear head (identity at start
+  when the sizes match, so an untrained model is the zero-shot CBOW mean). Built on ``nn.EmbeddingBag``
+  over flat ids: no padding, and sparse gradients for the big embedding matrix.
+- ``gru``: a bidirectional GRU over the word vectors, masked mean over its states, a linear head.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batches import TokenBatch, vocabulary_fingerprint
+from .checkpoints import KIND_TWO_TOWER, load_torch, save_torch
+from .errors import PipelineError
+from .vocab import PAD_ID, Vocabulary
+
+TOWERS = ("mean", "gru")
+
+
+@dataclass
+class TwoTowerConfig:
+    vocab_size: int
+    embedding_dim: int
+    output_dim: int = 0  # 0: same as embedding_dim
+    tower: str = "mean"
+    gru_hidden_dim: int = 256
+    token_weights: bool = True
+    freeze_embeddings: bool = False
+    sparse_embeddings: bool = True
+    shared_towers: bool = False
+    max_query_length: int = 32
+    max_passage_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.tower not in TOWERS:
+            raise PipelineError(f"unknown tower {self.tower!r} (use {', '.join(TOWERS)})")
+        if not self.output_dim:
+            self.output_dim = self.embedding_dim
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TwoTowerConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _embedding_weight(config: TwoTowerConfig, embeddings: torch.Tensor | None) -> nn.Parameter:
+    if embeddings is None:
+        weight = torch.randn(config.vocab_size, config.embedding_dim) * 0.1
+    else:
+        weight = embeddings.detach().clone().float()
+    weight[PAD_ID] = 0.0
+    return nn.Parameter(weight, requires_grad=not config.freeze_embeddings)
+
+
+def _head(in_dim: int, out_dim: int) -> nn.Linear:
+    head = nn.Linear(in_dim, out_dim)
+    if in_dim == out_dim:
+        with torch.no_grad():
+            head.weight.copy_(torch.eye(in_dim))
+            head.bias.zero_()
+    return head
+
+
+class MeanPoolTower(nn.Module):
+    def __init__(self, config: TwoTowerConfig, embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(config.vocab_size, config.embedding_dim, mode="sum",
+                                         sparse=config.sparse_embeddings)
+        self.embedding.weight = _embedding_weight(config, embeddings)
+        self.token_weight = (nn.Embedding(config.vocab_size, 1, sparse=config.sparse_embeddings)
+                             if config.token_weights else None)
+        if self.token_weight is not None:
+            nn.init.zeros_(self.token_weight.weight)
+        self.head = _head(config.embedding_dim, config.output_dim)
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        ids, offsets = batch.ids, batch.offsets
+        if self.token_weight is not None:
+            weights = self.token_weight(ids).squeeze(-1).clamp(-10, 10).exp()
+        else:
+            weights = torch.ones(len(ids), device=ids.device, dtype=self.embedding.weight.dtype)
+        weights = weights * (ids != PAD_ID)
+        summed = self.embedding(ids, offsets, per_sample_weights=weights)
+        rows = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), batch.lengths())
+        total = torch.zeros(len(offsets), device=ids.device, dtype=weights.dtype).index_add_(0, rows, weights)
+        pooled = summed / total.clamp_min(1e-6).unsqueeze(-1)
+        return F.normalize(self.head(pooled), dim=-1)
+
+
+class GRUTower(nn.Module):
+    def __init__(self, config: TwoTowerConfig, embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=PAD_ID,
+                                      sparse=config.sparse_embeddings)
+        self.embedding.weight = _embedding_weight(config, embeddings)
+        self.gru = nn.GRU(config.embedding_dim, config.gru_hidden_dim, batch_first=True, bidirectional=True)
+        self.head = _head(2 * config.gru_hidden_dim, config.output_dim)
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        ids, offsets = batch.ids, batch.offsets
+        lengths = batch.lengths()
+        width = max(int(lengths.max().item()) if len(lengths) else 1, 1)
+        rows = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), lengths)
+        columns = torch.arange(len(ids), device=ids.device) - torch.repeat_interleave(offsets, lengths)
+        padded = ids.new_full((len(offsets), width), PAD_ID)
+        padded[rows, columns] = ids
+        states, _ = self.gru(self.embedding(padded))
+        mask = (padded != PAD_ID).unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return F.normalize(self.head(pooled), dim=-1)
+
+
+class TwoTowerModel(nn.Module):
+    def __init__(self, config: TwoTowerConfig, embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        tower_class = MeanPoolTower if config.tower == "mean" else GRUTower
+        self.query_tower = tower_class(config, embeddings)
+        self.passage_tower = self.query_tower if config.shared_towers else tower_class(config, embeddings)
+
+    def encode_queries(self, batch: TokenBatch) -> torch.Tensor:
+        return self.query_tower(batch)
+
+    def encode_passages(self, batch: TokenBatch) -> torch.Tensor:
+        return self.passage_tower(batch)
+
+    def forward(self, queries: TokenBatch, positives: TokenBatch,
+                negatives: TokenBatch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return (self.encode_queries(queries), self.encode_passages(positives),
+                None if negatives is None else self.encode_passages(negatives))
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters that get sparse gradients (the embedding tables); the rest are dense."""
+        sparse = []
+        for module in self.modules():
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
+                if module.weight.requires_grad and all(module.weight is not p for p in sparse):
+                    sparse.append(module.weight)
+        return sparse
+
+
+def save_two_tower(path: str | Path, model: TwoTowerModel, vocab: Vocabulary, extra: dict[str, Any]) -> Path:
+    """Weights, config and vocabulary in one file, with an id that indexes built from it record."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_torch({"model_id": uuid.uuid4().hex, "config": asdict(model.config), "state_dict": state,
+                       "index_to_word": vocab.index_to_word, "vocabulary_fingerprint": vocabulary_fingerprint(vocab),
+                       **extra}, path, KIND_TWO_TOWER)
+
+
+def load_two_tower(path: str | Path, device: torch.device | str = "cpu"
+                   ) -> tuple[TwoTowerModel, Vocabulary, dict[str, Any]]:
+    """A saved model in eval mode, its vocabulary, and the rest of the file (``model_id``, metadata)."""
+    data = load_torch(path, KIND_TWO_TOWER)
+    try:
+        config = TwoTowerConfig.from_dict(data["config"])
+        vocab = Vocabulary(data["index_to_word"])
+        model = TwoTowerModel(config)
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PipelineError(f"model file is incomplete or inconsistent ({first})", path) from error
+    if len(vocab) != config.vocab_size:
+        raise PipelineError(f"model vocabulary has {len(vocab)} words but its config says {config.vocab_size}",
+                            path)
+    model.to(device).eval()
+    return model, vocab, {k: v for k, v in data.items() if k not in ("state_dict", "index_to_word")}
+
+
+@torch.no_grad()
+def encode_texts(model: TwoTowerModel, vocab: Vocabulary, texts: list[str], side: str,
+                 device: torch.device | str = "cpu", batch_size: int = 1024) -> torch.Tensor:
+    """Vectors for ``texts`` from the query tower (``side="query"``) or the passage tower, on the CPU."""
+    if side not in ("query", "passage"):
+        raise ValueError(f"side must be 'query' or 'passage', not {side!r}")
+    encode = model.encode_queries if side == "query" else model.encode_passages
+    limit = model.config.max_query_length if side == "query" else model.config.max_passage_length
+    was_training = model.training
+    model.eval()
+    vectors = []
+    for start in range(0, len(texts), batch_size):
+        batch = TokenBatch.from_lists([vocab.encode(t, limit) for t in texts[start:start + batch_size]])
+        vectors.append(encode(batch.to(device)).float().cpu())
+    model.train(was_training)
+    if not vectors:
+        return torch.zeros(0, model.config.output_dim)
+    return torch.cat(vectors)

@@ -1,0 +1,26 @@
+"""The one place the library talks to the user: plain lines on stdout and tqdm progress bars on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def info(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs) -> Iterator[T]:
+    """A tqdm bar; ``MSMARCO_SEARCH_NO_PROGRESS=1`` silences it (handy in logs and tests)."""
+    disable = os.environ.get("MSMARCO_SEARCH_NO_PROGRESS") == "1"
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, **kwargs)

@@ -1,0 +1,465 @@
+"""Where MS MARCO comes from: the Hugging Face hub, local row files, or the official passage-ranking TSVs.
+
+Every source yields the same records to the stages: ``QueryRecord(query_id, query, passages)`` where each
+passage has an id, a text and whether it was judged relevant (``is_selected``). A source also yields the raw
+texts a CBOW model learns from (``corpus_texts``) and a fingerprint (``identity``) that caches are keyed on.
+
+Row layout (hub, ``.jsonl``/``.json``/``.parquet``, ``datasets.save_to_disk`` folders)::
+
+    query, query_id, query_type, passages{is_selected, passage_text, url}, answers, wellFormedAnswers
+
+Official TSV layout: ``collection.tsv`` (pid, text), ``queries.<split>.tsv`` (qid, text), qrels in TREC form
+(``qid 0 pid rel``) and optionally a candidates file in the ``top1000`` layout (qid, pid, query, passage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PipelineError
+
+HUB_DATASET = "microsoft/ms_marco"
+HUB_CONFIGS = ("v1.1", "v2.1")
+ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass
+class Passage:
+    pid: str
+    text: str
+    is_selected: bool
+
+
+@dataclass
+class QueryRecord:
+    query_id: str
+    query: str
+    passages: list[Passage] = field(default_factory=list)
+
+    @property
+    def positives(self) -> list[Passage]:
+        return [p for p in self.passages if p.is_selected]
+
+    @property
+    def non_selected(self) -> list[Passage]:
+        return [p for p in self.passages if not p.is_selected]
+
+
+def text_id(text: str) -> str:
+    """A stable passage id for sources that give none (hub rows): identical texts share it."""
+    return "h" + hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+class Source(ABC):
+    """A readable MS MARCO source. ``has_candidates``: whether records carry non-relevant passages."""
+
+    description: str
+    has_candidates: bool = True
+
+    @abstractmethod
+    def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
+        """Query records in source order, at most ``max_samples`` of them."""
+
+    def corpus_texts(self, max_samples: int | None = None) -> Iterator[str]:
+        """Texts to learn word vectors from: each query, and each distinct passage once."""
+        seen: set[str] = set()
+        for record in self.records(max_samples):
+            yield record.query
+            for passage in record.passages:
+                if passage.pid not in seen:
+                    seen.add(passage.pid)
+                    yield passage.text
+
+    @abstractmethod
+    def identity(self) -> str:
+        """A string that changes whenever the data behind the source changes (cache keys use it)."""
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _check_max_samples(max_samples: int | None) -> None:
+    if max_samples is not None and max_samples <= 0:
+        raise PipelineError(f"--max-samples must be a positive number, got {max_samples}")
+
+
+# ---------------------------------------------------------------------------------------------- row layout
+
+
+def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
+    try:
+        query = row["query"]
+        passages = row["passages"]
+        selected = passages["is_selected"]
+        texts = passages["passage_text"]
+    except (KeyError, TypeError) as error:
+        raise PipelineError(
+            f"row is not in the MS MARCO row layout (needs query and passages{{is_selected, passage_text}}; "
+            f"missing {error})", where) from error
+    if not isinstance(query, str) or not isinstance(texts, list) or not isinstance(selected, list):
+        raise PipelineError("row is not in the MS MARCO row layout (query must be text, passages lists)", where)
+    if len(selected) != len(texts):
+        raise PipelineError("passages.is_selected and passages.passage_text differ in length", where)
+    ids = row.get("passage_ids") or passages.get("passage_id") or [text_id(str(t)) for t in texts]
+    query_id = row.get("query_id")
+    return QueryRecord(
+        query_id=str(query_id) if query_id is not None else text_id(query),
+        query=query,
+        passages=[Passage(str(pid), str(text), bool(sel))
+                  for pid, text, sel in zip(ids, texts, selected, strict=False)],
+    )
+
+
+class RowFileSource(Source):
+    """Local files in the row layout: ``.jsonl``, ``.json`` (lines or one list) or ``.parquet``."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        self.description = ", ".join(str(p) for p in paths)
+
+    def identity(self) -> str:
+        return "rows|" + "|".join(_file_identity(p) for p in self.paths)
+
+    def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
+        _check_max_samples(max_samples)
+        count = 0
+        for path in self.paths:
+            for row, where in self._rows(path):
+                yield _record_from_row(row, where)
+                count += 1
+                if max_samples is not None and count >= max_samples:
+                    return
+
+    def _rows(self, path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+        if path.stat().st_size == 0:
+            raise PipelineError("file is empty", path)
+        if path.suffix == ".parquet":
+            yield from self._parquet_rows(path)
+            return
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            first = handle.read(1)
+            while first and first.isspace():
+                first = handle.read(1)
+            handle.seek(0)
+            if first == "[":
+                try:
+                    rows = json.load(handle)
+                except json.JSONDecodeError as error:
+                    raise PipelineError(f"not valid JSON ({error})", path) from error
+                for number, row in enumerate(rows, 1):
+                    yield row, f"{path} (row {number})"
+                return
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise PipelineError(f"line {number} is not valid JSON ({error.msg})", path) from error
+                yield row, f"{path} (line {number})"
+
+    @staticmethod
+    def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+        import pyarrow.parquet as pq  # installed with datasets
+
+        try:
+            parquet = pq.ParquetFile(path)
+            number = 0
+            for batch in parquet.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield row, f"{path} (row {number})"
+        except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) on bad files
+            raise PipelineError(f"not a readable parquet file ({error})", path) from error
+
+
+class DatasetsDiskSource(Source):
+    """A folder written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict`` of splits)."""
+
+    def __init__(self, path: Path, split: str):
+        self.path = path
+        self.split = split
+        self.description = f"{path} (datasets folder)"
+
+    def identity(self) -> str:
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        return "disk|" + self.split + "|" + "|".join(_file_identity(p) for p in files)
+
+    def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
+        import datasets
+
+        _check_max_samples(max_samples)
+        try:
+            data = datasets.load_from_disk(str(self.path))
+        except (FileNotFoundError, ValueError, OSError) as error:
+            raise PipelineError(f"not a readable datasets folder ({error})", self.path) from error
+        if isinstance(data, datasets.DatasetDict):
+            if self.split not in data:
+                raise PipelineError(f"has no split {self.split!r} (it has {', '.join(data)})", self.path)
+            data = data[self.split]
+        for number, row in enumerate(data, 1):
+            yield _record_from_row(row, f"{self.path} (row {number})")
+            if max_samples is not None and number >= max_samples:
+                return
+
+
+class HubSource(Source):
+    """``microsoft/ms_marco`` from the Hugging Face hub, cached under ``data_dir``."""
+
+    def __init__(self, config: str, split: str, data_dir: Path):
+        if config not in HUB_CONFIGS:
+            raise PipelineError(f"unknown MS MARCO config {config!r} (use one of {', '.join(HUB_CONFIGS)})")
+        self.config, self.split, self.data_dir = config, split, data_dir
+        self.description = f"{HUB_DATASET} {config} [{split}] (hub, cached in {data_dir})"
+
+    def identity(self) -> str:
+        return f"hub|{HUB_DATASET}|{self.config}|{self.split}"
+
+    def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
+        _check_max_samples(max_samples)
+        for number, row in enumerate(self._load(), 1):
+            yield _record_from_row(row, f"{HUB_DATASET} {self.config} {self.split} (row {number})")
+            if max_samples is not None and number >= max_samples:
+                return
+
+    def _load(self) -> Iterable[dict[str, Any]]:
+        import datasets
+
+        try:
+            return datasets.load_dataset(HUB_DATASET, self.config, split=self.split, cache_dir=str(self.data_dir))
+        except Exception as error:  # datasets raises many types when offline; name the remedy in one line
+            if _looks_offline(error):
+                raise PipelineError(
+                    f"cannot reach the Hugging Face hub to download {HUB_DATASET} ({type(error).__name__}); "
+                    "use --dataset-path with local files (row .jsonl/.parquet or the official TSVs) instead"
+                ) from error
+            raise PipelineError(f"cannot load {HUB_DATASET} {self.config} [{self.split}]: "
+                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+
+
+def _looks_offline(error: BaseException) -> bool:
+    names = {type(e).__name__ for e in _chain(error)}
+    text = " ".join(str(e) for e in _chain(error)).lower()
+    return bool(names & {"ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "Timeout",
+                         "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NameResolutionError"}) or any(
+        word in text for word in ("connection", "offline", "resolve", "unreachable", "couldn't reach"))
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+# ---------------------------------------------------------------------------------------------- TSV layout
+
+
+def _read_tsv(path: Path, columns: int, what: str) -> Iterator[list[str]]:
+    """Rows of a tab-separated file with at least ``columns`` fields (extra tabs stay in the last field)."""
+    if path.stat().st_size == 0:
+        raise PipelineError("file is empty", path)
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            fields = line.split("\t", columns - 1)
+            if len(fields) < columns:
+                raise PipelineError(f"line {number} has {len(fields)} tab-separated field(s), a {what} file needs "
+                                    f"{columns}", path)
+            yield fields
+
+
+def read_collection(path: Path) -> Iterator[tuple[str, str]]:
+    """``(pid, text)`` pairs of a ``collection.tsv``, streamed."""
+    yield from _read_tsv(path, 2, "collection (pid<TAB>text)")
+
+
+def read_queries(path: Path) -> dict[str, str]:
+    return {qid: text for qid, text in _read_tsv(path, 2, "queries (qid<TAB>text)")}
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """TREC qrels ``qid 0 pid rel`` (whitespace-separated) as ``{qid: {pid: rel}}``."""
+    if path.stat().st_size == 0:
+        raise PipelineError("file is empty", path)
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 4:
+                raise PipelineError(f"line {number} is not a qrels line (qid 0 pid relevance)", path)
+            try:
+                qrels.setdefault(fields[0], {})[fields[2]] = int(fields[3])
+            except ValueError as error:
+                raise PipelineError(f"line {number}: relevance {fields[3]!r} is not an integer", path) from error
+    return qrels
+
+
+def read_candidates(path: Path) -> Iterator[tuple[str, str, str, str]]:
+    """``(qid, pid, query, passage)`` rows of a ``top1000``-layout file, streamed."""
+    yield from _read_tsv(path, 4, "candidates (qid<TAB>pid<TAB>query<TAB>passage)")
+
+
+@dataclass
+class TsvFiles:
+    collection: Path | None = None
+    queries: Path | None = None
+    qrels: Path | None = None
+    candidates: Path | None = None
+
+
+class TsvSource(Source):
+    """The official passage-ranking files. Relevant = qrels grade >= ``min_relevance``.
+
+    Records are the judged queries with at least one relevant passage. Their passages are the candidates
+    (when a candidates file is given) plus the relevant passages; without candidates they hold the relevant
+    passages only, and ``has_candidates`` is False.
+    """
+
+    def __init__(self, files: TsvFiles, min_relevance: int = 1):
+        self.files = files
+        self.min_relevance = min_relevance
+        self.has_candidates = files.candidates is not None
+        named = [f"{k}={v}" for k, v in vars(files).items() if v is not None]
+        self.description = "TSV files: " + ", ".join(named)
+
+    def identity(self) -> str:
+        parts = [_file_identity(p) for p in vars(self.files).values() if p is not None]
+        return f"tsv|{self.min_relevance}|" + "|".join(parts)
+
+    def corpus_texts(self, max_samples: int | None = None) -> Iterator[str]:
+        """The collection's passages (the first ``max_samples``) and every query text."""
+        _check_max_samples(max_samples)
+        if self.files.collection is None:
+            yield from super().corpus_texts(max_samples)
+            return
+        if self.files.queries is not None:
+            yield from read_queries(self.files.queries).values()
+        for number, (_, text) in enumerate(read_collection(self.files.collection), 1):
+            yield text
+            if max_samples is not None and number >= max_samples:
+                return
+
+    def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
+        _check_max_samples(max_samples)
+        if self.files.qrels is None:
+            raise PipelineError("the TSV source has no qrels file, so no query has a relevant passage; "
+                                "name a qrels file (qrels.<split>.tsv) too")
+        qrels = read_qrels(self.files.qrels)
+        queries = read_queries(self.files.queries) if self.files.queries else {}
+        candidates: dict[str, list[tuple[str, str]]] = {}
+        if self.files.candidates is not None:
+            for qid, pid, query, passage in read_candidates(self.files.candidates):
+                queries.setdefault(qid, query)
+                candidates.setdefault(qid, []).append((pid, passage))
+        order = [qid for qid in queries if any(r >= self.min_relevance for r in qrels.get(qid, {}).values())]
+        if max_samples is not None:
+            order = order[:max_samples]
+        known_text = {pid: text for pairs in candidates.values() for pid, text in pairs}
+        wanted = {pid for qid in order for pid, rel in qrels[qid].items()
+                  if rel >= self.min_relevance and pid not in known_text}
+        if wanted:
+            if self.files.collection is None:
+                raise PipelineError("relevant passages are not in the candidates file and no collection.tsv "
+                                    "was given to look them up")
+            for pid, text in read_collection(self.files.collection):
+                if pid in wanted:
+                    known_text[pid] = text
+        for qid in order:
+            relevant = {pid for pid, rel in qrels[qid].items() if rel >= self.min_relevance}
+            passages = [Passage(pid, text, pid in relevant) for pid, text in candidates.get(qid, [])]
+            listed = {p.pid for p in passages}
+            passages += [Passage(pid, known_text[pid], True) for pid in sorted(relevant - listed)
+                         if pid in known_text]
+            if any(p.is_selected for p in passages):
+                yield QueryRecord(qid, queries[qid], passages)
+
+
+def _classify_tsv(path: Path) -> str | None:
+    name = path.name.lower()
+    if "qrels" in name:
+        return "qrels"
+    if name.startswith("top") or "candidates" in name or "top1000" in name or "top100" in name:
+        return "candidates"
+    if "collection" in name or name.startswith("corpus"):
+        return "collection"
+    if "queries" in name or "topics" in name:
+        return "queries"
+    return None
+
+
+def _pick(paths: list[Path], split: str | None, kind: str) -> Path | None:
+    """The file of one kind: the one naming the split if any does, else the shortest name (the plain one)."""
+    if split:
+        paths = [p for p in paths if split.lower() in p.name.lower()] or paths
+    return min(paths, key=lambda p: (len(p.name), p.name)) if paths else None
+
+
+def tsv_files_from(paths: list[Path], split: str | None) -> TsvFiles:
+    """Sort the official TSV files (named one by one, or folders holding them) by kind."""
+    found: dict[str, list[Path]] = {"collection": [], "queries": [], "qrels": [], "candidates": []}
+    for path in paths:
+        entries = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        for entry in entries:
+            kind = _classify_tsv(entry)
+            if kind is None and not path.is_dir():
+                raise PipelineError("cannot tell what this file is: name it collection*.tsv, queries*.tsv, "
+                                    "qrels*, or top*/candidates* (top1000 layout)", entry)
+            if kind is not None and entry.suffix in (".tsv", ".txt", ".trec", ""):
+                found[kind].append(entry)
+    return TsvFiles(**{kind: _pick(found[kind], split, kind) for kind in found})
+
+
+# ---------------------------------------------------------------------------------------------- choosing
+
+
+def open_source(dataset_paths: list[str | Path] | None, config: str = "v1.1", split: str = "train",
+                data_dir: str | Path = "data", min_relevance: int = 1) -> Source:
+    """The source the user asked for: the hub by default, local files with ``--dataset-path``."""
+    if not dataset_paths:
+        return HubSource(config, split, Path(data_dir))
+    paths = [Path(p) for p in dataset_paths]
+    for path in paths:
+        if not path.exists():
+            raise PipelineError("not found", path)
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        if (folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists():
+            return DatasetsDiskSource(folder, split)
+        rows = sorted(p for p in folder.iterdir() if p.suffix in ROW_SUFFIXES and p.is_file())
+        if rows:
+            return RowFileSource(rows)
+        files = tsv_files_from(paths, split)
+        if not any(vars(files).values()):
+            raise PipelineError("holds no MS MARCO data (row .jsonl/.json/.parquet, a datasets folder, or "
+                                "collection/queries/qrels TSVs)", folder)
+        return TsvSource(files, min_relevance)
+    if all(p.is_file() and p.suffix in ROW_SUFFIXES for p in paths):
+        return RowFileSource(paths)
+    if any(p.suffix in ROW_SUFFIXES for p in paths if p.is_file()):
+        raise PipelineError("mixes row-layout files with other files; give one kind at a time")
+    return TsvSource(tsv_files_from(paths, split), min_relevance)
+
+
+def source_cache_key(source: Source, *parts: object) -> str:
+    """A short hash of the source's identity and any settings that change a derived file."""
+    text = "|".join([source.identity(), *map(str, parts)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+__all__ = [
+    "Passage", "QueryRecord", "Source", "RowFileSource", "DatasetsDiskSource", "HubSource", "TsvSource",
+    "TsvFiles", "open_source", "read_collection", "read_queries", "read_qrels", "read_candidates",
+    "source_cache_key", "text_id",
+]

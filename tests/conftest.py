@@ -1,0 +1,148 @@
+"""Small MS MARCO-format fixtures built on the fly, and a helper that runs the scripts like a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+FILLER = "the a of and to in is for on with as by at from that this it are be".split()
+
+
+@dataclass
+class Corpus:
+    """A synthetic corpus with a learnable signal: queries and passages of a topic use different words.
+
+    Query words never appear in passages, so CBOW alone cannot link a query to its passages, but a trained
+    two-tower model can (each topic's query words always go with that topic's passage words).
+    """
+
+    queries: list[tuple[str, str, int]]  # (query id, text, topic)
+    passages: list[tuple[str, str, int]]  # (passage id, text, topic)
+
+
+def make_corpus(topics: int = 12, queries_per_topic: int = 20, passages_per_topic: int = 10,
+                seed: int = 0) -> Corpus:
+    rng = random.Random(seed)
+    query_words = {t: [f"ask{t}x{k}" for k in range(5)] for t in range(topics)}
+    passage_words = {t: [f"doc{t}y{k}" for k in range(8)] for t in range(topics)}
+    queries, passages = [], []
+    for t in range(topics):
+        for i in range(passages_per_topic):
+            words = rng.choices(passage_words[t], k=10) + rng.choices(FILLER, k=8)
+            rng.shuffle(words)
+            passages.append((str(1000 + t * passages_per_topic + i), " ".join(words).capitalize() + ".", t))
+        for i in range(queries_per_topic):
+            words = ["what", "is"] + rng.sample(query_words[t], 3)
+            queries.append((str(t * queries_per_topic + i), " ".join(words), t))
+    return Corpus(queries, passages)
+
+
+def write_rows(corpus: Corpus, path: Path, per_query: int = 6, seed: int = 1) -> Path:
+    """The corpus in the Hugging Face ``microsoft/ms_marco`` row layout, one JSON object per line."""
+    rng = random.Random(seed)
+    by_topic: dict[int, list[str]] = {}
+    for _, text, topic in corpus.passages:
+        by_topic.setdefault(topic, []).append(text)
+    with open(path, "w") as handle:
+        for qid, query, topic in corpus.queries:
+            positives = rng.sample(by_topic[topic], 2)
+            others = [text for t, texts in by_topic.items() if t != topic for text in texts]
+            negatives = rng.sample(others, per_query - 2)
+            texts = positives + negatives
+            selected = [1, 1] + [0] * len(negatives)
+            row = {"query": query, "query_id": int(qid), "query_type": "description", "answers": [],
+                   "wellFormedAnswers": [],
+                   "passages": {"is_selected": selected, "passage_text": texts,
+                                "url": [f"http://example.com/{i}" for i in range(len(texts))]}}
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def write_tsv_folder(corpus: Corpus, folder: Path, split: str = "train", candidates: bool = True,
+                     per_query: int = 6, seed: int = 1) -> Path:
+    """The corpus as official passage-ranking files: collection, queries, qrels and a top1000 file."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "collection.tsv").write_text("".join(f"{pid}\t{text}\n" for pid, text, _ in corpus.passages))
+    (folder / f"queries.{split}.tsv").write_text("".join(f"{qid}\t{text}\n" for qid, text, _ in corpus.queries))
+    by_topic: dict[int, list[tuple[str, str]]] = {}
+    for pid, text, topic in corpus.passages:
+        by_topic.setdefault(topic, []).append((pid, text))
+    qrels, top = [], []
+    for qid, query, topic in corpus.queries:
+        positives = rng.sample(by_topic[topic], 2)
+        others = [p for t, ps in by_topic.items() if t != topic for p in ps]
+        for pid, _ in positives:
+            qrels.append(f"{qid} 0 {pid} 1\n")
+        for pid, text in positives[:1] + rng.sample(others, per_query - 1):
+            top.append(f"{qid}\t{pid}\t{query}\t{text}\n")
+    (folder / f"qrels.{split}.tsv").write_text("".join(qrels))
+    if candidates:
+        (folder / f"top1000.{split}.tsv").write_text("".join(top))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Corpus:
+    return make_corpus()
+
+
+@pytest.fixture(scope="session")
+def rows_file(tmp_path_factory, corpus) -> Path:
+    return write_rows(corpus, tmp_path_factory.mktemp("rows") / "train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tsv_folder(tmp_path_factory, corpus) -> Path:
+    return write_tsv_folder(corpus, tmp_path_factory.mktemp("tsv") / "msmarco")
+
+
+def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts with this interpreter, as ``uv run script.py args`` would."""
+    env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+                             f"stderr:\n{result.stderr}")
+    return result
+
+
+CBOW_SCRIPT = "text_embeddings/train_text_embeddings_cbow_msmarco.py"
+TRIPLETS_SCRIPT = "preprocessing/generate_triplets.py"
+TRAIN_SCRIPT = "training/train_two_tower_from_triplets.py"
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(tmp_path_factory, rows_file) -> dict[str, Path]:
+    """CBOW, triplets and a two-tower model made through the command line on the rows fixture (run once)."""
+    work = tmp_path_factory.mktemp("pipeline")
+    run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--epochs", "5",
+               "--vector-size", "32", cwd=work)
+    run_script(TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--max-samples", "1000", cwd=work)
+    triplets = next((work / "data").glob("msmarco_triplets_*.pkl"))
+    run_script(TRAIN_SCRIPT, triplets, "--epochs", "8", "--batch-size", "32", "--learning-rate", "3e-3",
+               cwd=work)
+    model = next((work / "checkpoints").glob("two_tower_model_*.pt"))
+    return {"work": work, "embeddings": work / "checkpoints" / "msmarco_word2vec.pt", "triplets": triplets,
+            "model": model, "rows": rows_file}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on ../shared/data are opt-in: set MSMARCO_REAL_DATA=1 to run them."""
+    if os.environ.get("MSMARCO_REAL_DATA") == "1":
+        return
+    skip = pytest.mark.skip(reason="real-data test; set MSMARCO_REAL_DATA=1 to run it")
+    for item in items:
+        if "real_data" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,150 @@
+"""Unit tests of the library modules: sources, token arrays, checkpoints, losses, model."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from msmarco_search.arrays import TokenArrays
+from msmarco_search.batches import TokenBatch
+from msmarco_search.checkpoints import KIND_TRIPLETS, load_pickle, save_pickle, timestamped_path
+from msmarco_search.errors import PipelineError
+from msmarco_search.losses import InBatchSoftmaxLoss, TripletMarginLoss
+from msmarco_search.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.sources import RowFileSource, TsvSource, open_source
+from msmarco_search.text import tokenize
+from msmarco_search.triplets import generate_triplets
+from msmarco_search.vocab import Vocabulary
+
+
+def test_tokenize_lowercases_and_keeps_alphanumerics():
+    assert tokenize("What's the COVID-19 rate? 3.5%") == ["what", "s", "the", "covid", "19", "rate", "3", "5"]
+
+
+def test_row_and_tsv_sources_yield_the_same_kind_of_records(rows_file, tsv_folder, corpus):
+    rows = open_source([rows_file])
+    assert isinstance(rows, RowFileSource)
+    records = list(rows.records(5))
+    assert len(records) == 5 and all(len(r.positives) == 2 for r in records)
+    tsv = open_source([tsv_folder])
+    assert isinstance(tsv, TsvSource) and tsv.has_candidates
+    records = list(tsv.records())
+    assert len(records) == len(corpus.queries)
+    assert all(r.positives and r.non_selected for r in records)
+    # files named one by one, without candidates
+    named = open_source([tsv_folder / "collection.tsv", tsv_folder / "queries.train.tsv",
+                         tsv_folder / "qrels.train.tsv"])
+    assert not named.has_candidates
+    first = next(named.records())
+    assert len(first.passages) == 2 and all(p.is_selected for p in first.passages)
+    assert sum(1 for _ in named.corpus_texts()) == len(corpus.passages) + len(corpus.queries)
+
+
+def test_sources_reject_bad_files(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"query": "x", "passages": {"is_selected": [1]}}\n')
+    with pytest.raises(PipelineError, match="rows.jsonl .line 1.*row layout"):
+        list(open_source([bad]).records())
+    qrels = tmp_path / "qrels.train.tsv"
+    qrels.write_text("1 0 2\n")
+    with pytest.raises(PipelineError, match="not a qrels line"):
+        list(open_source([qrels]).records())
+    with pytest.raises(PipelineError, match="not found"):
+        open_source([tmp_path / "missing.jsonl"])
+
+
+def test_max_samples_must_be_positive(rows_file):
+    with pytest.raises(PipelineError, match="positive"):
+        list(open_source([rows_file]).records(0))
+
+
+def test_token_arrays_gather_matches_python_slicing(tmp_path):
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(2, 100, size=rng.integers(0, 7)).astype(np.int32) for _ in range(50)]
+    offsets = np.zeros(51, dtype=np.int64)
+    np.cumsum([len(s) for s in sequences], out=offsets[1:])
+    arrays = TokenArrays(np.concatenate(sequences), offsets)
+    arrays.save(tmp_path, "x")
+    loaded = TokenArrays.load(tmp_path, "x")
+    indices = np.array([5, 0, 49, 5, 17])
+    ids, bag_offsets = loaded.gather(indices)
+    expected = [sequences[i] for i in indices]
+    assert ids.tolist() == [t for s in expected for t in s.tolist()]
+    assert bag_offsets.tolist() == np.cumsum([0] + [len(s) for s in expected[:-1]]).tolist()
+
+
+def test_truncated_token_arrays_are_refused(tmp_path):
+    TokenArrays(np.arange(10, dtype=np.int32), np.array([0, 4, 10], dtype=np.int64)).save(tmp_path, "t")
+    np.save(tmp_path / "t.ids.npy", np.arange(6, dtype=np.int32))
+    with pytest.raises(PipelineError, match="truncated"):
+        TokenArrays.load(tmp_path, "t")
+
+
+def test_pickle_loader_refuses_globals_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"kind": KIND_TRIPLETS, "format_version": 1, "x": Evil()}))
+    with pytest.raises(PipelineError, match="refus"):
+        load_pickle(path, KIND_TRIPLETS)
+    assert not marker.exists()
+    good = save_pickle({"queries": ["a"]}, tmp_path / "good.pkl", KIND_TRIPLETS)
+    assert load_pickle(good, KIND_TRIPLETS)["queries"] == ["a"]
+    newer = tmp_path / "newer.pkl"
+    newer.write_bytes(pickle.dumps({"kind": KIND_TRIPLETS, "format_version": 99}))
+    with pytest.raises(PipelineError, match="newer"):
+        load_pickle(newer, KIND_TRIPLETS)
+
+
+def test_timestamped_paths_are_unique_within_a_second(tmp_path):
+    paths = {timestamped_path(tmp_path, "two_tower_model", ".pt") for _ in range(5)}
+    assert len(paths) == 5
+
+
+def test_in_batch_softmax_loss_matches_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    n = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = InBatchSoftmaxLoss(scale=2.0)(q, p, n)
+    # query 0 scores: p0 1, p1 .6, n0 0, n1 1 -> target p0; query 1: p0 0, p1 .8, n0 1, n1 0 -> target p1
+    l0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2) + 1 + math.exp(2)))
+    l1 = -math.log(math.exp(1.6) / (1 + math.exp(1.6) + math.exp(2) + 1))
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    # own negatives: q0.n0 = 0, q1.n1 = 0
+    assert TripletMarginLoss(margin=0.5)(q, p, n).item() == 0.0
+    assert TripletMarginLoss(margin=1.5)(q, p, n).item() == pytest.approx(((1.5 - 1) + (1.5 - 0.8)) / 2)
+
+
+def test_untrained_mean_tower_is_the_normalised_mean_of_word_vectors():
+    vectors = torch.randn(6, 4)
+    model = TwoTowerModel(TwoTowerConfig(vocab_size=6, embedding_dim=4), vectors)
+    batch = TokenBatch.from_lists([[2, 3], [4], []])
+    out = model.encode_queries(batch)
+    expected = torch.nn.functional.normalize((vectors[2] + vectors[3]) / 2, dim=0)
+    assert torch.allclose(out[0], expected, atol=1e-5)
+    assert torch.allclose(out[2], torch.zeros(4))
+    gru = TwoTowerModel(TwoTowerConfig(vocab_size=6, embedding_dim=4, tower="gru", gru_hidden_dim=3), vectors)
+    assert gru.encode_passages(batch).shape == (3, 4)
+
+
+def test_vocabulary_maps_unknown_words_to_unk():
+    vocab = Vocabulary.from_words(["flea", "cycle"])
+    assert vocab.encode("Flea life cycle") == [2, 1, 3]
+
+
+def test_triplet_negatives_never_equal_positives(rows_file):
+    records = list(open_source([rows_file]).records())
+    records[0].passages[3].text = records[0].passages[0].text.upper()  # a duplicate of a positive
+    triplets, stats = generate_triplets(records, "mixed", seed=1)
+    assert stats.queries_read == len(records)
+    for p, n in zip(triplets.positives, triplets.negatives, strict=True):
+        assert p.lower() != n.lower()

@@ -1,0 +1,153 @@
+"""The three stages run through their command lines, the way a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import CBOW_SCRIPT, SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script
+
+from msmarco_search.cbow import load_embeddings
+from msmarco_search.model import TwoTowerConfig, TwoTowerModel, encode_texts, load_two_tower
+from msmarco_search.triplets import load_triplets, metadata_path
+
+
+def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_file):
+    first = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "16",
+                       "--epochs", "2", "-c", tmp_path / "ckpt", cwd=tmp_path)
+    assert "Processed and cached" in first.stdout
+    assert "=== Model Statistics ===" in first.stdout and "Embedding dimension: 16" in first.stdout
+    data = torch.load(tmp_path / "ckpt" / "msmarco_word2vec.pt", weights_only=True)
+    assert data["index_to_word"][:2] == ["<pad>", "<unk>"]
+    assert data["embeddings"].shape == (len(data["index_to_word"]), 16)
+    assert data["word_to_index"]["ask0x1"] == data["index_to_word"].index("ask0x1")
+    assert torch.all(data["embeddings"][0] == 0)
+
+    second = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "16",
+                        "--epochs", "2", "-c", tmp_path / "ckpt", cwd=tmp_path)
+    assert "Loading cached processed texts" in second.stdout
+
+    other = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--max-samples", "50", "--min-count", "1",
+                       "--vector-size", "16", "--epochs", "1", "-c", tmp_path / "ckpt", cwd=tmp_path)
+    assert "Loading cached processed texts" not in other.stdout
+    assert len(list((tmp_path / "data").glob("cbow_corpus_*.txt"))) == 2
+
+
+def test_triplets_from_rows_match_their_metadata(trained_pipeline, corpus):
+    triplets = load_triplets(trained_pipeline["triplets"])
+    metadata = json.loads(metadata_path(trained_pipeline["triplets"]).read_text())
+    assert trained_pipeline["triplets"].name.startswith("msmarco_triplets_0.24k_")
+    assert metadata["num_triplets"] == len(triplets) == 2 * len(corpus.queries)  # two positives per query
+    assert metadata["queries_read"] == len(corpus.queries)
+    assert metadata["negative_strategy"] == "hard" and metadata["seed"] == 42
+    assert all(p != n for p, n in zip(triplets.positives, triplets.negatives, strict=False))
+    assert metadata["hard_negatives"] == len(triplets)
+
+
+@pytest.mark.parametrize("strategy", ["random", "mixed"])
+def test_triplets_from_tsv_folder(tmp_path, tsv_folder, strategy):
+    run_script(TRIPLETS_SCRIPT, "--dataset-path", tsv_folder, "--negatives", strategy, "--seed", "3",
+               "--output-dir", tmp_path / "out", cwd=tmp_path)
+    path = next((tmp_path / "out").glob("msmarco_triplets_*.pkl"))
+    triplets = load_triplets(path)
+    metadata = json.loads(metadata_path(path).read_text())
+    assert metadata["num_triplets"] == len(triplets) > 0
+    assert metadata["hard_negatives"] + metadata["random_negatives"] == len(triplets)
+    if strategy == "random":
+        assert metadata["hard_negatives"] == 0
+    assert all(p != n for p, n in zip(triplets.positives, triplets.negatives, strict=False))
+
+
+def test_hard_negatives_need_candidates(tmp_path, corpus):
+    from conftest import write_tsv_folder
+
+    folder = write_tsv_folder(corpus, tmp_path / "nocands", candidates=False)
+    result = run_script(TRIPLETS_SCRIPT, "--dataset-path", folder, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "candidate passages" in result.stderr and "Traceback" not in result.stderr
+    run_script(TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random", cwd=tmp_path)
+
+
+def _pairwise_accuracy(model, vocab, triplets) -> float:
+    q = encode_texts(model, vocab, triplets.queries, "query")
+    p = encode_texts(model, vocab, triplets.positives, "passage")
+    n = encode_texts(model, vocab, triplets.negatives, "passage")
+    return float(((q * p).sum(-1) > (q * n).sum(-1)).float().mean())
+
+
+def test_trained_two_tower_beats_untrained(trained_pipeline):
+    model, vocab, meta = load_two_tower(trained_pipeline["model"])
+    raw = torch.load(trained_pipeline["model"], weights_only=True)
+    assert raw["kind"] == "two-tower-model" and raw["model_id"] == meta["model_id"]
+    log = json.loads(trained_pipeline["model"].with_name(
+        trained_pipeline["model"].stem + "_training_log.json").read_text())
+    assert len(log["epochs"]) == 8 and log["steps"] and log["examples_per_second"] > 0
+    assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
+
+    triplets = load_triplets(trained_pipeline["triplets"])
+    matrix, cbow_vocab, _ = load_embeddings(trained_pipeline["embeddings"])
+    untrained = TwoTowerModel(TwoTowerConfig(vocab_size=len(cbow_vocab), embedding_dim=matrix.shape[1]), matrix)
+    before = _pairwise_accuracy(untrained, cbow_vocab, triplets)
+    after = _pairwise_accuracy(model, vocab, triplets)
+    assert after >= 0.95, (before, after)
+    assert after - before >= 0.25, (before, after)
+
+
+def test_training_prints_the_similarity_test_and_honours_no_save(trained_pipeline, tmp_path):
+    result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+                        "--no-save", "--tower", "gru", "--gru-hidden-dim", "16", "--batch-size", "64",
+                        "--output-dir", tmp_path / "models", cwd=tmp_path)
+    assert "=== Quick similarity test ===" in result.stdout and "[relevant]" in result.stdout
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("loss", ["triplet", "softmax"])
+def test_frozen_embeddings_and_losses_train(trained_pipeline, tmp_path, loss):
+    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+               "--loss", loss, "--freeze-embeddings", "--output-dir", tmp_path, cwd=tmp_path)
+    model, _, _ = load_two_tower(next(tmp_path.glob("two_tower_model_*.pt")))
+    matrix, _, _ = load_embeddings(trained_pipeline["embeddings"])
+    assert torch.equal(model.query_tower.embedding.weight.detach()[2:], matrix[2:])
+
+
+def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
+    missing = run_script(TRAIN_SCRIPT, tmp_path / "nope.pkl", cwd=tmp_path, check=False)
+    empty = tmp_path / "empty.pkl"
+    empty.write_bytes(b"")
+    wrong_kind = run_script(TRAIN_SCRIPT, trained_pipeline["embeddings"], "--embeddings",
+                            trained_pipeline["embeddings"], cwd=tmp_path, check=False)
+    no_embeddings = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", tmp_path / "x.pt",
+                               cwd=tmp_path, check=False)
+    for result, words in [(missing, "nope.pkl: file not found"),
+                          (run_script(TRAIN_SCRIPT, empty, "--embeddings", trained_pipeline["embeddings"],
+                                      cwd=tmp_path, check=False), "empty.pkl: file is empty"),
+                          (wrong_kind, "msmarco_word2vec.pt"),
+                          (no_embeddings, "x.pt: CBOW embeddings not found")]:
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_scripts_have_help(tmp_path):
+    for script in (CBOW_SCRIPT, TRIPLETS_SCRIPT, TRAIN_SCRIPT):
+        result = run_script(script, "--help", cwd=tmp_path)
+        assert "usage:" in result.stdout
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not (SHARED_DATA / "msmarco-trec-dl-2019").is_dir(), reason="../shared/data is absent")
+def test_pipeline_runs_on_real_rows_and_tsvs(tmp_path):
+    rows = SHARED_DATA / "msmarco-trec-dl-2019" / "derived" / "hf_rows.bm25top10.dl19.jsonl"
+    run_script(CBOW_SCRIPT, "--dataset-path", rows, "--min-count", "1", "--epochs", "1", cwd=tmp_path)
+    run_script(TRIPLETS_SCRIPT, "--dataset-path", rows, cwd=tmp_path)
+    tsv = SHARED_DATA / "msmarco-v2-trec-dl-2021"
+    run_script(TRIPLETS_SCRIPT, "--dataset-path", tsv, "--split", "dl21", "--min-relevance", "2",
+               "--output-dir", tmp_path / "tsv", cwd=tmp_path)
+    triplets = sorted((tmp_path / "data").glob("msmarco_triplets_*.pkl")) + sorted(
+        (tmp_path / "tsv").glob("msmarco_triplets_*.pkl"))
+    assert len(triplets) == 2
+    for path in triplets:
+        run_script(TRAIN_SCRIPT, path, "--batch-size", "64", "--no-save", cwd=tmp_path)
+    assert np.isfinite(json.loads(metadata_path(triplets[1]).read_text())["num_triplets"])
