@@ -84,8 +84,13 @@ def make_optimizers(model: TwoTowerModel, settings: TrainSettings) -> list[torch
 
 def train_two_tower(model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Module, settings: TrainSettings,
                     device: torch.device,
-                    after_epoch: Callable[[int, TrainingLog], None] | None = None) -> TrainingLog:
-    """Train ``model`` in place for ``settings.epochs`` epochs and return the log."""
+                    after_epoch: Callable[[int, TrainingLog], None] | None = None,
+                    after_step: Callable[[int, TrainingLog], None] | None = None) -> TrainingLog:
+    """Train ``model`` in place for ``settings.epochs`` epochs and return the log.
+
+    ``after_step(step, log)`` and ``after_epoch(epoch, log)`` are called with the model in train mode
+    (validation and checkpointing hook in there; a hook that evaluates must restore train mode).
+    """
     if len(data) == 0:
         raise PipelineError("there are no triplets to train on")
     seed_everything(settings.seed)
@@ -128,6 +133,8 @@ def train_two_tower(model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Modul
                 log.steps.append({"step": step, "epoch": epoch, "loss": value, "examples_per_second": rate})
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{value:.4f}", ex_per_s=f"{rate:,.0f}")
+            if after_step is not None:
+                after_step(step, log)
         elapsed = time.perf_counter() - epoch_start
         log.epochs.append({"epoch": epoch, "loss": epoch_loss / max(epoch_examples, 1), "seconds": elapsed,
                            "examples_per_second": epoch_examples / elapsed if elapsed else 0.0})

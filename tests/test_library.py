@@ -148,3 +148,13 @@ def test_triplet_negatives_never_equal_positives(rows_file):
     assert stats.queries_read == len(records)
     for p, n in zip(triplets.positives, triplets.negatives, strict=True):
         assert p.lower() != n.lower()
+
+
+def test_bm25_ranks_the_passage_sharing_rare_words_first():
+    from msmarco_search.bm25 import BM25Index
+
+    index = BM25Index(["a", "b", "c"], ["The flea life cycle.", "Concrete floor cost.", "The cost of life."])
+    positions, scores = index.search(["flea cycle", "concrete cost", "zzz unknown"], k=2)
+    assert [index.passage_ids[i] for i in positions[:, 0][:2]] == ["a", "b"]
+    assert scores[0, 0] > scores[0, 1] and np.all(scores[2] == 0)
+    assert index.scores("flea").argmax() == 0
