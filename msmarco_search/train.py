@@ -117,14 +117,23 @@ class _EpochBatches(torch.utils.data.Dataset):
 
 
 def make_optimizers(model: TwoTowerModel, settings: TrainSettings) -> list[torch.optim.Optimizer]:
-    sparse = model.sparse_parameters()
-    sparse_ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    """AdamW for the dense layers; RowAdam at the embedding learning rate for the word-vector tables.
+
+    The tables go to RowAdam whether their gradients are sparse or dense (MPS, DDP on CUDA), so a run
+    learns the same way on every device.
+    """
+    tables: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.weight.requires_grad:
+            if all(module.weight is not p for p in tables):
+                tables.append(module.weight)
+    table_ids = {id(p) for p in tables}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
     optimizers: list[torch.optim.Optimizer] = []
     if dense:
         optimizers.append(torch.optim.AdamW(dense, lr=settings.learning_rate, weight_decay=settings.weight_decay))
-    if sparse:
-        optimizers.append(RowAdam(sparse, lr=settings.embedding_learning_rate))
+    if tables:
+        optimizers.append(RowAdam(tables, lr=settings.embedding_learning_rate))
     return optimizers
 
 

@@ -165,6 +165,23 @@ def test_resume_after_a_signal_gives_the_same_weights(tmp_path, small_setup):
                         resume=load_training_state(state_path))
 
 
+def test_dense_embedding_gradients_train_like_sparse_ones(small_setup):
+    """MPS and DDP on CUDA use dense gradients for the word vectors: the same optimiser, the same result."""
+    vocab, data, embeddings = small_setup
+    models = []
+    for sparse in (True, False):
+        config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16, sparse_embeddings=sparse)
+        model = TwoTowerModel(config, embeddings)
+        train_two_tower(model, data, InBatchSoftmaxLoss(), TrainSettings(batch_size=32, learning_rate=3e-3),
+                        torch.device("cpu"))
+        models.append(model.state_dict())
+    for name, value in models[0].items():
+        torch.testing.assert_close(models[1][name], value, rtol=1e-4, atol=1e-5)
+    start = embeddings.clone()
+    start[0] = 0.0  # <pad>
+    assert not torch.allclose(models[1]["passage_tower.embedding.weight"], start)  # the dense path learned
+
+
 class _NaNAfter(InBatchSoftmaxLoss):
     def __init__(self, calls: int):
         super().__init__()
