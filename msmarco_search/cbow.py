@@ -121,17 +121,20 @@ def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | No
     if resume_from is not None:
         model = load_gensim_model(resume_from)
         model.build_vocab(corpus_file=str(corpus_file), update=True)
-        model.train(corpus_file=str(corpus_file), total_examples=model.corpus_count,
-                    total_words=model.corpus_total_words, epochs=settings.epochs)
     else:
+        # built in two steps (what the one-call constructor does inside) so that an empty vocabulary is a
+        # clear error here, not gensim's "you must first build vocabulary" from inside train()
         model = Word2Vec(
-            corpus_file=str(corpus_file), sg=0, vector_size=settings.vector_size, window=settings.window,
-            min_count=settings.min_count, workers=settings.resolved_workers(), epochs=settings.epochs,
-            negative=settings.negative, sample=settings.sample, seed=settings.seed,
+            sg=0, vector_size=settings.vector_size, window=settings.window, min_count=settings.min_count,
+            workers=settings.resolved_workers(), epochs=settings.epochs, negative=settings.negative,
+            sample=settings.sample, seed=settings.seed,
         )
+        model.build_vocab(corpus_file=str(corpus_file))
     if len(model.wv) == 0:
         raise PipelineError(f"no word occurs at least min_count={settings.min_count} times; lower --min-count",
                             corpus_file)
+    model.train(corpus_file=str(corpus_file), total_examples=model.corpus_count,
+                total_words=model.corpus_total_words, epochs=settings.epochs)
     return model, time.perf_counter() - start
 
 

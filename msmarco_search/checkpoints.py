@@ -124,9 +124,16 @@ def check_vocabulary(found: Any, path: str | Path, expected: str, expected_from:
                             f"{expected_from} ({expected}); use the files made together", path)
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global (a function or class) that the loader does not allow: it could run code."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+
+
 class _NoGlobalsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle's hook
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        raise RefusedGlobal(module, name)
 
 
 class _AllowListUnpickler(pickle.Unpickler):
@@ -141,7 +148,7 @@ class _AllowListUnpickler(pickle.Unpickler):
             return _bare_instance_factory(self._bare[(module, name)])
         if (module, name) in self._allowed:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        raise RefusedGlobal(module, name)
 
 
 def _bare_instance_factory(cls: type) -> type:
@@ -167,8 +174,8 @@ def load_third_party_pickle(path: str | Path, allowed: frozenset[tuple[str, str]
     try:
         with open(path, "rb") as handle:
             return _AllowListUnpickler(io.BufferedReader(handle), allowed, bare).load()
-    except pickle.UnpicklingError as error:
-        raise PipelineError(f"unsafe or corrupt {what}, refused ({_first_line(error)})", path) from error
+    except RefusedGlobal as error:
+        raise PipelineError(f"unsafe {what} refused: it names {error}, which could run code", path) from error
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     except Exception as error:  # noqa: BLE001 - damaged pickles raise many types; all mean "cannot load"
@@ -189,8 +196,9 @@ def load_pickle(path: str | Path, kind: str) -> dict[str, Any]:
         raise PipelineError(f"this is a torch/zip file, not a pickle (expected a {kind} .pkl file)", path)
     try:
         data = _safe_unpickle(path)
-    except pickle.UnpicklingError as error:
-        raise PipelineError(f"unsafe or corrupt pickle, refused ({_first_line(error)})", path) from error
+    except RefusedGlobal as error:
+        raise PipelineError(f"unsafe pickle refused: it names {error}, which could run code (a {kind} file holds "
+                            "plain data only)", path) from error
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     except Exception as error:  # noqa: BLE001 - damaged pickles raise many types; all mean "cannot load"

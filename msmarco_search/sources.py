@@ -101,6 +101,8 @@ def _check_max_samples(max_samples: int | None) -> None:
 
 
 def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
+    if not isinstance(row, dict):
+        raise PipelineError(f"row is a {type(row).__name__}, not an object in the MS MARCO row layout", where)
     try:
         query = row["query"]
         passages = row["passages"]

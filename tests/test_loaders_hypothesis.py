@@ -86,7 +86,9 @@ plain = st.recursive(
 @FAST
 @given(st.binary(max_size=300))
 def test_pickle_loader_on_random_bytes(data):
-    _loads_or_pipeline_error(load_triplets, _file("random.pkl", data))
+    path = _file("random.pkl", data)
+    _loads_or_pipeline_error(load_pickle, path, KIND_TRIPLETS)
+    _loads_or_pipeline_error(load_triplets, path)
 
 
 @FAST
