@@ -21,7 +21,7 @@ from .batches import vocabulary_fingerprint
 from .checkpoints import (
     KIND_EMBEDDINGS,
     atomic_write,
-    check_vocabulary,
+    check_own_vocabulary,
     load_json,
     load_third_party_pickle,
     load_torch,
@@ -212,7 +212,7 @@ def load_embeddings(path: str | Path) -> tuple[torch.Tensor, Vocabulary, dict[st
     except ValueError as error:
         raise PipelineError(str(error), path) from error
     if "vocabulary_fingerprint" in data:  # files from before the fingerprint have none to check
-        check_vocabulary(data["vocabulary_fingerprint"], path, vocabulary_fingerprint(vocab), "its own word list")
+        check_own_vocabulary(data["vocabulary_fingerprint"], vocabulary_fingerprint(vocab), path)
     if not bool(torch.isfinite(matrix).all()):
         raise PipelineError("embedding matrix holds NaN or infinite values", path)
     return matrix.float(), vocab, data.get("metadata", {})

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
@@ -93,9 +94,17 @@ def load_torch(path: str | Path, kind: str, map_location: str | torch.device = "
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types on damaged or hostile files
+        refused = _UNSAFE_TORCH_GLOBAL.search(str(error))
+        if refused:
+            raise PipelineError(f"unsafe torch file refused: it names {refused.group(1)}, which could run code "
+                                f"(a {kind} file holds tensors and plain data only)", path) from error
         raise PipelineError(f"cannot load as a {kind} file (truncated, corrupt or unsafe): {_first_line(error)}",
                             path) from error
     return check_kind(data, path, kind)
+
+
+# how torch's weights_only unpickler names the global it refused (its message is a paragraph)
+_UNSAFE_TORCH_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
 
 
 def check_kind(data: Any, path: str | Path, kind: str) -> dict[str, Any]:
@@ -122,6 +131,13 @@ def check_vocabulary(found: Any, path: str | Path, expected: str, expected_from:
     if found != expected:
         raise PipelineError(f"its vocabulary (fingerprint {_short(found)}) does not match the vocabulary of "
                             f"{expected_from} ({expected}); use the files made together", path)
+
+
+def check_own_vocabulary(stored: Any, computed: str, path: str | Path) -> None:
+    """Refuse a file whose word list no longer matches the fingerprint written with it (edited or damaged)."""
+    if stored != computed:
+        raise PipelineError(f"its word list (fingerprint {computed}) does not match the fingerprint stored with it "
+                            f"({_short(stored)}): the file was changed after it was written", path)
 
 
 class RefusedGlobal(pickle.UnpicklingError):

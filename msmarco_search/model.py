@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import TokenBatch, vocabulary_fingerprint
-from .checkpoints import KIND_TWO_TOWER, check_vocabulary, load_torch, save_torch
+from .checkpoints import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
 from .errors import PipelineError
 from .vocab import PAD_ID, Vocabulary
 
@@ -181,7 +181,7 @@ def load_two_tower(path: str | Path, device: torch.device | str = "cpu",
         raise PipelineError(f"model vocabulary has {len(vocab)} words but its config says {config.vocab_size}",
                             path)
     own = vocabulary_fingerprint(vocab)
-    check_vocabulary(data.get("vocabulary_fingerprint"), path, own, "its own word list")
+    check_own_vocabulary(data.get("vocabulary_fingerprint"), own, path)
     if expected_vocabulary is not None:
         check_vocabulary(own, path, expected_vocabulary, expected_from or "the files it is used with")
     model.to(device).eval()

@@ -102,7 +102,8 @@ def _check_max_samples(max_samples: int | None) -> None:
 
 def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
     if not isinstance(row, dict):
-        raise PipelineError(f"row is a {type(row).__name__}, not an object in the MS MARCO row layout", where)
+        kind = {bool: "true/false", int: "number", float: "number", str: "string", list: "list"}.get(type(row), "null")
+        raise PipelineError(f"row is a JSON {kind}, not an object in the MS MARCO row layout", where)
     try:
         query = row["query"]
         passages = row["passages"]
