@@ -644,3 +644,18 @@ def test_tsv_folders_without_candidates_still_work_after_hardening(work, capsys,
     status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random")
     assert status == 0, err
     assert "triplets from" in out
+
+
+def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
+    def too_big():
+        raise MemoryError
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    for main, status, line in [(too_big, 2, "error: out of memory; lower --batch-size, --vector-size or --max-samples"),
+                               (interrupted, 130, "interrupted")]:
+        with pytest.raises(SystemExit) as stop:
+            run_cli(main)
+        assert stop.value.code == status
+        assert capsys.readouterr().err.strip() == line
