@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from msmarco_search.arguments import non_negative_int, positive_float, positive_int
+from msmarco_search.arguments import non_negative_int, positive_float, positive_int, seed_int
 from msmarco_search.batches import tokenise_triplets
 from msmarco_search.cbow import load_embeddings
-from msmarco_search.checkpoints import release, save_json, timestamped_path
+from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.losses import LOSSES, InBatchSoftmaxLoss, TripletMarginLoss
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the model and its log go (./checkpoints)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="cache folder for the tokenised triplets (./data)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     model = parser.add_argument_group("model")
     model.add_argument("--tower", choices=TOWERS, default="mean", help="mean pooling (default) or a GRU")
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
     info(f"Using device: {device}")
+    if not args.no_save:
+        ensure_writable_dir(args.output_dir)  # before hours of training, not after them
     triplets = load_triplets(args.triplets_file)
     if not args.embeddings.exists():
         raise PipelineError("CBOW embeddings not found; run text_embeddings/train_text_embeddings_cbow_msmarco.py "
