@@ -180,36 +180,40 @@ def build_index(model: TwoTowerModel, vocab: Vocabulary, model_meta: dict[str, A
     id_chunks: list[np.ndarray] = []
 
     def encode_into(tmp: Path) -> None:
-        vectors = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, dim))
+        # open_memmap lays out the .npy (header, full size); the rows are then appended with plain writes,
+        # which keep the process's memory flat (written pages of a mapping would count as resident).
+        layout = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, dim))
+        data_start = layout.offset
+        del layout
         row, texts, pids = 0, [], []
+        with open(tmp, "r+b") as handle:
+            handle.seek(data_start)
 
-        def flush(vectors: np.ndarray) -> None:
-            nonlocal row, texts
-            if texts:
-                encoded = encode_texts(model, vocab, texts, "passage", device, batch_size=settings.batch_size)
-                vectors[row:row + len(texts)] = encoded.numpy().astype(dtype, copy=False)
-                row += len(texts)
-                texts = []
-            if len(pids) >= 1_000_000 or (pids and row == count):
-                id_chunks.append(np.array([p.encode("utf-8") for p in pids], dtype=np.bytes_))
-                pids.clear()
+            def flush() -> None:
+                nonlocal row, texts
+                if texts:
+                    encoded = encode_texts(model, vocab, texts, "passage", device, batch_size=settings.batch_size)
+                    handle.write(np.ascontiguousarray(encoded.numpy(), dtype=dtype).tobytes())
+                    row += len(texts)
+                    texts = []
+                if len(pids) >= 1_000_000 or (pids and row == count):
+                    id_chunks.append(np.array([p.encode("utf-8") for p in pids], dtype=np.bytes_))
+                    pids.clear()
 
-        lines = iter_collection(collection)
-        for offset, pid, text in progress(lines, desc="Encoding passages", total=count, unit="passage",
-                                          mininterval=1.0):
-            offsets.append(offset)
-            pids.append(pid)
-            texts.append(text)
-            if len(texts) >= settings.batch_size:
-                flush(vectors)
-            if len(offsets) == count:
-                break
-        flush(vectors)
+            lines = iter_collection(collection)
+            for offset, pid, text in progress(lines, desc="Encoding passages", total=count, unit="passage",
+                                              mininterval=1.0):
+                offsets.append(offset)
+                pids.append(pid)
+                texts.append(text)
+                if len(texts) >= settings.batch_size:
+                    flush()
+                if len(offsets) == count:
+                    break
+            flush()
         if row != count:
             raise PipelineError(f"the collection changed while it was indexed ({row:,} passages, expected "
                                 f"{count:,})", collection)
-        vectors.flush()
-        del vectors
 
     atomic_write(index_dir / VECTORS, encode_into)
     seconds = time.perf_counter() - started

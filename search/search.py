@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     query.add_argument("--rrf-k", type=positive_int, default=60, help="hybrid rrf: the k in 1 / (k + rank) (60)")
     query.add_argument("--depth", type=positive_int, default=100, help="hybrid: hits fused from each system (100)")
     query.add_argument("--snippet", type=int, default=120, help="characters of passage text shown (120; 0: all)")
-    query.add_argument("--batch-size", type=positive_int, default=256, help="queries searched at once (256)")
+    query.add_argument("--batch-size", type=positive_int, default=1024,
+                       help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
     query.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     query.add_argument("--chunk-rows", type=positive_int, default=65536,
                        help="exact search: passage rows scored at once (65536)")
