@@ -268,6 +268,14 @@ def import_faiss() -> Any:
     return faiss
 
 
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 32, ivf_lists: int = 0,
                       chunk_rows: int = 65536) -> dict[str, Any]:
     """An inner-product faiss index over the rows of ``vectors`` (fed in chunks), written to ``path``."""
@@ -285,7 +293,8 @@ def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 
         lists = max(1, min(lists, count // 39 or 1))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = min(count, max(256 * lists, 39 * lists))
+        # k-means cost grows with sample x lists: 64 points per list is within faiss's advice (39-256)
+        sample = min(count, 64 * lists)
         rows = np.sort(np.random.default_rng(0).choice(count, size=sample, replace=False))
         index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
         params["lists"] = lists
@@ -324,7 +333,7 @@ class PassageIndex:
     def text(self, position: int) -> str:
         """The passage text at row ``position``: one seek into the collection file."""
         if self._handle is None:
-            self._handle = open(self.collection, "rb")  # noqa: SIM115 - kept open for many look-ups
+            self._handle = open(self.collection, "rb")  # kept open: a session looks up many hits
         self._handle.seek(int(self.offsets[position]))
         line = self._handle.readline().rstrip(b"\r\n")
         return line.partition(b"\t")[2].decode("utf-8", "replace")
@@ -635,7 +644,7 @@ def snippet(text: str, width: int) -> str:
 
 __all__ = [
     "BM25Searcher", "HybridSearcher", "IndexSettings", "PassageIndex", "TwoTowerSearcher", "build_index",
-    "build_faiss_index", "count_passages", "default_index_dir", "exact_search", "import_faiss", "iter_collection",
-    "linear_fusion", "load_index", "reciprocal_rank_fusion", "snippet", "source_collection",
+    "build_faiss_index", "count_passages", "default_index_dir", "exact_search", "faiss_available", "import_faiss",
+    "iter_collection", "linear_fusion", "load_index", "reciprocal_rank_fusion", "snippet", "source_collection",
     "write_source_passages", "write_trec_run",
 ]

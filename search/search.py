@@ -23,7 +23,7 @@ from msmarco_search.arguments import add_source_arguments, positive_int, source_
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.model import load_two_tower
-from msmarco_search.report import info
+from msmarco_search.report import info, warn
 from msmarco_search.search import (
     FAISS_KINDS,
     FUSIONS,
@@ -36,6 +36,7 @@ from msmarco_search.search import (
     TwoTowerSearcher,
     build_index,
     default_index_dir,
+    faiss_available,
     load_index,
     snippet,
     write_trec_run,
@@ -132,7 +133,11 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model, vocab, 
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     dense = bm25 = None
     if {"two-tower", "hybrid"} & set(systems):
-        use_faiss = args.search == "faiss" or (args.search == "auto" and index.has_faiss)
+        use_faiss = args.search == "faiss"
+        if args.search == "auto" and index.has_faiss:
+            use_faiss = faiss_available()
+            if not use_faiss:
+                warn("the index has a faiss index but faiss is not installed; searching exactly instead")
         dense = TwoTowerSearcher(model, vocab, index, device, use_faiss=use_faiss, nprobe=args.nprobe,
                                  ef_search=args.ef_search, chunk_rows=args.chunk_rows)
     if {"bm25", "hybrid"} & set(systems):

@@ -286,7 +286,23 @@ def test_fusion_functions_match_hand_computation():
     assert mixed["d"] == pytest.approx(0.0) and mixed["b"] == pytest.approx(0.5 * 0.5)
 
 
-def test_a_missing_faiss_is_named(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", None)
+def test_a_missing_faiss_is_named_or_searched_around(search_setup, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what `import faiss` sees when it is not installed
     with pytest.raises(PipelineError, match="faiss is not installed"):
         import_faiss()
+    with pytest.raises(PipelineError, match="faiss is not installed"):
+        search_main("query", search_setup["model"], "--search", "faiss", "what is ask2x1")
+    capsys.readouterr()
+    search_main("query", search_setup["model"], "what is ask2x1 ask2x3", "-k", "1")  # auto: exact instead
+    captured = capsys.readouterr()
+    assert "searching exactly instead" in captured.err
+    assert hits_by_system(captured.out)["two-tower"] == [["p2"]]
+
+
+def test_help_describes_both_commands(capsys):
+    for command in ([], ["index"], ["query"]):
+        with pytest.raises(SystemExit) as exit_status:
+            search_main(*command, "--help")
+        assert exit_status.value.code == 0
+    out = capsys.readouterr().out
+    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query}" in out
