@@ -82,7 +82,9 @@ def main() -> int:
 
     info(f"torch threads: {torch.get_num_threads()}")
     collection = args.collection
+    base = None  # a grown collection repeats the original: row i holds the text of row i % base
     if args.passages:
+        base = sum(1 for _ in iter_collection(args.collection))
         collection = args.work_dir / f"collection_{args.passages}.tsv"
         if not collection.exists():
             started = time.perf_counter()
@@ -131,7 +133,11 @@ def main() -> int:
                 approx.nprobe = setting
             found = approx.search(matrix, args.k)[1]
             took = median_seconds(lambda: approx.search(matrix, args.k), args.repeats)  # noqa: B023
-            recall = np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact, strict=True)])
+            if base:  # copies of one passage tie, and either copy is a right answer
+                found, expected = found % base, exact % base
+            else:
+                expected = exact
+            recall = np.mean([len(set(f) & set(e)) / len(set(e)) for f, e in zip(found, expected, strict=True)])
             label = ""
             if kind == "hnsw":
                 label = f" efSearch {setting}"
