@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from .report import info
@@ -53,10 +54,22 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    """argparse type for rates and scales: a finite number > 0 (``inf`` would turn the loss into NaN)."""
     try:
         value = float(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    if not math.isfinite(value) or not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got {text}")
+    return value
+
+
+SEED_LIMIT = 2**32  # numpy's and gensim's seeds are unsigned 32-bit
+
+
+def seed_int(text: str) -> int:
+    """argparse type for ``--seed``: a whole number in [0, 2**32), which every random generator here accepts."""
+    value = non_negative_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
     return value

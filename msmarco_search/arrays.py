@@ -58,14 +58,26 @@ class TokenArrays:
         atomic_write(directory / f"{name}.offsets.npy", lambda tmp: _save_npy(tmp, self.offsets))
 
     @classmethod
-    def load(cls, directory: str | Path, name: str, mmap: bool = True) -> TokenArrays:
+    def load(cls, directory: str | Path, name: str, mmap: bool = True, vocab_size: int | None = None
+             ) -> TokenArrays:
+        """Load and validate; with ``vocab_size``, also check every id is a row of the embedding table.
+
+        A cache that passes is safe to index with: offsets start at 0, never decrease and end at ``len(ids)``.
+        """
         directory = Path(directory)
         ids = _load_npy(directory / f"{name}.ids.npy", mmap)
         offsets = _load_npy(directory / f"{name}.offsets.npy", mmap)
-        if ids.dtype != np.int32 or offsets.dtype != np.int64 or offsets.ndim != 1 or len(offsets) == 0:
-            raise PipelineError("token arrays have the wrong type or shape", directory / name)
+        where = directory / name
+        if (ids.dtype != np.int32 or offsets.dtype != np.int64 or ids.ndim != 1 or offsets.ndim != 1
+                or len(offsets) == 0):
+            raise PipelineError("token arrays have the wrong type or shape", where)
         if int(offsets[0]) != 0 or int(offsets[-1]) != len(ids):
-            raise PipelineError("token arrays do not match their offsets (truncated?)", directory / name)
+            raise PipelineError("token arrays do not match their offsets (truncated?)", where)
+        if len(offsets) > 1 and bool((np.diff(offsets) < 0).any()):
+            raise PipelineError("token array offsets decrease (corrupt)", where)
+        if vocab_size is not None and len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+            raise PipelineError(f"token ids fall outside the vocabulary of {vocab_size} words (corrupt, or made "
+                                "with another vocabulary)", where)
         return cls(ids, offsets)
 
 
@@ -131,6 +143,10 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise PipelineError("file not found", path)
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise PipelineError(f"not a readable .npy array ({error})", path) from error
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - a damaged header fails in numpy's parser in many ways
+        text = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise PipelineError(f"not a readable .npy array ({text})", path) from error
+    if not isinstance(array, np.ndarray):  # allow_pickle=False already refuses object arrays; be explicit
+        raise PipelineError("not a .npy array", path)
+    return array

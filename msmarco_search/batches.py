@@ -11,7 +11,7 @@ import torch
 
 from .arrays import TokenArrays
 from .errors import PipelineError
-from .report import info
+from .report import info, warn
 from .text import TOKENIZER_VERSION
 from .triplets import Triplets
 from .vocab import Vocabulary
@@ -79,16 +79,20 @@ def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: i
         cache = Path(cache_dir) / f"triplet_tokens_{key}"
         if (cache / "negatives.offsets.npy").is_file():
             try:
-                arrays = TripletArrays(*(TokenArrays.load(cache, side) for side in SIDES))
-                if len(arrays.queries) == len(triplets):
+                arrays = TripletArrays(*(TokenArrays.load(cache, side, vocab_size=len(vocab)) for side in SIDES))
+                if all(len(getattr(arrays, side)) == len(triplets) for side in SIDES):
                     info(f"📦 Loading cached token arrays from {cache}")
                     return arrays
-            except PipelineError:
-                pass  # a damaged cache is rebuilt below
+                warn(f"{cache}: cached token arrays hold the wrong number of texts; rebuilding them")
+            except PipelineError as error:
+                warn(f"damaged token cache, rebuilding it: {error}")
     limits = {"queries": max_query_length, "positives": max_passage_length, "negatives": max_passage_length}
     arrays = TripletArrays(*(vocab.encode_many(getattr(triplets, side), limits[side], total=len(triplets),
                                                desc=f"Tokenising {side}") for side in SIDES))
     if cache is not None:
-        for side in SIDES:
-            getattr(arrays, side).save(cache, side)
+        try:
+            for side in SIDES:
+                getattr(arrays, side).save(cache, side)
+        except PipelineError as error:  # the cache only saves time; training goes on without it
+            warn(f"cannot cache the token arrays, going on without: {error}")
     return arrays

@@ -17,9 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import KIND_EMBEDDINGS, atomic_write, load_torch, save_torch
+from .batches import vocabulary_fingerprint
+from .checkpoints import (
+    KIND_EMBEDDINGS,
+    atomic_write,
+    check_own_vocabulary,
+    load_json,
+    load_third_party_pickle,
+    load_torch,
+    save_json,
+    save_torch,
+)
 from .errors import PipelineError
-from .report import info, progress
+from .report import info, progress, warn
 from .sources import Source, source_cache_key
 from .text import TOKENIZER_VERSION, tokenize
 from .vocab import PAD_ID, UNK_ID, Vocabulary
@@ -47,15 +57,39 @@ def corpus_cache_path(source: Source, data_dir: str | Path, max_samples: int | N
     return Path(data_dir) / f"cbow_corpus_{key}.txt"
 
 
+def _corpus_record_path(corpus: Path) -> Path:
+    return corpus.with_suffix(".json")
+
+
+def _cached_corpus_count(path: Path) -> int | None:
+    """The text count of a cached corpus, or None when the cache is absent or does not match its record.
+
+    The record (written after the corpus) holds the corpus's size: a corpus edited, cut short or replaced
+    since is rebuilt, not trained on.
+    """
+    record_path = _corpus_record_path(path)
+    if not path.is_file() or not record_path.is_file():
+        return None
+    try:
+        record = load_json(record_path)
+        size, count = record["bytes"], record["texts"]
+    except (PipelineError, KeyError, TypeError):
+        return None
+    if not isinstance(count, int) or count <= 0 or size != path.stat().st_size:
+        return None
+    return count
+
+
 def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None) -> tuple[Path, int]:
     """The tokenised corpus file for ``source`` (built once, then reused) and its number of texts."""
     path = corpus_cache_path(source, data_dir, max_samples)
-    if path.is_file() and path.stat().st_size > 0:
+    cached = _cached_corpus_count(path)
+    if cached is not None:
         info(f"📦 Loading cached processed texts from {path}...")
-        with open(path, "rb") as handle:
-            count = sum(1 for _ in handle)
-        info(f"✅ Loaded {count:,} cached text documents")
-        return path, count
+        info(f"✅ Loaded {cached:,} cached text documents")
+        return path, cached
+    if path.exists():
+        warn(f"{path}: cached corpus does not match its record (damaged or from an older version); rebuilding it")
 
     count = 0
 
@@ -73,6 +107,8 @@ def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None
     if count == 0:
         path.unlink(missing_ok=True)
         raise PipelineError(f"no text with any word was read from {source.description}")
+    save_json({"texts": count, "bytes": path.stat().st_size, "source": source.description,
+               "max_samples": max_samples, "tokenizer": TOKENIZER_VERSION}, _corpus_record_path(path))
     info(f"✅ Processed and cached {count:,} text documents in {path}")
     return path, count
 
@@ -85,33 +121,61 @@ def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | No
     if resume_from is not None:
         model = load_gensim_model(resume_from)
         model.build_vocab(corpus_file=str(corpus_file), update=True)
-        model.train(corpus_file=str(corpus_file), total_examples=model.corpus_count,
-                    total_words=model.corpus_total_words, epochs=settings.epochs)
     else:
+        # built in two steps (what the one-call constructor does inside) so that an empty vocabulary is a
+        # clear error here, not gensim's "you must first build vocabulary" from inside train()
         model = Word2Vec(
-            corpus_file=str(corpus_file), sg=0, vector_size=settings.vector_size, window=settings.window,
-            min_count=settings.min_count, workers=settings.resolved_workers(), epochs=settings.epochs,
-            negative=settings.negative, sample=settings.sample, seed=settings.seed,
+            sg=0, vector_size=settings.vector_size, window=settings.window, min_count=settings.min_count,
+            workers=settings.resolved_workers(), epochs=settings.epochs, negative=settings.negative,
+            sample=settings.sample, seed=settings.seed,
         )
+        model.build_vocab(corpus_file=str(corpus_file))
     if len(model.wv) == 0:
         raise PipelineError(f"no word occurs at least min_count={settings.min_count} times; lower --min-count",
                             corpus_file)
+    model.train(corpus_file=str(corpus_file), total_examples=model.corpus_count,
+                total_words=model.corpus_total_words, epochs=settings.epochs)
     return model, time.perf_counter() - start
+
+
+# Every global a gensim 4 Word2Vec pickle names (numpy arrays, its random generator, a defaultdict of
+# ints): data types and constructors that run no code of the file's choosing.
+_GENSIM_GLOBALS = frozenset({
+    ("builtins", "int"), ("builtins", "hash"), ("collections", "defaultdict"), ("gensim.utils", "call_on_class_only"),
+    ("numpy", "dtype"), ("numpy", "ndarray"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"), ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__randomstate_ctor"), ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._mt19937", "MT19937"), ("numpy.random._pcg64", "PCG64"),
+})
 
 
 def load_gensim_model(path: Path) -> Any:
     """A full gensim model saved by an earlier run (``--save-gensim-model``), for continued training.
 
-    gensim models are pickles: only load ones this project wrote on this machine.
+    gensim models are pickles, and ``Word2Vec.load`` would run any code a hostile file carries. This reads
+    the pickle through an allow-list of harmless globals instead, then lets gensim attach arrays stored
+    beside it (``.npy``, read with ``allow_pickle=False``).
     """
-    from gensim.models import Word2Vec
+    from gensim.models.keyedvectors import KeyedVectors
+    from gensim.models.word2vec import Word2Vec
 
-    if not path.is_file():
-        raise PipelineError("file not found", path)
+    bare = {("gensim.models.word2vec", "Word2Vec"): Word2Vec,
+            ("gensim.models.keyedvectors", "KeyedVectors"): KeyedVectors}
+    model = load_third_party_pickle(path, _GENSIM_GLOBALS, bare, "gensim Word2Vec model")
+    if not isinstance(model, Word2Vec) or not isinstance(getattr(model, "wv", None), KeyedVectors):
+        raise PipelineError(f"not a gensim Word2Vec model (it holds a {type(model).__name__})", path)
+    for part in (model, model.wv):
+        if getattr(part, "__scipys", None):  # gensim unpickles those with no restriction
+            raise PipelineError("the model keeps scipy matrices in separate pickles; refusing to load them", path)
     try:
-        return Word2Vec.load(str(path))
-    except Exception as error:  # gensim/pickle raise many types on a bad file
-        raise PipelineError(f"not a gensim Word2Vec model ({type(error).__name__})", path) from error
+        compress, subname = Word2Vec._adapt_by_suffix(str(path))
+        model._load_specials(str(path), None, compress, subname)
+        model.add_lifecycle_event("loaded", fname=str(path))
+    except Exception as error:  # noqa: BLE001 - missing or damaged side files fail in numpy or gensim
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PipelineError(f"gensim model is incomplete ({first})", path) from error
+    return model
 
 
 def embeddings_from_gensim(model: Any) -> tuple[torch.Tensor, Vocabulary]:
@@ -127,7 +191,7 @@ def embeddings_from_gensim(model: Any) -> tuple[torch.Tensor, Vocabulary]:
 def save_embeddings(path: Path, matrix: torch.Tensor, vocab: Vocabulary, metadata: dict[str, Any]) -> Path:
     return save_torch(
         {"embeddings": matrix, "word_to_index": vocab.word_to_index, "index_to_word": vocab.index_to_word,
-         "metadata": metadata},
+         "vocabulary_fingerprint": vocabulary_fingerprint(vocab), "metadata": metadata},
         path, KIND_EMBEDDINGS,
     )
 
@@ -141,8 +205,14 @@ def load_embeddings(path: str | Path) -> tuple[torch.Tensor, Vocabulary, dict[st
     if matrix.shape[0] != len(words):
         raise PipelineError(f"embedding matrix has {matrix.shape[0]} rows but the vocabulary {len(words)} words",
                             path)
+    if not all(isinstance(word, str) for word in words):
+        raise PipelineError("embeddings vocabulary holds something other than words", path)
     try:
         vocab = Vocabulary(words)
     except ValueError as error:
         raise PipelineError(str(error), path) from error
+    if "vocabulary_fingerprint" in data:  # files from before the fingerprint have none to check
+        check_own_vocabulary(data["vocabulary_fingerprint"], vocabulary_fingerprint(vocab), path)
+    if not bool(torch.isfinite(matrix).all()):
+        raise PipelineError("embedding matrix holds NaN or infinite values", path)
     return matrix.float(), vocab, data.get("metadata", {})

@@ -10,8 +10,8 @@ import io
 import json
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -63,9 +63,11 @@ def save_json(data: Any, path: str | Path) -> Path:
 def load_json(path: str | Path) -> Any:
     path = _existing_file(path)
     try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PipelineError(f"not valid JSON ({error})", path) from error
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise PipelineError(f"not valid JSON ({_first_line(error)})", path) from error
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
 def save_torch(data: dict[str, Any], path: str | Path, kind: str) -> Path:
@@ -75,33 +77,126 @@ def save_torch(data: dict[str, Any], path: str | Path, kind: str) -> Path:
 
 
 def load_torch(path: str | Path, kind: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a file written by ``save_torch`` with ``weights_only=True`` and check that it is a ``kind``."""
+    """Load a file written by ``save_torch`` with ``weights_only=True`` and check that it is a ``kind``.
+
+    Any failure (truncated zip, random bytes, a pickle that names a global) is a ``PipelineError``.
+    """
     path = _existing_file(path)
+    magic = _read_magic(path)
+    if magic != _ZIP_MAGIC:
+        # save_torch always writes torch's zip format; anything else is another kind of file. A pickle this
+        # project wrote (triplets) is recognised so the message can say what it is.
+        other = _safe_unpickle_or_none(path) if magic[:1] == b"\x80" else None
+        if isinstance(other, dict) and isinstance(other.get("kind"), str):
+            raise PipelineError(f"this is a {_short(other['kind'])} file (a pickle), expected a {kind} .pt file",
+                                path)
+        raise PipelineError(f"not a torch .pt file (expected a {kind} file written by msmarco-search)", path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError,
-            AttributeError, KeyError, IndexError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PipelineError(f"cannot load as a {kind} file (truncated, corrupt or unsafe): {first_line}",
+    except Exception as error:  # noqa: BLE001 - torch raises many types on damaged or hostile files
+        refused = _UNSAFE_TORCH_GLOBAL.search(str(error))
+        if refused:
+            raise PipelineError(f"unsafe torch file refused: it names {refused.group(1)}, which could run code "
+                                f"(a {kind} file holds tensors and plain data only)", path) from error
+        raise PipelineError(f"cannot load as a {kind} file (truncated, corrupt or unsafe): {_first_line(error)}",
                             path) from error
     return check_kind(data, path, kind)
 
 
+# how torch's weights_only unpickler names the global it refused (its message is a paragraph)
+_UNSAFE_TORCH_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
+
+
 def check_kind(data: Any, path: str | Path, kind: str) -> dict[str, Any]:
+    """Refuse anything but a ``kind`` dict of a format version this program reads."""
     if not isinstance(data, dict) or "kind" not in data:
         raise PipelineError(f"not a file written by msmarco-search (expected a {kind} file)", path)
     if data["kind"] != kind:
-        raise PipelineError(f"this is a {data['kind']} file, expected a {kind} file", path)
+        raise PipelineError(f"this is a {_short(data['kind'])} file, expected a {kind} file", path)
     version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise PipelineError(f"format version {version} is newer than this program reads ({FORMAT_VERSION}); "
-                            "upgrade msmarco-search", path)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise PipelineError(f"has no valid format version ({_short(version)}; expected a {kind} file)", path)
+    if version > FORMAT_VERSION:
+        raise PipelineError(f"{kind} format version {version} is newer than this program reads "
+                            f"({FORMAT_VERSION}); upgrade msmarco-search", path)
     return data
+
+
+def check_vocabulary(found: Any, path: str | Path, expected: str, expected_from: str | Path) -> None:
+    """Refuse a file whose vocabulary fingerprint differs from the one it is used with.
+
+    Token ids only mean something against the vocabulary that made them: a model used with other
+    embeddings, or an index built by another model, would silently score garbage.
+    """
+    if found != expected:
+        raise PipelineError(f"its vocabulary (fingerprint {_short(found)}) does not match the vocabulary of "
+                            f"{expected_from} ({expected}); use the files made together", path)
+
+
+def check_own_vocabulary(stored: Any, computed: str, path: str | Path) -> None:
+    """Refuse a file whose word list no longer matches the fingerprint written with it (edited or damaged)."""
+    if stored != computed:
+        raise PipelineError(f"its word list (fingerprint {computed}) does not match the fingerprint stored with it "
+                            f"({_short(stored)}): the file was changed after it was written", path)
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global (a function or class) that the loader does not allow: it could run code."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle's hook
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        raise RefusedGlobal(module, name)
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves only the named globals; classes in ``bare`` come back as instances built without ``__init__``."""
+
+    def __init__(self, file: Any, allowed: frozenset[tuple[str, str]], bare: dict[tuple[str, str], type]):
+        super().__init__(file, encoding="latin1")  # latin1: how numpy arrays from Python 2 era pickles decode
+        self._allowed, self._bare = allowed, bare
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle's hook
+        if (module, name) in self._bare:
+            return _bare_instance_factory(self._bare[(module, name)])
+        if (module, name) in self._allowed:
+            return super().find_class(module, name)
+        raise RefusedGlobal(module, name)
+
+
+def _bare_instance_factory(cls: type) -> type:
+    class Bare:
+        # Called for NEWOBJ (cls.__new__(cls)) and for REDUCE (cls(*args)) alike: either way the result is
+        # an empty instance whose state the pickle then sets, so a pickle cannot run the constructor (which
+        # for a gensim model trains on any file it names).
+        def __new__(factory, *args: Any, **kwargs: Any):
+            return object.__new__(cls)
+
+    Bare.__name__ = Bare.__qualname__ = f"Bare{cls.__name__}"
+    return Bare
+
+
+def load_third_party_pickle(path: str | Path, allowed: frozenset[tuple[str, str]],
+                            bare: dict[tuple[str, str], type], what: str) -> Any:
+    """Unpickle another library's file (a gensim model) resolving only an allow-list of harmless globals.
+
+    Like ``torch.load(weights_only=True)``: data types and plain constructors pass, anything else
+    (``os.system``, ``builtins.eval``, ...) is refused before it can run.
+    """
+    path = _existing_file(path)
+    try:
+        with open(path, "rb") as handle:
+            return _AllowListUnpickler(io.BufferedReader(handle), allowed, bare).load()
+    except RefusedGlobal as error:
+        raise PipelineError(f"unsafe {what} refused: it names {error}, which could run code", path) from error
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    except Exception as error:  # noqa: BLE001 - damaged pickles raise many types; all mean "cannot load"
+        raise PipelineError(f"not a readable {what} ({type(error).__name__}: {_first_line(error)})",
+                            path) from error
 
 
 def save_pickle(data: dict[str, Any], path: str | Path, kind: str) -> Path:
@@ -113,29 +208,82 @@ def save_pickle(data: dict[str, Any], path: str | Path, kind: str) -> Path:
 def load_pickle(path: str | Path, kind: str) -> dict[str, Any]:
     """Unpickle with an unpickler that refuses every global: a pickle that would run code is rejected."""
     path = _existing_file(path)
+    if _read_magic(path) == _ZIP_MAGIC:
+        raise PipelineError(f"this is a torch/zip file, not a pickle (expected a {kind} .pkl file)", path)
+    try:
+        data = _safe_unpickle(path)
+    except RefusedGlobal as error:
+        raise PipelineError(f"unsafe pickle refused: it names {error}, which could run code (a {kind} file holds "
+                            "plain data only)", path) from error
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    except Exception as error:  # noqa: BLE001 - damaged pickles raise many types; all mean "cannot load"
+        raise PipelineError(f"truncated or corrupt pickle ({type(error).__name__}: {_first_line(error)})",
+                            path) from error
+    return check_kind(data, path, kind)
+
+
+def _safe_unpickle(path: Path) -> Any:
     with open(path, "rb") as handle:
-        if handle.read(4) == b"PK\x03\x04":
-            raise PipelineError(f"this is a torch/zip file, not a pickle (expected a {kind} .pkl file)", path)
+        return _NoGlobalsUnpickler(io.BufferedReader(handle)).load()
+
+
+def _safe_unpickle_or_none(path: Path) -> Any:
+    try:
+        return _safe_unpickle(path)
+    except Exception:  # noqa: BLE001 - only used to name a file that is already being refused
+        return None
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _read_magic(path: Path) -> bytes:
     try:
         with open(path, "rb") as handle:
-            data = _NoGlobalsUnpickler(io.BufferedReader(handle)).load()
-    except pickle.UnpicklingError as error:
-        raise PipelineError(f"unsafe or corrupt pickle, refused ({error})", path) from error
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError, UnicodeDecodeError,
-            AttributeError, OverflowError) as error:
-        raise PipelineError(f"truncated or corrupt pickle ({type(error).__name__}: {error})", path) from error
-    return check_kind(data, path, kind)
+            return handle.read(4)
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return _short(text.splitlines()[0]) if text else type(error).__name__
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise PipelineError("file not found", path)
-    if not path.is_file():
-        raise PipelineError("not a file", path)
-    if path.stat().st_size == 0:
-        raise PipelineError("file is empty", path)
+    try:
+        if not path.exists():
+            raise PipelineError("file not found", path)
+        if not path.is_file():
+            raise PipelineError("not a file", path)
+        if path.stat().st_size == 0:
+            raise PipelineError("file is empty", path)
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     return path
+
+
+def ensure_writable_dir(directory: str | Path, what: str = "output folder") -> Path:
+    """Create ``directory`` if needed and prove a file can be written there, before any long work starts.
+
+    Found out at the end of a run, an unwritable folder would cost the whole run.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise PipelineError(f"cannot write to this {what} ({error.strerror or error})", directory) from error
+    return directory
 
 
 def timestamped_path(directory: str | Path, prefix: str, suffix: str) -> Path:

@@ -23,6 +23,10 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError:
+        # a setting too large for this machine (--batch-size, --vector-size, a huge --max-samples)
+        print("error: out of memory; lower --batch-size, --vector-size or --max-samples", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import TokenBatch, vocabulary_fingerprint
-from .checkpoints import KIND_TWO_TOWER, load_torch, save_torch
+from .checkpoints import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
 from .errors import PipelineError
 from .vocab import PAD_ID, Vocabulary
 
@@ -170,12 +170,19 @@ def save_two_tower(path: str | Path, model: TwoTowerModel, vocab: Vocabulary, ex
                        **extra}, path, KIND_TWO_TOWER)
 
 
-def load_two_tower(path: str | Path, device: torch.device | str = "cpu"
+def load_two_tower(path: str | Path, device: torch.device | str = "cpu",
+                   expected_vocabulary: str | None = None, expected_from: str | Path = ""
                    ) -> tuple[TwoTowerModel, Vocabulary, dict[str, Any]]:
-    """A saved model in eval mode, its vocabulary, and the rest of the file (``model_id``, metadata)."""
+    """A saved model in eval mode, its vocabulary, and the rest of the file (``model_id``, metadata).
+
+    ``expected_vocabulary``: the ``vocabulary_fingerprint`` of the embeddings or index the model is used
+    with (named by ``expected_from``); a model made with another vocabulary is refused.
+    """
     data = load_torch(path, KIND_TWO_TOWER)
     try:
         config = TwoTowerConfig.from_dict(data["config"])
+        if not all(isinstance(word, str) for word in data["index_to_word"]):
+            raise TypeError("the vocabulary holds something other than words")
         vocab = Vocabulary(data["index_to_word"])
         model = TwoTowerModel(config)
         model.load_state_dict(data["state_dict"])
@@ -185,6 +192,10 @@ def load_two_tower(path: str | Path, device: torch.device | str = "cpu"
     if len(vocab) != config.vocab_size:
         raise PipelineError(f"model vocabulary has {len(vocab)} words but its config says {config.vocab_size}",
                             path)
+    own = vocabulary_fingerprint(vocab)
+    check_own_vocabulary(data.get("vocabulary_fingerprint"), own, path)
+    if expected_vocabulary is not None:
+        check_vocabulary(own, path, expected_vocabulary, expected_from or "the files it is used with")
     model.to(device).eval()
     return model, vocab, {k: v for k, v in data.items() if k not in ("state_dict", "index_to_word")}
 

@@ -15,7 +15,11 @@ Official TSV layout: ``collection.tsv`` (pid, text), ``queries.<split>.tsv`` (qi
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import os
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +31,8 @@ from .errors import PipelineError
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
+TSV_SUFFIXES = (".tsv", ".txt", ".trec", "")
+HUB_PROBE_TIMEOUT = 5.0  # seconds; datasets itself retries for ~25 s before it gives up
 
 
 @dataclass
@@ -95,6 +101,9 @@ def _check_max_samples(max_samples: int | None) -> None:
 
 
 def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
+    if not isinstance(row, dict):
+        kind = {bool: "true/false", int: "number", float: "number", str: "string", list: "list"}.get(type(row), "null")
+        raise PipelineError(f"row is a JSON {kind}, not an object in the MS MARCO row layout", where)
     try:
         query = row["query"]
         passages = row["passages"]
@@ -109,6 +118,8 @@ def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
     if len(selected) != len(texts):
         raise PipelineError("passages.is_selected and passages.passage_text differ in length", where)
     ids = row.get("passage_ids") or passages.get("passage_id") or [text_id(str(t)) for t in texts]
+    if not isinstance(ids, list) or len(ids) != len(texts):
+        raise PipelineError("passage ids must be a list as long as passages.passage_text", where)
     query_id = row.get("query_id")
     return QueryRecord(
         query_id=str(query_id) if query_id is not None else text_id(query),
@@ -139,12 +150,15 @@ class RowFileSource(Source):
                     return
 
     def _rows(self, path: Path) -> Iterator[tuple[dict[str, Any], str]]:
-        if path.stat().st_size == 0:
-            raise PipelineError("file is empty", path)
+        _check_readable(path)
         if path.suffix == ".parquet":
             yield from self._parquet_rows(path)
             return
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        try:
+            handle = open(path, encoding="utf-8", errors="replace")
+        except OSError as error:
+            raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+        with handle:
             first = handle.read(1)
             while first and first.isspace():
                 first = handle.read(1)
@@ -152,8 +166,8 @@ class RowFileSource(Source):
             if first == "[":
                 try:
                     rows = json.load(handle)
-                except json.JSONDecodeError as error:
-                    raise PipelineError(f"not valid JSON ({error})", path) from error
+                except (json.JSONDecodeError, RecursionError) as error:
+                    raise PipelineError(f"not valid JSON ({_first_line(error)})", path) from error
                 for number, row in enumerate(rows, 1):
                     yield row, f"{path} (row {number})"
                 return
@@ -163,22 +177,33 @@ class RowFileSource(Source):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise PipelineError(f"line {number} is not valid JSON ({error.msg})", path) from error
+                    raise PipelineError(f"line {number} is not valid JSON ({error.msg}); truncated or not "
+                                        "JSON lines?", path) from error
+                except RecursionError as error:
+                    raise PipelineError(f"line {number} is nested too deeply to be a row", path) from error
                 yield row, f"{path} (line {number})"
 
     @staticmethod
     def _parquet_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+        import pyarrow
         import pyarrow.parquet as pq  # installed with datasets
 
+        number = 0
         try:
             parquet = pq.ParquetFile(path)
-            number = 0
-            for batch in parquet.iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
+            batches = parquet.iter_batches(batch_size=1024)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                rows = batch.to_pylist()
+                for row in rows:
                     number += 1
                     yield row, f"{path} (row {number})"
-        except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) on bad files
-            raise PipelineError(f"not a readable parquet file ({error})", path) from error
+        except (OSError, ValueError, TypeError, NotImplementedError, pyarrow.ArrowException) as error:
+            # pyarrow raises ArrowInvalid (a ValueError), ArrowIOError (an OSError) and others on bad files
+            raise PipelineError(f"not a readable parquet file ({_first_line(error)})", path) from error
 
 
 class DatasetsDiskSource(Source):
@@ -199,12 +224,16 @@ class DatasetsDiskSource(Source):
         _check_max_samples(max_samples)
         try:
             data = datasets.load_from_disk(str(self.path))
-        except (FileNotFoundError, ValueError, OSError) as error:
-            raise PipelineError(f"not a readable datasets folder ({error})", self.path) from error
+        except Exception as error:  # noqa: BLE001 - a damaged folder fails in arrow, json or fsspec code
+            raise PipelineError(f"not a readable datasets folder ({_first_line(error)})", self.path) from error
         if isinstance(data, datasets.DatasetDict):
             if self.split not in data:
                 raise PipelineError(f"has no split {self.split!r} (it has {', '.join(data)})", self.path)
             data = data[self.split]
+        missing = {"query", "passages"} - set(data.column_names)
+        if missing:
+            raise PipelineError(f"is not in the MS MARCO row layout (no column {', '.join(sorted(missing))}; it has "
+                                f"{', '.join(data.column_names)})", self.path)
         for number, row in enumerate(data, 1):
             yield _record_from_row(row, f"{self.path} (row {number})")
             if max_samples is not None and number >= max_samples:
@@ -230,7 +259,12 @@ class HubSource(Source):
             if max_samples is not None and number >= max_samples:
                 return
 
+    def cached(self) -> bool:
+        """Whether ``datasets`` has a copy of this config in ``data_dir`` (usable with HF_HUB_OFFLINE=1)."""
+        return (self.data_dir / HUB_DATASET.replace("/", "___") / self.config).is_dir()
+
     def _load(self) -> Iterable[dict[str, Any]]:
+        self._check_reachable()
         import datasets
 
         try:
@@ -243,6 +277,69 @@ class HubSource(Source):
                 ) from error
             raise PipelineError(f"cannot load {HUB_DATASET} {self.config} [{self.split}]: "
                                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+
+
+    def _check_reachable(self) -> None:
+        """Fail in seconds, with the remedy, where ``datasets`` would retry for ~25 s and print a traceback."""
+        instead = "use --dataset-path with local files (row .jsonl/.parquet or the official TSVs) instead"
+        offline = offline_mode_variable()
+        if offline is not None:
+            if not self.cached():
+                raise PipelineError(f"{offline} is set (no network) and {HUB_DATASET} {self.config} is not cached "
+                                    f"in {self.data_dir}; {instead}")
+            return  # datasets reads the cached copy without the network
+        endpoint = hub_endpoint()
+        reason = hub_unreachable_reason(endpoint)
+        if reason is not None:
+            cached = (f"; or set HF_HUB_OFFLINE=1 to use the copy cached in {self.data_dir}"
+                      if self.cached() else "")
+            raise PipelineError(f"cannot reach the Hugging Face hub at {endpoint} ({reason}); {instead}{cached}")
+
+
+def hub_endpoint() -> str:
+    """The hub's address: ``HF_ENDPOINT`` (mirrors, tests) or huggingface.co, as huggingface_hub uses it."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def offline_mode_variable() -> str | None:
+    """The name of the set offline variable (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``), if any."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
+def hub_unreachable_reason(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """``None`` if the hub answers an HTTP request within ``timeout`` seconds, else why it did not.
+
+    Any HTTP answer (even 401 or 404) proves the network path works; proxies set in the environment are
+    honoured, as they are by huggingface_hub.
+    """
+    request = urllib.request.Request(f"{endpoint}/api/datasets/{HUB_DATASET}", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as error:
+        return _first_line(error.reason) if isinstance(error.reason, BaseException) else str(error.reason)
+    except (OSError, ValueError, http.client.HTTPException) as error:  # timeouts, resets, a malformed endpoint
+        return _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        if not path.is_file():
+            raise PipelineError("not a file" if path.exists() else "file not found", path)
+        if path.stat().st_size == 0:
+            raise PipelineError("file is empty", path)
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
 def _looks_offline(error: BaseException) -> bool:
@@ -264,9 +361,12 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
 
 def _read_tsv(path: Path, columns: int, what: str) -> Iterator[list[str]]:
     """Rows of a tab-separated file with at least ``columns`` fields (extra tabs stay in the last field)."""
-    if path.stat().st_size == 0:
-        raise PipelineError("file is empty", path)
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
+    _check_readable(path)
+    try:
+        handle = open(path, encoding="utf-8", errors="replace", newline="\n")
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    with handle:
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             if not line:
@@ -289,10 +389,13 @@ def read_queries(path: Path) -> dict[str, str]:
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """TREC qrels ``qid 0 pid rel`` (whitespace-separated) as ``{qid: {pid: rel}}``."""
-    if path.stat().st_size == 0:
-        raise PipelineError("file is empty", path)
+    _check_readable(path)
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    with handle:
         for number, line in enumerate(handle, 1):
             fields = line.split()
             if not fields:
@@ -416,8 +519,13 @@ def tsv_files_from(paths: list[Path], split: str | None) -> TsvFiles:
             if kind is None and not path.is_dir():
                 raise PipelineError("cannot tell what this file is: name it collection*.tsv, queries*.tsv, "
                                     "qrels*, or top*/candidates* (top1000 layout)", entry)
-            if kind is not None and entry.suffix in (".tsv", ".txt", ".trec", ""):
+            if kind is not None and entry.suffix in TSV_SUFFIXES:
                 found[kind].append(entry)
+            elif kind is not None and not path.is_dir():
+                what = "is compressed; decompress it first" if entry.suffix in (".gz", ".bz2", ".xz", ".zst",
+                                                                                ".zip", ".tar") else \
+                    f"has suffix {entry.suffix!r}; the {kind} file must be .tsv, .txt or .trec"
+                raise PipelineError(what, entry)
     return TsvFiles(**{kind: _pick(found[kind], split, kind) for kind in found})
 
 

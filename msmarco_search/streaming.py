@@ -61,7 +61,7 @@ def triples_tsv_arrays(path: str | Path, vocab: Vocabulary, max_query_length: in
     cache = _cache_dir(path, Path(cache_dir), "triples_tokens", vocab, max_query_length, max_passage_length)
     if (cache / "negatives.offsets.npy").is_file():
         try:
-            arrays = TripletArrays(*(TokenArrays.load(cache, side) for side in SIDES))
+            arrays = TripletArrays(*(TokenArrays.load(cache, side, vocab_size=len(vocab)) for side in SIDES))
             info(f"📦 Loading cached token arrays from {cache}")
             return arrays
         except PipelineError:
@@ -113,7 +113,7 @@ def collection_arrays(path: str | Path, vocab: Vocabulary, max_length: int, cach
     pids_file = cache / "pids.txt"
     if pids_file.is_file():
         try:
-            arrays = TokenArrays.load(cache, "passages")
+            arrays = TokenArrays.load(cache, "passages", vocab_size=len(vocab))
             info(f"📦 Loading cached token arrays from {cache}")
             return arrays, pids_file
         except PipelineError:

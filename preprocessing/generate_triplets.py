@@ -12,8 +12,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
-from msmarco_search.checkpoints import release, save_json, timestamped_path
+from msmarco_search.arguments import add_source_arguments, positive_int, seed_int, source_from_args
+from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.report import info
 from msmarco_search.triplets import (
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--negatives", choices=NEGATIVE_STRATEGIES, default="hard",
                         help="hard: unselected passages of the same query; random: passages of other queries; "
                              "mixed: either, at even odds (default hard)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--output-dir", default=None, help="where to write the triplets (default: --data-dir)")
     add_source_arguments(parser)
     return parser.parse_args(argv)
@@ -41,14 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    output_dir = Path(args.output_dir or args.data_dir)
+    ensure_writable_dir(output_dir)  # before the work, not after it
     source = source_from_args(args)
     triplets, stats = generate_triplets(source.records(args.max_samples), negatives=args.negatives,
                                         seed=args.seed, has_candidates=source.has_candidates,
                                         total=args.max_samples)
     if len(triplets) == 0:
+        hint = ("; check --split, --min-relevance and that the qrels name the queries" if stats.queries_read == 0
+                else "")
         raise PipelineError(f"no triplets could be made from {source.description}: {stats.queries_read} queries "
-                            f"read, {stats.queries_without_selected} without a selected passage")
-    output_dir = Path(args.output_dir or args.data_dir)
+                            f"read, {stats.queries_without_selected} without a selected passage, "
+                            f"{stats.queries_without_negative} without a usable negative{hint}")
     sample_size = min(args.max_samples, stats.queries_read)
     path = timestamped_path(output_dir, triplets_prefix(sample_size), ".pkl")
     try:

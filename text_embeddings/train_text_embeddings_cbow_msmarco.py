@@ -10,7 +10,7 @@ import argparse
 import multiprocessing
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
 from msmarco_search.cbow import (
     EMBEDDINGS_FILENAME,
     CbowSettings,
@@ -19,7 +19,7 @@ from msmarco_search.cbow import (
     save_embeddings,
     train_cbow,
 )
-from msmarco_search.checkpoints import atomic_write
+from msmarco_search.checkpoints import atomic_write, ensure_writable_dir
 from msmarco_search.errors import run_cli
 from msmarco_search.report import info
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=positive_int, default=5, help="passes over the corpus (5)")
     parser.add_argument("--workers", type=non_negative_int, default=0,
                         help=f"training threads; 0 = all CPU cores ({multiprocessing.cpu_count()} here)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--resume-from", type=Path, default=None,
                         help="continue training a gensim model saved with --save-gensim-model")
     parser.add_argument("--save-gensim-model", action="store_true",
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = Path(args.checkpoint_dir)
     info("Starting CBOW implementation with MS Marco dataset")
     info(f"Checkpoints will be saved to: {checkpoint_dir}")
+    ensure_writable_dir(checkpoint_dir, "checkpoint folder")  # before the work, not after it
+    ensure_writable_dir(args.data_dir, "data folder")
     source = source_from_args(args)
     corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples)
     info(f"✅ Dataset loaded (cached in: {args.data_dir})")

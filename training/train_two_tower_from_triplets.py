@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from msmarco_search.arguments import non_negative_int, positive_float, positive_int
+from msmarco_search.arguments import non_negative_int, positive_float, positive_int, seed_int
 from msmarco_search.batches import tokenise_triplets
 from msmarco_search.cbow import load_embeddings
-from msmarco_search.checkpoints import release, save_json, timestamped_path
+from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.errors import PipelineError, run_cli
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where the model and its log go (./checkpoints)")
     parser.add_argument("--data-dir", type=Path, default=Path("data"),
                         help="cache folder for the tokenised triplets (./data)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=non_negative_int, default=1,
                         help="CPU threads for PyTorch (1: fastest on a small or shared CPU, see "
@@ -166,6 +166,8 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
         torch.set_num_threads(args.threads)
     info(f"Using device: {device}" + (f" ({context.world_size} processes)" if context.enabled else "")
          + (f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""))
+    if not args.no_save and context.is_main:
+        ensure_writable_dir(args.output_dir)  # before hours of training, not after them
     resume = load_training_state(args.resume) if args.resume is not None else None
     if args.triplets_file.suffix.lower() == ".tsv":
         triplets = None  # streamed below, once the vocabulary is known

@@ -1,0 +1,661 @@
+"""Bad input, hostile files, interrupted writes and concurrent runs, through the scripts' command lines.
+
+Most cases call a script's ``main(argv)`` in this process through ``run_cli`` (what ``python script.py``
+runs), which is fast; a few run the script as a real subprocess to prove the exit status and that no
+traceback reaches the user. docs/reliability.md lists each case with the message the user sees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
+
+from msmarco_search import checkpoints
+from msmarco_search.batches import tokenise_triplets, vocabulary_fingerprint
+from msmarco_search.checkpoints import KIND_TRIPLETS, atomic_write, load_pickle
+from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.model import load_two_tower
+from msmarco_search.triplets import load_triplets, metadata_path
+from msmarco_search.vocab import Vocabulary
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+_MODULES: dict[str, object] = {}
+
+
+def _script(path: str):
+    """The script as a module (scripts are files, not package modules), loaded once."""
+    if path not in _MODULES:
+        spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _MODULES[path] = module
+    return _MODULES[path]
+
+
+def cli(capsys, script: str, *args) -> tuple[int, str, str]:
+    """Run ``script``'s main with ``args`` the way ``python script.py args`` does: (exit status, stdout, stderr)."""
+    module = _script(script)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: module.main([str(a) for a in args]))
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *words: str) -> str:
+    status, _, err = result
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def assert_usage_error(result: tuple[int, str, str], *words: str) -> None:
+    """argparse's answer: the usage line, then ``prog: error: argument --flag: problem``, exit 2."""
+    status, _, err = result
+    assert status == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "error: argument" in last, err
+    for word in words:
+        assert word in last, (word, last)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
+    return tmp_path
+
+
+@pytest.fixture
+def blocked(work) -> Path:
+    """A path no one can create a folder at, even root: its parent is a regular file."""
+    blocker = work / "blocker"
+    blocker.write_text("a file, not a folder\n")
+    return blocker / "out"
+
+
+class Evil:
+    """Unpickling this runs ``touch marker``: a stand-in for any code hidden in a data file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1")
+
+
+def _row(query: str, texts: list[str], selected: list[int]) -> str:
+    return json.dumps({"query": query, "query_id": abs(hash(query)) % 10**6,
+                       "passages": {"is_selected": selected, "passage_text": texts}}) + "\n"
+
+
+# ------------------------------------------------------------------------------------- hostile files
+
+
+def test_code_in_a_triplets_pickle_is_refused_and_never_runs(work, capsys, trained_pipeline):
+    marker = work / "pwned"
+    evil = work / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"kind": KIND_TRIPLETS, "format_version": 1, "queries": Evil(marker)}))
+    line = assert_one_line_error(cli(capsys, TRAIN_SCRIPT, evil, "--embeddings", trained_pipeline["embeddings"]),
+                                 "evil.pkl: unsafe pickle refused: it names posix.system, which could run code")
+    assert "plain data only" in line and not marker.exists()
+    # the control: unpickled without the guard, the same file does run its code
+    pickle.loads(evil.read_bytes())
+    assert marker.exists()
+
+
+def test_code_in_a_pickle_never_runs_through_the_real_command_line(work, trained_pipeline):
+    marker = work / "pwned"
+    evil = work / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"kind": KIND_TRIPLETS, "format_version": 1, "queries": Evil(marker)}))
+    result = run_script(TRAIN_SCRIPT, evil, "--embeddings", trained_pipeline["embeddings"], cwd=work, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "evil.pkl: unsafe pickle refused: it names posix.system" in result.stderr
+    assert not marker.exists()
+
+
+def test_code_in_a_torch_file_or_gensim_model_is_refused(work, capsys, trained_pipeline):
+    marker = work / "pwned"
+    evil_pt = work / "evil.pt"
+    torch.save({"kind": checkpoints.KIND_EMBEDDINGS, "format_version": 1, "x": Evil(marker)}, evil_pt)
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", evil_pt),
+                          "evil.pt: unsafe torch file refused: it names posix.system, which could run code")
+    evil_gensim = work / "evil.gensim"
+    evil_gensim.write_bytes(pickle.dumps(Evil(marker)))
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", trained_pipeline["rows"], *CBOW_TINY,
+                              "--resume-from", evil_gensim),
+                          "evil.gensim: unsafe gensim Word2Vec model refused: it names posix.system")
+    assert not marker.exists()
+
+
+def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, capsys, rows_file):
+    assert cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--save-gensim-model")[0] == 0
+    gensim_model = work / "checkpoints" / "msmarco_word2vec.gensim"
+    status, out, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                           gensim_model)
+    assert status == 0, err
+    assert "Vocabulary size" in out
+    # a triplets pickle is no gensim model
+    triplets = checkpoints.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                              triplets), "t.pkl", "not a gensim Word2Vec model (it holds a dict)")
+
+
+def test_files_of_the_wrong_kind_are_named(work, capsys, trained_pipeline):
+    embeddings, triplets, model = (trained_pipeline[k] for k in ("embeddings", "triplets", "model"))
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, embeddings, "--embeddings", embeddings),
+                          "msmarco_word2vec.pt", "torch/zip file, not a pickle", "msmarco-triplets .pkl")
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, triplets, "--embeddings", triplets),
+                          triplets.name, "this is a msmarco-triplets file (a pickle), expected a cbow-embeddings")
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, triplets, "--embeddings", model),
+                          model.name, "this is a two-tower-model file, expected a cbow-embeddings file")
+    with pytest.raises(PipelineError, match="this is a cbow-embeddings file, expected a two-tower-model file"):
+        load_two_tower(embeddings)
+
+
+def test_a_newer_triplets_format_is_refused(work, capsys, trained_pipeline):
+    data = load_pickle(trained_pipeline["triplets"], KIND_TRIPLETS)
+    newer = work / "newer.pkl"
+    newer.write_bytes(pickle.dumps({**data, "format_version": checkpoints.FORMAT_VERSION + 1}))
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, newer, "--embeddings", trained_pipeline["embeddings"]),
+                          "newer.pkl", f"format version {checkpoints.FORMAT_VERSION + 1} is newer", "upgrade")
+
+
+def test_a_model_with_another_vocabulary_is_refused(work, trained_pipeline):
+    model_path = trained_pipeline["model"]
+    _, vocab, meta = load_two_tower(model_path, expected_vocabulary=meta_fp(trained_pipeline["embeddings"]),
+                                    expected_from=trained_pipeline["embeddings"])
+    assert meta["vocabulary_fingerprint"] == vocabulary_fingerprint(vocab)
+    other = vocabulary_fingerprint(Vocabulary.from_words(["other", "words"]))
+    with pytest.raises(PipelineError, match=r"two_tower_model_.*does not match the vocabulary of other_index"):
+        load_two_tower(model_path, expected_vocabulary=other, expected_from="other_index")
+    # a file whose word list was changed after it was written no longer matches its own fingerprint
+    for path, loader in ((model_path, load_two_tower), (trained_pipeline["embeddings"], _load_embeddings)):
+        data = torch.load(path, weights_only=True)
+        data["index_to_word"] = data["index_to_word"][:-1] + ["tampered"]
+        tampered = work / f"tampered_{path.name}"
+        torch.save(data, tampered)
+        with pytest.raises(PipelineError, match="tampered_.*the file was changed after it was written"):
+            loader(tampered)
+
+
+def meta_fp(embeddings: Path) -> str:
+    return torch.load(embeddings, weights_only=True)["vocabulary_fingerprint"]
+
+
+def _load_embeddings(path):
+    from msmarco_search.cbow import load_embeddings
+
+    return load_embeddings(path)
+
+
+# -------------------------------------------------------------------------------- damaged input files
+
+
+def _truncated(path: Path, target: Path, fraction: float = 0.5) -> Path:
+    data = path.read_bytes()
+    target.write_bytes(data[: int(len(data) * fraction)])
+    return target
+
+
+def test_damaged_triplets_and_embeddings_are_one_line_errors(work, capsys, trained_pipeline):
+    embeddings, triplets = trained_pipeline["embeddings"], trained_pipeline["triplets"]
+    garbage = work / "garbage.pkl"
+    garbage.write_bytes(b"\x00\x01 not a pickle" * 8)
+    cases = [
+        ((_truncated(triplets, work / "cut.pkl"), "--embeddings", embeddings), ("cut.pkl", "truncated or corrupt")),
+        ((garbage, "--embeddings", embeddings), ("garbage.pkl", "pickle")),
+        ((work / "missing.pkl", "--embeddings", embeddings), ("missing.pkl: file not found",)),
+        ((triplets, "--embeddings", _truncated(embeddings, work / "cut.pt")),
+         ("cut.pt", "cannot load as a cbow-embeddings file (truncated, corrupt or unsafe)")),
+        ((triplets, "--embeddings", _truncated(embeddings, work / "tiny.pt", 0.01)), ("tiny.pt", "cbow-embeddings")),
+    ]
+    for args, words in cases:
+        assert_one_line_error(cli(capsys, TRAIN_SCRIPT, *args), *words)
+    data = load_pickle(triplets, KIND_TRIPLETS)
+    for name, change, words in [("nocol.pkl", {"negatives": None}, "no list of strings 'negatives'"),
+                                ("ragged.pkl", {"negatives": data["negatives"][:-1]}, "columns differ in length"),
+                                ("none.pkl", {c: [] for c in ("queries", "positives", "negatives", "query_ids",
+                                                              "positive_ids", "negative_ids")}, "holds no triplets")]:
+        (work / name).write_bytes(pickle.dumps({**data, **change}))
+        assert_one_line_error(cli(capsys, TRAIN_SCRIPT, work / name, "--embeddings", embeddings), name, words)
+
+
+def _parquet(path: Path, columns: dict) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def _source_cases(work: Path, rows_file: Path, tsv_folder: Path) -> list[tuple[list, tuple[str, ...]]]:
+    lines = rows_file.read_text().splitlines(keepends=True)
+    (work / "cut.jsonl").write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    (work / "empty.jsonl").write_text("")
+    (work / "columns.jsonl").write_text(json.dumps({"question": "q", "passages": {"is_selected": [1],
+                                                                                  "passage_text": ["p"]}}) + "\n")
+    (work / "notrows.json").write_text("[1, 2, 3]")
+    (work / "deep.jsonl").write_text('{"query": ' + "[" * 100_000 + "\n")
+    good_parquet = _parquet(work / "good.parquet", {"query": ["q"], "passages": [{"is_selected": [1],
+                                                                                   "passage_text": ["p"]}]})
+    _parquet(work / "columns.parquet", {"question": ["q"], "answer": ["a"]})
+    (work / "cut.parquet").write_bytes(good_parquet.read_bytes()[:-30])
+    (work / "random.parquet").write_bytes(os.urandom(200))
+    (work / "tsv").mkdir()
+    (work / "tsv" / "queries.train.tsv").write_text("1 a query without a tab\n")
+    (work / "tsv" / "qrels.train.tsv").write_text("1 0 1000 1\n")
+    (work / "qrels3").mkdir()
+    (work / "qrels3" / "queries.train.tsv").write_text("1\tq\n")
+    (work / "qrels3" / "qrels.train.tsv").write_text("1 0 1000\n")
+    (work / "grade").mkdir()
+    (work / "grade" / "queries.train.tsv").write_text("1\tq\n")
+    (work / "grade" / "qrels.train.tsv").write_text("1 0 1000 high\n")
+    (work / "top").mkdir()
+    (work / "top" / "qrels.train.tsv").write_text("1 0 1000 1\n")
+    (work / "top" / "top1000.train.tsv").write_text("1\t1000\tonly three fields\n")
+    (work / "collection.tsv.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    (work / "nothing").mkdir()
+    (work / "nothing" / "readme.md").write_text("no data here\n")
+    (work / "disk").mkdir()
+    (work / "disk" / "dataset_info.json").write_text("{not json")
+    return [
+        ([work / "missing.jsonl"], ("missing.jsonl: not found",)),
+        ([work / "empty.jsonl"], ("empty.jsonl: file is empty",)),
+        ([work / "cut.jsonl"], ("cut.jsonl: line 3 is not valid JSON", "truncated")),
+        ([work / "columns.jsonl"], ("columns.jsonl (line 1)", "not in the MS MARCO row layout", "'query'")),
+        ([work / "notrows.json"], ("notrows.json (row 1)", "row layout")),
+        ([work / "deep.jsonl"], ("deep.jsonl", "nested too deeply")),
+        ([work / "columns.parquet"], ("columns.parquet (row 1)", "row layout")),
+        ([work / "cut.parquet"], ("cut.parquet: not a readable parquet file",)),
+        ([work / "random.parquet"], ("random.parquet: not a readable parquet file",)),
+        ([work / "tsv"], ("queries.train.tsv: line 1 has 1 tab-separated field(s)", "needs 2")),
+        ([work / "qrels3"], ("qrels.train.tsv: line 1 is not a qrels line",)),
+        ([work / "grade"], ("qrels.train.tsv: line 1: relevance 'high' is not an integer",)),
+        ([work / "top"], ("top1000.train.tsv: line 1 has 3 tab-separated field(s)",)),
+        ([tsv_folder / "qrels.train.tsv", work / "collection.tsv.gz"],
+         ("collection.tsv.gz: is compressed; decompress it first",)),
+        ([work / "nothing"], ("nothing: holds no MS MARCO data",)),
+        ([work / "disk"], ("disk: not a readable datasets folder",)),
+    ]
+
+
+def test_bad_source_files_are_one_line_errors(work, capsys, rows_file, tsv_folder):
+    for paths, words in _source_cases(work, rows_file, tsv_folder):
+        result = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", *paths, "--negatives", "random")
+        assert_one_line_error(result, *words)
+        assert not list((work / "data").glob("msmarco_triplets_*"))
+
+
+def test_bad_collection_and_datasets_folder_columns(work, capsys, rows_file):
+    (work / "c").mkdir()
+    (work / "c" / "collection.tsv").write_text("1000 a passage with spaces, no tab\n")
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", work / "c", *CBOW_TINY),
+                          "collection.tsv: line 1 has 1 tab-separated field(s), a collection (pid<TAB>text)")
+    import datasets
+
+    datasets.Dataset.from_list([{"question": "q", "answer": "a"}]).save_to_disk(str(work / "disk"))
+    capsys.readouterr()  # datasets' own progress bar while saving the fixture
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk"),
+                          "disk: is not in the MS MARCO row layout (no column passages, query")
+
+
+def test_queries_without_a_selected_passage_are_skipped_and_counted(work, capsys):
+    rows = work / "rows.jsonl"
+    with open(rows, "w") as handle:
+        for i in range(6):
+            handle.write(_row(f"query {i}", [f"passage {i} a", f"passage {i} b"], [1, 0] if i % 3 else [0, 0]))
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows)
+    assert status == 0, err
+    assert "4 triplets from 6 queries (2 skipped without a selected passage" in out
+    path = next((work / "data").glob("msmarco_triplets_*.pkl"))
+    metadata = json.loads(metadata_path(path).read_text())
+    assert metadata["queries_without_selected"] == 2 and metadata["num_triplets"] == 4
+    assert set(load_triplets(path).queries) == {"query 1", "query 2", "query 4", "query 5"}
+
+
+def test_empty_results_after_filtering(work, capsys, tsv_folder):
+    rows = work / "rows.jsonl"
+    rows.write_text("".join(_row(f"q{i}", ["p", "o"], [0, 0]) for i in range(3)))
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows),
+                          "no triplets could be made", "3 queries read, 3 without a selected passage")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", tsv_folder, "--min-relevance", "5"),
+                          "0 queries read", "check --split, --min-relevance")
+    words = work / "punctuation.jsonl"
+    words.write_text(_row("?!", ["...", "--"], [1, 0]))
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", words, *CBOW_TINY),
+                          "no text with any word was read")
+    rows.write_text("".join(_row(f"q{i}", [f"alpha{i} beta", "gamma"], [1, 0]) for i in range(3)))
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows, "--min-count", "1000"),
+                          "no word occurs at least min_count=1000 times; lower --min-count")
+
+
+# ------------------------------------------------------------------------------------ flags and devices
+
+BAD_FLAGS = [
+    (CBOW_SCRIPT, "--max-samples", "0"), (CBOW_SCRIPT, "--max-samples", "-5"), (CBOW_SCRIPT, "--vector-size", "0"),
+    (CBOW_SCRIPT, "--window", "-1"), (CBOW_SCRIPT, "--min-count", "0"), (CBOW_SCRIPT, "--epochs", "0"),
+    (CBOW_SCRIPT, "--workers", "-1"), (CBOW_SCRIPT, "--seed", "-1"), (CBOW_SCRIPT, "--seed", "4294967296"),
+    (CBOW_SCRIPT, "--min-relevance", "one"),
+    (TRIPLETS_SCRIPT, "--max-samples", "0"), (TRIPLETS_SCRIPT, "--max-samples", "-3"),
+    (TRIPLETS_SCRIPT, "--max-samples", "1.5"), (TRIPLETS_SCRIPT, "--seed", "-1"),
+    (TRAIN_SCRIPT, "--epochs", "0"), (TRAIN_SCRIPT, "--batch-size", "-1"), (TRAIN_SCRIPT, "--learning-rate", "inf"),
+    (TRAIN_SCRIPT, "--learning-rate", "nan"), (TRAIN_SCRIPT, "--learning-rate", "0"),
+    (TRAIN_SCRIPT, "--embedding-learning-rate", "-1"), (TRAIN_SCRIPT, "--num-workers", "-1"),
+    (TRAIN_SCRIPT, "--output-dim", "-1"), (TRAIN_SCRIPT, "--gru-hidden-dim", "0"),
+    (TRAIN_SCRIPT, "--max-query-length", "0"), (TRAIN_SCRIPT, "--max-passage-length", "-1"),
+    (TRAIN_SCRIPT, "--scale", "0"), (TRAIN_SCRIPT, "--margin", "-0.5"), (TRAIN_SCRIPT, "--log-every", "0"),
+    (TRAIN_SCRIPT, "--seed", "-1"),
+]
+
+
+def test_every_numeric_flag_refuses_zero_negative_and_nonsense(work, capsys):
+    for script, flag, value in BAD_FLAGS:
+        args = ["x.pkl"] if script == TRAIN_SCRIPT else []
+        assert_usage_error(cli(capsys, script, *args, flag, value), flag)
+
+
+def test_bad_flags_exit_2_without_traceback_through_the_real_command_line(work):
+    result = run_script(TRIPLETS_SCRIPT, "--max-samples", "0", cwd=work, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --max-samples: must be a positive number, got 0" in result.stderr
+
+
+def test_a_device_that_does_not_exist_is_refused(work, capsys, trained_pipeline):
+    args = (trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--device")
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, *args, "tpu"), "unknown device 'tpu'", "cpu, cuda")
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, *args, "cuda:abc"), "unknown device 'cuda:abc'")
+    if not torch.cuda.is_available():
+        assert_one_line_error(cli(capsys, TRAIN_SCRIPT, *args, "cuda"), "'cuda' asked for", "CUDA is not available")
+    if not torch.backends.mps.is_available():
+        assert_one_line_error(cli(capsys, TRAIN_SCRIPT, *args, "mps"), "MPS is not available")
+
+
+# ---------------------------------------------------------------------------------------- the hub
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def no_datasets_download(monkeypatch):
+    """Fail the test if the hub path ever gets as far as datasets.load_dataset (its ~25 s of retries)."""
+    import datasets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("datasets.load_dataset was called despite the hub being out of reach")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+
+
+def test_an_unreachable_hub_fails_fast_with_the_remedy(work, capsys, monkeypatch, no_datasets_download):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    port = _closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    for script in (CBOW_SCRIPT, TRIPLETS_SCRIPT):
+        assert_one_line_error(cli(capsys, script), f"cannot reach the Hugging Face hub at http://127.0.0.1:{port}",
+                              "refused", "use --dataset-path with local files")
+    # a cached copy is pointed out
+    (work / "data" / "microsoft___ms_marco" / "v1.1").mkdir(parents=True)
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT), "set HF_HUB_OFFLINE=1 to use the copy cached in data")
+
+
+def test_offline_mode_without_a_cache_fails_at_once(work, capsys, monkeypatch, no_datasets_download):
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+        monkeypatch.setenv(variable, "1")
+        assert_one_line_error(cli(capsys, CBOW_SCRIPT, *CBOW_TINY),
+                              f"{variable} is set (no network) and microsoft/ms_marco v1.1 is not cached in data",
+                              "--dataset-path")
+
+
+def test_offline_mode_with_a_cache_reads_it(work, capsys, monkeypatch, rows_file):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (work / "data" / "microsoft___ms_marco" / "v1.1").mkdir(parents=True)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    calls = []
+
+    def cached_copy(name, config, split, cache_dir):
+        calls.append((name, config, split, cache_dir))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", cached_copy)
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--max-samples", "10")
+    assert status == 0, err
+    assert calls == [("microsoft/ms_marco", "v1.1", "train", "data")]
+    assert "20 triplets from 10 queries" in out
+
+
+def test_an_unreachable_hub_through_the_real_command_line(work):
+    env_port = _closed_port()
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{env_port}", "MSMARCO_SEARCH_NO_PROGRESS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_DATASETS_OFFLINE", None)
+    result = subprocess.run([sys.executable, str(ROOT / TRIPLETS_SCRIPT)], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: cannot reach the Hugging Face hub") and result.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------- outputs and caches
+
+
+def test_unwritable_output_folders_are_refused_before_the_work(work, capsys, blocked, rows_file, trained_pipeline):
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", blocked),
+                          "blocker/out: cannot write to this checkpoint folder")
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--data-dir", blocked),
+                          "blocker/out: cannot write to this data folder")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output-dir", blocked),
+                          "blocker/out: cannot write to this output folder")
+    result = cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+                 "--output-dir", blocked)
+    assert_one_line_error(result, "blocker/out: cannot write to this output folder")
+    assert "Training completed" not in result[1]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the blocked-path test covers it")
+def test_a_read_only_output_folder_is_refused(work, capsys, rows_file):
+    folder = work / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output-dir", folder),
+                              "read-only: cannot write to this output folder", "ermission denied")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_damaged_token_caches_are_rebuilt_not_fatal(work, capsys, trained_pipeline, blocked):
+    triplets_path = trained_pipeline["triplets"]
+    args = (triplets_path, "--embeddings", trained_pipeline["embeddings"], "--no-save", "--batch-size", "512")
+    assert cli(capsys, TRAIN_SCRIPT, *args)[0] == 0
+    cache = next((work / "data").glob("triplet_tokens_*"))
+    ids = np.load(cache / "queries.ids.npy")
+    (cache / "queries.ids.npy").write_bytes(b"\x93NUMPY garbage" * 20)
+    status, out, err = cli(capsys, TRAIN_SCRIPT, *args)
+    assert status == 0, err
+    assert "damaged token cache, rebuilding it" in err and "queries.ids.npy: not a readable .npy array" in err
+    assert "Loading cached token arrays" not in out and "Training completed" in out
+
+    # the other damages, through the function the script calls with the key the script uses
+    _, vocab, _ = _load_embeddings(trained_pipeline["embeddings"])
+    triplets = load_triplets(triplets_path)
+    stat = triplets_path.stat()
+    identity = f"{triplets_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    damages = [
+        (lambda: np.save(cache / "queries.ids.npy", np.full_like(ids, 10**6)), "outside the vocabulary"),
+        (lambda: np.save(cache / "queries.ids.npy", ids[: len(ids) // 2]), "do not match their offsets"),
+        (lambda: (cache / "positives.offsets.npy").unlink(), "positives.offsets.npy: file not found"),
+    ]
+    for damage, words in damages:
+        damage()
+        arrays = tokenise_triplets(triplets, vocab, 32, 128, cache_dir=work / "data", source_identity=identity)
+        err = capsys.readouterr().err
+        assert "damaged token cache, rebuilding it" in err and words in err, err
+        assert np.array_equal(np.asarray(arrays.queries.ids), ids)
+    tokenise_triplets(triplets, vocab, 32, 128, cache_dir=work / "data", source_identity=identity)
+    assert "Loading cached token arrays" in capsys.readouterr().out
+
+    # a cache folder that cannot be written only costs the cache
+    status, out, err = cli(capsys, TRAIN_SCRIPT, *args, "--data-dir", blocked)
+    assert status == 0 and "cannot cache the token arrays, going on without" in err
+
+
+def test_a_damaged_cbow_corpus_cache_is_rebuilt(work, capsys, rows_file):
+    assert cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY)[0] == 0
+    corpus = next((work / "data").glob("cbow_corpus_*.txt"))
+    text = corpus.read_text()
+    corpus.write_text(text[: len(text) // 3])  # cut short, as by a full disk under an older version
+    status, out, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY)
+    assert status == 0 and "does not match its record" in err and "Processed and cached" in out
+    assert corpus.read_text() == text
+    assert "Loading cached processed texts" in cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY)[1]
+
+
+# ------------------------------------------------------------------------- atomic and concurrent writes
+
+
+def test_a_failed_write_leaves_nothing_under_the_final_name(work, capsys, monkeypatch, rows_file, trained_pipeline):
+    real_save = torch.save
+
+    def interrupted_save(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a model")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    status, _, err = cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings",
+                         trained_pipeline["embeddings"], "--output-dir", work / "models", "--batch-size", "512")
+    assert status == 130 and err.strip() == "interrupted"
+    assert list((work / "models").iterdir()) == []  # no model, no log, no temporary file, no claim marker
+
+    def full_disk(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 a few bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", work / "ckpt"),
+                          "ckpt/msmarco_word2vec.pt: cannot write (No space left on device)")
+    assert list((work / "ckpt").iterdir()) == []
+    monkeypatch.setattr(torch, "save", real_save)
+
+    def failed_rename(source, target):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoints.os, "replace", failed_rename)
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output-dir", work / "out"),
+                          ".pkl: cannot write (Input/output error)")
+    assert list((work / "out").iterdir()) == []
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_under_the_final_name(work):
+    final, ready = work / "model.pt", work / "ready"
+    code = (f"import time\nfrom pathlib import Path\nfrom msmarco_search.checkpoints import atomic_write\n"
+            f"def write(tmp):\n    with open(tmp, 'wb') as handle:\n        handle.write(b'x' * 4096)\n"
+            f"        handle.flush()\n        Path({str(ready)!r}).touch()\n        time.sleep(60)\n"
+            f"atomic_write({str(final)!r}, write)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the writer never started writing"
+    finally:
+        writer.kill()  # SIGKILL: no handler, no cleanup runs
+        writer.wait()
+    assert not final.exists()
+    assert [p.name.startswith(".model.pt.") for p in work.iterdir() if p.suffix == ".tmp"] == [True]
+
+
+def test_two_runs_in_the_same_second_write_two_sets_of_files(work, monkeypatch, rows_file):
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(checkpoints, "datetime", FrozenClock)
+    module = _script(TRIPLETS_SCRIPT)
+    real_timestamped_path = module.timestamped_path
+    both_ready = threading.Barrier(2, timeout=60)
+
+    def at_the_same_time(*args, **kwargs):
+        both_ready.wait()  # both runs pick their name together
+        return real_timestamped_path(*args, **kwargs)
+
+    monkeypatch.setattr(module, "timestamped_path", at_the_same_time)
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        try:
+            module.main(["--dataset-path", str(rows_file), "--seed", str(seed), "--negatives", "random"])
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    files = {p.name for p in (work / "data").iterdir()}
+    assert files == {"msmarco_triplets_0.24k_20260102_030405.pkl", "msmarco_triplets_0.24k_20260102_030405_1.pkl",
+                     "msmarco_triplets_0.24k_20260102_030405_metadata.json",
+                     "msmarco_triplets_0.24k_20260102_030405_1_metadata.json"}  # and no claim marker left
+    for pickle_path in (work / "data").glob("*.pkl"):
+        stored = load_pickle(pickle_path, KIND_TRIPLETS)["metadata"]
+        assert json.loads(metadata_path(pickle_path).read_text())["seed"] == stored["seed"]
+    assert {load_pickle(p, KIND_TRIPLETS)["metadata"]["seed"] for p in (work / "data").glob("*.pkl")} == {1, 2}
+
+
+def test_atomic_write_refuses_a_folder_under_a_file(blocked):
+    with pytest.raises(PipelineError, match="blocker/out: cannot write here"):
+        atomic_write(blocked / "x.json", lambda tmp: tmp.write_text("{}"))
+
+
+def test_tsv_folders_without_candidates_still_work_after_hardening(work, capsys, corpus):
+    folder = write_tsv_folder(corpus, work / "plain", candidates=False)
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random")
+    assert status == 0, err
+    assert "triplets from" in out
+
+
+def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
+    def too_big():
+        raise MemoryError
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    for main, status, line in [(too_big, 2, "error: out of memory; lower --batch-size, --vector-size or --max-samples"),
+                               (interrupted, 130, "interrupted")]:
+        with pytest.raises(SystemExit) as stop:
+            run_cli(main)
+        assert stop.value.code == status
+        assert capsys.readouterr().err.strip() == line

@@ -1,0 +1,308 @@
+"""search/search.py through its command line, and the index, search and fusion functions behind it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import ir_measures
+import numpy as np
+import pytest
+import torch
+from conftest import FILLER, ROOT, make_corpus, run_script
+
+from msmarco_search.errors import PipelineError
+from msmarco_search.model import TwoTowerModel, load_two_tower, save_two_tower
+from msmarco_search.search import (
+    FAISS_FILE,
+    BM25Searcher,
+    HybridSearcher,
+    TwoTowerSearcher,
+    build_faiss_index,
+    exact_search,
+    import_faiss,
+    linear_fusion,
+    load_index,
+    reciprocal_rank_fusion,
+)
+from msmarco_search.sources import text_id
+
+SEARCH_SCRIPT = "search/search.py"
+
+
+@pytest.fixture(scope="session")
+def search_setup(tmp_path_factory, trained_pipeline) -> dict:
+    """A collection where each topic of the training corpus has exactly one passage (``p<topic>``), among
+    filler-only distractors, indexed through the command line beside a copy of the trained model.
+
+    Queries: ``q*`` are the corpus's own queries (topic words a query uses, never seen in passages: only a
+    trained two-tower links them to ``p<topic>``), ``s*`` a span of ``p<topic>``'s text (BM25 finds it), and
+    ``m*`` both together (every system should find it).
+    """
+    folder = tmp_path_factory.mktemp("search")
+    corpus = make_corpus()
+    rng = random.Random(5)
+    passages: dict[int, str] = {}
+    for _, text, topic in corpus.passages:
+        passages.setdefault(topic, text)
+    lines = [f"p{topic}\t{text}" for topic, text in sorted(passages.items())]
+    lines += [f"f{i}\t" + " ".join(rng.choices(FILLER, k=14)).capitalize() + "." for i in range(40)]
+    (folder / "collection.tsv").write_text("\n".join(lines) + "\n")
+    queries, qrels = {}, {}
+    for qid, query, topic in corpus.queries:
+        queries[f"q{qid}"], qrels[f"q{qid}"] = query, f"p{topic}"
+    for topic, text in passages.items():
+        span = " ".join(text.split()[4:10])
+        ask = next(query for _, query, t in corpus.queries if t == topic)
+        queries[f"s{topic}"], qrels[f"s{topic}"] = span, f"p{topic}"
+        queries[f"m{topic}"], qrels[f"m{topic}"] = f"{ask} {span}", f"p{topic}"
+    (folder / "queries.tsv").write_text("".join(f"{qid}\t{text}\n" for qid, text in queries.items()))
+    (folder / "qrels.txt").write_text("".join(f"{qid} 0 {pid} 1\n" for qid, pid in qrels.items()))
+    model = folder / "model.pt"
+    shutil.copy(trained_pipeline["model"], model)
+    indexed = run_script(SEARCH_SCRIPT, "index", model, "--dataset-path", folder / "collection.tsv",
+                         "--faiss", "flat", "--batch-size", "16", cwd=folder)
+    return {"folder": folder, "model": model, "index": folder / "model_index", "queries": queries, "qrels": qrels,
+            "passages": passages, "index_stdout": indexed.stdout, "lines": lines}
+
+
+def search_main(*args: object) -> None:
+    """Run search/search.py's ``main`` in this process (no interpreter start-up) with string arguments."""
+    spec = importlib.util.spec_from_file_location("search_script", ROOT / SEARCH_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([str(a) for a in args])
+
+
+def hits_by_system(stdout: str) -> dict[str, list[list[str]]]:
+    """``{system: [[pid, ...] per query block]}`` from the printed hit lists."""
+    blocks: dict[str, list[list[str]]] = {}
+    current = None
+    for line in stdout.splitlines():
+        if line.startswith("["):
+            current = []
+            blocks.setdefault(line[1:line.index("]")], []).append(current)
+        elif current is not None and line.strip() and line.split()[0].isdigit():
+            current.append(line.split()[1])
+    return blocks
+
+
+def test_index_is_written_beside_the_model_and_reads_back(search_setup):
+    index_dir = search_setup["index"]
+    assert "Saved index of 52 passages" in search_setup["index_stdout"]
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    model, vocab, meta = load_two_tower(search_setup["model"])
+    assert manifest["model_id"] == meta["model_id"] and manifest["count"] == 52
+    assert manifest["dim"] == model.config.output_dim and manifest["faiss"] == {"type": "flat"}
+    index = load_index(index_dir, meta, vocab)
+    assert index.vectors.shape == (52, model.config.output_dim) and index.vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)
+    for position, line in enumerate(search_setup["lines"]):  # ids in collection order, texts by seek
+        pid, text = line.split("\t")
+        assert index.pid(position) == pid and index.text(position) == text
+    index.close()
+
+
+def test_query_on_the_command_line_prints_each_systems_hits(search_setup):
+    query = search_setup["queries"]["m3"]
+    result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], *query.split(), "--system", "all", "-k", "3",
+                        cwd=search_setup["folder"])
+    blocks = hits_by_system(result.stdout)
+    assert set(blocks) == {"two-tower", "bm25", "hybrid"}
+    for system, (hits,) in blocks.items():
+        assert hits[0] == "p3", (system, result.stdout)
+        assert len(hits) == 3
+    first = next(line for line in result.stdout.splitlines() if line.split()[:2] == ["1", "p3"])
+    rank, pid, score, *words = first.split()
+    assert float(score) > 0 and search_setup["passages"][3].startswith(" ".join(words).rstrip("…"))
+
+
+def test_queries_read_from_stdin_until_end_of_input(search_setup):
+    topics = [0, 5, 11]
+    stdin = "".join(f"{search_setup['queries'][f'm{t}']}\n\n" for t in topics)  # blank lines are skipped
+    env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / SEARCH_SCRIPT), "query", str(search_setup["model"]),
+                             "--system", "hybrid", "-k", "2"], input=stdin, capture_output=True, text=True,
+                            cwd=search_setup["folder"], env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [hits[0] for hits in hits_by_system(result.stdout)["hybrid"]] == [f"p{t}" for t in topics]
+
+
+@pytest.fixture(scope="session")
+def batch_runs(search_setup) -> dict[str, Path]:
+    folder = search_setup["folder"]
+    run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
+               folder / "exact.trec", "--system", "all", "--search", "exact", "-k", "5", cwd=folder)
+    run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
+               folder / "faiss.trec", "--search", "faiss", "-k", "5", "--tag", "faiss-flat", cwd=folder)
+    return {"two-tower": folder / "exact.two-tower.trec", "bm25": folder / "exact.bm25.trec",
+            "hybrid": folder / "exact.hybrid.trec", "faiss": folder / "faiss.trec"}
+
+
+def _run(path: Path) -> dict[str, list[tuple[str, int, float]]]:
+    run: dict[str, list[tuple[str, int, float]]] = {}
+    for line in path.read_text().splitlines():
+        qid, q0, docid, rank, score, tag = line.split(" ")
+        assert q0 == "Q0" and tag
+        run.setdefault(qid, []).append((docid, int(rank), float(score)))
+    return run
+
+
+@pytest.mark.parametrize("system, prefixes", [("two-tower", "qm"), ("bm25", "sm"), ("hybrid", "m")])
+def test_batch_mode_writes_a_valid_trec_run(search_setup, batch_runs, system, prefixes):
+    run = _run(batch_runs[system])
+    assert set(run) <= set(search_setup["queries"])
+    for hits in run.values():
+        assert [rank for _, rank, _ in hits] == list(range(1, len(hits) + 1)) and len(hits) <= 5
+        scores = [score for _, _, score in hits]
+        assert scores == sorted(scores, reverse=True)
+    # ir_measures reads it: the passage each query was made for comes first for the queries this system can answer
+    qrels = [ir_measures.Qrel(qid, pid, 1) for qid, pid in search_setup["qrels"].items() if qid[0] in prefixes]
+    per_query = list(ir_measures.iter_calc([ir_measures.Success @ 1], qrels,
+                                           ir_measures.read_trec_run(str(batch_runs[system]))))
+    assert len(per_query) == len(qrels) and all(m.value == 1.0 for m in per_query)
+
+
+def test_faiss_flat_gives_the_same_hits_as_exact_search(batch_runs):
+    exact, faiss = _run(batch_runs["two-tower"]), _run(batch_runs["faiss"])
+    assert set(exact) == set(faiss)
+    for qid, hits in exact.items():
+        assert [d for d, _, _ in faiss[qid]][:3] == [d for d, _, _ in hits][:3]
+        assert np.allclose([s for _, _, s in faiss[qid]], [s for _, _, s in hits], atol=1e-5)
+    assert batch_runs["faiss"].read_text().split("\n")[0].endswith(" faiss-flat")
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_an_index_built_by_another_model_is_refused(search_setup, tmp_path):
+    model, vocab, _ = load_two_tower(search_setup["model"])
+    other = save_two_tower(tmp_path / "other.pt", TwoTowerModel(model.config), vocab, {})
+    result = run_script(SEARCH_SCRIPT, "query", other, "--index-dir", search_setup["index"], "what is ask1x1",
+                        cwd=tmp_path, check=False)
+    message = _one_line_error(result)
+    assert "manifest.json" in message and "another model" in message
+
+
+def test_a_truncated_index_is_refused(search_setup, tmp_path):
+    index = shutil.copytree(search_setup["index"], tmp_path / "index")
+    vectors = index / "vectors.npy"
+    vectors.write_bytes(vectors.read_bytes()[:-100])
+    result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", index, "what is ask1x1",
+                        cwd=tmp_path, check=False)
+    message = _one_line_error(result)
+    assert "vectors.npy" in message and "truncated" in message
+
+
+@pytest.mark.parametrize("damage", ["ids.npy", "offsets.npy", FAISS_FILE, "no manifest", "collection"])
+def test_every_damaged_index_file_is_refused(search_setup, tmp_path, damage):
+    index = shutil.copytree(search_setup["index"], tmp_path / "index")
+    if damage == "no manifest":
+        (index / "manifest.json").unlink()
+    elif damage == "collection":
+        manifest = json.loads((index / "manifest.json").read_text())
+        collection = tmp_path / "collection.tsv"
+        collection.write_text(Path(manifest["collection"]).read_text() + "extra\tpassage\n")
+        manifest["collection"] = str(collection)
+        (index / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (index / damage).write_bytes((index / damage).read_bytes()[:-8])
+    with pytest.raises(PipelineError) as error:
+        load_index(index)
+    expected = {"no manifest": "manifest.json", "collection": "collection changed"}.get(damage, "truncated")
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_index_the_passages_of_a_row_layout_source(search_setup, rows_file, tmp_path, capsys):
+    """Rows have no collection file: their passages, deduplicated, go into the index folder."""
+    search_main("index", search_setup["model"], "--dataset-path", rows_file, "--index-dir", tmp_path / "rows",
+                "--dtype", "float16", "--faiss", "hnsw")
+    texts = {text for line in rows_file.read_text().splitlines()
+             for text in json.loads(line)["passages"]["passage_text"]}
+    model, vocab, meta = load_two_tower(search_setup["model"])
+    index = load_index(tmp_path / "rows", meta, vocab)
+    assert len(index) == len(texts) and index.vectors.dtype == np.float16
+    assert {index.text(i) for i in range(len(index))} == texts
+    assert all(index.pid(i) == text_id(index.text(i)) for i in range(len(index)))
+    capsys.readouterr()
+    search_main("query", search_setup["model"], "--index-dir", tmp_path / "rows", "what is ask4x1 ask4x2 ask4x3",
+                "-k", "3")
+    out = capsys.readouterr().out
+    assert "two-tower: faiss hnsw" in out
+    hits = hits_by_system(out)["two-tower"][0]
+    assert len(hits) == 3 and all("doc4y" in index.text(index.ids.tolist().index(h.encode())) for h in hits)
+
+
+def test_linear_hybrid_and_faiss_kinds_agree_with_exact_search(search_setup):
+    model, vocab, meta = load_two_tower(search_setup["model"])
+    index = load_index(search_setup["index"], meta, vocab)
+    dense, bm25 = TwoTowerSearcher(model, vocab, index), BM25Searcher(index)
+    mixed = [search_setup["queries"][f"m{t}"] for t in range(12)]
+    linear = HybridSearcher(dense, bm25, fusion="linear", weight=0.3).search(mixed, 3)
+    assert [index.pid(hits[0][0]) for hits in linear] == [f"p{t}" for t in range(12)]
+    assert all(0 <= score <= 1 for hits in linear for _, score in hits)
+
+    vectors = np.random.default_rng(0).standard_normal((800, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = torch.from_numpy(vectors[:20] + 0.05)
+    scores, rows = exact_search(vectors, queries, 5, chunk_rows=64)  # many chunks: the running top-k merge
+    brute = (queries @ torch.from_numpy(vectors).T).topk(5, dim=1)
+    assert torch.equal(rows, brute.indices) and torch.allclose(scores, brute.values)
+    faiss = import_faiss()
+    for kind in ("hnsw", "ivf"):
+        path = search_setup["folder"] / f"{kind}.faiss"
+        build_faiss_index(vectors, kind, path)
+        approx = faiss.read_index(str(path))
+        if kind == "ivf":
+            approx.nprobe = approx.nlist
+        _, found = approx.search(queries.numpy(), 1)
+        assert (found[:, 0] == rows[:, 0].numpy()).mean() >= 0.9
+
+
+def test_fusion_functions_match_hand_computation():
+    dense = {"a": 0.9, "b": 0.5, "c": 0.1}
+    lexical = {"c": 12.0, "a": 3.0, "d": 1.0}
+    fused = dict(reciprocal_rank_fusion([dense, lexical], k=60))
+    assert fused["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused["d"] == pytest.approx(1 / 63) and fused["b"] == pytest.approx(1 / 62)
+    assert [d for d, _ in reciprocal_rank_fusion([dense, lexical], limit=2)] == ["a", "c"]
+    weighted = dict(reciprocal_rank_fusion([dense, lexical], k=1, weights=[1.0, 0.0]))
+    assert weighted["a"] == pytest.approx(1 / 2) and weighted["d"] == 0.0
+    mixed = dict(linear_fusion([dense, lexical], weights=[0.5, 0.5]))
+    assert mixed["a"] == pytest.approx(0.5 * 1.0 + 0.5 * (3 - 1) / 11)
+    assert mixed["c"] == pytest.approx(0.5 * 0.0 + 0.5 * 1.0)
+    assert mixed["d"] == pytest.approx(0.0) and mixed["b"] == pytest.approx(0.5 * 0.5)
+
+
+def test_a_missing_faiss_is_named_or_searched_around(search_setup, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what `import faiss` sees when it is not installed
+    with pytest.raises(PipelineError, match="faiss is not installed"):
+        import_faiss()
+    with pytest.raises(PipelineError, match="faiss is not installed"):
+        search_main("query", search_setup["model"], "--search", "faiss", "what is ask2x1")
+    capsys.readouterr()
+    search_main("query", search_setup["model"], "what is ask2x1 ask2x3", "-k", "1")  # auto: exact instead
+    captured = capsys.readouterr()
+    assert "searching exactly instead" in captured.err
+    assert hits_by_system(captured.out)["two-tower"] == [["p2"]]
+
+
+def test_help_describes_both_commands(capsys):
+    for command in ([], ["index"], ["query"]):
+        with pytest.raises(SystemExit) as exit_status:
+            search_main(*command, "--help")
+        assert exit_status.value.code == 0
+    out = capsys.readouterr().out
+    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query}" in out
