@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     device = init_distributed(context, pick_device(args.device))
     try:
-        return train(args, context, device)
+        status = train(args, context, device)
+        context.barrier()  # the others wait while the first process saves: leaving early aborts gloo
+        return status
     finally:
         shutdown_distributed(context)
 
