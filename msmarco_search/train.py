@@ -6,8 +6,9 @@ at a higher learning rate: each step touches only the rows of the words in the b
 
 Resuming: every ``checkpoint_every`` steps, at each epoch end, and when SIGINT/SIGTERM arrives, the loop
 writes a training state (model, optimisers, epoch, position in the epoch, RNG states, log so far) atomically
-to ``state_path``. The batch order of epoch ``e`` is a pure function of ``(seed, e)``, so a resumed run takes
-exactly the batches the interrupted run had left and ends with the same weights.
+to ``state_path``. The batch order of epoch ``e`` is the ``e``-th permutation drawn from a generator seeded
+with ``seed``, so a resumed run takes exactly the batches the interrupted run had left and ends with the same
+weights.
 
 Data parallel (``torchrun``): each process takes its slice of every global batch of ``world_size x
 batch_size`` triplets, passages are gathered from all processes (with gradients) for the in-batch softmax,
@@ -92,9 +93,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_orders(size: int, seed: int, first_epoch: int = 1):
+    """The shuffled triplet order of each epoch from ``first_epoch`` on: successive permutations of one
+    generator seeded with ``seed`` (so a resumed run, which skips the earlier ones, gets the same orders)."""
+    generator = np.random.default_rng(seed)
+    for _ in range(1, first_epoch):
+        generator.permutation(size)
+    while True:
+        yield generator.permutation(size)
+
+
 def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled triplet order of ``epoch``: depends on nothing else, so a resumed run can recompute it."""
-    return np.random.default_rng([seed, epoch]).permutation(size)
+    """The shuffled triplet order of ``epoch`` alone."""
+    return next(epoch_orders(size, seed, epoch))
 
 
 class _EpochBatches(torch.utils.data.Dataset):
@@ -274,9 +285,10 @@ def train_two_tower(model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Modul
 
     started = time.perf_counter() - log.training_seconds
     step = position.step
+    orders = epoch_orders(len(data), settings.seed, position.epoch)
     with _SignalCatcher() as signals:
         for epoch in range(position.epoch, settings.epochs + 1):
-            order = epoch_order(len(data), settings.seed, epoch)
+            order = next(orders)
             first = position.batch if epoch == position.epoch else 0
             if epoch != position.epoch:
                 position = _Position(epoch=epoch, step=step)

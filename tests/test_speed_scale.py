@@ -22,7 +22,7 @@ from msmarco_search.checkpoints import KIND_TRAINING_STATE, load_torch
 from msmarco_search.losses import InBatchSoftmaxLoss
 from msmarco_search.model import TwoTowerConfig, TwoTowerModel
 from msmarco_search.optim import RowAdam
-from msmarco_search.streaming import read_tsv_chunks, triples_tsv_arrays
+from msmarco_search.streaming import collection_arrays, read_tsv_chunks, triples_tsv_arrays
 from msmarco_search.train import (
     TrainingDiverged,
     TrainingInterrupted,
@@ -54,7 +54,7 @@ def test_row_adam_is_sparse_adam():
     row_adam, sparse_adam = RowAdam([ours], lr=0.05), torch.optim.SparseAdam([reference], lr=0.05)
     for _ in range(6):
         rows = torch.randint(0, 50, (20,))  # repeated rows: the gradient is uncoalesced, as from an embedding
-        grad = torch.sparse_coo_tensor(rows[None], torch.randn(20, 6), (50, 6))
+        grad = torch.sparse_coo_tensor(rows[None], torch.randn(20, 6), (50, 6), check_invariants=True)
         ours.grad, reference.grad = grad.clone(), grad.clone()
         row_adam.step()
         sparse_adam.step()
@@ -109,6 +109,14 @@ def test_triples_tsv_streams_into_cached_arrays(tmp_path, corpus):
     (tmp_path / "bad.tsv").write_text("q\tp\tn\nonly two\tcolumns\n")
     with pytest.raises(Exception, match="bad.tsv: line 2: expected 3 tab-separated columns, found 2"):
         triples_tsv_arrays(tmp_path / "bad.tsv", vocab, 4, 9, tmp_path / "cache")
+
+
+def test_collection_streams_into_arrays_and_pids(tmp_path, tsv_folder, corpus):
+    vocab = Vocabulary.from_words(["the", "of", "doc0y1", "doc3y2"])
+    arrays, pids_file = collection_arrays(tsv_folder / "collection.tsv", vocab, 6, tmp_path, chunk_lines=13)
+    assert pids_file.read_text().splitlines() == [pid for pid, _, _ in corpus.passages]
+    assert arrays.ids.tolist() == [t for _, text, _ in corpus.passages for t in vocab.encode(text, 6)]
+    assert len(arrays) == len(corpus.passages)
 
 
 # ------------------------------------------------------------------------------------------ resumable training
@@ -203,7 +211,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, small_setup):
 
 
 def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(tmp_path, corpus, trained_pipeline):
-    tsv = _write_triples_tsv(corpus, tmp_path / "triples.train.tsv", repeat=4)
+    tsv = _write_triples_tsv(corpus, tmp_path / "triples.train.tsv", repeat=1)
     args = [str(ROOT / TRAIN_SCRIPT), tsv, "--embeddings", trained_pipeline["embeddings"], "--batch-size", "4",
             "--epochs", "100", "--checkpoint-every", "5", "--output-dir", tmp_path / "out"]
     env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
@@ -218,7 +226,7 @@ def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(tmp_path, 
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     state_path = next((tmp_path / "out").glob("*_training_state.pt"))
     assert "interrupted by SIGTERM" in stderr and f"--resume {state_path}" in stderr
-    assert "Tokenised 960 triplets" in stdout
+    assert "Tokenised 240 triplets" in stdout
     state = load_training_state(state_path)
     epochs = str(max(state["epoch"], 2))
     args[args.index("100")] = epochs
