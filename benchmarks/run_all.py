@@ -315,7 +315,10 @@ def run_all(args: argparse.Namespace) -> dict:
     results["stream_command"] = shlex.join(["uv", "run", "benchmarks/run_all.py", "--stage", "stream", "--",
                                             "triples_N.tsv", "--batch-size", "256", "--max-steps", "20", "--no-save"])
     if args.profile:
-        results["profile"] = run_stage([*py, "--stage", "profile", "--work", work, "--steps", 20], work)["output"]
+        output = run_stage([*py, "--stage", "profile", "--work", work, "--steps", 20], work)["output"]
+        # drop the profiler's own start/stop and no-GPU log lines
+        results["profile"] = "\n".join(line for line in output.splitlines()
+                                       if not line.startswith(("USDT:", "ERROR:", "WARNING:")))
     return results
 
 
