@@ -242,18 +242,28 @@ class DenseSystem(System):
                 for v, c in zip(vectors, candidates, strict=True)]
 
 
-class TwoTowerSystem(DenseSystem):
-    def __init__(self, path: str | Path, name: str = "two-tower", device: torch.device | str = "cpu"):
-        from .model import load_two_tower
+class ModelSystem(DenseSystem):
+    """A two-tower model in memory (validation during training uses it on the model being trained)."""
 
+    def __init__(self, model: Any, vocab: Vocabulary, name: str = "two-tower", device: torch.device | str = "cpu"):
         super().__init__(name)
-        self.path, self.device = Path(path), device
-        self.model, self.vocab, self.metadata = load_two_tower(path, device)
+        self.model, self.vocab, self.device = model, vocab, device
 
     def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
         from .model import encode_texts
 
         return encode_texts(self.model, self.vocab, list(texts), side, self.device)
+
+
+class TwoTowerSystem(ModelSystem):
+    """A saved two-tower model (``msmarco_search.model.load_two_tower``)."""
+
+    def __init__(self, path: str | Path, name: str = "two-tower", device: torch.device | str = "cpu"):
+        from .model import load_two_tower
+
+        model, vocab, self.metadata = load_two_tower(path, device)
+        super().__init__(model, vocab, name, device)
+        self.path = Path(path)
 
     def settings(self) -> dict[str, Any]:
         return {"model": str(self.path), "model_id": self.metadata.get("model_id"),

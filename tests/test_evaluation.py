@@ -217,3 +217,46 @@ def test_bm25_on_dl19_matches_the_published_pool_figures(tmp_path):
     assert metrics["nDCG@10"] == pytest.approx(0.435, abs=0.01)
     assert metrics["MRR@10"] == pytest.approx(0.567, abs=0.01)
     assert metrics["R@100"] == pytest.approx(0.56, abs=0.01)
+
+
+def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
+    from conftest import TRAIN_SCRIPT
+
+    from msmarco_search.model import load_two_tower
+    from msmarco_search.validation import Validator, split_validation
+
+    result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+                        "--epochs", "3", "--batch-size", "32", "--learning-rate", "3e-3", "--validation-queries",
+                        "24", "--validate-every", "4", "--seed", "7", "--output-dir", tmp_path, cwd=tmp_path)
+    assert "Validation after epoch 3: MRR@10" in result.stdout
+    model_path = next(tmp_path.glob("two_tower_model_*.pt"))
+    log = json.loads(model_path.with_name(model_path.stem + "_training_log.json").read_text())
+    validation = log["validation"]
+    assert validation["queries"] == 24 and validation["metric"] == "MRR@10"
+    ends = [e for e in validation["entries"] if e["end_of_epoch"]]
+    inner = [e for e in validation["entries"] if not e["end_of_epoch"]]
+    assert [e["epoch"] for e in ends] == [1, 2, 3]
+    assert inner and all(e["step"] % 4 == 0 for e in inner)
+    assert validation["best"]["MRR@10"] == max(e["MRR@10"] for e in validation["entries"])
+    assert log["num_triplets"] == len(load_triplets(trained_pipeline["triplets"]))
+    png = model_path.with_name(model_path.stem + "_training_log.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    # the saved model is the best one: scoring it on the same held-out queries gives the logged best
+    model, vocab, _ = load_two_tower(model_path)
+    _, held_out = split_validation(load_triplets(trained_pipeline["triplets"]), count=24, seed=7)
+    assert held_out.query_ids == sorted({e for e in held_out.task.queries})
+    assert Validator(held_out, model, vocab, "cpu").evaluate(0, 0, True) == pytest.approx(
+        validation["best"]["MRR@10"])
+
+
+def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
+    from conftest import CBOW_SCRIPT
+
+    args = ["--dataset-path", rows_file, "--min-count", "1", "--vector-size", "8", "--epochs", "1", "-c", tmp_path]
+    result = run_script(CBOW_SCRIPT, *args, cwd=tmp_path)
+    assert "=== Word-embedding quality ===" in result.stdout
+    assert "Analogies (questions-words.txt): accuracy n/a on 0 of 19,544 questions" in result.stdout
+    assert "wordsim353: Spearman n/a (0.0% of pairs in vocabulary)" in result.stdout
+    skipped = run_script(CBOW_SCRIPT, *args, "--no-word-benchmarks", cwd=tmp_path)
+    assert "Word-embedding quality" not in skipped.stdout
