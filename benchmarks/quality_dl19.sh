@@ -46,3 +46,65 @@ if want cbow; then
   uv run text_embeddings/train_text_embeddings_cbow_msmarco.py --dataset-path "$WORK/alltext/collection.tsv" \
     --epochs "$CBOW_EPOCHS" --vector-size 300 --min-count 3 -c "$WORK/cbow" --data-dir "$WORK/data"
 fi
+
+if want triplets; then
+  echo "== triplets: DL 2021 judged pairs (grade >= 2, BM25-top-100 hard negatives); inverse-cloze pairs"
+  rm -rf "$WORK/triplets" && mkdir -p "$WORK/triplets"
+  uv run preprocessing/generate_triplets.py --dataset-path "$DL21" --split dl21 --min-relevance 2 \
+    --negatives hard --output-dir "$WORK/triplets/dl21"
+  judged=$(newest "$WORK/triplets/dl21" 'msmarco_triplets_*.pkl')
+  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "$DL19/collection.tsv" "$DL21/collection.tsv" \
+    --output-dir "$WORK/triplets/ict"
+  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "$DL19/collection.tsv" "$DL21/collection.tsv" \
+    --include "$judged" --output-dir "$WORK/triplets/both"
+fi
+
+# train NAME EPOCHS TRIPLETS_DIR EMBEDDINGS [flags...]: one two-tower model into $WORK/models/NAME
+train() {
+  local name=$1 epochs=$2 triplets embeddings=$4
+  triplets=$(newest "$WORK/triplets/$3" 'msmarco_triplets_*.pkl')
+  shift 4
+  echo "== train $name: $epochs epochs on $triplets $*"
+  rm -rf "$WORK/models/$name"
+  uv run training/train_two_tower_from_triplets.py "$triplets" --embeddings "$embeddings" --epochs "$epochs" \
+    --batch-size "$BATCH_SIZE" --learning-rate "$LEARNING_RATE" --embedding-learning-rate 1e-2 --scale 20 \
+    --output-dir "$WORK/models/$name" --data-dir "$WORK/data" "$@" | grep -v '^  [0-9]*\. ' || true
+  newest "$WORK/models/$name" 'two_tower_model_*.pt' > /dev/null
+}
+model() { newest "$WORK/models/$1" 'two_tower_model_*.pt'; }
+EMBEDDINGS=$WORK/cbow/msmarco_word2vec.pt
+DL19_FILES=(--collection "$DL19/collection.tsv" --queries "$DL19/queries.dl19.tsv"
+            --qrels "$DL19/qrels.dl19-passage.in-collection.txt")
+
+if want train; then
+  train main "$EPOCHS" both "$EMBEDDINGS"
+fi
+
+if want evaluate; then
+  echo "== evaluate on DL 2019: full ranking over the pool"
+  uv run evaluation/evaluate.py "${DL19_FILES[@]}" --model "$(model main)" --embeddings "$EMBEDDINGS" \
+    --word-benchmarks --output-dir "$WORK/eval_main"
+fi
+
+if want ablation; then
+  # Each row changes one choice of the recipe; all at ABLATION_EPOCHS to fit a shared 2-core machine.
+  A=${ABLATION_EPOCHS:-3}
+  if [[ ! -f $WORK/cbow5/msmarco_word2vec.pt ]]; then
+    uv run text_embeddings/train_text_embeddings_cbow_msmarco.py --dataset-path "$WORK/alltext/collection.tsv" \
+      --epochs 5 --vector-size 300 --min-count 3 -c "$WORK/cbow5" --data-dir "$WORK/data" --no-word-benchmarks
+  fi
+  train recipe "$A" both "$EMBEDDINGS"
+  train judged-only "$A" dl21 "$EMBEDDINGS" --validation-fraction 0.1
+  train ict-only "$A" ict "$EMBEDDINGS"
+  train triplet-loss "$A" both "$EMBEDDINGS" --loss triplet
+  train frozen-embeddings "$A" both "$EMBEDDINGS" --freeze-embeddings
+  train no-token-weights "$A" both "$EMBEDDINGS" --no-token-weights
+  train cbow-5-epochs "$A" both "$WORK/cbow5/msmarco_word2vec.pt"
+  models=()
+  for name in recipe judged-only ict-only triplet-loss frozen-embeddings no-token-weights cbow-5-epochs; do
+    models+=(--model "$name=$(model "$name")")
+  done
+  echo "== evaluate the ablation on DL 2019"
+  uv run evaluation/evaluate.py "${DL19_FILES[@]}" "${models[@]}" --systems two-tower,bm25 \
+    --output-dir "$WORK/eval_ablation"
+fi

@@ -41,8 +41,9 @@ SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, action="append", default=[], metavar="PATH",
-                        help="a two-tower model (.pt from training); repeat for several")
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                        help="a two-tower model (.pt from training), optionally named (it shows as "
+                             "two-tower[NAME]); repeat for several")
     parser.add_argument("--embeddings", type=Path, default=Path("checkpoints/msmarco_word2vec.pt"),
                         help="CBOW embeddings for the zero-shot systems (checkpoints/msmarco_word2vec.pt)")
     parser.add_argument("--systems", default=None,
@@ -111,8 +112,8 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> tuple[list[Sys
     towers: list[str] = []
     if "two-tower" in chosen:
         device = pick_device(args.device)
-        names = _model_names(args.model)
-        for path, name in zip(args.model, names, strict=True):
+        paths, names = parse_models(args.model)
+        for path, name in zip(paths, names, strict=True):
             info(f"Loading two-tower model {path}")
             systems.append(TwoTowerSystem(path, name, device))
             towers.append(name)
@@ -136,13 +137,21 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> tuple[list[Sys
     return systems, hybrids
 
 
-def _model_names(paths: list[Path]) -> list[str]:
-    if len(paths) == 1:
-        return ["two-tower"]
-    stems = [p.stem.removeprefix("two_tower_model_") for p in paths]
+def parse_models(values: list[str]) -> tuple[list[Path], list[str]]:
+    """``[NAME=]PATH`` values as paths and system names (``two-tower`` alone, else ``two-tower[NAME]``)."""
+    paths, labels = [], []
+    for value in values:
+        label, separator, path = value.partition("=")
+        if not separator or "/" in label or not label:
+            label, path = "", value
+        paths.append(Path(path))
+        labels.append(label)
+    if len(paths) == 1 and not labels[0]:
+        return paths, ["two-tower"]
+    stems = [label or p.stem.removeprefix("two_tower_model_") for label, p in zip(labels, paths, strict=True)]
     if len(set(stems)) < len(stems):
         stems = [f"{i + 1}-{stem}" for i, stem in enumerate(stems)]
-    return [f"two-tower[{stem}]" for stem in stems]
+    return paths, [f"two-tower[{stem}]" for stem in stems]
 
 
 def make_tasks(args: argparse.Namespace):
@@ -176,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         report = {"created": datetime.now().isoformat(timespec="seconds"),
-                  "arguments": {k: [str(p) for p in v] if isinstance(v, list) and k == "model"
-                                else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "systems": {}, "tasks": {}}
         if chosen:
             systems, hybrids = build_systems(args, chosen)

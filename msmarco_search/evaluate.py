@@ -270,6 +270,15 @@ class TwoTowerSystem(ModelSystem):
                 "config": self.metadata.get("config")}
 
 
+def inverse_document_frequency(vocab: Vocabulary, texts: Sequence[str]) -> np.ndarray:
+    """IDF of every vocabulary word over ``texts``, BM25's ``log(1 + (N - df + 0.5) / (df + 0.5))`` (float32)."""
+    arrays = vocab.encode_many(texts, desc="Counting words")
+    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), arrays.lengths())
+    pairs = np.unique(rows * len(vocab) + np.asarray(arrays.ids, dtype=np.int64))
+    df = np.bincount(pairs % len(vocab), minlength=len(vocab)).astype(np.float64)
+    return np.log1p((len(texts) - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
 class CbowSystem(DenseSystem):
     """Zero-shot CBOW: the (IDF-weighted) mean of a text's word vectors; unknown words are left out.
 
@@ -290,12 +299,7 @@ class CbowSystem(DenseSystem):
     def fit(self, pool: PassagePool) -> None:
         if self.weighting != "idf":
             return
-        arrays = self.vocab.encode_many(pool.texts, desc="Counting words")
-        rows = np.repeat(np.arange(len(arrays), dtype=np.int64), arrays.lengths())
-        pairs = np.unique(rows * len(self.vocab) + arrays.ids.astype(np.int64))
-        df = np.bincount(pairs % len(self.vocab), minlength=len(self.vocab)).astype(np.float64)
-        idf = np.log1p((len(pool) - df + 0.5) / (df + 0.5))
-        self.weights = torch.from_numpy(idf.astype(np.float32))
+        self.weights = torch.from_numpy(inverse_document_frequency(self.vocab, pool.texts))
         self.weights[[PAD_ID, UNK_ID]] = 0.0
 
     def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
@@ -399,7 +403,7 @@ class TaskResult:
 
 
 def evaluate_task(task: Task, systems: Sequence[System], hybrids: Sequence[HybridSpec] = (), depth: int = 1000,
-                  random_seeds: int = 10) -> TaskResult:
+                  random_seeds: int = 10, verbose: bool = True) -> TaskResult:
     """Run every system (then the hybrids) on ``task`` and score each run with ``ir_measures``."""
     import time
 
@@ -407,7 +411,8 @@ def evaluate_task(task: Task, systems: Sequence[System], hybrids: Sequence[Hybri
     seconds: dict[str, float] = {}
     for system in systems:
         started = time.perf_counter()
-        info(f"  {task.name}: {system.name} over {len(task.pool):,} passages, {len(task.queries):,} queries")
+        if verbose:
+            info(f"  {task.name}: {system.name} over {len(task.pool):,} passages, {len(task.queries):,} queries")
         system.prepare(task.pool)
         runs[system.name] = _run_of(system, task, depth)
         seconds[system.name] = time.perf_counter() - started

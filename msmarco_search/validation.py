@@ -82,7 +82,7 @@ class Validator:
     def evaluate(self, epoch: int, step: int, end_of_epoch: bool) -> float:
         started = time.perf_counter()
         system = ModelSystem(self.model, self.vocab, "validation", self.device)
-        result = evaluate_task(self.validation.task, [system], depth=10, random_seeds=0)
+        result = evaluate_task(self.validation.task, [system], depth=10, random_seeds=0, verbose=False)
         value = result.metrics["validation"][self.metric]
         entry = {"epoch": epoch, "step": step, "end_of_epoch": end_of_epoch, self.metric: value,
                  "seconds": time.perf_counter() - started}

@@ -123,7 +123,7 @@ def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus)
         qid, _, pid, _ = line.split()
         graded.append(f"{qid} 0 {pid} {2 if number % 2 else 1}\n")
     (folder / "qrels.dev.tsv").write_text("".join(graded))
-    args = ["--model", trained_pipeline["model"], "--model", trained_pipeline["model"], "--embeddings",
+    args = ["--model", f"first={trained_pipeline['model']}", "--model", trained_pipeline["model"], "--embeddings",
             trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
             folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "hybrid,cbow",
             "--hybrid-methods", "linear", "--hybrid-weight", "0.7"]
@@ -131,10 +131,11 @@ def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus)
     report = _report(tmp_path / "full")
     metrics = report["tasks"]["full"]["metrics"]
     model_stem = trained_pipeline["model"].stem.removeprefix("two_tower_model_")
-    tower = f"two-tower[1-{model_stem}]"
-    assert set(metrics) == {tower, f"two-tower[2-{model_stem}]", "bm25", "cbow-mean", "cbow-idf",
-                            f"hybrid-linear[1-{model_stem}]", f"hybrid-linear[2-{model_stem}]"}
-    assert report["systems"][f"hybrid-linear[1-{model_stem}]"]["weight"] == 0.7
+    tower = "two-tower[first]"
+    assert set(metrics) == {tower, f"two-tower[{model_stem}]", "bm25", "cbow-mean", "cbow-idf",
+                            "hybrid-linear[first]", f"hybrid-linear[{model_stem}]"}
+    assert report["systems"]["hybrid-linear[first]"]["weight"] == 0.7
+    assert metrics[tower] == metrics[f"two-tower[{model_stem}]"]  # the same model twice
     assert set(metrics[tower]) == {"nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"}
     assert metrics[tower]["nDCG@10"] > metrics["bm25"]["nDCG@10"] + 0.3
     assert report["tasks"]["full"]["passages"] == len(corpus.passages)
@@ -260,3 +261,21 @@ def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
     assert "wordsim353: Spearman n/a (0.0% of pairs in vocabulary)" in result.stdout
     skipped = run_script(CBOW_SCRIPT, *args, "--no-word-benchmarks", cwd=tmp_path)
     assert "Word-embedding quality" not in skipped.stdout
+
+
+def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
+    from conftest import TRAIN_SCRIPT
+
+    from msmarco_search.evaluate import inverse_document_frequency
+    from msmarco_search.model import load_two_tower
+
+    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+               "--init-token-weights", "idf", "--embedding-learning-rate", "1e-12", "--learning-rate", "1e-12",
+               "--validation-fraction", "0", "--output-dir", tmp_path, cwd=tmp_path)
+    model, vocab, _ = load_two_tower(next(tmp_path.glob("two_tower_model_*.pt")))
+    triplets = load_triplets(trained_pipeline["triplets"])
+    idf = inverse_document_frequency(vocab, list(dict.fromkeys(triplets.positives + triplets.negatives)))
+    for tower in (model.query_tower, model.passage_tower):
+        weights = tower.token_weight.weight.detach()[:, 0]
+        assert torch.allclose(weights, torch.from_numpy(idf).clamp_min(1e-4).log(), atol=1e-4)
+        assert weights[vocab.word_to_index["the"]] < weights[vocab.word_to_index["doc0y1"]]

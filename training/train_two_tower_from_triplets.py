@@ -20,6 +20,7 @@ from msmarco_search.cbow import load_embeddings
 from msmarco_search.checkpoints import release, save_json, timestamped_path
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.evaluate import inverse_document_frequency
 from msmarco_search.losses import LOSSES, InBatchSoftmaxLoss, TripletMarginLoss
 from msmarco_search.model import TOWERS, TwoTowerConfig, TwoTowerModel, encode_texts, save_two_tower
 from msmarco_search.plots import plot_training_log
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--no-token-weights", action="store_true",
                        help="plain mean pooling, without a learned weight per word")
     model.add_argument("--shared-towers", action="store_true", help="one tower for queries and passages")
+    model.add_argument("--init-token-weights", choices=("one", "idf"), default="one",
+                       help="start the learned word weights at 1 (a plain mean) or at the IDF of the word over "
+                            "the triplets' passages (the zero-shot IDF-weighted mean)")
     model.add_argument("--output-dim", type=non_negative_int, default=0,
                        help="size of the output vectors (0 = the embedding size)")
     model.add_argument("--gru-hidden-dim", type=positive_int, default=256, help="GRU state size per direction")
@@ -122,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         shared_towers=args.shared_towers, max_query_length=args.max_query_length,
         max_passage_length=args.max_passage_length)
     model = TwoTowerModel(config, matrix)
+    if args.init_token_weights == "idf" and config.token_weights and config.tower == "mean":
+        passages = list(dict.fromkeys(triplets.positives + triplets.negatives))
+        idf = torch.from_numpy(inverse_document_frequency(vocab, passages)).clamp_min(1e-4).log()
+        for tower in {id(t): t for t in (model.query_tower, model.passage_tower)}.values():
+            tower.token_weight.weight.data[:, 0] = idf
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"Model: {config.tower} towers, {trainable:,} trainable parameters")
     stat = args.triplets_file.stat()
