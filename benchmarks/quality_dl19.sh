@@ -17,8 +17,6 @@ DL19=$DATA/msmarco-trec-dl-2019
 DL21=$DATA/msmarco-v2-trec-dl-2021
 CBOW_EPOCHS=${CBOW_EPOCHS:-20}
 EPOCHS=${EPOCHS:-8}
-BATCH_SIZE=${BATCH_SIZE:-256}
-LEARNING_RATE=${LEARNING_RATE:-1e-3}
 export MSMARCO_SEARCH_NO_PROGRESS=${MSMARCO_SEARCH_NO_PROGRESS:-1}
 steps=("$@")
 [[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets train evaluate ablation)
@@ -53,11 +51,21 @@ if want triplets; then
   uv run preprocessing/generate_triplets.py --dataset-path "$DL21" --split dl21 --min-relevance 2 \
     --negatives hard --output-dir "$WORK/triplets/dl21"
   judged=$(newest "$WORK/triplets/dl21" 'msmarco_triplets_*.pkl')
-  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "$DL19/collection.tsv" "$DL21/collection.tsv" \
-    --output-dir "$WORK/triplets/ict"
-  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "$DL19/collection.tsv" "$DL21/collection.tsv" \
-    --include "$judged" --output-dir "$WORK/triplets/both"
+  pools=("$DL19/collection.tsv" "$DL21/collection.tsv")
+  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "${pools[@]}" --output-dir "$WORK/triplets/ict"
+  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "${pools[@]}" --include "$judged" \
+    --output-dir "$WORK/triplets/both"
+  uv run preprocessing/generate_triplets.py --mode ict --dataset-path "${pools[@]}" --include "$judged" \
+    --ict-per-passage 2 --output-dir "$WORK/triplets/both2"
 fi
+
+# The recipe: shared towers, word weights starting at the IDF, in-batch softmax (scale 20), word vectors and
+# weights fine-tuned with sparse updates at 1e-2, the dense head at 1e-4, batch 256, 8 epochs; the held-out
+# 5 % of the queries pick the best epoch.
+RECIPE=(--shared-towers --init-token-weights idf --loss softmax --scale 20 --learning-rate 1e-4
+        --embedding-learning-rate 1e-2 --batch-size 256)
+# One thread: on a loaded machine, torch's spinning worker threads slow training several times over.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # train NAME EPOCHS TRIPLETS_DIR EMBEDDINGS [flags...]: one two-tower model into $WORK/models/NAME
 train() {
@@ -67,9 +75,7 @@ train() {
   echo "== train $name: $epochs epochs on $triplets $*"
   rm -rf "$WORK/models/$name"
   uv run training/train_two_tower_from_triplets.py "$triplets" --embeddings "$embeddings" --epochs "$epochs" \
-    --batch-size "$BATCH_SIZE" --learning-rate "$LEARNING_RATE" --embedding-learning-rate 1e-2 --scale 20 \
-    --output-dir "$WORK/models/$name" --data-dir "$WORK/data" "$@" | grep -v '^  [0-9]*\. ' || true
-  newest "$WORK/models/$name" 'two_tower_model_*.pt' > /dev/null
+    --output-dir "$WORK/models/$name" --data-dir "$WORK/data" "$@" | grep -E 'Validation|Keeping|Epoch|Saved'
 }
 model() { newest "$WORK/models/$1" 'two_tower_model_*.pt'; }
 EMBEDDINGS=$WORK/cbow/msmarco_word2vec.pt
@@ -77,7 +83,7 @@ DL19_FILES=(--collection "$DL19/collection.tsv" --queries "$DL19/queries.dl19.ts
             --qrels "$DL19/qrels.dl19-passage.in-collection.txt")
 
 if want train; then
-  train main "$EPOCHS" both "$EMBEDDINGS"
+  train main "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}"
 fi
 
 if want evaluate; then
@@ -87,21 +93,25 @@ if want evaluate; then
 fi
 
 if want ablation; then
-  # Each row changes one choice of the recipe; all at ABLATION_EPOCHS to fit a shared 2-core machine.
-  A=${ABLATION_EPOCHS:-3}
+  # Each model changes one choice of the recipe (flags given later win over the recipe's).
   if [[ ! -f $WORK/cbow5/msmarco_word2vec.pt ]]; then
     uv run text_embeddings/train_text_embeddings_cbow_msmarco.py --dataset-path "$WORK/alltext/collection.tsv" \
       --epochs 5 --vector-size 300 --min-count 3 -c "$WORK/cbow5" --data-dir "$WORK/data" --no-word-benchmarks
   fi
-  train recipe "$A" both "$EMBEDDINGS"
-  train judged-only "$A" dl21 "$EMBEDDINGS" --validation-fraction 0.1
-  train ict-only "$A" ict "$EMBEDDINGS"
-  train triplet-loss "$A" both "$EMBEDDINGS" --loss triplet
-  train frozen-embeddings "$A" both "$EMBEDDINGS" --freeze-embeddings
-  train no-token-weights "$A" both "$EMBEDDINGS" --no-token-weights
-  train cbow-5-epochs "$A" both "$WORK/cbow5/msmarco_word2vec.pt"
-  models=()
-  for name in recipe judged-only ict-only triplet-loss frozen-embeddings no-token-weights cbow-5-epochs; do
+  train judged-only "$EPOCHS" dl21 "$EMBEDDINGS" "${RECIPE[@]}" --validation-fraction 0.1
+  train ict-only "$EPOCHS" ict "$EMBEDDINGS" "${RECIPE[@]}"
+  train ict-2-per-passage "$EPOCHS" both2 "$EMBEDDINGS" "${RECIPE[@]}"
+  train separate-towers "$EPOCHS" both "$EMBEDDINGS" --init-token-weights idf --learning-rate 1e-4 --batch-size 256
+  train weights-start-at-1 "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --init-token-weights one
+  train no-token-weights "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --no-token-weights
+  train frozen-embeddings "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --freeze-embeddings
+  train triplet-loss "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --loss triplet
+  train dense-lr-1e-3 "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --learning-rate 1e-3
+  train cbow-5-epochs "$EPOCHS" both "$WORK/cbow5/msmarco_word2vec.pt" "${RECIPE[@]}"
+  train 2-epochs 2 both "$EMBEDDINGS" "${RECIPE[@]}"
+  models=(--model "recipe=$(model main)")
+  for name in judged-only ict-only ict-2-per-passage separate-towers weights-start-at-1 no-token-weights \
+              frozen-embeddings triplet-loss dense-lr-1e-3 cbow-5-epochs 2-epochs; do
     models+=(--model "$name=$(model "$name")")
   done
   echo "== evaluate the ablation on DL 2019"
