@@ -1,8 +1,9 @@
 """Stage 3: train a two-tower retrieval model from triplets, on top of the CBOW embeddings.
 
 Writes {output_dir}/two_tower_model_<timestamp>.pt (weights, config, vocabulary; loadable with
-torch.load(..., weights_only=True)) and ..._training_log.json, then ranks a few queries' candidates as a
-quick similarity test.
+torch.load(..., weights_only=True)), ..._training_log.json and a plot of it (..._training_log.png), then ranks
+a few queries' candidates as a quick similarity test. A held-out slice of the queries is scored (MRR@10)
+after every epoch; the best model is the one saved.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from msmarco_search.cbow import load_embeddings
 from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.evaluate import inverse_document_frequency
 from msmarco_search.losses import LOSSES, InBatchSoftmaxLoss, TripletMarginLoss
 from msmarco_search.model import TOWERS, TwoTowerConfig, TwoTowerModel, encode_texts, save_two_tower
+from msmarco_search.plots import plot_training_log
 from msmarco_search.report import info
 from msmarco_search.train import TrainSettings, train_two_tower
 from msmarco_search.triplets import load_triplets
+from msmarco_search.validation import Validator, split_validation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--no-token-weights", action="store_true",
                        help="plain mean pooling, without a learned weight per word")
     model.add_argument("--shared-towers", action="store_true", help="one tower for queries and passages")
+    model.add_argument("--init-token-weights", choices=("one", "idf"), default="one",
+                       help="start the learned word weights at 1 (a plain mean) or at the IDF of the word over "
+                            "the triplets' passages (the zero-shot IDF-weighted mean)")
     model.add_argument("--output-dim", type=non_negative_int, default=0,
                        help="size of the output vectors (0 = the embedding size)")
     model.add_argument("--gru-hidden-dim", type=positive_int, default=256, help="GRU state size per direction")
@@ -64,6 +71,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective.add_argument("--scale", type=positive_float, default=20.0, help="softmax inverse temperature (20)")
     objective.add_argument("--margin", type=positive_float, default=0.2, help="triplet-loss margin (0.2)")
     parser.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps (10)")
+    validation = parser.add_argument_group("validation")
+    validation.add_argument("--validation-fraction", type=float, default=0.05,
+                            help="share of the queries held out to score MRR@10 on (0.05, at most 2000 "
+                                 "queries; 0 = none)")
+    validation.add_argument("--validation-queries", type=non_negative_int, default=None,
+                            help="hold out exactly this many queries instead")
+    validation.add_argument("--validate-every", type=non_negative_int, default=0,
+                            help="also validate every N steps (0 = after each epoch only)")
+    validation.add_argument("--keep-last", action="store_true",
+                            help="save the last model, not the best one on the validation queries")
     return parser.parse_args(argv)
 
 
@@ -111,22 +128,40 @@ def main(argv: list[str] | None = None) -> int:
         shared_towers=args.shared_towers, max_query_length=args.max_query_length,
         max_passage_length=args.max_passage_length)
     model = TwoTowerModel(config, matrix)
+    if args.init_token_weights == "idf" and config.token_weights and config.tower == "mean":
+        passages = list(dict.fromkeys(triplets.positives + triplets.negatives))
+        idf = torch.from_numpy(inverse_document_frequency(vocab, passages)).clamp_min(1e-4).log()
+        for tower in {id(t): t for t in (model.query_tower, model.passage_tower)}.values():
+            tower.token_weight.weight.data[:, 0] = idf
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"Model: {config.tower} towers, {trainable:,} trainable parameters")
     stat = args.triplets_file.stat()
-    data = tokenise_triplets(triplets, vocab, args.max_query_length, args.max_passage_length,
-                             cache_dir=args.data_dir,
-                             source_identity=f"{args.triplets_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    train_triplets, validation = split_validation(triplets, args.validation_fraction, args.validation_queries,
+                                                  args.seed)
+    held_out = f"|held-out:{validation.fingerprint()}" if validation else ""
+    data = tokenise_triplets(train_triplets, vocab, args.max_query_length, args.max_passage_length,
+                             cache_dir=args.data_dir, source_identity=f"{args.triplets_file.resolve()}:"
+                                                                      f"{stat.st_size}:{stat.st_mtime_ns}{held_out}")
+    validator = None
+    if validation is not None:
+        validator = Validator(validation, model, vocab, device, args.validate_every, keep_best=not args.keep_last)
+        info(f"Validation: {len(validation.query_ids):,} held-out queries, {len(train_triplets):,} triplets "
+             "left to train on")
     loss_fn = InBatchSoftmaxLoss(args.scale) if args.loss == "softmax" else TripletMarginLoss(args.margin)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              embedding_learning_rate=args.embedding_learning_rate, seed=args.seed,
                              num_workers=args.num_workers, log_every=args.log_every)
-    log = train_two_tower(model, data, loss_fn, settings, device)
+    log = train_two_tower(model, data, loss_fn, settings, device,
+                          after_epoch=validator.after_epoch if validator else None,
+                          after_step=validator.after_step if validator and args.validate_every else None)
+    if validator is not None:
+        validator.restore_best()
     info(f"Training completed in {log.training_seconds:.2f} seconds "
          f"({log.examples_seen / max(log.training_seconds, 1e-9):,.0f} triplets/s)")
 
     record = {**log.as_dict(), "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "model_config": vars(config), "num_triplets": len(triplets),
+              "validation": validator.report() if validator else None,
               "finished": datetime.now().isoformat(timespec="seconds")}
     if not args.no_save:
         path = timestamped_path(args.output_dir, "two_tower_model", ".pt")
@@ -135,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 "embeddings_file": str(args.embeddings)})
             log_path = path.with_name(path.stem + "_training_log.json")
             save_json(record, log_path)
+            plot_path = plot_training_log(record, log_path.with_suffix(".png"))
         finally:
             release(path)
         info(f"💾 Saved model to {path}")
-        info(f"💾 Saved training log to {log_path}")
+        info(f"💾 Saved training log to {log_path} (plot: {plot_path})")
     else:
         info("Not saving the model (--no-save)")
     similarity_test(model, vocab, triplets, device)
