@@ -622,14 +622,17 @@ def _check_weights(runs: Sequence[Mapping[Any, float]], weights: Sequence[float]
 
 def write_trec_run(path: str | Path, results: Sequence[tuple[str, Sequence[tuple[str, float]]]],
                    tag: str) -> Path:
-    """A TREC run file, ``qid Q0 docid rank score tag`` per line, read by trec_eval and ir_measures."""
+    """A TREC run file, ``qid Q0 docid rank score tag`` per line, read by trec_eval and ir_measures.
+
+    Scores are written in full (``repr``), so tools that re-sort by score see the same ties as we did.
+    """
     tag = "_".join(tag.split()) or "run"
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             for qid, hits in results:
                 for rank, (docid, score) in enumerate(hits, 1):
-                    handle.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+                    handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
 
     return atomic_write(path, write)
 

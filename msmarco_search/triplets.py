@@ -4,6 +4,11 @@ For each query with a selected passage, every selected passage is a positive, pa
 ``hard`` takes an unselected passage of the same query, ``random`` a passage of another query, ``mixed``
 either with equal odds. A negative is never a passage whose text equals one of the query's positives.
 
+Without queries, ``inverse_cloze_triplets`` makes triplets from bare passages (the inverse cloze task of
+Lee et al. 2019, "Latent Retrieval for Weakly Supervised Open Domain QA"): a sentence of a passage (or a
+span, when the passage is one sentence) becomes the query, the rest of the passage its positive, and
+another passage the negative.
+
 The file is a pickle of plain lists of strings (columns), so it loads through ``checkpoints.load_pickle``,
 which refuses every global.
 """
@@ -11,7 +16,8 @@ which refuses every global.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,7 @@ from typing import Any
 from .checkpoints import KIND_TRIPLETS, load_pickle, save_pickle
 from .errors import PipelineError
 from .report import progress
-from .sources import Passage, QueryRecord
+from .sources import Passage, QueryRecord, Source, TsvSource, read_collection
 
 NEGATIVE_STRATEGIES = ("hard", "random", "mixed")
 COLUMNS = ("query_ids", "queries", "positive_ids", "positives", "negative_ids", "negatives")
@@ -38,12 +44,24 @@ class Triplets:
         return len(self.queries)
 
     def append(self, record: QueryRecord, positive: Passage, negative: Passage) -> None:
-        self.query_ids.append(record.query_id)
-        self.queries.append(record.query)
-        self.positive_ids.append(positive.pid)
-        self.positives.append(positive.text)
-        self.negative_ids.append(negative.pid)
-        self.negatives.append(negative.text)
+        self.add(record.query_id, record.query, positive.pid, positive.text, negative.pid, negative.text)
+
+    def add(self, query_id: str, query: str, positive_id: str, positive: str, negative_id: str,
+            negative: str) -> None:
+        self.query_ids.append(query_id)
+        self.queries.append(query)
+        self.positive_ids.append(positive_id)
+        self.positives.append(positive)
+        self.negative_ids.append(negative_id)
+        self.negatives.append(negative)
+
+    def extend(self, other: Triplets) -> None:
+        for name in COLUMNS:
+            getattr(self, name).extend(getattr(other, name))
+
+    def subset(self, indices: Iterable[int]) -> Triplets:
+        indices = list(indices)
+        return Triplets(**{name: [getattr(self, name)[i] for i in indices] for name in COLUMNS})
 
     def columns(self) -> dict[str, list[str]]:
         return {name: getattr(self, name) for name in COLUMNS}
@@ -115,6 +133,101 @@ def _random_negative(records: list[QueryRecord], own: int, positive_texts: set[s
         if _normalised(passage.text) not in positive_texts:
             return passage
     return None
+
+
+# ------------------------------------------------------------------------------------------ inverse cloze
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+@dataclass
+class ClozeStats:
+    passages_read: int = 0
+    passages_too_short: int = 0
+    sentence_queries: int = 0
+    span_queries: int = 0
+    queries_kept_in_positive: int = 0
+
+
+def source_passages(source: Source, max_samples: int | None = None) -> Iterator[tuple[str, str]]:
+    """``(pid, text)`` of a source's passages: a TSV collection as is, else each distinct passage of its rows."""
+    if isinstance(source, TsvSource) and source.files.collection is not None:
+        for number, pair in enumerate(read_collection(source.files.collection), 1):
+            yield pair[0], pair[1]
+            if max_samples is not None and number >= max_samples:
+                return
+        return
+    seen: set[str] = set()
+    for record in source.records():
+        for passage in record.passages:
+            if passage.pid not in seen:
+                seen.add(passage.pid)
+                yield passage.pid, passage.text
+                if max_samples is not None and len(seen) >= max_samples:
+                    return
+
+
+def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, per_passage: int = 1,
+                           max_query_words: int = 16, min_words: int = 8, keep_query_probability: float = 0.1,
+                           total: int | None = None) -> tuple[Triplets, ClozeStats]:
+    """Triplets from bare passages by the inverse cloze task (see the module docstring).
+
+    The pseudo-query is a random sentence of the passage (a window of at most ``max_query_words`` words of
+    it), or, in a one-sentence passage, a span of a quarter of its words (3 to ``max_query_words``). The
+    positive is the passage without that sentence or span, except with probability
+    ``keep_query_probability``, where it stays in (Lee et al. keep 10 %, so the model still learns that
+    shared words matter). The negative is another passage, never one with the same text.
+    """
+    if not 0.0 <= keep_query_probability <= 1.0:
+        raise PipelineError(f"the probability of keeping the query in its passage must lie in [0, 1], got "
+                            f"{keep_query_probability}")
+    if max_query_words < 3:
+        raise PipelineError(f"pseudo-queries need room for at least 3 words, got {max_query_words}")
+    stats = ClozeStats()
+    kept: list[tuple[str, str]] = []
+    for pid, text in progress(passages, desc="Reading passages", total=total, unit="passage"):
+        stats.passages_read += 1
+        if len(text.split()) >= min_words:
+            kept.append((pid, text))
+        else:
+            stats.passages_too_short += 1
+    triplets = Triplets()
+    if len(kept) < 2:
+        return triplets, stats
+    rng = random.Random(seed)
+    for index, (pid, text) in enumerate(progress(kept, desc="Cutting pseudo-queries", unit="passage")):
+        for copy in range(per_passage):
+            query, rest, from_sentence = _cloze_split(text, rng, max_query_words)
+            if rng.random() < keep_query_probability:
+                rest = text
+                stats.queries_kept_in_positive += 1
+            stats.sentence_queries += int(from_sentence)
+            stats.span_queries += int(not from_sentence)
+            own = _normalised(text)
+            for _ in range(20):
+                other = rng.randrange(len(kept) - 1)
+                other += int(other >= index)
+                if _normalised(kept[other][1]) != own:
+                    break
+            triplets.add(f"ict:{pid}:{copy}", query, pid, rest, kept[other][0], kept[other][1])
+    return triplets, stats
+
+
+def _cloze_split(text: str, rng: random.Random, max_query_words: int) -> tuple[str, str, bool]:
+    """(pseudo-query, the rest of the passage, whether the query is a sentence)."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    if len(sentences) >= 2:
+        chosen = rng.randrange(len(sentences))
+        words = sentences[chosen].split()
+        if len(words) > max_query_words:
+            start = rng.randrange(len(words) - max_query_words + 1)
+            words = words[start:start + max_query_words]
+        rest = " ".join(s for i, s in enumerate(sentences) if i != chosen)
+        return " ".join(words), rest, True
+    words = text.split()
+    length = min(max(3, len(words) // 4), max_query_words)
+    start = rng.randrange(len(words) - length + 1)
+    return " ".join(words[start:start + length]), " ".join(words[:start] + words[start + length:]), False
 
 
 def triplets_prefix(sample_size: int) -> str:

@@ -260,7 +260,8 @@ def test_cbow_continues_from_a_saved_gensim_model(tmp_path, rows_file):
 
 def test_two_gloo_processes_train_like_one_with_the_doubled_batch(tmp_path, trained_pipeline):
     common = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "3",
-              "--log-every", "1", "--learning-rate", "3e-3", "--data-dir", tmp_path / "data"]
+              "--log-every", "1", "--learning-rate", "3e-3", "--data-dir", tmp_path / "data",
+              "--validation-fraction", "0"]
     env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(ROOT / TRAIN_SCRIPT), *map(str, common), "--batch-size", "16", "--output-dir",

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="continue training a gensim model saved with --save-gensim-model")
     parser.add_argument("--save-gensim-model", action="store_true",
                         help="also save the full gensim model (msmarco_word2vec.gensim) to continue later")
+    parser.add_argument("--no-word-benchmarks", action="store_true",
+                        help="skip the analogy and word-similarity benchmarks printed at the end")
     add_source_arguments(parser)
     return parser.parse_args(argv)
 
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     info(f"Embedding dimension: {matrix.shape[1]}")
     info(f"Total parameters: {matrix.numel():,}")
     info(f"Training time: {seconds:.2f} seconds ({seconds / 60:.2f} minutes)")
+    if not args.no_word_benchmarks:
+        from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
+
+        report_word_embedding_quality(word_embedding_quality(matrix, vocab))
     return 0
 
 

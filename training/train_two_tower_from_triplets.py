@@ -1,8 +1,9 @@
 """Stage 3: train a two-tower retrieval model from triplets, on top of the CBOW embeddings.
 
 Writes {output_dir}/two_tower_model_<timestamp>.pt (weights, config, vocabulary; loadable with
-torch.load(..., weights_only=True)) and ..._training_log.json, then ranks a few queries' candidates as a
-quick similarity test.
+torch.load(..., weights_only=True)), ..._training_log.json and a plot of it (..._training_log.png), then ranks
+a few queries' candidates as a quick similarity test. A held-out slice of the queries is scored (MRR@10)
+after every epoch; the best model is the one saved.
 
 The triplets file is a .pkl from preprocessing/generate_triplets.py, or the official triples TSV
 (query<TAB>positive<TAB>negative, e.g. triples.train.small.tsv), which is tokenised in chunks into
@@ -33,12 +34,15 @@ from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, 
 from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.evaluate import inverse_document_frequency
 from msmarco_search.losses import LOSSES, InBatchSoftmaxLoss, TripletMarginLoss
 from msmarco_search.model import TOWERS, TwoTowerConfig, TwoTowerModel, encode_texts, save_two_tower
+from msmarco_search.plots import plot_training_log
 from msmarco_search.report import info
 from msmarco_search.streaming import triples_tsv_arrays, triples_tsv_head
 from msmarco_search.train import TrainingInterrupted, TrainSettings, load_training_state, train_two_tower
 from msmarco_search.triplets import load_triplets
+from msmarco_search.validation import Validator, split_validation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--no-token-weights", action="store_true",
                        help="plain mean pooling, without a learned weight per word")
     model.add_argument("--shared-towers", action="store_true", help="one tower for queries and passages")
+    model.add_argument("--init-token-weights", choices=("one", "idf"), default="one",
+                       help="start the learned word weights at 1 (a plain mean) or at the IDF of the word over "
+                            "the triplets' passages (the zero-shot IDF-weighted mean)")
     model.add_argument("--output-dim", type=non_negative_int, default=0,
                        help="size of the output vectors (0 = the embedding size)")
     model.add_argument("--gru-hidden-dim", type=positive_int, default=256, help="GRU state size per direction")
@@ -93,6 +100,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective.add_argument("--scale", type=positive_float, default=20.0, help="softmax inverse temperature (20)")
     objective.add_argument("--margin", type=positive_float, default=0.2, help="triplet-loss margin (0.2)")
     parser.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps (10)")
+    validation = parser.add_argument_group("validation")
+    validation.add_argument("--validation-fraction", type=float, default=0.05,
+                            help="share of the queries held out to score MRR@10 on (0.05, at most 2000 "
+                                 "queries; 0 = none)")
+    validation.add_argument("--validation-queries", type=non_negative_int, default=None,
+                            help="hold out exactly this many queries instead")
+    validation.add_argument("--validate-every", type=non_negative_int, default=0,
+                            help="also validate every N steps (0 = after each epoch only)")
+    validation.add_argument("--keep-last", action="store_true",
+                            help="save the last model, not the best one on the validation queries")
     return parser.parse_args(argv)
 
 
@@ -136,16 +153,20 @@ def resume_command(state_path: Path, world_size: int) -> str:
 
 
 def load_data(args: argparse.Namespace, vocab, triplets):
-    """Token arrays of the triplets and a few triplets as text (for the similarity test)."""
+    """Token arrays of the training triplets, a few triplets as text (for the similarity test), and the
+    held-out validation set (none for a triples TSV: its lines carry no query ids to hold out by)."""
     if triplets is None:
         data = triples_tsv_arrays(args.triplets_file, vocab, args.max_query_length, args.max_passage_length,
                                   args.data_dir)
-        return data, triples_tsv_head(args.triplets_file)
+        return data, triples_tsv_head(args.triplets_file), None
     stat = args.triplets_file.stat()
-    data = tokenise_triplets(triplets, vocab, args.max_query_length, args.max_passage_length,
-                             cache_dir=args.data_dir,
-                             source_identity=f"{args.triplets_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
-    return data, triplets
+    train_triplets, validation = split_validation(triplets, args.validation_fraction, args.validation_queries,
+                                                  args.seed)
+    held_out = f"|held-out:{validation.fingerprint()}" if validation else ""
+    data = tokenise_triplets(train_triplets, vocab, args.max_query_length, args.max_passage_length,
+                             cache_dir=args.data_dir, source_identity=f"{args.triplets_file.resolve()}:"
+                                                                      f"{stat.st_size}:{stat.st_mtime_ns}{held_out}")
+    return data, triplets, validation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +196,9 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
         triplets = None  # streamed below, once the vocabulary is known
         if not args.triplets_file.is_file():
             raise PipelineError("file not found", args.triplets_file)
+        if args.init_token_weights == "idf":
+            raise PipelineError("--init-token-weights idf needs a triplets .pkl (a triples TSV is not read whole)",
+                                args.triplets_file)
     else:
         triplets = load_triplets(args.triplets_file)
     if not args.embeddings.exists():
@@ -185,7 +209,7 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
     # the first process tokenises (and caches) the triplets; the others then read its cache
     if not context.is_main:
         context.barrier()
-    data, triplets = load_data(args, vocab, triplets)
+    data, triplets, validation = load_data(args, vocab, triplets)
     if context.is_main:
         context.barrier()
     info(f"Loaded {len(data):,} triplets from {args.triplets_file}")
@@ -202,8 +226,20 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
         raise PipelineError("cannot resume: the model settings differ from the interrupted run's; run the same "
                             "command with --resume", args.resume)
     model = TwoTowerModel(config, matrix)
+    if args.init_token_weights == "idf" and config.token_weights and config.tower == "mean":
+        passages = list(dict.fromkeys(triplets.positives + triplets.negatives))
+        idf = torch.from_numpy(inverse_document_frequency(vocab, passages)).clamp_min(1e-4).log()
+        for tower in {id(t): t for t in (model.query_tower, model.passage_tower)}.values():
+            tower.token_weight.weight.data[:, 0] = idf
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"Model: {config.tower} towers, {trainable:,} trainable parameters")
+    validator = None
+    if validation is not None and context.is_main:  # the first process validates; the others train on
+        validator = Validator(validation, model, vocab, device, args.validate_every, keep_best=not args.keep_last)
+        info(f"Validation: {len(validation.query_ids):,} held-out queries, {len(data):,} triplets left to train on"
+             + ("" if resume is None else " (the best model is tracked from the resumed step on)"))
+    elif triplets is not None and args.triplets_file.suffix.lower() == ".tsv":
+        info("Validation: none for a triples TSV input")
     loss_fn = InBatchSoftmaxLoss(args.scale) if args.loss == "softmax" else TripletMarginLoss(args.margin)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              embedding_learning_rate=args.embedding_learning_rate, seed=args.seed,
@@ -223,7 +259,9 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
              "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     try:
         log = train_two_tower(model, data, loss_fn, settings, device, state_path=state_path, resume=resume,
-                              state_extra=extra, context=context)
+                              state_extra=extra, context=context,
+                              after_epoch=validator.after_epoch if validator else None,
+                              after_step=validator.after_step if validator and args.validate_every else None)
     except TrainingInterrupted as stop:
         if path is not None and context.is_main:
             release(path)
@@ -239,23 +277,29 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
         if path is not None and context.is_main:
             release(path)
         raise
+    if validator is not None:
+        validator.restore_best()
     info(f"Training completed in {log.training_seconds:.2f} seconds "
          f"({log.examples_seen / max(log.training_seconds, 1e-9):,.0f} triplets/s)")
     if not context.is_main:
         return 0
 
+    total = len(data) if args.triplets_file.suffix.lower() == ".tsv" else len(triplets)
     record = {**log.as_dict(), "arguments": extra["arguments"], "model_config": vars(config),
-              "num_triplets": len(data), "finished": datetime.now().isoformat(timespec="seconds")}
+              "num_triplets": total, "num_training_triplets": len(data),
+              "validation": validator.report() if validator else None,
+              "finished": datetime.now().isoformat(timespec="seconds")}
     if path is not None:
         try:
             save_two_tower(path, model, vocab, {"training": {k: v for k, v in record.items() if k != "steps"},
                                                 "embeddings_file": str(args.embeddings)})
             log_path = path.with_name(path.stem + "_training_log.json")
             save_json(record, log_path)
+            plot_path = plot_training_log(record, log_path.with_suffix(".png"))
         finally:
             release(path)
         info(f"💾 Saved model to {path}")
-        info(f"💾 Saved training log to {log_path}")
+        info(f"💾 Saved training log to {log_path} (plot: {plot_path})")
         if state_path is not None and state_path.exists() and not args.keep_training_state:
             state_path.unlink()
     else:

@@ -1,0 +1,118 @@
+"""Validation during two-tower training: a held-out slice of the triplets' queries, scored as training goes.
+
+The held-out queries' triplets leave the training set. Their positives and negatives form a small pool;
+each held-out query ranks the whole pool with the model being trained, and MRR@10 (``ir_measures``, relevant
+= the query's positives) is logged after every epoch and, if asked, every N steps. The best state seen is
+kept in memory and put back into the model at the end, so the saved model is the best one, not the last.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import PipelineError
+from .evaluate import ModelSystem, PassagePool, Task, evaluate_task
+from .report import info
+from .sources import text_id
+from .triplets import Triplets
+from .vocab import Vocabulary
+
+DEFAULT_MAX_QUERIES = 2000
+
+
+@dataclass
+class ValidationSet:
+    query_ids: list[str]
+    task: Task
+
+    def fingerprint(self) -> str:
+        return text_id("\n".join(sorted(self.query_ids)))
+
+
+def split_validation(triplets: Triplets, fraction: float = 0.0, count: int | None = None, seed: int = 42,
+                     max_queries: int = DEFAULT_MAX_QUERIES) -> tuple[Triplets, ValidationSet | None]:
+    """Hold out ``count`` queries (or ``fraction`` of them, at most ``max_queries``) with all their triplets.
+
+    Returns the training triplets and the validation set (``None`` when nothing is held out).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise PipelineError(f"--validation-fraction must lie in [0, 1), got {fraction}")
+    distinct = list(dict.fromkeys(triplets.query_ids))
+    wanted = count if count is not None else min(round(fraction * len(distinct)), max_queries)
+    if wanted == 0:
+        return triplets, None
+    if wanted >= len(distinct):
+        raise PipelineError(f"cannot hold out {wanted} validation queries: the triplets have only "
+                            f"{len(distinct)} distinct queries and training needs at least one")
+    held = set(random.Random(seed).sample(distinct, wanted))
+    train = triplets.subset(i for i, qid in enumerate(triplets.query_ids) if qid not in held)
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    pool: dict[str, str] = {}  # passages keyed by their text: an ICT positive shares its id with the full text
+    for i, qid in enumerate(triplets.query_ids):
+        if qid not in held:
+            continue
+        queries[qid] = triplets.queries[i]
+        positive, negative = text_id(triplets.positives[i]), text_id(triplets.negatives[i])
+        pool[positive] = triplets.positives[i]
+        pool[negative] = triplets.negatives[i]
+        qrels.setdefault(qid, {})[positive] = 1
+    task = Task("validation", PassagePool(list(pool), list(pool.values())), queries, qrels, threshold=1)
+    return train, ValidationSet(sorted(held), task)
+
+
+class Validator:
+    """``after_epoch``/``after_step`` hooks for ``train_two_tower`` that score the model on a validation set."""
+
+    metric = "MRR@10"
+
+    def __init__(self, validation: ValidationSet, model: Any, vocab: Vocabulary, device: torch.device | str,
+                 every_steps: int = 0, keep_best: bool = True):
+        self.validation, self.model, self.vocab, self.device = validation, model, vocab, device
+        self.every_steps, self.keep_best = every_steps, keep_best
+        self.entries: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def evaluate(self, epoch: int, step: int, end_of_epoch: bool) -> float:
+        started = time.perf_counter()
+        system = ModelSystem(self.model, self.vocab, "validation", self.device)
+        result = evaluate_task(self.validation.task, [system], depth=10, random_seeds=0, verbose=False)
+        value = result.metrics["validation"][self.metric]
+        entry = {"epoch": epoch, "step": step, "end_of_epoch": end_of_epoch, self.metric: value,
+                 "seconds": time.perf_counter() - started}
+        self.entries.append(entry)
+        if self.best is None or value > self.best[self.metric]:
+            self.best = dict(entry)
+            if self.keep_best:
+                self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return value
+
+    def after_step(self, step: int, log: Any) -> None:
+        if self.every_steps and step % self.every_steps == 0:
+            self.evaluate(len(log.epochs) + 1, step, end_of_epoch=False)
+
+    def after_epoch(self, epoch: int, log: Any) -> None:
+        step = int(log.steps[-1]["step"]) if log.steps else 0
+        value = self.evaluate(epoch, step, end_of_epoch=True)
+        info(f"Validation after epoch {epoch}: {self.metric} {value:.4f} on {len(self.validation.query_ids):,} "
+             f"held-out queries ({len(self.validation.task.pool):,} passages)")
+
+    def restore_best(self) -> None:
+        """Put the best state seen back into the model (when it is not the last one)."""
+        if self._best_state is None or self.best is None:
+            return
+        if self.entries and self.entries[-1] is not None and self.entries[-1][self.metric] < self.best[self.metric]:
+            info(f"Keeping the best model: {self.metric} {self.best[self.metric]:.4f} at epoch "
+                 f"{self.best['epoch']}, step {self.best['step']} (last: {self.entries[-1][self.metric]:.4f})")
+            self.model.load_state_dict(self._best_state)
+
+    def report(self) -> dict[str, Any]:
+        return {"metric": self.metric, "queries": len(self.validation.query_ids),
+                "passages": len(self.validation.task.pool), "every_steps": self.every_steps,
+                "keep_best": self.keep_best, "entries": self.entries, "best": self.best}

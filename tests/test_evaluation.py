@@ -1,0 +1,275 @@
+"""Evaluation: metrics on hand-checked rankings, fusion, the evaluation script end to end in both formats,
+the inverse-cloze triplets mode and word-embedding benchmarks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import ir_measures
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_DATA, TRIPLETS_SCRIPT, run_script, write_tsv_folder
+
+from msmarco_search.evaluate import fuse_runs, score_run, score_run_per_query, write_run
+from msmarco_search.search import linear_fusion, reciprocal_rank_fusion
+from msmarco_search.sources import text_id
+from msmarco_search.triplets import load_triplets, metadata_path
+from msmarco_search.vocab import Vocabulary
+from msmarco_search.word_benchmarks import word_embedding_quality
+
+EVALUATE_SCRIPT = "evaluation/evaluate.py"
+
+# q1 is judged d1:3, d2:1, d3:2 and the run ranks d2, d3, d9 (d1 is never retrieved).
+QRELS = {"q1": {"d1": 3, "d2": 1, "d3": 2}, "q2": {"e1": 2, "e2": 0}}
+RUN = {"q1": {"d2": 3.0, "d3": 2.0, "d9": 1.0}, "q2": {"e2": 2.0, "e1": 1.0}}
+
+
+def test_metrics_on_a_hand_checked_ranking():
+    q1 = score_run({"q1": QRELS["q1"]}, {"q1": RUN["q1"]})
+    # DCG = 1/log2(2) + 2/log2(3); ideal = 3/log2(2) + 2/log2(3) + 1/log2(4)
+    assert q1["nDCG@10"] == pytest.approx((1 + 2 / math.log2(3)) / (3 + 2 / math.log2(3) + 0.5))
+    assert q1["MRR@10"] == pytest.approx(0.5)  # d2 (grade 1) is not relevant at threshold 2; d3 at rank 2 is
+    assert q1["R@100"] == pytest.approx(0.5)  # d3 found, d1 not
+    assert q1["MAP"] == pytest.approx(0.25)  # precision 1/2 at d3, d1 never found: (1/2) / 2
+    lenient = score_run({"q1": QRELS["q1"]}, {"q1": RUN["q1"]}, threshold=1)
+    assert lenient["MRR@10"] == pytest.approx(1.0) and lenient["R@100"] == pytest.approx(2 / 3)
+
+    both = score_run(QRELS, RUN)
+    assert both["MRR@10"] == pytest.approx((0.5 + 0.5) / 2)  # q2: e1 at rank 2
+    per_query = score_run_per_query(QRELS, RUN)
+    assert per_query["MRR@10"] == {"q1": pytest.approx(0.5), "q2": pytest.approx(0.5)}
+    assert both["nDCG@10"] == pytest.approx(np.mean(list(per_query["nDCG@10"].values())))
+
+
+def test_fusion_by_hand():
+    fused = dict(reciprocal_rank_fusion([{"a": 3.0, "b": 2.0, "c": 1.0}, {"c": 9.0, "a": 1.0}], k=60))
+    assert fused == {"a": pytest.approx(1 / 61 + 1 / 62), "b": pytest.approx(1 / 62),
+                     "c": pytest.approx(1 / 63 + 1 / 61)}
+    mixed = dict(linear_fusion([{"a": 10.0, "b": 0.0, "c": 5.0}, {"b": 4.0, "c": 2.0}], weights=[0.25, 0.75]))
+    assert mixed == {"a": pytest.approx(0.25), "b": pytest.approx(0.75), "c": pytest.approx(0.125)}
+    run = fuse_runs({"q": {"a": 3.0, "b": 2.0}}, {"q": {"b": 5.0, "c": 1.0}}, "rrf", depth=2)
+    assert list(run["q"]) == ["b", "a"]  # b is first in one list and second in the other
+
+
+def test_run_file_is_trec_format_and_round_trips(tmp_path):
+    path = write_run(RUN, tmp_path / "run.trec", "my system")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "q1 Q0 d2 1 3.0 my_system"
+    assert [line.split()[2] for line in lines] == ["d2", "d3", "d9", "e2", "e1"]
+    again = {}
+    for doc in ir_measures.read_trec_run(str(path)):
+        again.setdefault(doc.query_id, {})[doc.doc_id] = doc.score
+    assert score_run(QRELS, again) == score_run(QRELS, RUN)
+
+
+def _report(out):
+    return json.loads((out / "evaluation.json").read_text())
+
+
+def _check_run_files(report, task, qrels_fn):
+    for name, path in report["tasks"][task]["run_files"].items():
+        run = {}
+        for doc in ir_measures.read_trec_run(path):
+            run.setdefault(doc.query_id, {})[doc.doc_id] = doc.score
+        metrics = report["tasks"][task]["metrics"][name]
+        assert score_run(qrels_fn(), run, report["tasks"][task]["relevance_threshold"], list(metrics)) == \
+            pytest.approx(metrics), name
+
+
+def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
+    out = tmp_path / "eval"
+    result = run_script(EVALUATE_SCRIPT, "--model", trained_pipeline["model"], "--embeddings",
+                        trained_pipeline["embeddings"], "--dataset-path", trained_pipeline["rows"],
+                        "--output-dir", out, "--max-queries", "120", cwd=tmp_path)
+    assert "=== rerank:" in result.stdout and "=== full:" in result.stdout and "random" in result.stdout
+    report = _report(out)
+    rerank, full = report["tasks"]["rerank"], report["tasks"]["full"]
+    systems = {"two-tower", "bm25", "cbow-mean", "cbow-idf", "hybrid-rrf", "hybrid-linear"}
+    assert set(rerank["metrics"]) == systems | {"random"} and set(full["metrics"]) == systems
+    assert rerank["queries"] == full["queries"] == 120 and rerank["relevance_threshold"] == 1
+    assert report["systems"]["bm25"] == {"kind": "BM25System", "k1": 0.9, "b": 0.4}
+    # the fixture's queries share no word with their passages: only the trained model can find them
+    assert rerank["metrics"]["two-tower"]["MRR@10"] > 0.9 > rerank["metrics"]["random"]["MRR@10"] + 0.3
+    assert full["metrics"]["two-tower"]["nDCG@10"] > full["metrics"]["cbow-idf"]["nDCG@10"] + 0.3
+    assert set(rerank["per_query"]["two-tower"]["MRR@10"]) == {q for q, _, _ in corpus.queries[:120]}
+
+    qrels, pool = {}, set()
+    for line in trained_pipeline["rows"].read_text().splitlines()[:120]:
+        row = json.loads(line)
+        texts, selected = row["passages"]["passage_text"], row["passages"]["is_selected"]
+        qrels[str(row["query_id"])] = {text_id(t): 1 for t, s in zip(texts, selected, strict=True) if s}
+        pool |= {text_id(t) for t in texts}
+    _check_run_files(report, "rerank", lambda: qrels)
+    _check_run_files(report, "full", lambda: qrels)
+    assert full["passages"] == len(pool)
+    lines = (out / "run.full.two-tower.trec").read_text().splitlines()
+    assert len(lines) == 120 * len(pool)  # the pool is smaller than --depth: every passage ranked
+    assert lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1" and lines[0].endswith(" two-tower")
+
+
+def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus):
+    folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
+    # graded judgments: grade 1 on the first relevant passage of each query, which threshold 2 ignores
+    graded = []
+    for number, line in enumerate((folder / "qrels.dev.tsv").read_text().splitlines()):
+        qid, _, pid, _ = line.split()
+        graded.append(f"{qid} 0 {pid} {2 if number % 2 else 1}\n")
+    (folder / "qrels.dev.tsv").write_text("".join(graded))
+    args = ["--model", f"first={trained_pipeline['model']}", "--model", trained_pipeline["model"], "--embeddings",
+            trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
+            folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "hybrid,cbow",
+            "--hybrid-methods", "linear", "--hybrid-weight", "0.7"]
+    run_script(EVALUATE_SCRIPT, *args, "--output-dir", tmp_path / "full", cwd=tmp_path)
+    report = _report(tmp_path / "full")
+    metrics = report["tasks"]["full"]["metrics"]
+    model_stem = trained_pipeline["model"].stem.removeprefix("two_tower_model_")
+    tower = "two-tower[first]"
+    assert set(metrics) == {tower, f"two-tower[{model_stem}]", "bm25", "cbow-mean", "cbow-idf",
+                            "hybrid-linear[first]", f"hybrid-linear[{model_stem}]"}
+    assert report["systems"]["hybrid-linear[first]"]["weight"] == 0.7
+    assert metrics[tower] == metrics[f"two-tower[{model_stem}]"]  # the same model twice
+    assert set(metrics[tower]) == {"nDCG@10", "MRR@10", "R@100", "R@1000", "MAP"}
+    assert metrics[tower]["nDCG@10"] > metrics["bm25"]["nDCG@10"] + 0.3
+    assert report["tasks"]["full"]["passages"] == len(corpus.passages)
+    assert report["data"]["format"] == "official"
+    qrels = {}
+    for line in graded:
+        qid, _, pid, grade = line.split()
+        qrels.setdefault(qid, {})[pid] = int(grade)
+    _check_run_files(report, "full", lambda: qrels)
+
+    run_script(EVALUATE_SCRIPT, *args, "--candidates", folder / "top1000.dev.tsv", "--relevance-threshold", "1",
+               "--output-dir", tmp_path / "rerank", cwd=tmp_path)
+    report = _report(tmp_path / "rerank")
+    rerank = report["tasks"]["rerank"]
+    assert rerank["relevance_threshold"] == 1 and "random" in rerank["metrics"]
+    lines = (tmp_path / "rerank" / "run.rerank.bm25.trec").read_text().splitlines()
+    assert len(lines) == 6 * len(corpus.queries)  # six candidates per query, all of them scored
+
+
+def test_evaluation_script_errors_are_one_line(tmp_path, trained_pipeline):
+    missing = run_script(EVALUATE_SCRIPT, "--collection", tmp_path / "c.tsv", "--systems", "bm25", cwd=tmp_path,
+                         check=False)
+    no_model = run_script(EVALUATE_SCRIPT, "--systems", "hybrid", "--dataset-path", trained_pipeline["rows"],
+                          cwd=tmp_path, check=False)
+    for result, words in [(missing, "--collection, --queries and --qrels"), (no_model, "--model")]:
+        assert result.returncode == 2 and words in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert "usage:" in run_script(EVALUATE_SCRIPT, "--help", cwd=tmp_path).stdout
+
+
+def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, trained_pipeline, corpus):
+    out = tmp_path / "ict"
+    run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder / "collection.tsv", "--seed", "5",
+               "--include", trained_pipeline["triplets"], "--output-dir", out, cwd=tmp_path)
+    path = next(out.glob("msmarco_triplets_ict_*.pkl"))
+    triplets = load_triplets(path)
+    metadata = json.loads(metadata_path(path).read_text())
+    included = len(load_triplets(trained_pipeline["triplets"]))
+    passages = {pid: text for pid, text, _ in corpus.passages}
+    assert metadata["mode"] == "ict" and metadata["passages_read"] == len(passages)
+    assert metadata["triplets_made"] == len(passages) == len(triplets) - included
+    cut = 0
+    for index in range(metadata["triplets_made"]):
+        query, positive, pid = triplets.queries[index], triplets.positives[index], triplets.positive_ids[index]
+        original = passages[pid]
+        words = original.split()
+        assert triplets.query_ids[index] == f"ict:{pid}:0"
+        assert query in original and 3 <= len(query.split()) <= 16
+        assert triplets.negatives[index] == passages[triplets.negative_ids[index]] != original
+        if positive != original:  # the pseudo-query was cut out of its passage
+            cut += 1
+            assert len(positive.split()) == len(words) - len(query.split())
+    assert 0.75 * len(passages) <= cut < len(passages)  # about 90 % cut, 10 % kept
+    assert triplets.queries[-included:] == load_triplets(trained_pipeline["triplets"]).queries
+
+
+def test_word_benchmarks_through_gensim():
+    # athens:greece :: baghdad:iraq holds exactly in these vectors, in both directions
+    words = ["athens", "greece", "baghdad", "iraq", "zzzfiller"]
+    vectors = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]],
+                           dtype=torch.float32)
+    matrix = torch.cat([torch.zeros(2, 4), vectors])
+    result = word_embedding_quality(matrix, Vocabulary.from_words(words))
+    analogies = result["analogies"]
+    assert analogies["total"] == 19544 and analogies["in_vocabulary"] >= 2
+    assert analogies["accuracy"] == pytest.approx(1.0)
+    assert analogies["share_in_vocabulary"] == pytest.approx(analogies["in_vocabulary"] / 19544)
+    assert result["wordsim353"]["spearman"] is None and result["wordsim353"]["share_in_vocabulary"] == 0.0
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not (SHARED_DATA / "msmarco-trec-dl-2019").is_dir(), reason="../shared/data is absent")
+def test_bm25_on_dl19_matches_the_published_pool_figures(tmp_path):
+    data = SHARED_DATA / "msmarco-trec-dl-2019"
+    run_script(EVALUATE_SCRIPT, "--systems", "bm25", "--collection", data / "collection.tsv", "--queries",
+               data / "queries.dl19.tsv", "--qrels", data / "qrels.dl19-passage.in-collection.txt",
+               "--output-dir", tmp_path, cwd=tmp_path)
+    metrics = _report(tmp_path)["tasks"]["full"]["metrics"]["bm25"]
+    # the issue quotes about nDCG@10 0.435, MRR@10 0.567, R@100 0.56 for BM25 (k1 0.9, b 0.4) on this pool
+    assert metrics["nDCG@10"] == pytest.approx(0.435, abs=0.01)
+    assert metrics["MRR@10"] == pytest.approx(0.567, abs=0.01)
+    assert metrics["R@100"] == pytest.approx(0.56, abs=0.01)
+
+
+def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
+    from conftest import TRAIN_SCRIPT
+
+    from msmarco_search.model import load_two_tower
+    from msmarco_search.validation import Validator, split_validation
+
+    result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+                        "--epochs", "3", "--batch-size", "32", "--learning-rate", "3e-3", "--validation-queries",
+                        "24", "--validate-every", "4", "--seed", "7", "--output-dir", tmp_path, cwd=tmp_path)
+    assert "Validation after epoch 3: MRR@10" in result.stdout
+    model_path = next(tmp_path.glob("two_tower_model_*.pt"))
+    log = json.loads(model_path.with_name(model_path.stem + "_training_log.json").read_text())
+    validation = log["validation"]
+    assert validation["queries"] == 24 and validation["metric"] == "MRR@10"
+    ends = [e for e in validation["entries"] if e["end_of_epoch"]]
+    inner = [e for e in validation["entries"] if not e["end_of_epoch"]]
+    assert [e["epoch"] for e in ends] == [1, 2, 3]
+    assert inner and all(e["step"] % 4 == 0 for e in inner)
+    assert validation["best"]["MRR@10"] == max(e["MRR@10"] for e in validation["entries"])
+    assert log["num_triplets"] == len(load_triplets(trained_pipeline["triplets"]))
+    png = model_path.with_name(model_path.stem + "_training_log.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    # the saved model is the best one: scoring it on the same held-out queries gives the logged best
+    model, vocab, _ = load_two_tower(model_path)
+    _, held_out = split_validation(load_triplets(trained_pipeline["triplets"]), count=24, seed=7)
+    assert held_out.query_ids == sorted({e for e in held_out.task.queries})
+    assert Validator(held_out, model, vocab, "cpu").evaluate(0, 0, True) == pytest.approx(
+        validation["best"]["MRR@10"])
+
+
+def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
+    from conftest import CBOW_SCRIPT
+
+    args = ["--dataset-path", rows_file, "--min-count", "1", "--vector-size", "8", "--epochs", "1", "-c", tmp_path]
+    result = run_script(CBOW_SCRIPT, *args, cwd=tmp_path)
+    assert "=== Word-embedding quality ===" in result.stdout
+    assert "Analogies (questions-words.txt): accuracy n/a on 0 of 19,544 questions" in result.stdout
+    assert "wordsim353: Spearman n/a (0.0% of pairs in vocabulary)" in result.stdout
+    skipped = run_script(CBOW_SCRIPT, *args, "--no-word-benchmarks", cwd=tmp_path)
+    assert "Word-embedding quality" not in skipped.stdout
+
+
+def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
+    from conftest import TRAIN_SCRIPT
+
+    from msmarco_search.evaluate import inverse_document_frequency
+    from msmarco_search.model import load_two_tower
+
+    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+               "--init-token-weights", "idf", "--embedding-learning-rate", "1e-12", "--learning-rate", "1e-12",
+               "--validation-fraction", "0", "--output-dir", tmp_path, cwd=tmp_path)
+    model, vocab, _ = load_two_tower(next(tmp_path.glob("two_tower_model_*.pt")))
+    triplets = load_triplets(trained_pipeline["triplets"])
+    idf = inverse_document_frequency(vocab, list(dict.fromkeys(triplets.positives + triplets.negatives)))
+    for tower in (model.query_tower, model.passage_tower):
+        weights = tower.token_weight.weight.detach()[:, 0]
+        assert torch.allclose(weights, torch.from_numpy(idf).clamp_min(1e-4).log(), atol=1e-4)
+        assert weights[vocab.word_to_index["the"]] < weights[vocab.word_to_index["doc0y1"]]
