@@ -7,6 +7,9 @@ over tokens: the flat ids plus per-sequence offsets feed ``nn.EmbeddingBag`` dir
 
 from __future__ import annotations
 
+import os
+import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,16 @@ class TokenArrays:
         positions = np.arange(total, dtype=np.int64) + np.repeat(starts - bag_offsets, lengths)
         return np.asarray(self.ids[positions], dtype=np.int64), bag_offsets
 
+    @classmethod
+    def concatenate(cls, parts: list[TokenArrays]) -> TokenArrays:
+        if not parts:
+            return cls(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64))
+        ids = np.concatenate([np.asarray(p.ids, dtype=np.int32) for p in parts])
+        lengths = np.concatenate([p.lengths() for p in parts])
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(ids, offsets)
+
     def save(self, directory: str | Path, name: str) -> None:
         directory = Path(directory)
         atomic_write(directory / f"{name}.ids.npy", lambda tmp: _save_npy(tmp, self.ids))
@@ -66,6 +79,59 @@ class TokenArrays:
             raise PipelineError(f"token ids fall outside the vocabulary of {vocab_size} words (corrupt, or made "
                                 "with another vocabulary)", where)
         return cls(ids, offsets)
+
+
+_HEADER_BYTES = 128  # a .npy v1.0 header padded to a fixed size, so the shape can be patched in at the end
+
+
+def _npy_header(dtype: np.dtype, length: int) -> bytes:
+    text = f"{{'descr': '{np.dtype(dtype).str}', 'fortran_order': False, 'shape': ({length},), }}"
+    text = text.ljust(_HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+class TokenArrayWriter:
+    """Append chunks of token arrays straight to ``{name}.ids.npy`` / ``{name}.offsets.npy`` on disk.
+
+    Memory stays at one chunk whatever the total size (the 8.8M-passage collection, 39M triplets). The files
+    appear under their final names only on ``close()`` (temporary files renamed into place), like every
+    file this project writes; an interrupted run leaves no half-written array behind.
+    """
+
+    def __init__(self, directory: str | Path, name: str):
+        self.directory, self.name = Path(directory), name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._files = {}
+        for kind in ("ids", "offsets"):
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.{kind}.", suffix=".tmp", dir=self.directory)
+            handle = os.fdopen(fd, "wb")
+            handle.write(b"\0" * _HEADER_BYTES)
+            self._files[kind] = (Path(tmp), handle)
+        self._files["offsets"][1].write(np.zeros(1, dtype=np.int64).tobytes())
+        self.tokens = 0
+        self.sequences = 0
+
+    def append(self, part: TokenArrays) -> None:
+        self._files["ids"][1].write(np.ascontiguousarray(part.ids, dtype=np.int32).tobytes())
+        ends = np.asarray(part.offsets[1:], dtype=np.int64) + self.tokens
+        self._files["offsets"][1].write(ends.tobytes())
+        self.tokens += int(part.offsets[-1])
+        self.sequences += len(part)
+
+    def close(self) -> TokenArrays:
+        """Finish both files, rename them into place and return them memory-mapped."""
+        for kind, dtype, length in (("ids", np.int32, self.tokens), ("offsets", np.int64, self.sequences + 1)):
+            tmp, handle = self._files[kind]
+            handle.seek(0)
+            handle.write(_npy_header(np.dtype(dtype), length))
+            handle.close()
+            os.replace(tmp, self.directory / f"{self.name}.{kind}.npy")
+        return TokenArrays.load(self.directory, self.name)
+
+    def abort(self) -> None:
+        for tmp, handle in self._files.values():
+            handle.close()
+            tmp.unlink(missing_ok=True)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -86,12 +86,19 @@ class MeanPoolTower(nn.Module):
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         ids, offsets = batch.ids, batch.offsets
+        # Look each distinct word of the batch up once, then pool from that small table: the sparse gradient
+        # of the big table then has one row per distinct word (not one per token), which makes backward and
+        # SparseAdam's coalescing several times cheaper; the pooled values are the same.
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        table = self.embedding.weight
+        vectors = F.embedding(unique, table, sparse=self.embedding.sparse and table.requires_grad)
         if self.token_weight is not None:
-            weights = self.token_weight(ids).squeeze(-1).clamp(-10, 10).exp()
+            word_weights = self.token_weight(unique).squeeze(-1).clamp(-10, 10).exp()
+            weights = word_weights[inverse]
         else:
-            weights = torch.ones(len(ids), device=ids.device, dtype=self.embedding.weight.dtype)
+            weights = torch.ones(len(ids), device=ids.device, dtype=table.dtype)
         weights = weights * (ids != PAD_ID)
-        summed = self.embedding(ids, offsets, per_sample_weights=weights)
+        summed = F.embedding_bag(inverse, vectors, offsets, mode="sum", per_sample_weights=weights)
         rows = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), batch.lengths())
         total = torch.zeros(len(offsets), device=ids.device, dtype=weights.dtype).index_add_(0, rows, weights)
         pooled = summed / total.clamp_min(1e-6).unsqueeze(-1)
@@ -115,7 +122,12 @@ class GRUTower(nn.Module):
         columns = torch.arange(len(ids), device=ids.device) - torch.repeat_interleave(offsets, lengths)
         padded = ids.new_full((len(offsets), width), PAD_ID)
         padded[rows, columns] = ids
-        states, _ = self.gru(self.embedding(padded))
+        # one lookup per distinct word (small sparse gradient), then a dense gather into the padded batch
+        unique, inverse = torch.unique(padded, return_inverse=True)
+        table = self.embedding.weight
+        vectors = F.embedding(unique, table, padding_idx=PAD_ID,
+                              sparse=self.embedding.sparse and table.requires_grad)
+        states, _ = self.gru(vectors[inverse])
         mask = (padded != PAD_ID).unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return F.normalize(self.head(pooled), dim=-1)

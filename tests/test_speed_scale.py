@@ -1,0 +1,288 @@
+"""The fast data path, streaming inputs, resumable training (signals, NaN), CBOW resume and DDP (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, run_script
+
+from msmarco_search.arrays import TokenArrays, TokenArrayWriter
+from msmarco_search.batches import TripletArrays, tokenise_triplets
+from msmarco_search.cbow import load_embeddings
+from msmarco_search.checkpoints import KIND_TRAINING_STATE, load_torch
+from msmarco_search.losses import InBatchSoftmaxLoss
+from msmarco_search.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.optim import RowAdam
+from msmarco_search.streaming import collection_arrays, read_tsv_chunks, triples_tsv_arrays
+from msmarco_search.train import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainSettings,
+    load_training_state,
+    train_two_tower,
+)
+from msmarco_search.triplets import load_triplets
+from msmarco_search.vocab import Vocabulary
+
+
+def test_encode_chunk_is_encode_per_text():
+    vocab = Vocabulary.from_words(["the", "cat", "sat", "x1", "mat"])
+    texts = ["The cat SAT on\nthe mat", "", "x1 x1 x1 the the cat cat", "ÀB, cat; ﬁsh İstanbul 3.5 K", "\n\n",
+             "mat", "  ", "the\r\ncat"]
+    for limit in (None, 1, 2, 50):
+        arrays = vocab.encode_chunk(texts, limit)
+        assert arrays.ids.dtype == np.int32 and len(arrays) == len(texts)
+        assert [arrays.ids[arrays.offsets[i]:arrays.offsets[i + 1]].tolist() for i in range(len(texts))] == [
+            vocab.encode(text, limit) for text in texts]
+    many = vocab.encode_many(iter(texts * 3), 2)
+    assert many.ids.tolist() == [t for text in texts * 3 for t in vocab.encode(text, 2)]
+
+
+def test_row_adam_is_sparse_adam():
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(50, 6))
+    reference = torch.nn.Parameter(ours.detach().clone())
+    row_adam, sparse_adam = RowAdam([ours], lr=0.05), torch.optim.SparseAdam([reference], lr=0.05)
+    for _ in range(6):
+        rows = torch.randint(0, 50, (20,))  # repeated rows: the gradient is uncoalesced, as from an embedding
+        grad = torch.sparse_coo_tensor(rows[None], torch.randn(20, 6), (50, 6), check_invariants=True)
+        ours.grad, reference.grad = grad.clone(), grad.clone()
+        row_adam.step()
+        sparse_adam.step()
+    torch.testing.assert_close(ours.detach(), reference.detach(), rtol=0, atol=1e-6)
+
+
+def test_token_arrays_concatenate_keeps_sequences():
+    parts = [TokenArrays(np.array([1, 2, 3], np.int32), np.array([0, 1, 3])),
+             TokenArrays(np.array([], np.int32), np.array([0, 0])),
+             TokenArrays(np.array([4], np.int32), np.array([0, 1]))]
+    joined = TokenArrays.concatenate(parts)
+    assert joined.ids.tolist() == [1, 2, 3, 4] and joined.offsets.tolist() == [0, 1, 3, 3, 4]
+
+
+def test_token_array_writer_streams_chunks_into_npy(tmp_path):
+    vocab = Vocabulary.from_words(["a", "b", "c"])
+    texts = [" ".join("abc"[(i + k) % 3] for k in range(i % 7)) for i in range(100)]
+    writer = TokenArrayWriter(tmp_path, "side")
+    for start in range(0, 100, 30):
+        writer.append(vocab.encode_chunk(texts[start:start + 30], 5))
+    assert not (tmp_path / "side.ids.npy").exists()  # nothing under the final name until close()
+    arrays = writer.close()
+    expected = vocab.encode_many(texts, 5)
+    assert isinstance(arrays.ids, np.memmap)
+    assert np.array_equal(arrays.ids, expected.ids) and np.array_equal(arrays.offsets, expected.offsets)
+    assert np.array_equal(np.load(tmp_path / "side.offsets.npy"), expected.offsets)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _write_triples_tsv(corpus, path: Path, repeat: int = 2) -> Path:
+    by_topic: dict[int, list[str]] = {}
+    for _, text, topic in corpus.passages:
+        by_topic.setdefault(topic, []).append(text)
+    lines = []
+    for _ in range(repeat):
+        for index, (_, query, topic) in enumerate(corpus.queries):
+            other = (topic + 1 + index % 5) % len(by_topic)
+            lines.append(f"{query}\t{by_topic[topic][index % 10]}\t{by_topic[other][index % 10]}\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def test_triples_tsv_streams_into_cached_arrays(tmp_path, corpus):
+    tsv = _write_triples_tsv(corpus, tmp_path / "triples.tsv")
+    vocab = Vocabulary.from_words(sorted({w for _, t, _ in corpus.passages + corpus.queries for w in t.split()}))
+    arrays = triples_tsv_arrays(tsv, vocab, 4, 9, tmp_path / "cache", chunk_lines=37)
+    columns = [c for chunk in read_tsv_chunks(tsv, 3) for c in [chunk]][0]
+    assert len(arrays) == len(columns[0]) == 2 * len(corpus.queries)
+    for side, texts, limit in zip((arrays.queries, arrays.positives, arrays.negatives), columns, (4, 9, 9),
+                                  strict=True):
+        assert side.ids.tolist() == [t for text in texts for t in vocab.encode(text, limit)]
+    (tmp_path / "bad.tsv").write_text("q\tp\tn\nonly two\tcolumns\n")
+    with pytest.raises(Exception, match="bad.tsv: line 2: expected 3 tab-separated columns, found 2"):
+        triples_tsv_arrays(tmp_path / "bad.tsv", vocab, 4, 9, tmp_path / "cache")
+
+
+def test_collection_streams_into_arrays_and_pids(tmp_path, tsv_folder, corpus):
+    vocab = Vocabulary.from_words(["the", "of", "doc0y1", "doc3y2"])
+    arrays, pids_file = collection_arrays(tsv_folder / "collection.tsv", vocab, 6, tmp_path, chunk_lines=13)
+    assert pids_file.read_text().splitlines() == [pid for pid, _, _ in corpus.passages]
+    assert arrays.ids.tolist() == [t for _, text, _ in corpus.passages for t in vocab.encode(text, 6)]
+    assert len(arrays) == len(corpus.passages)
+
+
+# ------------------------------------------------------------------------------------------ resumable training
+
+
+@pytest.fixture(scope="module")
+def small_setup(corpus):
+    vocab = Vocabulary.from_words(sorted({w.lower().strip(".") for _, t, _ in corpus.passages + corpus.queries
+                                          for w in t.split()}))
+    by_topic: dict[int, list[str]] = {}
+    for _, text, topic in corpus.passages:
+        by_topic.setdefault(topic, []).append(text)
+    queries = [q for _, q, _ in corpus.queries]
+    positives = [by_topic[t][i % 10] for i, (_, _, t) in enumerate(corpus.queries)]
+    negatives = [by_topic[(t + 3) % 12][i % 10] for i, (_, _, t) in enumerate(corpus.queries)]
+    data = TripletArrays(vocab.encode_many(queries, 8), vocab.encode_many(positives, 20),
+                         vocab.encode_many(negatives, 20))
+    embeddings = torch.randn(len(vocab), 16, generator=torch.Generator().manual_seed(1))
+    return vocab, data, embeddings
+
+
+def _model(vocab, embeddings) -> TwoTowerModel:
+    return TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16), embeddings)
+
+
+def test_resume_after_a_signal_gives_the_same_weights(tmp_path, small_setup):
+    vocab, data, embeddings = small_setup
+    settings = TrainSettings(epochs=3, batch_size=16, learning_rate=3e-3, log_every=1, checkpoint_every=4)
+    reference = _model(vocab, embeddings)
+    train_two_tower(reference, data, InBatchSoftmaxLoss(), settings, torch.device("cpu"))
+
+    def interrupt(step, log):
+        if step == 19:  # mid-epoch 2 (15 batches per epoch), past a periodic checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+
+    state_path = tmp_path / "state.pt"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_two_tower(_model(vocab, embeddings), data, InBatchSoftmaxLoss(), settings, torch.device("cpu"),
+                        after_step=interrupt, state_path=state_path)
+    assert stopped.value.step == 19 and stopped.value.signum == signal.SIGINT
+    state = load_torch(state_path, KIND_TRAINING_STATE)  # weights_only=True
+    assert (state["epoch"], state["batch"], state["step"]) == (2, 4, 19)
+
+    resumed = _model(vocab, embeddings)
+    log = train_two_tower(resumed, data, InBatchSoftmaxLoss(), settings, torch.device("cpu"),
+                          resume=load_training_state(state_path), state_path=state_path)
+    assert log.resumed_from_step == [19] and [s["step"] for s in log.steps] == list(range(1, 46))
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+    with pytest.raises(Exception, match="batch_size 16 -> 8"):
+        train_two_tower(_model(vocab, embeddings), data, InBatchSoftmaxLoss(),
+                        TrainSettings(epochs=3, batch_size=8), torch.device("cpu"),
+                        resume=load_training_state(state_path))
+
+
+def test_dense_embedding_gradients_train_like_sparse_ones(small_setup):
+    """MPS and DDP on CUDA use dense gradients for the word vectors: the same optimiser, the same result."""
+    vocab, data, embeddings = small_setup
+    models = []
+    for sparse in (True, False):
+        config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16, sparse_embeddings=sparse)
+        model = TwoTowerModel(config, embeddings)
+        train_two_tower(model, data, InBatchSoftmaxLoss(), TrainSettings(batch_size=32, learning_rate=3e-3),
+                        torch.device("cpu"))
+        models.append(model.state_dict())
+    for name, value in models[0].items():
+        torch.testing.assert_close(models[1][name], value, rtol=1e-4, atol=1e-5)
+    start = embeddings.clone()
+    start[0] = 0.0  # <pad>
+    assert not torch.allclose(models[1]["passage_tower.embedding.weight"], start)  # the dense path learned
+
+
+class _NaNAfter(InBatchSoftmaxLoss):
+    def __init__(self, calls: int):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, *args, **kwargs):
+        self.calls -= 1
+        loss = super().forward(*args, **kwargs)
+        return loss * float("nan") if self.calls < 0 else loss
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, small_setup):
+    vocab, data, embeddings = small_setup
+    settings = TrainSettings(epochs=2, batch_size=16, checkpoint_every=5)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite at or before step 8; the last good training"):
+        train_two_tower(_model(vocab, embeddings), data, _NaNAfter(7), settings, torch.device("cpu"),
+                        state_path=tmp_path / "state.pt")
+    assert load_training_state(tmp_path / "state.pt")["step"] == 5
+
+
+def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(tmp_path, corpus, trained_pipeline):
+    tsv = _write_triples_tsv(corpus, tmp_path / "triples.train.tsv", repeat=1)
+    args = [str(ROOT / TRAIN_SCRIPT), tsv, "--embeddings", trained_pipeline["embeddings"], "--batch-size", "4",
+            "--epochs", "100", "--checkpoint-every", "5", "--output-dir", tmp_path / "out"]
+    env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
+    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out").glob("*_training_state.pt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    state_path = next((tmp_path / "out").glob("*_training_state.pt"))
+    assert "interrupted by SIGTERM" in stderr and f"--resume {state_path}" in stderr
+    assert "Tokenised 240 triplets" in stdout
+    state = load_training_state(state_path)
+    epochs = str(max(state["epoch"], 2))
+    args[args.index("100")] = epochs
+    resumed = run_script(*map(str, args[:1]), *map(str, args[1:]), "--resume", state_path, cwd=tmp_path)
+    assert "Resuming at epoch" in resumed.stdout and "Loading cached token arrays" in resumed.stdout
+    model = state_path.with_name(state_path.name.replace("_training_state", ""))
+    log = json.loads(model.with_name(model.stem + "_training_log.json").read_text())
+    assert log["resumed_from_step"] == [state["step"]] and len(log["epochs"]) == int(epochs)
+    assert not state_path.exists()  # removed once the model is saved
+
+
+def test_cbow_continues_from_a_saved_gensim_model(tmp_path, rows_file):
+    from msmarco_search.cbow import CbowSettings, embeddings_from_gensim, prepare_corpus, train_cbow
+    from msmarco_search.sources import open_source
+
+    corpus_file, _ = prepare_corpus(open_source([rows_file]), tmp_path / "data", None)
+    first_model, _ = train_cbow(corpus_file, CbowSettings(vector_size=8, min_count=1, epochs=1, workers=1))
+    (tmp_path / "ckpt").mkdir()
+    first_model.save(str(tmp_path / "ckpt" / "w2v.gensim"))
+    first, vocab = embeddings_from_gensim(first_model)
+    run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "8", "--epochs", "2",
+               "--resume-from", tmp_path / "ckpt" / "w2v.gensim", "-c", tmp_path / "ckpt", "--data-dir",
+               tmp_path / "data", cwd=tmp_path)
+    second, vocab2, _ = load_embeddings(tmp_path / "ckpt" / "msmarco_word2vec.pt")
+    assert vocab2.index_to_word == vocab.index_to_word
+    assert first.shape == second.shape and not torch.allclose(first, second)
+
+
+# ---------------------------------------------------------------------------------------------------- DDP
+
+
+def test_two_gloo_processes_train_like_one_with_the_doubled_batch(tmp_path, trained_pipeline):
+    common = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "3",
+              "--log-every", "1", "--learning-rate", "3e-3", "--data-dir", tmp_path / "data",
+              "--validation-fraction", "0"]
+    env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(ROOT / TRAIN_SCRIPT), *map(str, common), "--batch-size", "16", "--output-dir",
+                          str(tmp_path / "two")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    assert "(2 processes)" in ddp.stdout and ddp.stdout.count("Training completed") == 1  # rank 0 prints
+    assert len(list((tmp_path / "two").glob("two_tower_model_*.pt"))) == 1
+    log = json.loads(next((tmp_path / "two").glob("*_training_log.json")).read_text())
+    assert log["world_size"] == 2
+
+    # the same run in this process, one process with the doubled batch (as the script builds it)
+    matrix, vocab, _ = load_embeddings(trained_pipeline["embeddings"])
+    triplets = load_triplets(trained_pipeline["triplets"])
+    data = tokenise_triplets(triplets, vocab, 32, 128)
+    model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1]), matrix)
+    single = train_two_tower(model, data, InBatchSoftmaxLoss(20.0), TrainSettings(
+        batch_size=32, learning_rate=3e-3, max_steps=3, log_every=1), torch.device("cpu"))
+    one, two = [s["loss"] for s in single.steps], [s["loss"] for s in log["steps"]]
+    assert len(one) == len(two) == 3
+    np.testing.assert_allclose(two, one, rtol=1e-4)  # step 1: the same loss; steps 2-3: the same updates
+    saved = torch.load(next((tmp_path / "two").glob("two_tower_model_*[0-9].pt")), weights_only=True)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(saved["state_dict"][name], value, rtol=1e-3, atol=1e-4)  # Adam: lr 3e-3 steps
