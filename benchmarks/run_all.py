@@ -275,7 +275,9 @@ def run_all(args: argparse.Namespace) -> dict:
     results["num_triplets"] = metadata["num_triplets"]
 
     train = [ROOT / TRAIN, triplets, "--embeddings", work / "checkpoints" / "msmarco_word2vec.pt", "--data-dir",
-             work / "data", "--batch-size", 256, "--max-passage-length", 128, "--epochs", 1, "--checkpoint-every", 0]
+             work / "data", "--batch-size", 256, "--max-passage-length", 128, "--epochs", 1, "--checkpoint-every", 0,
+             # no held-out validation: the labels are random here, and it would time evaluation, not training
+             "--validation-fraction", 0]
     variants = {"train_mean": ["--no-save"], "train_mean_frozen": ["--no-save", "--freeze-embeddings"],
                 # on a shared machine this one can be 30x slower: a fixed number of steps bounds its cost
                 "train_mean_all_threads": ["--no-save", "--threads", 0, "--max-steps", args.gru_steps * 5],
