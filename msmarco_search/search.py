@@ -97,25 +97,21 @@ def count_passages(path: str | Path) -> int:
 def write_source_passages(source: Source, path: Path, max_passages: int | None = None) -> int:
     """The passages of a query-record source (row layout, hub, TSV without a collection), deduplicated by
     id, as a collection file; returns how many. Only the ids seen are kept in memory, not the texts."""
-    seen: set[str] = set()
+    count = 0
 
     def write(tmp: Path) -> None:
+        nonlocal count
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            for record in progress(source.records(), desc="Reading passages", unit="query", mininterval=1.0):
-                for passage in record.passages:
-                    if passage.pid in seen:
-                        continue
-                    seen.add(passage.pid)
-                    # one passage per line: tabs and line breaks inside a text would break the layout
-                    pid = " ".join(passage.pid.split()) or "-"
-                    handle.write(f"{pid}\t{' '.join(passage.text.split())}\n")
-                    if max_passages is not None and len(seen) >= max_passages:
-                        return
+            passages = source.passages(max_passages)
+            for pid, text in progress(passages, desc="Reading passages", unit="passage", mininterval=1.0):
+                # one passage per line: tabs and line breaks inside a text would break the layout
+                handle.write(f"{' '.join(pid.split()) or '-'}\t{' '.join(text.split())}\n")
+                count += 1
 
     atomic_write(path, write)
-    if not seen:
+    if not count:
         raise PipelineError("the source holds no passages to index", path)
-    return len(seen)
+    return count
 
 
 def source_collection(source: Source) -> Path | None:

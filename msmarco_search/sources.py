@@ -72,6 +72,17 @@ class Source(ABC):
     def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
         """Query records in source order, at most ``max_samples`` of them."""
 
+    def passages(self, max_passages: int | None = None) -> Iterator[tuple[str, str]]:
+        """``(pid, text)`` of each distinct passage of the records, at most ``max_passages`` of them."""
+        seen: set[str] = set()
+        for record in self.records():
+            for passage in record.passages:
+                if passage.pid not in seen:
+                    seen.add(passage.pid)
+                    yield passage.pid, passage.text
+                    if max_passages is not None and len(seen) >= max_passages:
+                        return
+
     def corpus_texts(self, max_samples: int | None = None) -> Iterator[str]:
         """Texts to learn word vectors from: each query, and each distinct passage once."""
         seen: set[str] = set()
@@ -440,6 +451,16 @@ class TsvSource(Source):
     def identity(self) -> str:
         parts = [_file_identity(p) for p in vars(self.files).values() if p is not None]
         return f"tsv|{self.min_relevance}|" + "|".join(parts)
+
+    def passages(self, max_passages: int | None = None) -> Iterator[tuple[str, str]]:
+        """The collection as it is (the first ``max_passages``), or the records' passages without one."""
+        if self.files.collection is None:
+            yield from super().passages(max_passages)
+            return
+        for number, pair in enumerate(read_collection(self.files.collection), 1):
+            yield pair
+            if max_passages is not None and number >= max_passages:
+                return
 
     def corpus_texts(self, max_samples: int | None = None) -> Iterator[str]:
         """The collection's passages (the first ``max_samples``) and every query text."""

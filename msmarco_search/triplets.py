@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from .checkpoints import KIND_TRIPLETS, load_pickle, save_pickle
 from .errors import PipelineError
 from .report import progress
-from .sources import Passage, QueryRecord, Source, TsvSource, read_collection
+from .sources import Passage, QueryRecord
 
 NEGATIVE_STRATEGIES = ("hard", "random", "mixed")
 COLUMNS = ("query_ids", "queries", "positive_ids", "positives", "negative_ids", "negatives")
@@ -147,24 +147,6 @@ class ClozeStats:
     sentence_queries: int = 0
     span_queries: int = 0
     queries_kept_in_positive: int = 0
-
-
-def source_passages(source: Source, max_samples: int | None = None) -> Iterator[tuple[str, str]]:
-    """``(pid, text)`` of a source's passages: a TSV collection as is, else each distinct passage of its rows."""
-    if isinstance(source, TsvSource) and source.files.collection is not None:
-        for number, pair in enumerate(read_collection(source.files.collection), 1):
-            yield pair[0], pair[1]
-            if max_samples is not None and number >= max_samples:
-                return
-        return
-    seen: set[str] = set()
-    for record in source.records():
-        for passage in record.passages:
-            if passage.pid not in seen:
-                seen.add(passage.pid)
-                yield passage.pid, passage.text
-                if max_samples is not None and len(seen) >= max_samples:
-                    return
 
 
 def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, per_passage: int = 1,

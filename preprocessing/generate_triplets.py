@@ -30,7 +30,6 @@ from msmarco_search.triplets import (
     load_triplets,
     metadata_path,
     save_triplets,
-    source_passages,
     triplets_prefix,
 )
 
@@ -129,7 +128,7 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, object, str, str,
 
     def passages():
         for number, source in enumerate(sources):
-            for pid, text in source_passages(source, args.max_samples):
+            for pid, text in source.passages(args.max_samples):
                 # ids of different collections may collide; keep them apart
                 yield (pid if len(sources) == 1 else f"{number}:{pid}"), text
 
