@@ -33,10 +33,14 @@ class BM25Index:
     def search(self, queries: Sequence[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` passage positions and scores per query, best first: two ``(len(queries), k)`` arrays."""
         k = min(k, len(self))
-        documents, scores = self._retriever.retrieve([tokenize(q) or [""] for q in queries], k=k,
-                                                     show_progress=False)
+        # A query without tokens scores 0 everywhere: bm25s takes an empty list for it, but its own padding
+        # token "" lies outside the score matrix and would raise.
+        documents, scores = self._retriever.retrieve([tokenize(q) for q in queries], k=k, show_progress=False)
         return np.asarray(documents, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of ``query`` against every passage (for re-ranking candidates)."""
-        return np.asarray(self._retriever.get_scores(tokenize(query)), dtype=np.float32)
+        tokens = tokenize(query)
+        if not tokens:
+            return np.zeros(len(self), dtype=np.float32)
+        return np.asarray(self._retriever.get_scores(tokens), dtype=np.float32)

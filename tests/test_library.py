@@ -158,3 +158,12 @@ def test_bm25_ranks_the_passage_sharing_rare_words_first():
     assert [index.passage_ids[i] for i in positions[:, 0][:2]] == ["a", "b"]
     assert scores[0, 0] > scores[0, 1] and np.all(scores[2] == 0)
     assert index.scores("flea").argmax() == 0
+
+
+def test_bm25_scores_a_query_without_tokens_zero_instead_of_raising():
+    from msmarco_search.bm25 import BM25Index
+
+    index = BM25Index(["a", "b"], ["The flea life cycle.", "Concrete floor cost."])
+    positions, scores = index.search(["?!", "flea"], k=2)
+    assert np.all(scores[0] == 0) and index.passage_ids[positions[1, 0]] == "a"
+    assert np.all(index.scores("...") == 0) and index.scores("...").shape == (2,)
