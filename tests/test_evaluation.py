@@ -273,3 +273,21 @@ def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
         weights = tower.token_weight.weight.detach()[:, 0]
         assert torch.allclose(weights, torch.from_numpy(idf).clamp_min(1e-4).log(), atol=1e-4)
         assert weights[vocab.word_to_index["the"]] < weights[vocab.word_to_index["doc0y1"]]
+
+
+def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, corpus):
+    folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
+    model = trained_pipeline["model"]
+    run_script(EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}", "--embeddings",
+               trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
+               folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "two-tower,bm25,hybrid",
+               "--hybrid-methods", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
+    metrics = _report(tmp_path / "eval")["tasks"]["full"]["metrics"]
+    printed = run_script("benchmarks/mean_over_seeds.py", tmp_path / "eval" / "evaluation.json", "--metrics",
+                         "nDCG@10", cwd=tmp_path).stdout.splitlines()
+    rows = {tuple(line.split()[:3]): line.split()[3] for line in printed[2:]}
+    assert rows == {("recipe", "two-tower", "2"): f"{metrics['two-tower[recipe-s1]']['nDCG@10']:.4f}",
+                    ("recipe", "hybrid-rrf", "2"): f"{metrics['hybrid-rrf[recipe-s1]']['nDCG@10']:.4f}",
+                    ("-", "bm25", "1"): f"{metrics['bm25']['nDCG@10']:.4f}"}
+    broken = run_script("benchmarks/mean_over_seeds.py", folder / "queries.dev.tsv", cwd=tmp_path, check=False)
+    assert broken.returncode == 2 and "queries.dev.tsv" in broken.stderr and "Traceback" not in broken.stderr
