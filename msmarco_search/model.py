@@ -201,6 +201,34 @@ def load_two_tower(path: str | Path, device: torch.device | str = "cpu",
 
 
 @torch.no_grad()
+def average_two_towers(paths: list[str | Path]) -> tuple[TwoTowerModel, Vocabulary, dict[str, Any]]:
+    """A uniform model soup (Wortsman et al. 2022, "Model soups"): the element-wise mean of the weights of models.
+
+    Models fine-tuned from the same start (here the CBOW vectors, an identity head and the same word weights)
+    with different seeds stay in one basin of the loss, so the mean of their weights is itself a good model,
+    usually better than each of them: it averages out the noise of one run's batch order at no cost at search
+    time. The models must share their settings and vocabulary; the soup keeps the first one's metadata.
+    """
+    if not paths:
+        raise PipelineError("no models to average")
+    first, vocab, meta = load_two_tower(paths[0])
+    fingerprint = vocabulary_fingerprint(vocab)
+    total = {name: tensor.detach().double().clone() for name, tensor in first.state_dict().items()}
+    for path in paths[1:]:
+        model, other_vocab, _ = load_two_tower(path)
+        if model.config != first.config:
+            raise PipelineError(f"its settings differ from those of {paths[0]}, so the weights cannot be averaged",
+                                path)
+        if vocabulary_fingerprint(other_vocab) != fingerprint:
+            raise PipelineError(f"its vocabulary differs from that of {paths[0]}", path)
+        for name, tensor in model.state_dict().items():
+            total[name] += tensor.double()
+    first.load_state_dict({name: (tensor / len(paths)).to(first.state_dict()[name].dtype)
+                           for name, tensor in total.items()})
+    return first, vocab, meta
+
+
+@torch.no_grad()
 def encode_texts(model: TwoTowerModel, vocab: Vocabulary, texts: list[str], side: str,
                  device: torch.device | str = "cpu", batch_size: int = 1024) -> torch.Tensor:
     """Vectors for ``texts`` from the query tower (``side="query"``) or the passage tower, on the CPU."""

@@ -10,7 +10,7 @@ import ir_measures
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TRIPLETS_SCRIPT, run_script, write_tsv_folder
+from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
 from msmarco_search.evaluate import fuse_runs, score_run, score_run_per_query, write_run
 from msmarco_search.search import linear_fusion, reciprocal_rank_fusion
@@ -20,6 +20,7 @@ from msmarco_search.vocab import Vocabulary
 from msmarco_search.word_benchmarks import word_embedding_quality
 
 EVALUATE_SCRIPT = "evaluation/evaluate.py"
+AVERAGE_SCRIPT = "training/average_two_tower_models.py"
 
 # q1 is judged d1:3, d2:1, d3:2 and the run ranks d2, d3, d9 (d1 is never retrieved).
 QRELS = {"q1": {"d1": 3, "d2": 1, "d3": 2}, "q2": {"e1": 2, "e2": 0}}
@@ -215,8 +216,6 @@ def test_bm25_on_dl19_matches_the_published_pool_figures(tmp_path):
 
 
 def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
-    from conftest import TRAIN_SCRIPT
-
     from msmarco_search.model import load_two_tower
     from msmarco_search.validation import Validator, split_validation
 
@@ -258,8 +257,6 @@ def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
 
 
 def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
-    from conftest import TRAIN_SCRIPT
-
     from msmarco_search.evaluate import inverse_document_frequency
     from msmarco_search.model import load_two_tower
 
@@ -291,3 +288,39 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
                     ("-", "bm25", "1"): f"{metrics['bm25']['nDCG@10']:.4f}"}
     broken = run_script("benchmarks/mean_over_seeds.py", folder / "queries.dev.tsv", cwd=tmp_path, check=False)
     assert broken.returncode == 2 and "queries.dev.tsv" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus):
+    from msmarco_search.model import load_two_tower
+
+    work = trained_pipeline["work"]
+    other = tmp_path / "seed7"
+    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--epochs", "2", "--batch-size", "32", "--learning-rate",
+               "3e-3", "--seed", "7", "--output-dir", other, cwd=work)
+    second = next(other.glob("two_tower_model_*.pt"))
+    done = run_script(AVERAGE_SCRIPT, trained_pipeline["model"], second, "--output-dir", tmp_path / "soup", cwd=work)
+    soup_path = next((tmp_path / "soup").glob("two_tower_model_*.pt"))
+    assert str(soup_path) in done.stderr + done.stdout
+    soup, _, meta = load_two_tower(soup_path)
+    first, _, _ = load_two_tower(trained_pipeline["model"])
+    seven, _, _ = load_two_tower(second)
+    for name, weights in soup.state_dict().items():
+        torch.testing.assert_close(weights, (first.state_dict()[name] + seven.state_dict()[name]) / 2)
+    assert meta["averaged_from"] == [str(trained_pipeline["model"]), str(second)]
+    assert meta["model_id"] not in {load_two_tower(p)[2]["model_id"] for p in (trained_pipeline["model"], second)}
+
+    # the soup is a model like any other: evaluation loads it
+    folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
+    run_script(EVALUATE_SCRIPT, "--model", soup_path, "--embeddings", trained_pipeline["embeddings"],
+               "--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
+               folder / "qrels.dev.tsv", "--systems", "two-tower", "--output-dir", tmp_path / "eval", cwd=work)
+    assert _report(tmp_path / "eval")["tasks"]["full"]["metrics"]["two-tower"]["nDCG@10"] > 0.5
+
+    # models of other settings are refused in one line, naming the file
+    wide = tmp_path / "wide"
+    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--epochs", "1", "--output-dim", "16", "--output-dir",
+               wide, cwd=work)
+    refused = run_script(AVERAGE_SCRIPT, trained_pipeline["model"], next(wide.glob("two_tower_model_*.pt")),
+                         "--output-dir", tmp_path / "soup2", cwd=work, check=False)
+    assert refused.returncode == 2 and "settings differ" in refused.stderr and "wide" in refused.stderr
+    assert "Traceback" not in refused.stderr and not list((tmp_path / "soup2").glob("*.pt"))
