@@ -1,5 +1,7 @@
 """Average an evaluation over training seeds: models named NAME-s<SEED> count as one setting, NAME.
 
+Other models (e.g. NAME-soup) are settings of their own, with one run.
+
     uv run benchmarks/mean_over_seeds.py EVALUATION_JSON [--task full] [--metrics nDCG@10,R@100]
 
 Reads the evaluation.json that evaluation/evaluate.py writes and prints, per setting, the mean of each
@@ -16,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-SEED_SUFFIX = re.compile(r"^(?P<system>[\w-]+)\[(?P<setting>.+)-s\d+\]$")
+SYSTEM_NAME = re.compile(r"^(?P<system>[\w-]+)\[(?P<setting>.+?)(?:-s\d+)?\]$")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = args.metrics.split(",")
     grouped: dict[tuple[str, str], list[dict[str, float]]] = {}
     for name, values in metrics_by_system.items():
-        match = SEED_SUFFIX.match(name)
+        match = SYSTEM_NAME.match(name)
         setting, system = (match["setting"], match["system"]) if match else ("", name)
         grouped.setdefault((setting, system), []).append(values)
     header = f"{'setting':<28} {'system':<14} {'seeds':>5} " + " ".join(f"{m + ' mean (min-max)':>24}" for m in metrics)

@@ -275,7 +275,8 @@ def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
 def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, corpus):
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
     model = trained_pipeline["model"]
-    run_script(EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}", "--embeddings",
+    run_script(EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}", "--model",
+               f"recipe-soup={model}", "--embeddings",
                trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
                folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "two-tower,bm25,hybrid",
                "--hybrid-methods", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
@@ -285,6 +286,8 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
     rows = {tuple(line.split()[:3]): line.split()[3] for line in printed[2:]}
     assert rows == {("recipe", "two-tower", "2"): f"{metrics['two-tower[recipe-s1]']['nDCG@10']:.4f}",
                     ("recipe", "hybrid-rrf", "2"): f"{metrics['hybrid-rrf[recipe-s1]']['nDCG@10']:.4f}",
+                    ("recipe-soup", "two-tower", "1"): f"{metrics['two-tower[recipe-soup]']['nDCG@10']:.4f}",
+                    ("recipe-soup", "hybrid-rrf", "1"): f"{metrics['hybrid-rrf[recipe-soup]']['nDCG@10']:.4f}",
                     ("-", "bm25", "1"): f"{metrics['bm25']['nDCG@10']:.4f}"}
     broken = run_script("benchmarks/mean_over_seeds.py", folder / "queries.dev.tsv", cwd=tmp_path, check=False)
     assert broken.returncode == 2 and "queries.dev.tsv" in broken.stderr and "Traceback" not in broken.stderr
