@@ -131,7 +131,8 @@ def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
 
 
 def test_scripts_have_help(tmp_path):
-    for script in (CBOW_SCRIPT, TRIPLETS_SCRIPT, TRAIN_SCRIPT):
+    for script in (CBOW_SCRIPT, TRIPLETS_SCRIPT, TRAIN_SCRIPT, "training/average_two_tower_models.py",
+                   "benchmarks/mean_over_seeds.py"):
         result = run_script(script, "--help", cwd=tmp_path)
         assert "usage:" in result.stdout
 
