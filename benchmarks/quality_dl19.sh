@@ -3,7 +3,8 @@
 # BM25, zero-shot CBOW, the trained two-tower and the hybrids, plus an ablation of the training choices.
 #
 #   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select train evaluate ablation
-#                                                   (default all; about 1 h 15 min on 2 shared cores)
+#                                                   (default all; about 1 h 30 min on 2 shared cores;
+#                                                   REUSE=1 keeps the vectors and models already made)
 #
 # Training never sees a DL 2019 judgment or query: CBOW learns from all other real text in ../shared/data
 # (collections, MS MARCO train/dev queries, DL 2021 queries...), the two-tower from the DL 2021 judged pairs
@@ -18,6 +19,7 @@ WORK=${WORK:-/tmp/msmarco_quality_dl19}
 DL19=$DATA/msmarco-trec-dl-2019
 DL21=$DATA/msmarco-v2-trec-dl-2021
 CBOW_EPOCHS=${CBOW_EPOCHS:-20}
+CBOW_WINDOW=${CBOW_WINDOW:-20}
 EPOCHS=${EPOCHS:-2}
 export MSMARCO_SEARCH_NO_PROGRESS=${MSMARCO_SEARCH_NO_PROGRESS:-1}
 steps=("$@")
@@ -41,10 +43,20 @@ if want corpus; then
   wc -l "$WORK/alltext/collection.tsv"
 fi
 
-if want cbow; then
-  echo "== cbow: 300-d, $CBOW_EPOCHS epochs on the corpus above"
+# cbow DIR [flags...]: 300-d CBOW vectors of the corpus above into DIR (kept if already there with REUSE=1)
+cbow() {
+  local dir=$1
+  shift
+  if [[ ${REUSE:-0} == 1 && -f $dir/msmarco_word2vec.pt ]]; then echo "== reuse $dir"; return; fi
   uv run text_embeddings/train_text_embeddings_cbow_msmarco.py --dataset-path "$WORK/alltext/collection.tsv" \
-    --epochs "$CBOW_EPOCHS" --vector-size 300 --min-count 3 -c "$WORK/cbow" --data-dir "$WORK/data"
+    --vector-size 300 --min-count 3 -c "$dir" --data-dir "$WORK/data" "$@"
+}
+
+if want cbow; then
+  echo "== cbow: 300-d, window $CBOW_WINDOW, $CBOW_EPOCHS epochs on the corpus above"
+  cbow "$WORK/cbow" --window "$CBOW_WINDOW" --epochs "$CBOW_EPOCHS"
+  # gensim's default window (5), which chose the inverse-cloze settings (select) and is an ablation row
+  cbow "$WORK/cbow-w5" --window 5 --epochs "$CBOW_EPOCHS" --no-word-benchmarks
 fi
 
 if want triplets; then
@@ -67,10 +79,11 @@ if want triplets; then
   ict both1 --include "$judged"
 fi
 
-# The recipe: shared towers, word weights starting at the IDF, in-batch softmax (scale 20), word vectors and
-# weights fine-tuned with sparse updates at 1e-2, the dense head at 1e-4, batch 256, 4 pseudo-queries per
-# passage for 2 epochs, and the average of the weights of 3 such models trained with other seeds (chosen on
-# DL 2021 by the select step); the held-out 5 % of the queries pick each model's best epoch.
+# The recipe: CBOW vectors with a 20-word window, shared towers, word weights starting at the IDF, in-batch
+# softmax (scale 20), word vectors and weights fine-tuned with sparse updates at 1e-2, the dense head at 1e-4,
+# batch 256, 4 pseudo-queries per passage for 2 epochs, and the average of the weights of 3 such models trained
+# with other seeds (the window, the pseudo-queries and the averaging were chosen on DL 2021 by the select
+# step); the held-out 5 % of the queries pick each model's best epoch.
 RECIPE=(--shared-towers --init-token-weights idf --loss softmax --scale 20 --learning-rate 1e-4
         --embedding-learning-rate 1e-2 --batch-size 256)
 # One thread: on a loaded machine, torch's spinning worker threads slow training several times over.
@@ -107,7 +120,9 @@ DL21_FILES=(--collection "$DL21/collection.tsv" --queries "$DL21/queries.dl21.ts
 SEEDS=(42 1 2)
 
 if want select; then
-  # Settings are chosen on DL 2021, never on DL 2019. The inverse-cloze settings: models trained on pseudo-queries
+  W5=$WORK/cbow-w5/msmarco_word2vec.pt
+  # Settings are chosen on DL 2021, never on DL 2019, in the order below, the first two with gensim's default
+  # CBOW window (5). The inverse-cloze settings: models trained on pseudo-queries
   # alone (no judgment), evaluated on all 53 DL 2021 queries over their pool, 3 seeds each (one seed moves
   # nDCG@10 by about 0.01 here). The settings keep the training steps about equal (passages x copies x epochs).
   settings=("x1-16w-e8 8 ict1" "x1-8w-e8 8 ict1-8w" "x2-16w-e4 4 ict2" "x2-16w-e3 3 ict2" "x4-16w-e2 2 ict4"
@@ -117,7 +132,7 @@ if want select; then
     read -r name epochs triplets <<< "$setting"
     parts=()
     for seed in "${SEEDS[@]}"; do
-      train "select/$name-s$seed" "$epochs" "$triplets" "$EMBEDDINGS" "${RECIPE[@]}" --seed "$seed"
+      train "select/$name-s$seed" "$epochs" "$triplets" "$W5" "${RECIPE[@]}" --seed "$seed"
       models+=(--model "$name-s$seed=$(model "select/$name-s$seed")")
       parts+=("select/$name-s$seed")
     done
@@ -157,7 +172,7 @@ if want select; then
     read -r name triplets <<< "$setting"
     parts=()
     for seed in "${SEEDS[@]}"; do
-      train "select/$name-s$seed" 2 "$triplets" "$EMBEDDINGS" "${RECIPE[@]}" --seed "$seed"
+      train "select/$name-s$seed" 2 "$triplets" "$W5" "${RECIPE[@]}" --seed "$seed"
       models+=(--model "$name-s$seed=$(model "select/$name-s$seed")")
       parts+=("select/$name-s$seed")
     done
@@ -169,6 +184,31 @@ if want select; then
     --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
     --output-dir "$WORK/eval_select_judged"
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_select_judged/evaluation.json"
+
+  # The CBOW window, with the chosen inverse-cloze setting (4 pseudo-queries per passage, 2 epochs, no judgment)
+  # and all 53 DL 2021 queries again; window 5 is the x4-16w-e2 setting above.
+  models=()
+  for window in 5 10 20 40; do
+    parts=()
+    for seed in "${SEEDS[@]}"; do
+      if [[ $window == 5 ]]; then
+        part=select/x4-16w-e2-s$seed
+      else
+        [[ -f $WORK/cbow-w$window/msmarco_word2vec.pt ]] || cbow "$WORK/cbow-w$window" --window "$window" \
+          --epochs "$CBOW_EPOCHS" --no-word-benchmarks
+        part=select/window-$window-s$seed
+        train "$part" 2 ict4 "$WORK/cbow-w$window/msmarco_word2vec.pt" "${RECIPE[@]}" --seed "$seed"
+      fi
+      models+=(--model "window-$window-s$seed=$(model "$part")")
+      parts+=("$part")
+    done
+    average "select/window-$window-soup" "${parts[@]}"
+    models+=(--model "window-$window-soup=$(model "select/window-$window-soup")")
+  done
+  echo "== select: the CBOW window, on DL 2021 (all 53 queries)"
+  uv run evaluation/evaluate.py "${DL21_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
+    --output-dir "$WORK/eval_select_window"
+  uv run benchmarks/mean_over_seeds.py "$WORK/eval_select_window/evaluation.json"
 fi
 
 if want train; then
@@ -192,10 +232,7 @@ fi
 if want ablation; then
   # Each model changes one choice of the recipe (flags given later win over the recipe's) and is trained once,
   # with seed 42: compare it with the recipe's seed-42 model (the recipe itself averages 3 seeds).
-  if [[ ! -f $WORK/cbow5/msmarco_word2vec.pt ]]; then
-    uv run text_embeddings/train_text_embeddings_cbow_msmarco.py --dataset-path "$WORK/alltext/collection.tsv" \
-      --epochs 5 --vector-size 300 --min-count 3 -c "$WORK/cbow5" --data-dir "$WORK/data" --no-word-benchmarks
-  fi
+  cbow "$WORK/cbow-5-epochs" --window "$CBOW_WINDOW" --epochs 5 --no-word-benchmarks
   train previous-recipe 8 both1 "$EMBEDDINGS" "${RECIPE[@]}"
   train judged-only 8 dl21 "$EMBEDDINGS" "${RECIPE[@]}" --validation-fraction 0.1
   train ict-only "$EPOCHS" ict4 "$EMBEDDINGS" "${RECIPE[@]}"
@@ -205,11 +242,12 @@ if want ablation; then
   train frozen-embeddings "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --freeze-embeddings
   train triplet-loss "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --loss triplet
   train dense-lr-1e-3 "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --learning-rate 1e-3
-  train cbow-5-epochs "$EPOCHS" both "$WORK/cbow5/msmarco_word2vec.pt" "${RECIPE[@]}"
+  train cbow-5-epochs "$EPOCHS" both "$WORK/cbow-5-epochs/msmarco_word2vec.pt" "${RECIPE[@]}"
+  train cbow-window-5 "$EPOCHS" both "$WORK/cbow-w5/msmarco_word2vec.pt" "${RECIPE[@]}"
   train 4-epochs 4 both "$EMBEDDINGS" "${RECIPE[@]}"
   models=(--model "recipe=$(model main)" --model "recipe-seed-42=$(model recipe-s42)")
   for name in previous-recipe judged-only ict-only separate-towers weights-start-at-1 no-token-weights \
-              frozen-embeddings triplet-loss dense-lr-1e-3 cbow-5-epochs 4-epochs; do
+              frozen-embeddings triplet-loss dense-lr-1e-3 cbow-5-epochs cbow-window-5 4-epochs; do
     models+=(--model "$name=$(model "$name")")
   done
   echo "== evaluate the ablation on DL 2019"
