@@ -119,25 +119,31 @@ DL21_FILES=(--collection "$DL21/collection.tsv" --queries "$DL21/queries.dl21.ts
             --qrels "$DL21/qrels.dl21-passage.in-collection.txt")
 SEEDS=(42 1 2)
 
+# with_seeds NAME EPOCHS TRIPLETS_DIR EMBEDDINGS: models select/NAME-s<SEED> for every seed and their average
+# select/NAME-soup, all added to the array models (for one evaluate.py call)
+with_seeds() {
+  local name=$1 epochs=$2 triplets=$3 embeddings=$4 seed parts=()
+  for seed in "${SEEDS[@]}"; do
+    train "select/$name-s$seed" "$epochs" "$triplets" "$embeddings" "${RECIPE[@]}" --seed "$seed"
+    models+=(--model "$name-s$seed=$(model "select/$name-s$seed")")
+    parts+=("select/$name-s$seed")
+  done
+  average "select/$name-soup" "${parts[@]}"
+  models+=(--model "$name-soup=$(model "select/$name-soup")")
+}
+
 if want select; then
   W5=$WORK/cbow-w5/msmarco_word2vec.pt
   # Settings are chosen on DL 2021, never on DL 2019, in the order below, the first two with gensim's default
-  # CBOW window (5). The inverse-cloze settings: models trained on pseudo-queries
-  # alone (no judgment), evaluated on all 53 DL 2021 queries over their pool, 3 seeds each (one seed moves
-  # nDCG@10 by about 0.01 here). The settings keep the training steps about equal (passages x copies x epochs).
+  # CBOW window (5). The inverse-cloze settings: models trained on pseudo-queries alone (no judgment), evaluated
+  # on all 53 DL 2021 queries over their pool, 3 seeds each (one seed moves nDCG@10 by about 0.01 here), and
+  # their average. The settings keep the training steps about equal (passages x copies x epochs).
   settings=("x1-16w-e8 8 ict1" "x1-8w-e8 8 ict1-8w" "x2-16w-e4 4 ict2" "x2-16w-e3 3 ict2" "x4-16w-e2 2 ict4"
             "x4-16w-e4 4 ict4" "x2-mixed-e4 4 ict2-mixed")
   models=()
   for setting in "${settings[@]}"; do
     read -r name epochs triplets <<< "$setting"
-    parts=()
-    for seed in "${SEEDS[@]}"; do
-      train "select/$name-s$seed" "$epochs" "$triplets" "$W5" "${RECIPE[@]}" --seed "$seed"
-      models+=(--model "$name-s$seed=$(model "select/$name-s$seed")")
-      parts+=("select/$name-s$seed")
-    done
-    average "select/$name-soup" "${parts[@]}"
-    models+=(--model "$name-soup=$(model "select/$name-soup")")
+    with_seeds "$name" "$epochs" "$triplets" "$W5"
   done
   echo "== select: inverse-cloze settings on DL 2021 (all 53 queries); NAME-soup is the average of the seeds"
   uv run evaluation/evaluate.py "${DL21_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
@@ -170,14 +176,7 @@ if want select; then
   models=()
   for setting in "ict-only ict4" "with-judged-x1 half-judged-x1" "with-judged-x4 half-judged-x4"; do
     read -r name triplets <<< "$setting"
-    parts=()
-    for seed in "${SEEDS[@]}"; do
-      train "select/$name-s$seed" 2 "$triplets" "$W5" "${RECIPE[@]}" --seed "$seed"
-      models+=(--model "$name-s$seed=$(model "select/$name-s$seed")")
-      parts+=("select/$name-s$seed")
-    done
-    average "select/$name-soup" "${parts[@]}"
-    models+=(--model "$name-soup=$(model "select/$name-soup")")
+    with_seeds "$name" 2 "$triplets" "$W5"
   done
   echo "== select: judged pairs of half the DL 2021 queries, evaluated on the other half"
   uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
@@ -188,22 +187,12 @@ if want select; then
   # The CBOW window, with the chosen inverse-cloze setting (4 pseudo-queries per passage, 2 epochs, no judgment)
   # and all 53 DL 2021 queries again; window 5 is the x4-16w-e2 setting above.
   models=()
-  for window in 5 10 20 40; do
-    parts=()
-    for seed in "${SEEDS[@]}"; do
-      if [[ $window == 5 ]]; then
-        part=select/x4-16w-e2-s$seed
-      else
-        [[ -f $WORK/cbow-w$window/msmarco_word2vec.pt ]] || cbow "$WORK/cbow-w$window" --window "$window" \
-          --epochs "$CBOW_EPOCHS" --no-word-benchmarks
-        part=select/window-$window-s$seed
-        train "$part" 2 ict4 "$WORK/cbow-w$window/msmarco_word2vec.pt" "${RECIPE[@]}" --seed "$seed"
-      fi
-      models+=(--model "window-$window-s$seed=$(model "$part")")
-      parts+=("$part")
-    done
-    average "select/window-$window-soup" "${parts[@]}"
-    models+=(--model "window-$window-soup=$(model "select/window-$window-soup")")
+  for seed in "${SEEDS[@]}"; do models+=(--model "window-5-s$seed=$(model "select/x4-16w-e2-s$seed")"); done
+  models+=(--model "window-5-soup=$(model select/x4-16w-e2-soup)")
+  for window in 10 20 40; do
+    [[ -f $WORK/cbow-w$window/msmarco_word2vec.pt ]] || cbow "$WORK/cbow-w$window" --window "$window" \
+      --epochs "$CBOW_EPOCHS" --no-word-benchmarks
+    with_seeds "window-$window" 2 ict4 "$WORK/cbow-w$window/msmarco_word2vec.pt"
   done
   echo "== select: the CBOW window, on DL 2021 (all 53 queries)"
   uv run evaluation/evaluate.py "${DL21_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
