@@ -215,6 +215,27 @@ def test_bm25_on_dl19_matches_the_published_pool_figures(tmp_path):
     assert metrics["R@100"] == pytest.approx(0.56, abs=0.01)
 
 
+@pytest.mark.real_data
+@pytest.mark.skipif(not (SHARED_DATA / "msmarco-trec-dl-2019").is_dir(), reason="../shared/data is absent")
+def test_row_layout_evaluation_on_real_ms_marco_rows(tmp_path):
+    rows = SHARED_DATA / "msmarco-trec-dl-2019" / "derived" / "hf_rows.bm25top10.dl19.jsonl"
+    run_script(EVALUATE_SCRIPT, "--dataset-path", rows, "--systems", "bm25", "--output-dir", tmp_path, cwd=tmp_path)
+    report = _report(tmp_path)
+    qrels: dict[str, dict[str, int]] = {}
+    for line in rows.read_text().splitlines():
+        row = json.loads(line)
+        for pid, selected in zip(row["passage_ids"], row["passages"]["is_selected"], strict=True):
+            qrels.setdefault(str(row["query_id"]), {})[str(pid)] = int(selected)
+    # queries without a selected passage cannot be scored, and are left out (as TREC tools do)
+    qrels = {qid: grades for qid, grades in qrels.items() if any(grades.values())}
+    for task in ("rerank", "full"):
+        assert report["tasks"][task]["queries"] == len(qrels) == 41
+        _check_run_files(report, task, lambda: qrels)
+    rerank = report["tasks"]["rerank"]["metrics"]
+    # BM25 re-ranks BM25's own top 10 (re-scored on these 410 passages) better than shuffling them
+    assert rerank["bm25"]["MRR@10"] > rerank["random"]["MRR@10"]
+
+
 def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
     from msmarco_search.model import load_two_tower
     from msmarco_search.validation import Validator, split_validation
