@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics_by_system = json.loads(args.evaluation.read_text())["tasks"][args.task]["metrics"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"❌ {args.evaluation}: not an evaluation.json with task {args.task!r} ({error})", file=sys.stderr)
+        print(f"error: {args.evaluation}: not an evaluation.json with task {args.task!r} ({error})", file=sys.stderr)
         return 2
     metrics = args.metrics.split(",")
     grouped: dict[tuple[str, str], list[dict[str, float]]] = {}
