@@ -206,14 +206,15 @@ def average_two_towers(paths: list[str | Path]) -> tuple[TwoTowerModel, Vocabula
 
     Models fine-tuned from the same start (here the CBOW vectors, an identity head and the same word weights)
     with different seeds stay in one basin of the loss, so the mean of their weights is itself a good model,
-    usually better than each of them: it averages out the noise of one run's batch order at no cost at search
-    time. The models must share their settings and vocabulary; the soup keeps the first one's metadata.
+    usually better than the typical one of them: it averages out the noise of one run's batch order, at no
+    cost at search time. The models must share their settings and vocabulary; the soup keeps the first one's metadata.
     """
     if not paths:
         raise PipelineError("no models to average")
     first, vocab, meta = load_two_tower(paths[0])
     fingerprint = vocabulary_fingerprint(vocab)
-    total = {name: tensor.detach().double().clone() for name, tensor in first.state_dict().items()}
+    state = first.state_dict()
+    total = {name: tensor.detach().double().clone() for name, tensor in state.items()}
     for path in paths[1:]:
         model, other_vocab, _ = load_two_tower(path)
         if model.config != first.config:
@@ -223,8 +224,7 @@ def average_two_towers(paths: list[str | Path]) -> tuple[TwoTowerModel, Vocabula
             raise PipelineError(f"its vocabulary differs from that of {paths[0]}", path)
         for name, tensor in model.state_dict().items():
             total[name] += tensor.double()
-    first.load_state_dict({name: (tensor / len(paths)).to(first.state_dict()[name].dtype)
-                           for name, tensor in total.items()})
+    first.load_state_dict({name: (tensor / len(paths)).to(state[name].dtype) for name, tensor in total.items()})
     return first, vocab, meta
 
 
