@@ -326,12 +326,12 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
     soup_path = next((tmp_path / "soup").glob("two_tower_model_*.pt"))
     assert str(soup_path) in done.stderr + done.stdout
     soup, _, meta = load_two_tower(soup_path)
-    first, _, _ = load_two_tower(trained_pipeline["model"])
-    seven, _, _ = load_two_tower(second)
+    first, _, first_meta = load_two_tower(trained_pipeline["model"])
+    seven, _, seven_meta = load_two_tower(second)
     for name, weights in soup.state_dict().items():
         torch.testing.assert_close(weights, (first.state_dict()[name] + seven.state_dict()[name]) / 2)
     assert meta["averaged_from"] == [str(trained_pipeline["model"]), str(second)]
-    assert meta["model_id"] not in {load_two_tower(p)[2]["model_id"] for p in (trained_pipeline["model"], second)}
+    assert meta["model_id"] not in {first_meta["model_id"], seven_meta["model_id"]}
 
     # the soup is a model like any other: evaluation loads it
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
