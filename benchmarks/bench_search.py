@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from msmarco_search.arguments import positive_int
-from msmarco_search.checkpoints import atomic_write
 from msmarco_search.errors import run_cli
-from msmarco_search.model import encode_texts, load_two_tower
+from msmarco_search.fileio import atomic_write
+from msmarco_search.model import load_model
 from msmarco_search.report import info
 from msmarco_search.search import (
     FAISS_FILE,
@@ -90,25 +90,24 @@ def main() -> int:
             started = time.perf_counter()
             grow_collection(args.collection, collection, args.passages)
             info(f"grew {args.collection} to {args.passages:,} passages in {time.perf_counter() - started:.1f} s")
-    model, vocab, meta = load_two_tower(args.model)
+    model = load_model(args.model)
     rss_before = peak_rss_mib()
     index_dir = args.work_dir / f"index_{collection.stem}_{args.dtype}"
     if args.reuse_index and (index_dir / "manifest.json").exists():
         info(f"reusing {index_dir}")
     else:
         started = time.perf_counter()
-        manifest = build_index(model, vocab, meta, args.model, open_source([collection]), index_dir,
-                               IndexSettings(dtype=args.dtype))
+        manifest = build_index(model, args.model, open_source([collection]), index_dir, IndexSettings(dtype=args.dtype))
         seconds = time.perf_counter() - started
         size = manifest["files"]["vectors.npy"] / 2**20
         info(f"index: {manifest['count']:,} passages x {manifest['dim']} in {seconds:.1f} s "
              f"({manifest['count'] / seconds:,.0f} passages/s); vectors {size:,.0f} MiB; "
              f"peak RSS {rss_before:,.0f} MiB before, {peak_rss_mib():,.0f} MiB after")
 
-    index = load_index(index_dir, meta, vocab)
+    index = load_index(index_dir, model)
     queries = list(read_queries(args.queries).values())[:args.max_queries]
-    vectors = encode_texts(model, vocab, queries, "query")
-    encode = median_seconds(lambda: encode_texts(model, vocab, queries, "query"), args.repeats)
+    vectors = model.encode(queries, "query")
+    encode = median_seconds(lambda: model.encode(queries, "query"), args.repeats)
     info(f"query encoding: {len(queries):,} queries in {encode:.3f} s ({len(queries) / encode:,.0f} queries/s)")
     exact = exact_search(index.vectors, vectors, args.k)[1].numpy()
     took = median_seconds(lambda: exact_search(index.vectors, vectors, args.k), args.repeats)

@@ -113,10 +113,11 @@ def stage_index(model_path: Path, rows: Path, passages: int, queries: int) -> No
     import torch
 
     from msmarco_search.batches import TokenBatch
-    from msmarco_search.model import load_two_tower
+    from msmarco_search.model import load_model
 
     torch.set_num_threads(1)
-    model, vocab, _ = load_two_tower(model_path)
+    model = load_model(model_path)
+    vocab = model.vocab
     texts, seen, query_texts = [], set(), []
     with open(rows, encoding="utf-8") as handle:
         for line in handle:
@@ -138,14 +139,14 @@ def stage_index(model_path: Path, rows: Path, passages: int, queries: int) -> No
     with torch.inference_mode():
         for start in range(0, len(arrays), 4096):
             batch = TokenBatch.from_arrays(arrays, np.arange(start, min(start + 4096, len(arrays))))
-            parts.append(model.encode_passages(batch))
+            parts.append(model.passage_vectors(batch))
     matrix = torch.cat(parts)
     indexed = time.perf_counter()
     latencies = []
     with torch.inference_mode():
         for query in query_texts:
             begin = time.perf_counter()
-            vector = model.encode_queries(TokenBatch.from_lists([vocab.encode(query,
+            vector = model.query_vectors(TokenBatch.from_lists([vocab.encode(query,
                                                                               model.config.max_query_length)]))
             torch.topk(matrix @ vector.squeeze(0), 10)
             latencies.append(time.perf_counter() - begin)
@@ -193,7 +194,8 @@ def stage_profile(work: Path, steps: int) -> None:
     triplets_file = next((work / "data").glob("msmarco_triplets_*.pkl"))
     matrix, vocab, _ = load_embeddings(work / "checkpoints" / "msmarco_word2vec.pt")
     data = tokenise_triplets(load_triplets(triplets_file), vocab, 32, 128)
-    model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1]), matrix).train()
+    model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1]), vocab,
+                          matrix).train()
     optimizers, loss_fn = make_optimizers(model, TrainSettings()), InBatchSoftmaxLoss()
     order = epoch_order(len(data), 0, 1)
     phases = {"batch": 0.0, "forward": 0.0, "backward": 0.0, "optimiser": 0.0}

@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
-from msmarco_search.checkpoints import release, save_json, timestamped_path
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.evaluate import (
@@ -34,6 +33,7 @@ from msmarco_search.evaluate import (
     tsv_task,
     write_run,
 )
+from msmarco_search.fileio import release, save_json, timestamped_path
 from msmarco_search.report import info
 
 SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import atomic_write
 from .errors import PipelineError
+from .fileio import atomic_write
 
 
 @dataclass

@@ -14,7 +14,7 @@ from .errors import PipelineError
 from .report import info, warn
 from .text import TOKENIZER_VERSION
 from .triplets import Triplets
-from .vocab import Vocabulary
+from .vocab import Vocabulary, vocabulary_fingerprint
 
 SIDES = ("queries", "positives", "negatives")
 
@@ -62,11 +62,6 @@ class TripletArrays:
     def batch(self, indices: np.ndarray) -> tuple[TokenBatch, TokenBatch, TokenBatch]:
         return (TokenBatch.from_arrays(self.queries, indices), TokenBatch.from_arrays(self.positives, indices),
                 TokenBatch.from_arrays(self.negatives, indices))
-
-
-def vocabulary_fingerprint(vocab: Vocabulary) -> str:
-    digest = hashlib.sha256("\n".join(vocab.index_to_word).encode("utf-8"))
-    return digest.hexdigest()[:16]
 
 
 def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: int, max_passage_length: int,

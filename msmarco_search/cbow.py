@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batches import vocabulary_fingerprint
-from .checkpoints import (
+from .errors import PipelineError
+from .fileio import (
     KIND_EMBEDDINGS,
     atomic_write,
     check_own_vocabulary,
@@ -28,11 +28,10 @@ from .checkpoints import (
     save_json,
     save_torch,
 )
-from .errors import PipelineError
 from .report import info, progress, warn
 from .sources import Source, source_cache_key
 from .text import TOKENIZER_VERSION, tokenize
-from .vocab import PAD_ID, UNK_ID, Vocabulary
+from .vocab import PAD_ID, UNK_ID, Vocabulary, vocabulary_fingerprint
 
 EMBEDDINGS_FILENAME = "msmarco_word2vec.pt"
 

@@ -33,7 +33,7 @@ from .errors import PipelineError
 from .report import info, progress
 from .search import linear_fusion, reciprocal_rank_fusion, write_trec_run
 from .sources import QueryRecord
-from .vocab import PAD_ID, UNK_ID, Vocabulary
+from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -221,38 +221,28 @@ class DenseSystem(System):
 class ModelSystem(DenseSystem):
     """A two-tower model in memory (validation during training uses it on the model being trained)."""
 
-    def __init__(self, model: Any, vocab: Vocabulary, name: str = "two-tower", device: torch.device | str = "cpu"):
+    def __init__(self, model: Any, name: str = "two-tower"):
         super().__init__(name)
-        self.model, self.vocab, self.device = model, vocab, device
+        self.model = model
 
     def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
-        from .model import encode_texts
-
-        return encode_texts(self.model, self.vocab, list(texts), side, self.device)
+        return self.model.encode(list(texts), side)
 
 
 class TwoTowerSystem(ModelSystem):
-    """A saved two-tower model (``msmarco_search.model.load_two_tower``)."""
+    """A saved two-tower model (``msmarco_search.load_model``)."""
 
     def __init__(self, path: str | Path, name: str = "two-tower", device: torch.device | str = "cpu"):
-        from .model import load_two_tower
+        from .model import load_model
 
-        model, vocab, self.metadata = load_two_tower(path, device)
-        super().__init__(model, vocab, name, device)
+        model = load_model(path, device)
+        self.metadata = model.metadata
+        super().__init__(model, name)
         self.path = Path(path)
 
     def settings(self) -> dict[str, Any]:
         return {"model": str(self.path), "model_id": self.metadata.get("model_id"),
                 "config": self.metadata.get("config")}
-
-
-def inverse_document_frequency(vocab: Vocabulary, texts: Sequence[str]) -> np.ndarray:
-    """IDF of every vocabulary word over ``texts``, BM25's ``log(1 + (N - df + 0.5) / (df + 0.5))`` (float32)."""
-    arrays = vocab.encode_many(texts, desc="Counting words")
-    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), arrays.lengths())
-    pairs = np.unique(rows * len(vocab) + np.asarray(arrays.ids, dtype=np.int64))
-    df = np.bincount(pairs % len(vocab), minlength=len(vocab)).astype(np.float64)
-    return np.log1p((len(texts) - df + 0.5) / (df + 0.5)).astype(np.float32)
 
 
 class CbowSystem(DenseSystem):

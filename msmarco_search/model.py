@@ -1,6 +1,8 @@
 """The two-tower model: a query tower and a passage tower over CBOW-initialised word vectors.
 
-Each tower maps a batch of token sequences to L2-normalised vectors; relevance is their dot product.
+Each tower maps a batch of token sequences to L2-normalised vectors; relevance is their dot product. The model
+owns its vocabulary, so ``model.encode_queries(texts)`` / ``model.encode_passages(texts)`` go from text to
+vectors in one call (``load_model(path)`` gives a saved one).
 
 - ``mean`` (default): a weighted mean of the word vectors (each vocabulary word has a learned weight,
   ``exp(w)``, starting at 1, so the tower starts as a plain mean), then a linear head (identity at start
@@ -12,18 +14,20 @@ Each tower maps a batch of token sequences to L2-normalised vectors; relevance i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import TokenBatch, vocabulary_fingerprint
-from .checkpoints import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
+from .batches import TokenBatch
 from .errors import PipelineError
-from .vocab import PAD_ID, Vocabulary
+from .fileio import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
+from .vocab import PAD_ID, Vocabulary, vocabulary_fingerprint
 
 TOWERS = ("mean", "gru")
 
@@ -134,46 +138,75 @@ class GRUTower(nn.Module):
 
 
 class TwoTowerModel(nn.Module):
-    def __init__(self, config: TwoTowerConfig, embeddings: torch.Tensor | None = None):
+    """A query tower and a passage tower, and the vocabulary that turns text into their input."""
+
+    def __init__(self, config: TwoTowerConfig, vocab: Vocabulary, embeddings: torch.Tensor | None = None):
         super().__init__()
+        if len(vocab) != config.vocab_size:
+            raise PipelineError(f"the vocabulary has {len(vocab)} words but the config says {config.vocab_size}")
         self.config = config
+        self.vocab = vocab
+        self.metadata: dict[str, Any] = {}  # what the model file holds beside the weights (model_id, training)
         tower_class = MeanPoolTower if config.tower == "mean" else GRUTower
         self.query_tower = tower_class(config, embeddings)
         self.passage_tower = self.query_tower if config.shared_towers else tower_class(config, embeddings)
 
-    def encode_queries(self, batch: TokenBatch) -> torch.Tensor:
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def query_vectors(self, batch: TokenBatch) -> torch.Tensor:
         return self.query_tower(batch)
 
-    def encode_passages(self, batch: TokenBatch) -> torch.Tensor:
+    def passage_vectors(self, batch: TokenBatch) -> torch.Tensor:
         return self.passage_tower(batch)
 
     def forward(self, queries: TokenBatch, positives: TokenBatch,
                 negatives: TokenBatch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        return (self.encode_queries(queries), self.encode_passages(positives),
-                None if negatives is None else self.encode_passages(negatives))
+        return (self.query_vectors(queries), self.passage_vectors(positives),
+                None if negatives is None else self.passage_vectors(negatives))
 
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        """Parameters that get sparse gradients (the embedding tables); the rest are dense."""
-        sparse = []
-        for module in self.modules():
-            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
-                if module.weight.requires_grad and all(module.weight is not p for p in sparse):
-                    sparse.append(module.weight)
-        return sparse
+    def tokenize(self, texts: Sequence[str], side: str) -> TokenBatch:
+        """Texts as one batch for the ``side`` ("query" or "passage") tower, cut at that side's length."""
+        if side not in ("query", "passage"):
+            raise ValueError(f"side must be 'query' or 'passage', not {side!r}")
+        limit = self.config.max_query_length if side == "query" else self.config.max_passage_length
+        arrays = self.vocab.encode_chunk(list(texts), limit)
+        return TokenBatch.from_arrays(arrays, np.arange(len(arrays)))
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], side: str, batch_size: int = 1024) -> torch.Tensor:
+        """L2-normalised float32 vectors of ``texts`` from the ``side`` tower, on the CPU, in eval mode."""
+        tower = self.query_tower if side == "query" else self.passage_tower
+        was_training = self.training
+        self.eval()
+        device = self.device
+        vectors = [tower(self.tokenize(texts[start:start + batch_size], side).to(device)).float().cpu()
+                   for start in range(0, len(texts), batch_size)]
+        self.train(was_training)
+        return torch.cat(vectors) if vectors else torch.zeros(0, self.config.output_dim)
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """Query vectors: a ``(len(texts), dim)`` float32 array, rows L2-normalised."""
+        return self.encode(texts, "query", batch_size).numpy()
+
+    def encode_passages(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """Passage vectors: a ``(len(texts), dim)`` float32 array, rows L2-normalised."""
+        return self.encode(texts, "passage", batch_size).numpy()
 
 
-def save_two_tower(path: str | Path, model: TwoTowerModel, vocab: Vocabulary, extra: dict[str, Any]) -> Path:
-    """Weights, config and vocabulary in one file, with an id that indexes built from it record."""
+def save_two_tower(path: str | Path, model: TwoTowerModel, extra: dict[str, Any]) -> Path:
+    """Weights, config and vocabulary in one file, with a fresh id that indexes built from it record."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    vocab = model.vocab
     return save_torch({"model_id": uuid.uuid4().hex, "config": asdict(model.config), "state_dict": state,
                        "index_to_word": vocab.index_to_word, "vocabulary_fingerprint": vocabulary_fingerprint(vocab),
                        **extra}, path, KIND_TWO_TOWER)
 
 
-def load_two_tower(path: str | Path, device: torch.device | str = "cpu",
-                   expected_vocabulary: str | None = None, expected_from: str | Path = ""
-                   ) -> tuple[TwoTowerModel, Vocabulary, dict[str, Any]]:
-    """A saved model in eval mode, its vocabulary, and the rest of the file (``model_id``, metadata).
+def load_model(path: str | Path, device: torch.device | str = "cpu",
+               expected_vocabulary: str | None = None, expected_from: str | Path = "") -> TwoTowerModel:
+    """A saved model in eval mode, with its vocabulary and the rest of the file (``model_id``, ...) in ``metadata``.
 
     ``expected_vocabulary``: the ``vocabulary_fingerprint`` of the embeddings or index the model is used
     with (named by ``expected_from``); a model made with another vocabulary is refused.
@@ -184,24 +217,28 @@ def load_two_tower(path: str | Path, device: torch.device | str = "cpu",
         if not all(isinstance(word, str) for word in data["index_to_word"]):
             raise TypeError("the vocabulary holds something other than words")
         vocab = Vocabulary(data["index_to_word"])
-        model = TwoTowerModel(config)
-        model.load_state_dict(data["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise PipelineError(f"model file is incomplete or inconsistent ({first})", path) from error
     if len(vocab) != config.vocab_size:
         raise PipelineError(f"model vocabulary has {len(vocab)} words but its config says {config.vocab_size}",
                             path)
+    try:
+        model = TwoTowerModel(config, vocab)
+        model.load_state_dict(data["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PipelineError(f"model file is incomplete or inconsistent ({first})", path) from error
     own = vocabulary_fingerprint(vocab)
     check_own_vocabulary(data.get("vocabulary_fingerprint"), own, path)
     if expected_vocabulary is not None:
         check_vocabulary(own, path, expected_vocabulary, expected_from or "the files it is used with")
-    model.to(device).eval()
-    return model, vocab, {k: v for k, v in data.items() if k not in ("state_dict", "index_to_word")}
+    model.metadata = {k: v for k, v in data.items() if k not in ("state_dict", "index_to_word")}
+    return model.to(device).eval()
 
 
 @torch.no_grad()
-def average_two_towers(paths: list[str | Path]) -> tuple[TwoTowerModel, Vocabulary, dict[str, Any]]:
+def average_two_towers(paths: list[str | Path]) -> TwoTowerModel:
     """A uniform model soup (Wortsman et al. 2022, "Model soups"): the element-wise mean of the weights of models.
 
     Models fine-tuned from the same start (here the CBOW vectors, an identity head and the same word weights)
@@ -211,38 +248,18 @@ def average_two_towers(paths: list[str | Path]) -> tuple[TwoTowerModel, Vocabula
     """
     if not paths:
         raise PipelineError("no models to average")
-    first, vocab, meta = load_two_tower(paths[0])
-    fingerprint = vocabulary_fingerprint(vocab)
+    first = load_model(paths[0])
+    fingerprint = vocabulary_fingerprint(first.vocab)
     state = first.state_dict()
     total = {name: tensor.detach().double().clone() for name, tensor in state.items()}
     for path in paths[1:]:
-        model, other_vocab, _ = load_two_tower(path)
+        model = load_model(path)
         if model.config != first.config:
             raise PipelineError(f"its settings differ from those of {paths[0]}, so the weights cannot be averaged",
                                 path)
-        if vocabulary_fingerprint(other_vocab) != fingerprint:
+        if vocabulary_fingerprint(model.vocab) != fingerprint:
             raise PipelineError(f"its vocabulary differs from that of {paths[0]}", path)
         for name, tensor in model.state_dict().items():
             total[name] += tensor.double()
     first.load_state_dict({name: (tensor / len(paths)).to(state[name].dtype) for name, tensor in total.items()})
-    return first, vocab, meta
-
-
-@torch.no_grad()
-def encode_texts(model: TwoTowerModel, vocab: Vocabulary, texts: list[str], side: str,
-                 device: torch.device | str = "cpu", batch_size: int = 1024) -> torch.Tensor:
-    """Vectors for ``texts`` from the query tower (``side="query"``) or the passage tower, on the CPU."""
-    if side not in ("query", "passage"):
-        raise ValueError(f"side must be 'query' or 'passage', not {side!r}")
-    encode = model.encode_queries if side == "query" else model.encode_passages
-    limit = model.config.max_query_length if side == "query" else model.config.max_passage_length
-    was_training = model.training
-    model.eval()
-    vectors = []
-    for start in range(0, len(texts), batch_size):
-        batch = TokenBatch.from_lists([vocab.encode(t, limit) for t in texts[start:start + batch_size]])
-        vectors.append(encode(batch.to(device)).float().cpu())
-    model.train(was_training)
-    if not vectors:
-        return torch.zeros(0, model.config.output_dim)
-    return torch.cat(vectors)
+    return first

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import atomic_write
+from .fileio import atomic_write
 
 
 def plot_training_log(record: Mapping[str, Any], path: str | Path) -> Path:

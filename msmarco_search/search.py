@@ -33,14 +33,13 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 import torch
 
-from .batches import vocabulary_fingerprint
-from .checkpoints import atomic_write, load_json, save_json
 from .errors import PipelineError
-from .model import TwoTowerModel, encode_texts
+from .fileio import atomic_write, load_json, save_json
+from .model import TwoTowerModel
 from .report import info, progress
 from .sources import Source, TsvSource
 from .text import TOKENIZER_VERSION
-from .vocab import Vocabulary
+from .vocab import vocabulary_fingerprint
 
 KIND_INDEX = "two-tower-index"
 INDEX_FORMAT_VERSION = 1
@@ -134,9 +133,8 @@ class IndexSettings:
     max_passages: int | None = None
 
 
-def build_index(model: TwoTowerModel, vocab: Vocabulary, model_meta: dict[str, Any], model_path: str | Path,
-                source: Source, index_dir: str | Path, settings: IndexSettings,
-                device: torch.device | str = "cpu") -> dict[str, Any]:
+def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, index_dir: str | Path,
+                settings: IndexSettings) -> dict[str, Any]:
     """Encode every passage of ``source`` with the passage tower and write the index; returns its manifest.
 
     A source with a ``collection.tsv`` is indexed in place; any other source first has its passages written
@@ -188,7 +186,7 @@ def build_index(model: TwoTowerModel, vocab: Vocabulary, model_meta: dict[str, A
             def flush() -> None:
                 nonlocal row, texts
                 if texts:
-                    encoded = encode_texts(model, vocab, texts, "passage", device, batch_size=settings.batch_size)
+                    encoded = model.encode(texts, "passage", batch_size=settings.batch_size)
                     handle.write(np.ascontiguousarray(encoded.numpy(), dtype=dtype).tobytes())
                     row += len(texts)
                     texts = []
@@ -232,8 +230,8 @@ def build_index(model: TwoTowerModel, vocab: Vocabulary, model_meta: dict[str, A
         files.append(collection.name)
     manifest = {
         "kind": KIND_INDEX, "format_version": INDEX_FORMAT_VERSION,
-        "model_id": model_meta.get("model_id"), "model_path": str(Path(model_path).resolve()),
-        "vocabulary_fingerprint": vocabulary_fingerprint(vocab), "tokenizer": TOKENIZER_VERSION,
+        "model_id": model.metadata.get("model_id"), "model_path": str(Path(model_path).resolve()),
+        "vocabulary_fingerprint": vocabulary_fingerprint(model.vocab), "tokenizer": TOKENIZER_VERSION,
         "dim": dim, "count": count, "dtype": settings.dtype, "id_width": width,
         "collection": collection.name if inside else str(collection.resolve()),
         "collection_size": collection_stat.st_size, "source": source.description,
@@ -380,8 +378,8 @@ class _CollectionTexts(Sequence[str]):
                 return
 
 
-def load_index(index_dir: str | Path, model_meta: dict[str, Any] | None = None,
-               vocab: Vocabulary | None = None, model_path: str | Path | None = None) -> PassageIndex:
+def load_index(index_dir: str | Path, model: TwoTowerModel | None = None,
+               model_path: str | Path | None = None) -> PassageIndex:
     """Open an index and check it: complete, untruncated, and (given the model) built by this model."""
     index_dir = Path(index_dir)
     if not index_dir.is_dir():
@@ -403,14 +401,14 @@ def load_index(index_dir: str | Path, model_meta: dict[str, Any] | None = None,
         dtype, collection_name = VECTOR_DTYPES[manifest["dtype"]], str(manifest["collection"])
     except (KeyError, TypeError, ValueError) as error:
         raise PipelineError(f"manifest is incomplete ({error})", manifest_path) from error
-    if model_meta is not None:
-        built_by, this = manifest.get("model_id"), model_meta.get("model_id")
+    if model is not None:
+        built_by, this = manifest.get("model_id"), model.metadata.get("model_id")
         if built_by != this:
             raise PipelineError(
                 f"index was built by another model (model_id {str(built_by)[:12]}, {manifest.get('model_path')}), "
                 f"not by {model_path or 'this model'} (model_id {str(this)[:12]}); index it with this model, or "
                 "pass the --index-dir of its own index", manifest_path)
-    if vocab is not None and manifest.get("vocabulary_fingerprint") != vocabulary_fingerprint(vocab):
+    if model is not None and manifest.get("vocabulary_fingerprint") != vocabulary_fingerprint(model.vocab):
         raise PipelineError("index was built with another vocabulary than this model's; rebuild it", manifest_path)
     for name, size in files.items():
         path = index_dir / name
@@ -490,10 +488,9 @@ class TwoTowerSearcher:
 
     name = "two-tower"
 
-    def __init__(self, model: TwoTowerModel, vocab: Vocabulary, index: PassageIndex,
-                 device: torch.device | str = "cpu", use_faiss: bool = False, nprobe: int = 16,
+    def __init__(self, model: TwoTowerModel, index: PassageIndex, use_faiss: bool = False, nprobe: int = 16,
                  ef_search: int = 128, chunk_rows: int = 65536):
-        self.model, self.vocab, self.index, self.device = model, vocab, index, device
+        self.model, self.index, self.device = model, index, model.device
         self.use_faiss, self.nprobe, self.ef_search, self.chunk_rows = use_faiss, nprobe, ef_search, chunk_rows
         if use_faiss:
             index.faiss_index()  # check it loads before the first query
@@ -501,7 +498,7 @@ class TwoTowerSearcher:
         self.description = f"faiss {kind}" if kind else "exact inner product"
 
     def search(self, queries: Sequence[str], k: int) -> list[Hits]:
-        vectors = encode_texts(self.model, self.vocab, list(queries), "query", self.device)
+        vectors = self.model.encode(list(queries), "query")
         if self.use_faiss:
             faiss_index = self.index.faiss_index()
             kind = self.index.manifest["faiss"]["type"]

@@ -15,12 +15,12 @@ from itertools import islice
 from pathlib import Path
 
 from .arrays import TokenArrays, TokenArrayWriter
-from .batches import SIDES, TripletArrays, vocabulary_fingerprint
+from .batches import SIDES, TripletArrays
 from .errors import PipelineError
 from .report import info, progress
 from .text import TOKENIZER_VERSION
 from .triplets import Triplets
-from .vocab import Vocabulary
+from .vocab import Vocabulary, vocabulary_fingerprint
 
 CHUNK_LINES = 10_000  # measured: 50k-line chunks peaked 270 MiB higher and ran slower (docs/benchmarks.md)
 

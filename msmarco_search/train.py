@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from .batches import TripletArrays
-from .checkpoints import KIND_TRAINING_STATE, load_torch, save_torch
 from .distributed import DistributedContext, all_reduce_max, all_reduce_mean, gather_with_gradients
 from .errors import PipelineError
+from .fileio import KIND_TRAINING_STATE, load_torch, save_torch
 from .model import TwoTowerModel
 from .optim import RowAdam
 from .report import info, progress

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import KIND_TRIPLETS, load_pickle, save_pickle
 from .errors import PipelineError
+from .fileio import KIND_TRIPLETS, load_pickle, save_pickle
 from .report import progress
 from .sources import Passage, QueryRecord
 

@@ -20,7 +20,6 @@ from .evaluate import ModelSystem, PassagePool, Task, evaluate_task
 from .report import info
 from .sources import text_id
 from .triplets import Triplets
-from .vocab import Vocabulary
 
 DEFAULT_MAX_QUERIES = 2000
 
@@ -71,9 +70,8 @@ class Validator:
 
     metric = "MRR@10"
 
-    def __init__(self, validation: ValidationSet, model: Any, vocab: Vocabulary, device: torch.device | str,
-                 every_steps: int = 0, keep_best: bool = True):
-        self.validation, self.model, self.vocab, self.device = validation, model, vocab, device
+    def __init__(self, validation: ValidationSet, model: Any, every_steps: int = 0, keep_best: bool = True):
+        self.validation, self.model = validation, model
         self.every_steps, self.keep_best = every_steps, keep_best
         self.entries: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -81,7 +79,7 @@ class Validator:
 
     def evaluate(self, epoch: int, step: int, end_of_epoch: bool) -> float:
         started = time.perf_counter()
-        system = ModelSystem(self.model, self.vocab, "validation", self.device)
+        system = ModelSystem(self.model, "validation")
         result = evaluate_task(self.validation.task, [system], depth=10, random_seeds=0, verbose=False)
         value = result.metrics["validation"][self.metric]
         entry = {"epoch": epoch, "step": step, "end_of_epoch": end_of_epoch, self.metric: value,

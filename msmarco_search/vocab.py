@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice, repeat
 
@@ -71,3 +72,18 @@ class Vocabulary:
             bar.update(len(part))
         bar.close()
         return TokenArrays.concatenate(parts)
+
+
+def vocabulary_fingerprint(vocab: Vocabulary) -> str:
+    """A short hash of the word list: files made with one vocabulary record it, and another is refused."""
+    digest = hashlib.sha256("\n".join(vocab.index_to_word).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def inverse_document_frequency(vocab: Vocabulary, texts: Sequence[str]) -> np.ndarray:
+    """IDF of every vocabulary word over ``texts``, BM25's ``log(1 + (N - df + 0.5) / (df + 0.5))`` (float32)."""
+    arrays = vocab.encode_many(texts, desc="Counting words")
+    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), arrays.lengths())
+    pairs = np.unique(rows * len(vocab) + np.asarray(arrays.ids, dtype=np.int64))
+    df = np.bincount(pairs % len(vocab), minlength=len(vocab)).astype(np.float64)
+    return np.log1p((len(texts) - df + 0.5) / (df + 0.5)).astype(np.float32)

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.arguments import add_source_arguments, positive_int, seed_int, source_from_args
-from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.fileio import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.report import info
 from msmarco_search.sources import open_source
 from msmarco_search.triplets import (

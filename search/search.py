@@ -22,7 +22,7 @@ from pathlib import Path
 from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.model import load_two_tower
+from msmarco_search.model import load_model
 from msmarco_search.report import info, warn
 from msmarco_search.search import (
     FAISS_KINDS,
@@ -117,19 +117,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_index(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
-    model, vocab, meta = load_two_tower(args.model, device)
+    model = load_model(args.model, device)
     index_dir = args.index_dir or default_index_dir(args.model)
     source = source_from_args(args)
     settings = IndexSettings(batch_size=args.batch_size, dtype=args.dtype, faiss=args.faiss, hnsw_m=args.hnsw_m,
                              ivf_lists=args.ivf_lists or 0, max_passages=args.max_passages)
-    manifest = build_index(model, vocab, meta, args.model, source, index_dir, settings, device)
+    manifest = build_index(model, args.model, source, index_dir, settings)
     total = sum(manifest["files"].values())
     faiss = f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else ""
     info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{faiss})")
     return 0
 
 
-def make_searchers(args: argparse.Namespace, index: PassageIndex, model, vocab, device) -> list:
+def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list:
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     dense = bm25 = None
     if {"two-tower", "hybrid"} & set(systems):
@@ -138,7 +138,7 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model, vocab, 
             use_faiss = faiss_available()
             if not use_faiss:
                 warn("the index has a faiss index but faiss is not installed; searching exactly instead")
-        dense = TwoTowerSearcher(model, vocab, index, device, use_faiss=use_faiss, nprobe=args.nprobe,
+        dense = TwoTowerSearcher(model, index, use_faiss=use_faiss, nprobe=args.nprobe,
                                  ef_search=args.ef_search, chunk_rows=args.chunk_rows)
     if {"bm25", "hybrid"} & set(systems):
         bm25 = BM25Searcher(index)
@@ -211,10 +211,10 @@ def interactive(args: argparse.Namespace, index: PassageIndex, searchers: list) 
 def run_query(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
     device = pick_device(args.device)
-    model, vocab, meta = load_two_tower(args.model, device)
-    index = load_index(index_dir, meta, vocab, args.model)
+    model = load_model(args.model, device)
+    index = load_index(index_dir, model, args.model)
     try:
-        searchers = make_searchers(args, index, model, vocab, device)
+        searchers = make_searchers(args, index, model)
         info(f"Index: {len(index):,} passages in {index_dir}; "
              + "; ".join(f"{s.name}: {s.description}" for s in searchers))
         if args.queries is not None:

@@ -237,7 +237,7 @@ def test_row_layout_evaluation_on_real_ms_marco_rows(tmp_path):
 
 
 def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
-    from msmarco_search.model import load_two_tower
+    from msmarco_search.model import load_model
     from msmarco_search.validation import Validator, split_validation
 
     result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
@@ -258,10 +258,10 @@ def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipel
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
     # the saved model is the best one: scoring it on the same held-out queries gives the logged best
-    model, vocab, _ = load_two_tower(model_path)
+    model = load_model(model_path)
     _, held_out = split_validation(load_triplets(trained_pipeline["triplets"]), count=24, seed=7)
     assert held_out.query_ids == sorted({e for e in held_out.task.queries})
-    assert Validator(held_out, model, vocab, "cpu").evaluate(0, 0, True) == pytest.approx(
+    assert Validator(held_out, model).evaluate(0, 0, True) == pytest.approx(
         validation["best"]["MRR@10"])
 
 
@@ -278,13 +278,14 @@ def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
 
 
 def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
-    from msmarco_search.evaluate import inverse_document_frequency
-    from msmarco_search.model import load_two_tower
+    from msmarco_search.model import load_model
+    from msmarco_search.vocab import inverse_document_frequency
 
     run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
                "--init-token-weights", "idf", "--embedding-learning-rate", "1e-12", "--learning-rate", "1e-12",
                "--validation-fraction", "0", "--output-dir", tmp_path, cwd=tmp_path)
-    model, vocab, _ = load_two_tower(next(tmp_path.glob("two_tower_model_*.pt")))
+    model = load_model(next(tmp_path.glob("two_tower_model_*.pt")))
+    vocab = model.vocab
     triplets = load_triplets(trained_pipeline["triplets"])
     idf = inverse_document_frequency(vocab, list(dict.fromkeys(triplets.positives + triplets.negatives)))
     for tower in (model.query_tower, model.passage_tower):
@@ -315,7 +316,7 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
 
 
 def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus):
-    from msmarco_search.model import load_two_tower
+    from msmarco_search.model import load_model
 
     work = trained_pipeline["work"]
     other = tmp_path / "seed7"
@@ -325,9 +326,8 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
     done = run_script(AVERAGE_SCRIPT, trained_pipeline["model"], second, "--output-dir", tmp_path / "soup", cwd=work)
     soup_path = next((tmp_path / "soup").glob("two_tower_model_*.pt"))
     assert str(soup_path) in done.stderr + done.stdout
-    soup, _, meta = load_two_tower(soup_path)
-    first, _, first_meta = load_two_tower(trained_pipeline["model"])
-    seven, _, seven_meta = load_two_tower(second)
+    soup, first, seven = load_model(soup_path), load_model(trained_pipeline["model"]), load_model(second)
+    meta, first_meta, seven_meta = soup.metadata, first.metadata, seven.metadata
     for name, weights in soup.state_dict().items():
         torch.testing.assert_close(weights, (first.state_dict()[name] + seven.state_dict()[name]) / 2)
     assert meta["averaged_from"] == [str(trained_pipeline["model"]), str(second)]

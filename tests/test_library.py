@@ -12,8 +12,8 @@ import torch
 
 from msmarco_search.arrays import TokenArrays
 from msmarco_search.batches import TokenBatch
-from msmarco_search.checkpoints import KIND_TRIPLETS, load_pickle, save_pickle, timestamped_path
 from msmarco_search.errors import PipelineError
+from msmarco_search.fileio import KIND_TRIPLETS, load_pickle, save_pickle, timestamped_path
 from msmarco_search.losses import InBatchSoftmaxLoss, TripletMarginLoss
 from msmarco_search.model import TwoTowerConfig, TwoTowerModel
 from msmarco_search.sources import RowFileSource, TsvSource, open_source
@@ -126,14 +126,15 @@ def test_in_batch_softmax_loss_matches_hand_computation():
 
 def test_untrained_mean_tower_is_the_normalised_mean_of_word_vectors():
     vectors = torch.randn(6, 4)
-    model = TwoTowerModel(TwoTowerConfig(vocab_size=6, embedding_dim=4), vectors)
+    vocab = Vocabulary.from_words(["a", "b", "c", "d"])
+    model = TwoTowerModel(TwoTowerConfig(vocab_size=6, embedding_dim=4), vocab, vectors)
     batch = TokenBatch.from_lists([[2, 3], [4], []])
-    out = model.encode_queries(batch)
+    out = model.query_vectors(batch)
     expected = torch.nn.functional.normalize((vectors[2] + vectors[3]) / 2, dim=0)
     assert torch.allclose(out[0], expected, atol=1e-5)
     assert torch.allclose(out[2], torch.zeros(4))
-    gru = TwoTowerModel(TwoTowerConfig(vocab_size=6, embedding_dim=4, tower="gru", gru_hidden_dim=3), vectors)
-    assert gru.encode_passages(batch).shape == (3, 4)
+    gru = TwoTowerModel(TwoTowerConfig(vocab_size=6, embedding_dim=4, tower="gru", gru_hidden_dim=3), vocab, vectors)
+    assert gru.passage_vectors(batch).shape == (3, 4)
 
 
 def test_vocabulary_maps_unknown_words_to_unk():

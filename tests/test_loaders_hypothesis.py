@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from msmarco_search.arrays import TokenArrays
 from msmarco_search.cbow import load_embeddings, load_gensim_model
-from msmarco_search.checkpoints import (
+from msmarco_search.errors import PipelineError
+from msmarco_search.fileio import (
     KIND_EMBEDDINGS,
     KIND_TRIPLETS,
     load_json,
@@ -29,7 +30,6 @@ from msmarco_search.checkpoints import (
     save_pickle,
     save_torch,
 )
-from msmarco_search.errors import PipelineError
 from msmarco_search.sources import RowFileSource, TsvFiles, TsvSource, read_candidates, read_qrels
 from msmarco_search.triplets import load_triplets
 

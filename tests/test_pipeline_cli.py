@@ -10,7 +10,7 @@ import torch
 from conftest import CBOW_SCRIPT, SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script
 
 from msmarco_search.cbow import load_embeddings
-from msmarco_search.model import TwoTowerConfig, TwoTowerModel, encode_texts, load_two_tower
+from msmarco_search.model import TwoTowerConfig, TwoTowerModel, load_model
 from msmarco_search.triplets import load_triplets, metadata_path
 
 
@@ -70,15 +70,16 @@ def test_hard_negatives_need_candidates(tmp_path, corpus):
     run_script(TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random", cwd=tmp_path)
 
 
-def _pairwise_accuracy(model, vocab, triplets) -> float:
-    q = encode_texts(model, vocab, triplets.queries, "query")
-    p = encode_texts(model, vocab, triplets.positives, "passage")
-    n = encode_texts(model, vocab, triplets.negatives, "passage")
+def _pairwise_accuracy(model, triplets) -> float:
+    q = model.encode(triplets.queries, "query")
+    p = model.encode(triplets.positives, "passage")
+    n = model.encode(triplets.negatives, "passage")
     return float(((q * p).sum(-1) > (q * n).sum(-1)).float().mean())
 
 
 def test_trained_two_tower_beats_untrained(trained_pipeline):
-    model, vocab, meta = load_two_tower(trained_pipeline["model"])
+    model = load_model(trained_pipeline["model"])
+    meta = model.metadata
     raw = torch.load(trained_pipeline["model"], weights_only=True)
     assert raw["kind"] == "two-tower-model" and raw["model_id"] == meta["model_id"]
     log = json.loads(trained_pipeline["model"].with_name(
@@ -88,9 +89,10 @@ def test_trained_two_tower_beats_untrained(trained_pipeline):
 
     triplets = load_triplets(trained_pipeline["triplets"])
     matrix, cbow_vocab, _ = load_embeddings(trained_pipeline["embeddings"])
-    untrained = TwoTowerModel(TwoTowerConfig(vocab_size=len(cbow_vocab), embedding_dim=matrix.shape[1]), matrix)
-    before = _pairwise_accuracy(untrained, cbow_vocab, triplets)
-    after = _pairwise_accuracy(model, vocab, triplets)
+    untrained = TwoTowerModel(TwoTowerConfig(vocab_size=len(cbow_vocab), embedding_dim=matrix.shape[1]), cbow_vocab,
+                              matrix)
+    before = _pairwise_accuracy(untrained, triplets)
+    after = _pairwise_accuracy(model, triplets)
     assert after >= 0.95, (before, after)
     assert after - before >= 0.25, (before, after)
 
@@ -107,7 +109,7 @@ def test_training_prints_the_similarity_test_and_honours_no_save(trained_pipelin
 def test_frozen_embeddings_and_losses_train(trained_pipeline, tmp_path, loss):
     run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
                "--loss", loss, "--freeze-embeddings", "--output-dir", tmp_path, cwd=tmp_path)
-    model, _, _ = load_two_tower(next(tmp_path.glob("two_tower_model_*.pt")))
+    model = load_model(next(tmp_path.glob("two_tower_model_*.pt")))
     matrix, _, _ = load_embeddings(trained_pipeline["embeddings"])
     assert torch.equal(model.query_tower.embedding.weight.detach()[2:], matrix[2:])
 

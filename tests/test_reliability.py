@@ -24,13 +24,13 @@ import pytest
 import torch
 from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
-from msmarco_search import checkpoints
-from msmarco_search.batches import tokenise_triplets, vocabulary_fingerprint
-from msmarco_search.checkpoints import KIND_TRIPLETS, atomic_write, load_pickle
+from msmarco_search import fileio
+from msmarco_search.batches import tokenise_triplets
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.model import load_two_tower
+from msmarco_search.fileio import KIND_TRIPLETS, atomic_write, load_pickle
+from msmarco_search.model import load_model
 from msmarco_search.triplets import load_triplets, metadata_path
-from msmarco_search.vocab import Vocabulary
+from msmarco_search.vocab import Vocabulary, vocabulary_fingerprint
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -138,7 +138,7 @@ def test_code_in_a_pickle_never_runs_through_the_real_command_line(work, trained
 def test_code_in_a_torch_file_or_gensim_model_is_refused(work, capsys, trained_pipeline):
     marker = work / "pwned"
     evil_pt = work / "evil.pt"
-    torch.save({"kind": checkpoints.KIND_EMBEDDINGS, "format_version": 1, "x": Evil(marker)}, evil_pt)
+    torch.save({"kind": fileio.KIND_EMBEDDINGS, "format_version": 1, "x": Evil(marker)}, evil_pt)
     assert_one_line_error(cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", evil_pt),
                           "evil.pt: unsafe torch file refused: it names posix.system, which could run code")
     evil_gensim = work / "evil.gensim"
@@ -157,7 +157,7 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
     assert status == 0, err
     assert "Vocabulary size" in out
     # a triplets pickle is no gensim model
-    triplets = checkpoints.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
+    triplets = fileio.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
                               triplets), "t.pkl", "not a gensim Word2Vec model (it holds a dict)")
 
@@ -171,27 +171,27 @@ def test_files_of_the_wrong_kind_are_named(work, capsys, trained_pipeline):
     assert_one_line_error(cli(capsys, TRAIN_SCRIPT, triplets, "--embeddings", model),
                           model.name, "this is a two-tower-model file, expected a cbow-embeddings file")
     with pytest.raises(PipelineError, match="this is a cbow-embeddings file, expected a two-tower-model file"):
-        load_two_tower(embeddings)
+        load_model(embeddings)
 
 
 def test_a_newer_triplets_format_is_refused(work, capsys, trained_pipeline):
     data = load_pickle(trained_pipeline["triplets"], KIND_TRIPLETS)
     newer = work / "newer.pkl"
-    newer.write_bytes(pickle.dumps({**data, "format_version": checkpoints.FORMAT_VERSION + 1}))
+    newer.write_bytes(pickle.dumps({**data, "format_version": fileio.FORMAT_VERSION + 1}))
     assert_one_line_error(cli(capsys, TRAIN_SCRIPT, newer, "--embeddings", trained_pipeline["embeddings"]),
-                          "newer.pkl", f"format version {checkpoints.FORMAT_VERSION + 1} is newer", "upgrade")
+                          "newer.pkl", f"format version {fileio.FORMAT_VERSION + 1} is newer", "upgrade")
 
 
 def test_a_model_with_another_vocabulary_is_refused(work, trained_pipeline):
     model_path = trained_pipeline["model"]
-    _, vocab, meta = load_two_tower(model_path, expected_vocabulary=meta_fp(trained_pipeline["embeddings"]),
-                                    expected_from=trained_pipeline["embeddings"])
-    assert meta["vocabulary_fingerprint"] == vocabulary_fingerprint(vocab)
+    model = load_model(model_path, expected_vocabulary=meta_fp(trained_pipeline["embeddings"]),
+                       expected_from=trained_pipeline["embeddings"])
+    assert model.metadata["vocabulary_fingerprint"] == vocabulary_fingerprint(model.vocab)
     other = vocabulary_fingerprint(Vocabulary.from_words(["other", "words"]))
     with pytest.raises(PipelineError, match=r"two_tower_model_.*does not match the vocabulary of other_index"):
-        load_two_tower(model_path, expected_vocabulary=other, expected_from="other_index")
+        load_model(model_path, expected_vocabulary=other, expected_from="other_index")
     # a file whose word list was changed after it was written no longer matches its own fingerprint
-    for path, loader in ((model_path, load_two_tower), (trained_pipeline["embeddings"], _load_embeddings)):
+    for path, loader in ((model_path, load_model), (trained_pipeline["embeddings"], _load_embeddings)):
         data = torch.load(path, weights_only=True)
         data["index_to_word"] = data["index_to_word"][:-1] + ["tampered"]
         tampered = work / f"tampered_{path.name}"
@@ -571,7 +571,7 @@ def test_a_failed_write_leaves_nothing_under_the_final_name(work, capsys, monkey
     def failed_rename(source, target):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(checkpoints.os, "replace", failed_rename)
+    monkeypatch.setattr(fileio.os, "replace", failed_rename)
     assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output-dir", work / "out"),
                           ".pkl: cannot write (Input/output error)")
     assert list((work / "out").iterdir()) == []
@@ -579,7 +579,7 @@ def test_a_failed_write_leaves_nothing_under_the_final_name(work, capsys, monkey
 
 def test_a_writer_killed_mid_write_leaves_nothing_under_the_final_name(work):
     final, ready = work / "model.pt", work / "ready"
-    code = (f"import time\nfrom pathlib import Path\nfrom msmarco_search.checkpoints import atomic_write\n"
+    code = (f"import time\nfrom pathlib import Path\nfrom msmarco_search.fileio import atomic_write\n"
             f"def write(tmp):\n    with open(tmp, 'wb') as handle:\n        handle.write(b'x' * 4096)\n"
             f"        handle.flush()\n        Path({str(ready)!r}).touch()\n        time.sleep(60)\n"
             f"atomic_write({str(final)!r}, write)\n")
@@ -602,7 +602,7 @@ def test_two_runs_in_the_same_second_write_two_sets_of_files(work, monkeypatch, 
         def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(checkpoints, "datetime", FrozenClock)
+    monkeypatch.setattr(fileio, "datetime", FrozenClock)
     module = _script(TRIPLETS_SCRIPT)
     real_timestamped_path = module.timestamped_path
     both_ready = threading.Barrier(2, timeout=60)

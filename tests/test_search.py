@@ -18,7 +18,7 @@ import torch
 from conftest import FILLER, ROOT, make_corpus, run_script
 
 from msmarco_search.errors import PipelineError
-from msmarco_search.model import TwoTowerModel, load_two_tower, save_two_tower
+from msmarco_search.model import TwoTowerModel, load_model, save_two_tower
 from msmarco_search.search import (
     FAISS_FILE,
     BM25Searcher,
@@ -98,10 +98,10 @@ def test_index_is_written_beside_the_model_and_reads_back(search_setup):
     index_dir = search_setup["index"]
     assert "Saved index of 52 passages" in search_setup["index_stdout"]
     manifest = json.loads((index_dir / "manifest.json").read_text())
-    model, vocab, meta = load_two_tower(search_setup["model"])
-    assert manifest["model_id"] == meta["model_id"] and manifest["count"] == 52
+    model = load_model(search_setup["model"])
+    assert manifest["model_id"] == model.metadata["model_id"] and manifest["count"] == 52
     assert manifest["dim"] == model.config.output_dim and manifest["faiss"] == {"type": "flat"}
-    index = load_index(index_dir, meta, vocab)
+    index = load_index(index_dir, model)
     assert index.vectors.shape == (52, model.config.output_dim) and index.vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)
     for position, line in enumerate(search_setup["lines"]):  # ids in collection order, texts by seek
@@ -194,8 +194,8 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_an_index_built_by_another_model_is_refused(search_setup, tmp_path):
-    model, vocab, _ = load_two_tower(search_setup["model"])
-    other = save_two_tower(tmp_path / "other.pt", TwoTowerModel(model.config), vocab, {})
+    model = load_model(search_setup["model"])
+    other = save_two_tower(tmp_path / "other.pt", TwoTowerModel(model.config, model.vocab), {})
     result = run_script(SEARCH_SCRIPT, "query", other, "--index-dir", search_setup["index"], "what is ask1x1",
                         cwd=tmp_path, check=False)
     message = _one_line_error(result)
@@ -237,8 +237,8 @@ def test_index_the_passages_of_a_row_layout_source(search_setup, rows_file, tmp_
                 "--dtype", "float16", "--faiss", "hnsw")
     texts = {text for line in rows_file.read_text().splitlines()
              for text in json.loads(line)["passages"]["passage_text"]}
-    model, vocab, meta = load_two_tower(search_setup["model"])
-    index = load_index(tmp_path / "rows", meta, vocab)
+    model = load_model(search_setup["model"])
+    index = load_index(tmp_path / "rows", model)
     assert len(index) == len(texts) and index.vectors.dtype == np.float16
     assert {index.text(i) for i in range(len(index))} == texts
     assert all(index.pid(i) == text_id(index.text(i)) for i in range(len(index)))
@@ -252,9 +252,9 @@ def test_index_the_passages_of_a_row_layout_source(search_setup, rows_file, tmp_
 
 
 def test_linear_hybrid_and_faiss_kinds_agree_with_exact_search(search_setup):
-    model, vocab, meta = load_two_tower(search_setup["model"])
-    index = load_index(search_setup["index"], meta, vocab)
-    dense, bm25 = TwoTowerSearcher(model, vocab, index), BM25Searcher(index)
+    model = load_model(search_setup["model"])
+    index = load_index(search_setup["index"], model)
+    dense, bm25 = TwoTowerSearcher(model, index), BM25Searcher(index)
     mixed = [search_setup["queries"][f"m{t}"] for t in range(12)]
     linear = HybridSearcher(dense, bm25, fusion="linear", weight=0.3).search(mixed, 3)
     assert [index.pid(hits[0][0]) for hits in linear] == [f"p{t}" for t in range(12)]

@@ -18,7 +18,7 @@ from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, run_script
 from msmarco_search.arrays import TokenArrays, TokenArrayWriter
 from msmarco_search.batches import TripletArrays, tokenise_triplets
 from msmarco_search.cbow import load_embeddings
-from msmarco_search.checkpoints import KIND_TRAINING_STATE, load_torch
+from msmarco_search.fileio import KIND_TRAINING_STATE, load_torch
 from msmarco_search.losses import InBatchSoftmaxLoss
 from msmarco_search.model import TwoTowerConfig, TwoTowerModel
 from msmarco_search.optim import RowAdam
@@ -139,7 +139,7 @@ def small_setup(corpus):
 
 
 def _model(vocab, embeddings) -> TwoTowerModel:
-    return TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16), embeddings)
+    return TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16), vocab, embeddings)
 
 
 def test_resume_after_a_signal_gives_the_same_weights(tmp_path, small_setup):
@@ -179,7 +179,7 @@ def test_dense_embedding_gradients_train_like_sparse_ones(small_setup):
     models = []
     for sparse in (True, False):
         config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16, sparse_embeddings=sparse)
-        model = TwoTowerModel(config, embeddings)
+        model = TwoTowerModel(config, vocab, embeddings)
         train_two_tower(model, data, InBatchSoftmaxLoss(), TrainSettings(batch_size=32, learning_rate=3e-3),
                         torch.device("cpu"))
         models.append(model.state_dict())
@@ -277,7 +277,7 @@ def test_two_gloo_processes_train_like_one_with_the_doubled_batch(tmp_path, trai
     matrix, vocab, _ = load_embeddings(trained_pipeline["embeddings"])
     triplets = load_triplets(trained_pipeline["triplets"])
     data = tokenise_triplets(triplets, vocab, 32, 128)
-    model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1]), matrix)
+    model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1]), vocab, matrix)
     single = train_two_tower(model, data, InBatchSoftmaxLoss(20.0), TrainSettings(
         batch_size=32, learning_rate=3e-3, max_steps=3, log_every=1), torch.device("cpu"))
     one, two = [s["loss"] for s in single.steps], [s["loss"] for s in log["steps"]]

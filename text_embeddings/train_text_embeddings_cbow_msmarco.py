@@ -19,8 +19,8 @@ from msmarco_search.cbow import (
     save_embeddings,
     train_cbow,
 )
-from msmarco_search.checkpoints import atomic_write, ensure_writable_dir
 from msmarco_search.errors import run_cli
+from msmarco_search.fileio import atomic_write, ensure_writable_dir
 from msmarco_search.report import info
 
 

@@ -15,8 +15,8 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from msmarco_search.checkpoints import ensure_writable_dir, release, timestamped_path
 from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.fileio import ensure_writable_dir, release, timestamped_path
 from msmarco_search.model import average_two_towers, save_two_tower
 from msmarco_search.report import info
 
@@ -35,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         raise PipelineError("give at least two models to average")
     output_dir = args.output_dir or args.models[0].parent
     ensure_writable_dir(output_dir)
-    model, vocab, meta = average_two_towers(args.models)
+    model = average_two_towers(args.models)
+    meta = model.metadata
     path = timestamped_path(output_dir, "two_tower_model", ".pt")
     try:
-        save_two_tower(path, model, vocab, {
+        save_two_tower(path, model, {
             "training": meta.get("training"), "embeddings_file": meta.get("embeddings_file"),
             "averaged_from": [str(p) for p in args.models],
             "averaged": datetime.now().isoformat(timespec="seconds")})

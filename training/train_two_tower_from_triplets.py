@@ -30,19 +30,19 @@ import torch
 from msmarco_search.arguments import non_negative_int, positive_float, positive_int, seed_int
 from msmarco_search.batches import tokenise_triplets
 from msmarco_search.cbow import load_embeddings
-from msmarco_search.checkpoints import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.evaluate import inverse_document_frequency
+from msmarco_search.fileio import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.losses import LOSSES, InBatchSoftmaxLoss, TripletMarginLoss
-from msmarco_search.model import TOWERS, TwoTowerConfig, TwoTowerModel, encode_texts, save_two_tower
+from msmarco_search.model import TOWERS, TwoTowerConfig, TwoTowerModel, save_two_tower
 from msmarco_search.plots import plot_training_log
 from msmarco_search.report import info
 from msmarco_search.streaming import triples_tsv_arrays, triples_tsv_head
 from msmarco_search.train import TrainingInterrupted, TrainSettings, load_training_state, train_two_tower
 from msmarco_search.triplets import load_triplets
 from msmarco_search.validation import Validator, split_validation
+from msmarco_search.vocab import inverse_document_frequency
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,8 +127,8 @@ def similarity_test(model: TwoTowerModel, vocab, triplets, device: torch.device,
         for other in range(len(triplets))[:8]:
             if triplets.query_ids[other] != triplets.query_ids[index]:
                 candidates.append((triplets.positives[other], "other query"))
-        q = encode_texts(model, vocab, [triplets.queries[index]], "query", device)
-        p = encode_texts(model, vocab, [text for text, _ in candidates], "passage", device)
+        q = model.encode([triplets.queries[index]], "query")
+        p = model.encode([text for text, _ in candidates], "passage")
         scores = (q @ p.T).squeeze(0)
         info(f"Query: {triplets.queries[index]}")
         for rank, i in enumerate(scores.argsort(descending=True).tolist(), 1):
@@ -225,7 +225,7 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
     if resume is not None and resume.get("model_config") not in (None, vars(config)):
         raise PipelineError("cannot resume: the model settings differ from the interrupted run's; run the same "
                             "command with --resume", args.resume)
-    model = TwoTowerModel(config, matrix)
+    model = TwoTowerModel(config, vocab, matrix)
     if args.init_token_weights == "idf" and config.token_weights and config.tower == "mean":
         passages = list(dict.fromkeys(triplets.positives + triplets.negatives))
         idf = torch.from_numpy(inverse_document_frequency(vocab, passages)).clamp_min(1e-4).log()
@@ -235,7 +235,7 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
     info(f"Model: {config.tower} towers, {trainable:,} trainable parameters")
     validator = None
     if validation is not None and context.is_main:  # the first process validates; the others train on
-        validator = Validator(validation, model, vocab, device, args.validate_every, keep_best=not args.keep_last)
+        validator = Validator(validation, model, args.validate_every, keep_best=not args.keep_last)
         info(f"Validation: {len(validation.query_ids):,} held-out queries, {len(data):,} triplets left to train on"
              + ("" if resume is None else " (the best model is tracked from the resumed step on)"))
     elif triplets is not None and args.triplets_file.suffix.lower() == ".tsv":
@@ -291,7 +291,7 @@ def train(args: argparse.Namespace, context, device: torch.device) -> int:
               "finished": datetime.now().isoformat(timespec="seconds")}
     if path is not None:
         try:
-            save_two_tower(path, model, vocab, {"training": {k: v for k, v in record.items() if k != "steps"},
+            save_two_tower(path, model, {"training": {k: v for k, v in record.items() if k != "steps"},
                                                 "embeddings_file": str(args.embeddings)})
             log_path = path.with_name(path.stem + "_training_log.json")
             save_json(record, log_path)

@@ -1,4 +1,4 @@
-"""Every file the project writes or reads back: atomic writes, a kind and format version in each, safe loading.
+"""General file I/O: atomic writes, a kind and format version in each file the project writes, safe loading.
 
 Loading never runs code from a file: ``torch.load`` always uses ``weights_only=True`` and pickles go through
 an unpickler that refuses every global, so only plain lists, dicts, strings and numbers come out.
