@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import PipelineError, first_line
 from .fileio import atomic_write
 
 
@@ -54,8 +54,8 @@ class TokenArrays:
 
     def save(self, directory: str | Path, name: str) -> None:
         directory = Path(directory)
-        atomic_write(directory / f"{name}.ids.npy", lambda tmp: _save_npy(tmp, self.ids))
-        atomic_write(directory / f"{name}.offsets.npy", lambda tmp: _save_npy(tmp, self.offsets))
+        save_npy(directory / f"{name}.ids.npy", self.ids)
+        save_npy(directory / f"{name}.offsets.npy", self.offsets)
 
     @classmethod
     def load(cls, directory: str | Path, name: str, mmap: bool = True, vocab_size: int | None = None
@@ -134,9 +134,14 @@ class TokenArrayWriter:
             tmp.unlink(missing_ok=True)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
+    """``array`` as a ``.npy`` file (no pickled objects), written atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    return atomic_write(path, write)
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -145,8 +150,7 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - a damaged header fails in numpy's parser in many ways
-        text = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise PipelineError(f"not a readable .npy array ({text})", path) from error
+        raise PipelineError(f"not a readable .npy array ({first_line(error)})", path) from error
     if not isinstance(array, np.ndarray):  # allow_pickle=False already refuses object arrays; be explicit
         raise PipelineError("not a .npy array", path)
     return array

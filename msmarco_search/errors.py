@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class PipelineError(Exception):
@@ -14,6 +15,18 @@ class PipelineError(Exception):
         self.path = None if path is None else Path(path)
         message = " ".join(message.split())  # always one line, whatever a library put in its message
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``value`` for an error message: itself if a string, else its repr, cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of a library's error message (its type name when it has none), cut to ``limit``."""
+    text = str(error).strip()
+    return short(text.splitlines()[0], limit) if text else type(error).__name__
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import PipelineError
+from .errors import PipelineError, first_line, short
 
 FORMAT_VERSION = 1
 KIND_EMBEDDINGS = "cbow-embeddings"
@@ -65,7 +65,7 @@ def load_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise PipelineError(f"not valid JSON ({_first_line(error)})", path) from error
+        raise PipelineError(f"not valid JSON ({first_line(error, 80)})", path) from error
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
@@ -88,7 +88,7 @@ def load_torch(path: str | Path, kind: str, map_location: str | torch.device = "
         # project wrote (triplets) is recognised so the message can say what it is.
         other = _safe_unpickle_or_none(path) if magic[:1] == b"\x80" else None
         if isinstance(other, dict) and isinstance(other.get("kind"), str):
-            raise PipelineError(f"this is a {_short(other['kind'])} file (a pickle), expected a {kind} .pt file",
+            raise PipelineError(f"this is a {short(other['kind'])} file (a pickle), expected a {kind} .pt file",
                                 path)
         raise PipelineError(f"not a torch .pt file (expected a {kind} file written by msmarco-search)", path)
     try:
@@ -98,7 +98,7 @@ def load_torch(path: str | Path, kind: str, map_location: str | torch.device = "
         if refused:
             raise PipelineError(f"unsafe torch file refused: it names {refused.group(1)}, which could run code "
                                 f"(a {kind} file holds tensors and plain data only)", path) from error
-        raise PipelineError(f"cannot load as a {kind} file (truncated, corrupt or unsafe): {_first_line(error)}",
+        raise PipelineError(f"cannot load as a {kind} file (truncated, corrupt or unsafe): {first_line(error, 80)}",
                             path) from error
     return check_kind(data, path, kind)
 
@@ -112,10 +112,10 @@ def check_kind(data: Any, path: str | Path, kind: str) -> dict[str, Any]:
     if not isinstance(data, dict) or "kind" not in data:
         raise PipelineError(f"not a file written by msmarco-search (expected a {kind} file)", path)
     if data["kind"] != kind:
-        raise PipelineError(f"this is a {_short(data['kind'])} file, expected a {kind} file", path)
+        raise PipelineError(f"this is a {short(data['kind'])} file, expected a {kind} file", path)
     version = data.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise PipelineError(f"has no valid format version ({_short(version)}; expected a {kind} file)", path)
+        raise PipelineError(f"has no valid format version ({short(version)}; expected a {kind} file)", path)
     if version > FORMAT_VERSION:
         raise PipelineError(f"{kind} format version {version} is newer than this program reads "
                             f"({FORMAT_VERSION}); upgrade msmarco-search", path)
@@ -129,7 +129,7 @@ def check_vocabulary(found: Any, path: str | Path, expected: str, expected_from:
     embeddings, or an index built by another model, would silently score garbage.
     """
     if found != expected:
-        raise PipelineError(f"its vocabulary (fingerprint {_short(found)}) does not match the vocabulary of "
+        raise PipelineError(f"its vocabulary (fingerprint {short(found)}) does not match the vocabulary of "
                             f"{expected_from} ({expected}); use the files made together", path)
 
 
@@ -137,7 +137,7 @@ def check_own_vocabulary(stored: Any, computed: str, path: str | Path) -> None:
     """Refuse a file whose word list no longer matches the fingerprint written with it (edited or damaged)."""
     if stored != computed:
         raise PipelineError(f"its word list (fingerprint {computed}) does not match the fingerprint stored with it "
-                            f"({_short(stored)}): the file was changed after it was written", path)
+                            f"({short(stored)}): the file was changed after it was written", path)
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -195,7 +195,7 @@ def load_third_party_pickle(path: str | Path, allowed: frozenset[tuple[str, str]
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     except Exception as error:  # noqa: BLE001 - damaged pickles raise many types; all mean "cannot load"
-        raise PipelineError(f"not a readable {what} ({type(error).__name__}: {_first_line(error)})",
+        raise PipelineError(f"not a readable {what} ({type(error).__name__}: {first_line(error, 80)})",
                             path) from error
 
 
@@ -218,7 +218,7 @@ def load_pickle(path: str | Path, kind: str) -> dict[str, Any]:
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     except Exception as error:  # noqa: BLE001 - damaged pickles raise many types; all mean "cannot load"
-        raise PipelineError(f"truncated or corrupt pickle ({type(error).__name__}: {_first_line(error)})",
+        raise PipelineError(f"truncated or corrupt pickle ({type(error).__name__}: {first_line(error, 80)})",
                             path) from error
     return check_kind(data, path, kind)
 
@@ -244,16 +244,6 @@ def _read_magic(path: Path) -> bytes:
             return handle.read(4)
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return _short(text.splitlines()[0]) if text else type(error).__name__
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _existing_file(path: str | Path) -> Path:

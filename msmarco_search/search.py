@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 import torch
 
+from .arrays import save_npy
 from .errors import PipelineError
 from .fileio import atomic_write, load_json, save_json
 from .model import TwoTowerModel
@@ -213,8 +214,8 @@ def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, in
     seconds = time.perf_counter() - started
     width = max(chunk.dtype.itemsize for chunk in id_chunks)
     ids = np.concatenate([chunk.astype(f"S{width}") for chunk in id_chunks])
-    atomic_write(index_dir / IDS, lambda tmp: _save_npy(tmp, ids))
-    atomic_write(index_dir / OFFSETS, lambda tmp: _save_npy(tmp, np.frombuffer(offsets, dtype=np.int64)))
+    save_npy(index_dir / IDS, ids)
+    save_npy(index_dir / OFFSETS, np.frombuffer(offsets, dtype=np.int64))
     info(f"Encoded {count:,} passages in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} passages/s)")
 
     files = [VECTORS, IDS, OFFSETS]
@@ -241,11 +242,6 @@ def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, in
     }
     save_json(manifest, index_dir / MANIFEST)
     return manifest
-
-
-def _save_npy(path: Path, array_: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array_, allow_pickle=False)
 
 
 # ---------------------------------------------------------------------------------------------- faiss

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PipelineError
+from .errors import PipelineError, first_line
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
@@ -178,7 +178,7 @@ class RowFileSource(Source):
                 try:
                     rows = json.load(handle)
                 except (json.JSONDecodeError, RecursionError) as error:
-                    raise PipelineError(f"not valid JSON ({_first_line(error)})", path) from error
+                    raise PipelineError(f"not valid JSON ({first_line(error)})", path) from error
                 for number, row in enumerate(rows, 1):
                     yield row, f"{path} (row {number})"
                 return
@@ -214,7 +214,7 @@ class RowFileSource(Source):
                     yield row, f"{path} (row {number})"
         except (OSError, ValueError, TypeError, NotImplementedError, pyarrow.ArrowException) as error:
             # pyarrow raises ArrowInvalid (a ValueError), ArrowIOError (an OSError) and others on bad files
-            raise PipelineError(f"not a readable parquet file ({_first_line(error)})", path) from error
+            raise PipelineError(f"not a readable parquet file ({first_line(error)})", path) from error
 
 
 class DatasetsDiskSource(Source):
@@ -236,7 +236,7 @@ class DatasetsDiskSource(Source):
         try:
             data = datasets.load_from_disk(str(self.path))
         except Exception as error:  # noqa: BLE001 - a damaged folder fails in arrow, json or fsspec code
-            raise PipelineError(f"not a readable datasets folder ({_first_line(error)})", self.path) from error
+            raise PipelineError(f"not a readable datasets folder ({first_line(error)})", self.path) from error
         if isinstance(data, datasets.DatasetDict):
             if self.split not in data:
                 raise PipelineError(f"has no split {self.split!r} (it has {', '.join(data)})", self.path)
@@ -333,14 +333,9 @@ def hub_unreachable_reason(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT) ->
     except urllib.error.HTTPError:
         return None
     except urllib.error.URLError as error:
-        return _first_line(error.reason) if isinstance(error.reason, BaseException) else str(error.reason)
+        return first_line(error.reason) if isinstance(error.reason, BaseException) else str(error.reason)
     except (OSError, ValueError, http.client.HTTPException) as error:  # timeouts, resets, a malformed endpoint
-        return _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+        return first_line(error)
 
 
 def _check_readable(path: Path) -> None:
