@@ -51,6 +51,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         os.replace(tmp, path)
     except OSError as error:
         raise PipelineError(f"cannot write ({error.strerror or error})", path) from error
+    except RuntimeError as error:
+        # torch's zip writer reports a failed write (a full disk, a quota, a lost network share) as a
+        # RuntimeError such as "[enforce fail at inline_container.cc:671] . unexpected pos 704 vs 598" or
+        # "PytorchStreamWriter failed writing file data/0: file write failed", with no errno. Only those
+        # become the one-line error; any other RuntimeError is a bug and keeps its traceback.
+        if not re.search(r"inline_container|PytorchStreamWriter|file write failed|unexpected pos", str(error)):
+            raise
+        import shutil  # here, not at the top: this handler is the only user
+
+        try:
+            free = f"; {shutil.disk_usage(directory).free / 2**20:,.0f} MiB free there"
+        except OSError:
+            free = ""
+        detail = short(re.sub(r"^\[enforce fail at [^\]]*\][ .]*", "", first_line(error, 300)))  # C++ location
+        raise PipelineError(f"cannot write (torch's file writer failed: {detail}; most often the disk is full"
+                            f"{free}): free some space or choose another folder, then run again", path) from error
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -209,26 +209,50 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     """A saved model in eval mode, with its vocabulary and the rest of the file (``model_id``, ...) in ``metadata``.
 
     ``expected_vocabulary``: the ``vocabulary_fingerprint`` of the embeddings or index the model is used
-    with (named by ``expected_from``); a model made with another vocabulary is refused.
+    with (named by ``expected_from``); a model made with another vocabulary is refused. Every field is
+    checked for its type, every weight for its shape (before anything that size is allocated) and for
+    being finite: a model whose training diverged would otherwise index and search with ``nan`` scores.
     """
+    from .errors import short  # here: only this loader's messages use it
+
     data = load_torch(path, KIND_TWO_TOWER)
+    kinds = {"int": int, "bool": bool, "str": str}
     try:
-        config = TwoTowerConfig.from_dict(data["config"])
-        if not all(isinstance(word, str) for word in data["index_to_word"]):
-            raise TypeError("the vocabulary holds something other than words")
-        vocab = Vocabulary(data["index_to_word"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PipelineError(f"model file is incomplete or inconsistent ({first})", path) from error
-    if len(vocab) != config.vocab_size:
-        raise PipelineError(f"model vocabulary has {len(vocab)} words but its config says {config.vocab_size}",
-                            path)
-    try:
+        raw_config, words, state = data["config"], data["index_to_word"], data["state_dict"]
+        if not isinstance(raw_config, dict):
+            raise TypeError(f"its config is a {type(raw_config).__name__}, not a dict")
+        if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+            raise TypeError("its vocabulary is not a list of words")
+        if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+            raise TypeError("its state_dict is not a dict of tensors")
+        if not isinstance(data.get("model_id", ""), str):  # indexes record it and compare it as a string
+            raise TypeError(f"its model_id is {short(data['model_id'])}, not a string")
+        config = TwoTowerConfig.from_dict(raw_config)
+        for field in fields(TwoTowerConfig):
+            value, kind = getattr(config, field.name), kinds.get(str(field.type))
+            if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise TypeError(f"config field {field.name} is {short(value)}, not a {field.type}")
+        vocab = Vocabulary(words)
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"its vocabulary has {len(vocab)} words but its config says {config.vocab_size}")
+        # the shapes the config implies, from a model on the meta device (no memory): a config of absurd
+        # sizes is refused here instead of allocating them
+        with torch.device("meta"):
+            expected = {name: tuple(value.shape) for name, value in TwoTowerModel(config, vocab).state_dict().items()}
+        found = {name: tuple(value.shape) for name, value in state.items()}
+        if found != expected:
+            name = sorted(set(found) ^ set(expected)) or [n for n in expected if found[n] != expected[n]]
+            raise ValueError(f"its weights do not fit its config (first difference: {name[0]}, "
+                             f"{found.get(name[0], 'missing')} instead of {expected.get(name[0], 'none')})")
         model = TwoTowerModel(config, vocab)
-        model.load_state_dict(data["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, PipelineError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise PipelineError(f"model file is incomplete or inconsistent ({first})", path) from error
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PipelineError(f"its weights hold NaN or infinite values ({name}): the training that wrote it "
+                                "diverged; use an earlier model or train again with a lower learning rate", path)
     own = vocabulary_fingerprint(vocab)
     check_own_vocabulary(data.get("vocabulary_fingerprint"), own, path)
     if expected_vocabulary is not None:

@@ -162,6 +162,142 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
                               triplets), "t.pkl", "not a gensim Word2Vec model (it holds a dict)")
 
 
+
+# ------------------------------------------- issue 12's holes: gensim side files, torch writes, model files,
+# ------------------------------------------- the CBOW output folder (one block, to ease merging)
+
+SEARCH_SCRIPT = "search/search.py"
+
+
+def test_a_full_disk_while_torch_writes_is_one_line(work, capsys, monkeypatch, rows_file):
+    real_save = torch.save
+    if Path("/dev/full").exists():
+        def full_disk(obj, path, *args, **kwargs):  # torch's real writer, onto a device that is always full
+            Path(path).write_bytes(b"PK\x03\x04 a few bytes")
+            real_save(obj, "/dev/full")
+
+        monkeypatch.setattr(torch, "save", full_disk)
+        line = assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c",
+                                         work / "ckpt"),
+                                     "ckpt/msmarco_word2vec.pt: cannot write (torch's file writer failed",
+                                     "disk is full", "MiB free there", "free some space or choose another folder")
+        assert "Traceback" not in line and list((work / "ckpt").iterdir()) == []
+
+    def stream_writer_failed(obj, path, *args, **kwargs):  # torch's other wording of a failed write
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", stream_writer_failed)
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", work / "ckpt2"),
+                          "msmarco_word2vec.pt: cannot write (torch's file writer failed", "file write failed")
+    assert list((work / "ckpt2").iterdir()) == []
+    monkeypatch.setattr(torch, "save", real_save)
+
+    def bug(tmp):  # a RuntimeError that is no failed write stays a bug, with its traceback
+        raise RuntimeError("shape mismatch in a computation")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        atomic_write(work / "x.pt", bug)
+    assert not (work / "x.pt").exists()
+
+
+def _model_variant(trained_pipeline, target: Path, change) -> Path:
+    data = torch.load(trained_pipeline["model"], weights_only=True)
+    change(data)
+    torch.save(data, target)
+    return target
+
+
+def _first_float_weight(data) -> torch.Tensor:
+    return next(t for t in data["state_dict"].values() if t.is_floating_point())
+
+
+def test_models_with_non_finite_weights_are_refused(work, capsys, trained_pipeline):
+    def nan(data):
+        _first_float_weight(data)[2, 0] = float("nan")
+
+    def inf(data):
+        data["state_dict"][sorted(data["state_dict"])[-1]].view(-1)[0] = float("inf")
+
+    for name, change in (("nan.pt", nan), ("inf.pt", inf)):
+        bad = _model_variant(trained_pipeline, work / name, change)
+        result = cli(capsys, SEARCH_SCRIPT, "index", bad, "--dataset-path", trained_pipeline["rows"])
+        assert_one_line_error(result, f"{name}: its weights hold NaN or infinite values",
+                              "the training that wrote it diverged")
+        assert not (work / f"{bad.stem}_index").exists()
+        with pytest.raises(PipelineError, match="NaN or infinite"):
+            load_model(bad)
+    load_model(trained_pipeline["model"])  # the control: the file they were made from loads
+
+
+def _ill_typed_model_cases(trained_pipeline):
+    sample = torch.load(trained_pipeline["model"], weights_only=True)
+    key = sorted(sample["state_dict"])[0]
+    return [
+        (lambda d: d.pop("config"), "incomplete or inconsistent ('config')"),
+        (lambda d: d.update(config=[1, 2]), "its config is a list, not a dict"),
+        (lambda d: d["config"].update(embedding_dim="32"), "config field embedding_dim is 32, not a int"),
+        (lambda d: d["config"].update(embedding_dim=10**9), "do not fit its config"),  # refused, not allocated
+        (lambda d: d["config"].update(vocab_size=-1), "vocabulary has"),
+        (lambda d: d["config"].update(tower=["mean"]), "unknown tower ['mean']"),
+        (lambda d: d["config"].update(tower="transformer"), "unknown tower 'transformer'"),
+        (lambda d: d["config"].update(shared_towers="no"), "config field shared_towers"),
+        (lambda d: d.update(index_to_word="<pad><unk>"), "its vocabulary is not a list of words"),
+        (lambda d: d.update(index_to_word=[*d["index_to_word"][:-1], 7]), "its vocabulary is not a list of words"),
+        (lambda d: d.update(state_dict=[1, 2]), "its state_dict is not a dict of tensors"),
+        (lambda d: d["state_dict"].update({key: "weights"}), "its state_dict is not a dict of tensors"),
+        (lambda d: d["state_dict"].pop(key), "do not fit its config"),
+        (lambda d: d["state_dict"].update({key: d["state_dict"][key][:-1]}), "do not fit its config"),
+        (lambda d: d.update(model_id=5), "its model_id is 5, not a string"),
+    ]
+
+
+def test_model_files_with_missing_or_ill_typed_fields_are_one_line(work, capsys, trained_pipeline):
+    for number, (change, words) in enumerate(_ill_typed_model_cases(trained_pipeline)):
+        bad = _model_variant(trained_pipeline, work / f"bad{number}.pt", change)
+        with pytest.raises(PipelineError) as refused:
+            load_model(bad)
+        message = str(refused.value)
+        assert message.startswith(f"{bad}: ") and words in message and "\n" not in message, (number, message)
+    assert_one_line_error(cli(capsys, SEARCH_SCRIPT, "index", work / "bad3.pt", "--dataset-path",
+                              trained_pipeline["rows"]), "bad3.pt: model file is incomplete or inconsistent")
+
+
+def test_model_fields_replaced_by_anything_load_or_are_one_line(trained_pipeline):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder = trained_pipeline["work"] / "hypothesis-models"
+    folder.mkdir(exist_ok=True)
+    original = torch.load(trained_pipeline["model"], weights_only=True)
+    plain = st.recursive(st.none() | st.booleans() | st.integers(-2, 10**12) | st.floats() | st.text(max_size=5),
+                         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                     max_size=3), max_leaves=5)
+    fields = st.sampled_from(["config", "state_dict", "index_to_word", "model_id", "vocabulary_fingerprint"])
+    config_fields = st.sampled_from(sorted(original["config"]))
+
+    @settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(fields, config_fields, plain, st.booleans())
+    def check(field, config_field, value, in_config):
+        data = {**original, "config": dict(original["config"]), "state_dict": dict(original["state_dict"])}
+        if in_config:
+            data["config"][config_field] = value
+        else:
+            data[field] = value
+        path = folder / "model.pt"
+        torch.save(data, path)
+        try:
+            load_model(path)
+        except PipelineError as error:
+            assert str(error).startswith(f"{path}: ") and "\n" not in str(error)
+
+    check()
+
+
+# ------------------------------------------------------------------ end of issue 12's block
+
+
 def test_files_of_the_wrong_kind_are_named(work, capsys, trained_pipeline):
     embeddings, triplets, model = (trained_pipeline[k] for k in ("embeddings", "triplets", "model"))
     assert_one_line_error(cli(capsys, TRAIN_SCRIPT, embeddings, "--embeddings", embeddings),
