@@ -8,8 +8,12 @@ and the tokeniser, so a cache is reused exactly when those match.
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import PipelineError
+from .errors import PipelineError, first_line, short
 from .fileio import (
     KIND_EMBEDDINGS,
     atomic_write,
@@ -34,6 +38,7 @@ from .text import TOKENIZER_VERSION, tokenize
 from .vocab import PAD_ID, UNK_ID, Vocabulary, vocabulary_fingerprint
 
 EMBEDDINGS_FILENAME = "msmarco_word2vec.pt"
+GENSIM_FILENAME = "msmarco_word2vec.gensim"
 
 
 @dataclass
@@ -112,13 +117,58 @@ def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None
     return path, count
 
 
-def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | None = None) -> tuple[Any, float]:
-    """Train (or continue training) gensim ``Word2Vec`` with ``sg=0`` on a LineSentence file."""
+@contextmanager
+def claim_output_folder(directory: str | Path) -> Iterator[Path]:
+    """Hold the CBOW outputs of ``directory`` (its fixed-name files) for one run; refuse a second run meanwhile.
+
+    The files have fixed names (the next stage looks for ``msmarco_word2vec.pt``), so two runs into one folder
+    would both print "Saved" and one result would be lost. The claim is an exclusive ``flock`` on a hidden
+    marker file, which the kernel drops when its process ends however it ends: a run killed with SIGKILL
+    leaves the marker behind, but not the lock, so it never blocks a later run.
+    """
+    directory = Path(directory)
+    marker = directory / f".{EMBEDDINGS_FILENAME}.claim"
+    while True:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as error:
+            raise PipelineError(f"cannot write here ({error.strerror or error})", directory) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise PipelineError(f"another CBOW run (process {holder}) is writing its files into this folder; wait "
+                                "for it to finish or pass another -c/--checkpoint-dir", directory) from None
+        try:
+            same = os.stat(marker).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the run before released (and removed) the marker between our open and lock: again
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield directory
+    finally:
+        marker.unlink(missing_ok=True)  # removed while still locked, so no one locks a marker on its way out
+        os.close(fd)
+
+
+def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | None = None,
+               model: Any | None = None) -> tuple[Any, float]:
+    """Train (or continue training) gensim ``Word2Vec`` with ``sg=0`` on a LineSentence file.
+
+    To continue, pass ``model`` (from ``load_gensim_model``, loaded before the corpus is built so that a bad
+    model fails at once) or ``resume_from``, its path.
+    """
     from gensim.models import Word2Vec
 
     start = time.perf_counter()
-    if resume_from is not None:
+    if model is None and resume_from is not None:
         model = load_gensim_model(resume_from)
+    if model is not None:
         model.build_vocab(corpus_file=str(corpus_file), update=True)
     else:
         # built in two steps (what the one-call constructor does inside) so that an empty vocabulary is a
@@ -137,6 +187,47 @@ def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | No
     return model, time.perf_counter() - start
 
 
+def save_gensim_model(model: Any, path: str | Path) -> Path:
+    """The full gensim model as one pickle, for ``--resume-from``, written atomically.
+
+    One file: gensim would otherwise put arrays above 10M elements (any real MS MARCO vocabulary at 300-d)
+    into side files named after the temporary file, which the rename into place does not carry along, so
+    the saved model could not be loaded.
+    """
+    return atomic_write(path, lambda tmp: model.save(str(tmp), separately=[], sep_limit=2**62))
+
+
+def load_gensim_model(path: str | Path) -> Any:
+    """A full gensim model saved by an earlier run (``--save-gensim-model``), for continued training.
+
+    gensim models are pickles, and ``Word2Vec.load`` would run any code a hostile file carries, in the main
+    file or in a side file: it follows ``__recursive_saveloads`` into any sub-object and reads each one's
+    ``__scipys`` side files with a plain ``pickle.load``. So gensim's loader never opens a file here. The main
+    pickle goes through an allow-list of harmless globals; then ``_attach_side_arrays`` walks the same
+    bookkeeping lists gensim would (``__recursive_saveloads``, ``__numpys``, ``__scipys``, ``__ignoreds``),
+    reads ``.npy``/``.npz`` side files with ``np.load(allow_pickle=False)`` and refuses pickled side files
+    unopened. Last, the model is checked to be one gensim's unchecked C training loop can index safely.
+    """
+    from gensim.models.word2vec import Word2Vec
+
+    path = Path(path)
+    compress, _ = Word2Vec._adapt_by_suffix(str(path))
+    model = _load_main_pickle(path, compress)
+    _attach_side_arrays(model, str(path), compress, path, set())
+    if not isinstance(model.__dict__.get("wv"), _gensim_classes()[1]):  # a side list may have replaced it
+        raise PipelineError("gensim model has no word vectors (its wv was replaced or dropped)", path)
+    try:
+        # with every side-file list now empty, gensim's own pass only runs its upgrades of older models
+        # (a cumulative table rebuilt, defaults for attributes added since): no file is opened
+        model._load_specials(str(path), None, compress, lambda *parts: ".".join(parts))
+        model.add_lifecycle_event("loaded", fname=str(path))
+    except Exception as error:  # noqa: BLE001 - gensim fails in many ways on a model of the wrong shape
+        raise PipelineError(f"gensim model is incomplete or inconsistent ({first_line(error, 120)})",
+                            path) from error
+    _check_trainable(model, path)
+    return model
+
+
 # Every global a gensim 4 Word2Vec pickle names (numpy arrays, its random generator, a defaultdict of
 # ints): data types and constructors that run no code of the file's choosing.
 _GENSIM_GLOBALS = frozenset({
@@ -148,33 +239,172 @@ _GENSIM_GLOBALS = frozenset({
     ("numpy.random._mt19937", "MT19937"), ("numpy.random._pcg64", "PCG64"),
 })
 
+# gensim's bookkeeping lists, in the order its _load_specials handles them
+_SIDE_LISTS = ("__recursive_saveloads", "__numpys", "__scipys", "__ignoreds")
 
-def load_gensim_model(path: Path) -> Any:
-    """A full gensim model saved by an earlier run (``--save-gensim-model``), for continued training.
 
-    gensim models are pickles, and ``Word2Vec.load`` would run any code a hostile file carries. This reads
-    the pickle through an allow-list of harmless globals instead, then lets gensim attach arrays stored
-    beside it (``.npy``, read with ``allow_pickle=False``).
-    """
+def _gensim_classes() -> tuple[type, type]:
     from gensim.models.keyedvectors import KeyedVectors
     from gensim.models.word2vec import Word2Vec
 
-    bare = {("gensim.models.word2vec", "Word2Vec"): Word2Vec,
-            ("gensim.models.keyedvectors", "KeyedVectors"): KeyedVectors}
-    model = load_third_party_pickle(path, _GENSIM_GLOBALS, bare, "gensim Word2Vec model")
-    if not isinstance(model, Word2Vec) or not isinstance(getattr(model, "wv", None), KeyedVectors):
+    return Word2Vec, KeyedVectors
+
+
+def _load_main_pickle(path: Path, compress: bool) -> Any:
+    """The model object from its main pickle (``.gz``/``.bz2`` names decompressed first, as gensim does)."""
+    word2vec, keyed_vectors = _gensim_classes()
+    bare = {("gensim.models.word2vec", "Word2Vec"): word2vec,
+            ("gensim.models.keyedvectors", "KeyedVectors"): keyed_vectors}
+    if not compress:
+        model = load_third_party_pickle(path, _GENSIM_GLOBALS, bare, "gensim Word2Vec model")
+    else:
+        import bz2
+        import gzip
+        import shutil
+        import tempfile
+        import zlib
+
+        opener = gzip.open if path.name.endswith(".gz") else bz2.open
+        with tempfile.TemporaryDirectory(prefix="msmarco-gensim-") as folder:
+            plain = Path(folder) / "model.pickle"
+            try:
+                with opener(path, "rb") as packed, open(plain, "wb") as out:
+                    shutil.copyfileobj(packed, out)
+            except FileNotFoundError as error:
+                raise PipelineError("file not found", path) from error
+            except (OSError, EOFError, ValueError, zlib.error) as error:  # what gzip/bz2 raise on damaged data
+                raise PipelineError(f"not a readable compressed gensim model ({first_line(error, 80)})",
+                                    path) from error
+            try:
+                model = load_third_party_pickle(plain, _GENSIM_GLOBALS, bare, "gensim Word2Vec model")
+            except PipelineError as error:  # name the user's file, not the temporary copy
+                raise PipelineError(str(error).removeprefix(f"{plain}: "), path) from error
+    if not isinstance(model, word2vec) or not isinstance(getattr(model, "wv", None), keyed_vectors):
         raise PipelineError(f"not a gensim Word2Vec model (it holds a {type(model).__name__})", path)
-    for part in (model, model.wv):
-        if getattr(part, "__scipys", None):  # gensim unpickles those with no restriction
-            raise PipelineError("the model keeps scipy matrices in separate pickles; refusing to load them", path)
-    try:
-        compress, subname = Word2Vec._adapt_by_suffix(str(path))
-        model._load_specials(str(path), None, compress, subname)
-        model.add_lifecycle_event("loaded", fname=str(path))
-    except Exception as error:  # noqa: BLE001 - missing or damaged side files fail in numpy or gensim
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PipelineError(f"gensim model is incomplete ({first})", path) from error
     return model
+
+
+def _side_list(part: Any, name: str, path: Path) -> list[str]:
+    names = part.__dict__.get(name, [])
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.isidentifier() for n in names):
+        # a name like "../../x" would make gensim read a file outside the model's folder
+        raise PipelineError(f"gensim model's {name} is not a list of attribute names ({short(names)})", path)
+    return list(names)
+
+
+def _attach_side_arrays(part: Any, fname: str, compress: bool, path: Path, seen: set[int]) -> None:
+    """What gensim's ``SaveLoad._load_specials`` does for ``part`` and its sub-objects, opening no pickle.
+
+    ``fname`` is the name gensim derives side files from (``<model>.<attr>...``); ``path`` the file the user
+    named, for messages. Each list is emptied once handled, so gensim's pass afterwards opens nothing.
+    """
+    word2vec, keyed_vectors = _gensim_classes()
+    if id(part) in seen:
+        raise PipelineError("gensim model's sub-objects refer to each other in a loop", path)
+    seen.add(id(part))
+    lists = {name: _side_list(part, name, path) for name in _SIDE_LISTS}
+    if lists["__scipys"]:
+        # gensim reads these with a plain pickle.load, which runs whatever code the file names; refused
+        # without opening it (a Word2Vec model has no sparse matrices)
+        files = ", ".join(f"{fname}.{name}.npy" for name in lists["__scipys"])
+        raise PipelineError(f"the model keeps scipy matrices in pickled side files ({files}), which could run "
+                            "code; refusing to load them", path)
+    for name in lists["__recursive_saveloads"]:
+        child = part.__dict__.get(name)
+        if not isinstance(child, (word2vec, keyed_vectors)):
+            raise PipelineError(f"gensim model's sub-object {name!r} is a {type(child).__name__}, not part of a "
+                                "Word2Vec model", path)
+        _attach_side_arrays(child, f"{fname}.{name}", compress, path, seen)
+    for name in lists["__numpys"]:
+        part.__dict__[name] = _load_side_array(Path(f"{fname}.{name}.{'npz' if compress else 'npy'}"), compress,
+                                               path)
+    for name in lists["__ignoreds"]:
+        part.__dict__[name] = None
+    for name in ("__numpys", "__scipys", "__ignoreds"):
+        part.__dict__[name] = []
+
+
+def _load_side_array(file: Path, compress: bool, path: Path) -> np.ndarray:
+    """One ``.npy`` (or ``.npz`` with its array under ``val``) side file, refusing pickled objects."""
+    try:
+        loaded = np.load(file, mmap_mode=None, allow_pickle=False)
+        if compress:
+            with loaded:
+                loaded = loaded["val"] if isinstance(loaded, np.lib.npyio.NpzFile) else None
+    except FileNotFoundError as error:
+        raise PipelineError(f"gensim model is incomplete: its side file {file.name} is missing", path) from error
+    except ValueError as error:
+        if "pickle" in str(error):  # numpy's "Cannot load file containing pickled data when allow_pickle=False"
+            raise PipelineError(f"side file {file.name} holds pickled Python objects, which could run code; "
+                                "refused", path) from error
+        raise PipelineError(f"side file {file.name} is not a readable numpy array ({first_line(error, 80)})",
+                            path) from error
+    except (OSError, KeyError, EOFError) as error:  # a folder, a cut-short file, an .npz without 'val'
+        raise PipelineError(f"side file {file.name} is not a readable numpy array ({first_line(error, 80)})",
+                            path) from error
+    if not isinstance(loaded, np.ndarray):
+        raise PipelineError(f"side file {file.name} is not a single numpy array", path)
+    return loaded
+
+
+def _check_array(value: Any, name: str, shape: tuple[int, ...], dtype: Any, path: Path) -> None:
+    if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
+        found = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise PipelineError(f"gensim model's {name} should be a {np.dtype(dtype)} array of shape {shape}, "
+                            f"it is {found}", path)
+
+
+def _check_trainable(model: Any, path: Path) -> None:
+    """Refuse a model gensim's C training loop would read out of bounds (a crash, or memory garbage).
+
+    That loop indexes the vectors, output weights and per-word tables by word index with no checks, so
+    every table must have a row per word and the dtypes the C code assumes.
+    """
+    words = getattr(model.wv, "index_to_key", None)
+    if not isinstance(words, list) or not words or not all(isinstance(word, str) for word in words):
+        raise PipelineError("gensim model has no list of words (index_to_key)", path)
+    if getattr(model.wv, "key_to_index", None) != {word: index for index, word in enumerate(words)}:
+        raise PipelineError("gensim model's key_to_index does not match its word list", path)
+    _check_settings(model, path)
+    _check_tables(model, len(words), path)
+
+
+def _check_settings(model: Any, path: Path) -> None:
+    for owner, name, low in ((model, "vector_size", 1), (model, "layer1_size", 1), (model, "window", 1),
+                             (model, "negative", 0), (model, "hs", 0), (model, "sg", 0), (model, "epochs", 1),
+                             (model, "cbow_mean", 0), (model.wv, "vector_size", 1)):
+        value = getattr(owner, name, None)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise PipelineError(f"gensim model's {name} is {short(value)}, not a whole number >= {low}", path)
+    if model.sg or model.hs or not model.negative:
+        raise PipelineError("not a CBOW model with negative sampling (sg=0, hs=0, negative>0), the only kind "
+                            "this script continues", path)
+    if not (model.wv.vector_size == model.vector_size == model.layer1_size):
+        raise PipelineError("gensim model's vector sizes disagree", path)
+    for name in ("alpha", "min_alpha", "sample", "ns_exponent"):
+        value = getattr(model, name, None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise PipelineError(f"gensim model's {name} is {short(value)}, not a finite number >= 0", path)
+    # training calls these: the pickle may only have set them to other allowed globals
+    if getattr(model, "hashfxn", None) is not hash or not isinstance(getattr(model, "random", None),
+                                                                      np.random.RandomState):
+        raise PipelineError("gensim model's hash function or random generator is not gensim's", path)
+
+
+def _check_tables(model: Any, count: int, path: Path) -> None:
+    size = model.vector_size
+    _check_array(getattr(model.wv, "vectors", None), "vectors", (count, size), np.float32, path)
+    _check_array(getattr(model, "syn1neg", None), "syn1neg", (count, size), np.float32, path)
+    lockf = getattr(model.wv, "vectors_lockf", None)
+    _check_array(lockf, "vectors_lockf", (1,) if getattr(lockf, "shape", None) == (1,) else (count,), np.float32,
+                 path)
+    expandos = getattr(model.wv, "expandos", None)
+    counts = expandos.get("count") if isinstance(expandos, dict) else None
+    if not isinstance(counts, np.ndarray) or counts.shape != (count,) or counts.dtype.kind not in "iu":
+        raise PipelineError("gensim model has no word count per word (expandos['count'])", path)
+    _check_array(expandos.get("sample_int"), "sampling table (expandos['sample_int'])", (count,), np.uint32, path)
+    if not (np.isfinite(model.wv.vectors).all() and np.isfinite(model.syn1neg).all()):
+        raise PipelineError("gensim model's weights hold NaN or infinite values", path)
 
 
 def embeddings_from_gensim(model: Any) -> tuple[torch.Tensor, Vocabulary]:

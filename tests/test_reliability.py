@@ -169,6 +169,168 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
 SEARCH_SCRIPT = "search/search.py"
 
 
+def _saved_gensim_model(capsys, rows_file: Path, folder: Path) -> Path:
+    """A real model saved by the CBOW script with --save-gensim-model."""
+    assert cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--save-gensim-model", "-c", folder,
+               "--no-word-benchmarks")[0] == 0
+    return folder / "msmarco_word2vec.gensim"
+
+
+def _forge(original: Path, target: Path, change) -> Path:
+    """``original`` (trusted: just written by the script) with ``change(model)`` applied, pickled as gensim
+    pickles a model (the bookkeeping lists are plain attributes), to ``target``."""
+    from msmarco_search.cbow import load_gensim_model
+
+    model = load_gensim_model(original)
+    change(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = pickle.dumps(model, protocol=4)
+    if target.name.endswith(".gz"):
+        import gzip
+
+        data = gzip.compress(data)
+    target.write_bytes(data)
+    return target
+
+
+def _side(obj, name: str, attributes: list[str]) -> None:
+    obj.__dict__[name] = attributes
+
+
+def test_gensim_side_files_that_would_run_code_never_run(work, capsys, rows_file):
+    from gensim.models import KeyedVectors, Word2Vec
+
+    real = _saved_gensim_model(capsys, rows_file, work / "real")
+    marker = work / "pwned"
+    evil = pickle.dumps(Evil(marker))
+
+    def nested(model):  # the issue's attack: a sub-object of a sub-object with a pickled "scipy" side file
+        model.wv.extra = KeyedVectors(vector_size=8)
+        _side(model.wv, "__recursive_saveloads", ["extra"])
+        _side(model.wv.extra, "__scipys", ["matrix"])
+
+    def detach(name):
+        def change(model):
+            del model.__dict__[name]
+            _side(model, "__numpys", [name])
+        return change
+
+    def loop(model):
+        model.wv.back = model
+        _side(model.wv, "__recursive_saveloads", ["back"])
+
+    evil_npy = work / "object.npy"
+    np.save(evil_npy, np.array([Evil(marker)], dtype=object), allow_pickle=True)
+    evil_npz = work / "object.npz"
+    np.savez(evil_npz, val=np.array([Evil(marker)], dtype=object))
+    cases = [  # (folder, model change, side files, what the user is told, whether gensim itself runs the code)
+        ("nested", nested, {"wv.extra.matrix.npy": evil}, "scipy matrices in pickled side files", True),
+        ("top", lambda m: _side(m, "__scipys", ["syn1neg"]), {"syn1neg.npy": evil}, "could run code", True),
+        ("wv", lambda m: _side(m.wv, "__scipys", ["vectors"]), {"wv.vectors.npy": evil}, "could run code", True),
+        ("npy", detach("syn1neg"), {"syn1neg.npy": evil}, "side file m.gensim.syn1neg.npy holds pickled Python", False),
+        ("objnpy", detach("syn1neg"), {"syn1neg.npy": evil_npy.read_bytes()}, "holds pickled Python objects", False),
+        ("npz", detach("syn1neg"), {"syn1neg.npz": evil_npz.read_bytes()}, "holds pickled Python objects", False),
+        ("random", lambda m: _side(m, "__recursive_saveloads", ["wv", "random"]), {},
+         "sub-object 'random' is a RandomState", False),
+        ("escape", lambda m: _side(m, "__numpys", ["/../../object"]), {}, "is not a list of attribute names", False),
+        ("loop", loop, {}, "refer to each other in a loop", False),
+    ]
+    for folder, change, sides, words, gensim_runs_it in cases:
+        name = "m.gensim.gz" if folder == "npz" else "m.gensim"
+        path = _forge(real, work / folder / name, change)
+        for suffix, data in sides.items():
+            (work / folder / f"{name}.{suffix}").write_bytes(data)
+        result = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from", path)
+        assert_one_line_error(result, str(path), words)
+        assert "Data source" not in result[1]  # refused before the corpus is read, let alone trained on
+        assert not marker.exists(), folder
+        if gensim_runs_it:  # the control: gensim's own loader runs the same folder's code
+            with pytest.raises(Exception):  # noqa: B017 - it fails after running the code, any which way
+                Word2Vec.load(str(path))
+            assert marker.exists(), folder
+            marker.unlink()
+    # and a real saved model still resumes, through the same loader
+    status, out, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from", real,
+                           "-c", work / "again", "--no-word-benchmarks")
+    assert status == 0, err
+    assert "Saved embeddings" in out and torch.load(work / "again" / "msmarco_word2vec.pt",
+                                                    weights_only=True)["metadata"]["resumed_from"] == str(real)
+
+
+def test_damaged_gensim_models_are_one_line_errors(work, capsys, rows_file):
+    from gensim.models import Word2Vec
+
+    from msmarco_search.cbow import load_gensim_model
+
+    real = _saved_gensim_model(capsys, rows_file, work / "real")
+
+    def set_attribute(name, value, on_wv=False):
+        return lambda m: setattr(m.wv if on_wv else m, name, value)
+
+    def missing_side(model):
+        del model.__dict__["syn1neg"]
+        _side(model, "__numpys", ["syn1neg"])
+
+    def fewer_rows(model):
+        model.syn1neg = model.syn1neg[:-1]
+
+    def nan_vectors(model):
+        model.wv.vectors[0, 0] = np.nan
+
+    cases = [
+        (missing_side, "its side file m.gensim.syn1neg.npy is missing"),
+        (fewer_rows, "syn1neg should be a float32 array of shape"),  # gensim's C loop would read past its end
+        (nan_vectors, "weights hold NaN or infinite values"),
+        (set_attribute("window", "5"), "window is 5, not a whole number >= 1"),
+        (set_attribute("sg", 1), "not a CBOW model with negative sampling"),
+        (set_attribute("hashfxn", int), "hash function or random generator is not gensim's"),
+        (set_attribute("key_to_index", {}, on_wv=True), "key_to_index does not match its word list"),
+        (set_attribute("index_to_key", "words", on_wv=True), "has no list of words"),
+        (set_attribute("vectors", np.zeros((3, 3), dtype=np.float64), on_wv=True), "vectors should be a float32"),
+        (lambda m: _side(m, "__ignoreds", ["wv"]), "has no word vectors (its wv was replaced or dropped)"),
+    ]
+    for number, (change, words) in enumerate(cases):
+        path = _forge(real, work / f"case{number}" / "m.gensim", change)
+        with pytest.raises(PipelineError) as refused:
+            load_gensim_model(path)
+        message = str(refused.value)
+        assert message.startswith(f"{path}: ") and words in message and "\n" not in message, (number, message)
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                              work / "case1" / "m.gensim"), "syn1neg should be a float32 array")
+    cut = work / "cut.gensim"
+    cut.write_bytes(real.read_bytes()[:1000])
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from", cut),
+                          "cut.gensim: not a readable gensim Word2Vec model")
+    garbage = work / "garbage.gensim.gz"
+    garbage.write_bytes(b"\x1f\x8b\x08\x00 not gzip data at all")
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                              garbage), "garbage.gensim.gz: not a readable compressed gensim model")
+    # gensim's own layouts load: side files (.npy), and compressed (.gz with .npz side files)
+    model = Word2Vec.load(str(real))
+    for name in ("side.gensim", "packed.gensim.gz"):
+        model.save(str(work / name), separately=["syn1neg"])
+        status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                             work / name, "-c", work / f"out_{name}", "--no-word-benchmarks")
+        assert status == 0, err
+    assert (work / "packed.gensim.gz.syn1neg.npz").is_file()
+
+
+def test_a_big_gensim_model_is_saved_as_one_file_that_resumes(work):
+    """gensim puts arrays of 10M+ elements in side files named after the file it writes: the temporary one."""
+    from gensim.models import Word2Vec
+
+    from msmarco_search.cbow import load_gensim_model, save_gensim_model
+
+    model = Word2Vec(sentences=[["alpha", "beta", "gamma"]] * 5, vector_size=8, min_count=1, workers=1, seed=1)
+    wide = 3_600_000  # 3 words x 3.6M columns: one array above gensim's 10M-element limit
+    model.vector_size = model.layer1_size = model.wv.vector_size = wide
+    model.wv.vectors = np.zeros((3, wide), dtype=np.float32)
+    model.syn1neg = np.zeros((3, wide), dtype=np.float32)
+    save_gensim_model(model, work / "big" / "m.gensim")
+    assert [p.name for p in (work / "big").iterdir()] == ["m.gensim"]
+    assert load_gensim_model(work / "big" / "m.gensim").wv.vectors.shape == (3, wide)
+
+
 def test_a_full_disk_while_torch_writes_is_one_line(work, capsys, monkeypatch, rows_file):
     real_save = torch.save
     if Path("/dev/full").exists():
@@ -293,6 +455,80 @@ def test_model_fields_replaced_by_anything_load_or_are_one_line(trained_pipeline
             assert str(error).startswith(f"{path}: ") and "\n" not in str(error)
 
     check()
+
+
+def test_a_second_cbow_run_into_a_claimed_folder_is_refused(work, capsys, rows_file):
+    ready = work / "ready"
+    code = ("import pathlib, time\nfrom msmarco_search.cbow import claim_output_folder\n"
+            "with claim_output_folder('ckpt'):\n    pathlib.Path('ready').touch()\n    time.sleep(300)\n")
+    (work / "ckpt").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=work)  # a first run, still writing
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the first run never took its claim"
+        result = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", work / "ckpt")
+        assert_one_line_error(result, f"ckpt: another CBOW run (process {holder.pid}) is writing its files into "
+                                      "this folder", "pass another -c")
+        assert "Data source" not in result[1] and not (work / "ckpt" / "msmarco_word2vec.pt").exists()
+    finally:
+        holder.kill()  # SIGKILL: its marker file stays, its lock goes with the process
+        holder.wait()
+    assert [p.name for p in (work / "ckpt").iterdir()] == [".msmarco_word2vec.pt.claim"]
+    status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", work / "ckpt",
+                         "--no-word-benchmarks")
+    assert status == 0, err  # a claim left by a killed run does not block
+    assert sorted(p.name for p in (work / "ckpt").iterdir()) == ["msmarco_word2vec.pt"]  # and is cleaned up
+
+
+def test_cbow_output_paths_are_checked_before_the_work(work, capsys, rows_file):
+    (work / "a-file").write_text("not a folder\n")
+    (work / "taken" / "msmarco_word2vec.pt").mkdir(parents=True)
+    (work / "gensim-taken" / "msmarco_word2vec.gensim").mkdir(parents=True)
+    for args, words in [(("-c", work / "a-file"), "a-file: is a file, not a folder; pass another -c"),
+                        (("--output-dir", work / "taken"), "taken/msmarco_word2vec.pt: is in the way of the output"),
+                        (("-c", work / "gensim-taken", "--save-gensim-model"),
+                         "gensim-taken/msmarco_word2vec.gensim: is in the way of the output file")]:
+        result = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, *args)
+        assert_one_line_error(result, words)
+        assert "Data source" not in result[1]
+    status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--output-dir", work / "alias",
+                         "--no-word-benchmarks")
+    assert status == 0 and (work / "alias" / "msmarco_word2vec.pt").is_file(), err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the blocked-path test covers it")
+def test_a_read_only_cbow_output_folder_is_refused_before_the_work(work, capsys, rows_file):
+    folder = work / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        result = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", folder)
+        assert_one_line_error(result, "read-only: cannot write to this checkpoint folder", "ermission denied")
+        assert "Data source" not in result[1]
+    finally:
+        folder.chmod(0o700)
+
+
+def test_cbow_flags_beyond_what_gensim_can_take_are_refused(work, capsys):
+    # above 2**31 these were OverflowError tracebacks from gensim's C code, after the corpus was built
+    for flag, value in [("--window", "100000000000"), ("--epochs", "100000000000"), ("--vector-size", "1000000"),
+                        ("--workers", "100000"), ("--vector-size", "0"), ("--window", "-1")]:
+        assert_usage_error(cli(capsys, CBOW_SCRIPT, flag, value), flag)
+    assert_usage_error(cli(capsys, CBOW_SCRIPT, "--window", "100000000000"), "must be at most 10,000")
+
+
+def test_the_cbow_driver_returns_its_status(work, capsys, rows_file):
+    from msmarco_search.driver.cbow import main
+
+    assert main(["--vector-size", "0"]) == 2
+    assert main(["--help"]) == 0 and "--checkpoint-dir" in capsys.readouterr().out
+    assert main(["--dataset-path", str(work / "missing.jsonl"), *CBOW_TINY]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {work / 'missing.jsonl'}: not found"
+    result = run_script(CBOW_SCRIPT, "--dataset-path", work / "missing.jsonl", cwd=work, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {work / 'missing.jsonl'}: "
+                                                                            "not found"]
 
 
 # ------------------------------------------------------------------ end of issue 12's block

@@ -1,0 +1,155 @@
+"""Stage 1: train CBOW word embeddings (gensim Word2Vec, sg=0) on MS MARCO text.
+
+Writes {checkpoint_dir}/msmarco_word2vec.pt: the embedding matrix, word-to-index and index-to-word, with
+<pad> at 0 and <unk> at 1, loadable with torch.load(..., weights_only=True). With --save-gensim-model, also
+{checkpoint_dir}/msmarco_word2vec.gensim, the full gensim model that --resume-from continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+from collections.abc import Callable
+from pathlib import Path
+
+from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
+from msmarco_search.cbow import (
+    EMBEDDINGS_FILENAME,
+    GENSIM_FILENAME,
+    CbowSettings,
+    claim_output_folder,
+    embeddings_from_gensim,
+    load_gensim_model,
+    prepare_corpus,
+    save_embeddings,
+    save_gensim_model,
+    train_cbow,
+)
+from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.fileio import ensure_writable_dir
+from msmarco_search.report import info, warn
+
+
+def _at_most(limit: int, base: Callable[[str], int], why: str) -> Callable[[str], int]:
+    """argparse type: ``base`` and at most ``limit``; gensim's C code keeps these in 32-bit ints (an
+    ``OverflowError`` traceback above 2**31) and values far below that already make no sense."""
+
+    def parse(text: str) -> int:
+        value = base(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit:,} ({why}), got {value}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--checkpoint-dir", "--output-dir", dest="checkpoint_dir", default="./checkpoints",
+                        help="folder for msmarco_word2vec.pt (default ./checkpoints)")
+    parser.add_argument("--max-samples", type=positive_int, default=None,
+                        help="read at most this many queries (rows) or, for TSVs, collection passages")
+    parser.add_argument("--vector-size", type=_at_most(10_000, positive_int, "word vectors are 100 to 1,000-d"),
+                        default=300, help="embedding dimension (300)")
+    parser.add_argument("--window", type=_at_most(10_000, positive_int, "gensim trains on texts of at most 10,000 "
+                                                  "words"), default=5, help="context window (5)")
+    parser.add_argument("--min-count", type=positive_int, default=5, help="ignore rarer words (5)")
+    parser.add_argument("--epochs", type=_at_most(10_000, positive_int, "word2vec converges in 5 to 50"), default=5,
+                        help="passes over the corpus (5)")
+    parser.add_argument("--workers", type=_at_most(1024, non_negative_int, "one thread per core"), default=0,
+                        help=f"training threads; 0 = all CPU cores ({multiprocessing.cpu_count()} here)")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
+    parser.add_argument("--resume-from", type=Path, default=None,
+                        help="continue training a gensim model saved with --save-gensim-model")
+    parser.add_argument("--save-gensim-model", action="store_true",
+                        help=f"also save the full gensim model ({GENSIM_FILENAME}) to continue later")
+    parser.add_argument("--no-word-benchmarks", action="store_true",
+                        help="skip the analogy and word-similarity benchmarks printed at the end")
+    add_source_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def _check_outputs(checkpoint_dir: Path, data_dir: Path, save_gensim: bool) -> None:
+    """Every path the run will write, checked before the work: found at the end, a problem costs the run."""
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise PipelineError("is a file, not a folder; pass another -c/--checkpoint-dir", checkpoint_dir)
+    ensure_writable_dir(checkpoint_dir, "checkpoint folder")
+    ensure_writable_dir(data_dir, "data folder")
+    for name in (EMBEDDINGS_FILENAME, GENSIM_FILENAME) if save_gensim else (EMBEDDINGS_FILENAME,):
+        target = checkpoint_dir / name
+        if target.exists() and not target.is_file():  # a folder there: the final rename would fail
+            raise PipelineError("is in the way of the output file (it is not a file); move it or pass another -c",
+                                target)
+
+
+def _warn_about_ignored_flags(args: argparse.Namespace, model: object) -> None:
+    """A resumed model keeps its own shape and window; say so rather than silently train another shape."""
+    for flag, name in (("--vector-size", "vector_size"), ("--window", "window"), ("--min-count", "min_count")):
+        given, kept = getattr(args, name), getattr(model, name)
+        if given != kept:
+            warn(f"{flag} {given} ignored: {args.resume_from} keeps its {name.replace('_', ' ')} of {kept}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command (``msmarco-cbow``, or the script): its exit status, with problems as one-line errors.
+
+    ``run_cli`` prints them (``error: FILE: problem``, ``interrupted``) and exits; caught here so that a
+    console-script entry point (``sys.exit(main())``) and the tests get the status as a return value.
+    """
+    try:
+        run_cli(lambda: _main(argv))
+    except SystemExit as stop:  # run_cli's exit, or argparse's (--help, a bad flag)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    return 0
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    info("Starting CBOW implementation with MS Marco dataset")
+    info(f"Checkpoints will be saved to: {checkpoint_dir}")
+    _check_outputs(checkpoint_dir, Path(args.data_dir), args.save_gensim_model)
+    # held until the files are written: a second run into this folder is refused, not silently overwritten
+    with claim_output_folder(checkpoint_dir):
+        return _run(args, checkpoint_dir)
+
+
+def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
+    resumed = None
+    if args.resume_from is not None:  # before the corpus: a bad model is refused at once
+        resumed = load_gensim_model(args.resume_from)
+        _warn_about_ignored_flags(args, resumed)
+    source = source_from_args(args)
+    corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples)
+    info(f"✅ Dataset loaded (cached in: {args.data_dir})")
+    settings = CbowSettings(vector_size=args.vector_size, window=args.window, min_count=args.min_count,
+                            epochs=args.epochs, workers=args.workers, seed=args.seed)
+    if resumed is not None:  # the metadata records what was trained, not the flags the model overrode
+        settings.vector_size, settings.window, settings.min_count = (resumed.vector_size, resumed.window,
+                                                                     resumed.min_count)
+    info(f"Training CBOW (sg=0, {settings.vector_size}-d, window {settings.window}, min count "
+         f"{settings.min_count}, {settings.epochs} epochs, {settings.resolved_workers()} workers)...")
+    model, seconds = train_cbow(corpus_file, settings, model=resumed)
+    info(f"Training completed in {seconds:.2f} seconds ({seconds / 60:.2f} minutes)")
+
+    matrix, vocab = embeddings_from_gensim(model)
+    metadata = {"settings": vars(settings), "source": source.description, "max_samples": args.max_samples,
+                "training_seconds": seconds, "corpus_file": str(corpus_file),
+                "words_in_corpus": int(model.corpus_total_words),
+                "resumed_from": None if args.resume_from is None else str(args.resume_from)}
+    path = save_embeddings(checkpoint_dir / EMBEDDINGS_FILENAME, matrix, vocab, metadata)
+    info(f"💾 Saved embeddings to {path}")
+    if args.save_gensim_model:
+        gensim_path = save_gensim_model(model, checkpoint_dir / GENSIM_FILENAME)
+        info(f"💾 Saved the gensim model to {gensim_path}")
+
+    info("\n=== Model Statistics ===")
+    info(f"Vocabulary size: {len(vocab):,}")
+    info(f"Embedding dimension: {matrix.shape[1]}")
+    info(f"Total parameters: {matrix.numel():,}")
+    info(f"Training time: {seconds:.2f} seconds ({seconds / 60:.2f} minutes)")
+    if not args.no_word_benchmarks:
+        from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
+
+        report_word_embedding_quality(word_embedding_quality(matrix, vocab))
+    return 0
