@@ -1,0 +1,10 @@
+"""Export a trained two-tower model to a sentence-transformers folder: see msmarco_search/driver/export.py.
+
+    uv run --extra st training/export_sentence_transformers.py MODEL.pt --output-dir DIR
+"""
+
+from msmarco_search.driver.export import main
+from msmarco_search.errors import run_cli
+
+if __name__ == "__main__":
+    run_cli(main)
