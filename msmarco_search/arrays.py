@@ -7,16 +7,14 @@ over tokens: the flat ids plus per-sequence offsets feed ``nn.EmbeddingBag`` dir
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PipelineError, first_line
-from .fileio import atomic_write
+from .fileio import PendingFile, atomic_write
 
 
 @dataclass
@@ -100,38 +98,43 @@ class TokenArrayWriter:
 
     def __init__(self, directory: str | Path, name: str):
         self.directory, self.name = Path(directory), name
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._files = {}
-        for kind in ("ids", "offsets"):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.{kind}.", suffix=".tmp", dir=self.directory)
-            handle = os.fdopen(fd, "wb")
-            handle.write(b"\0" * _HEADER_BYTES)
-            self._files[kind] = (Path(tmp), handle)
-        self._files["offsets"][1].write(np.zeros(1, dtype=np.int64).tobytes())
+        self._files: dict[str, PendingFile] = {}
+        try:
+            for kind in ("ids", "offsets"):
+                self._files[kind] = PendingFile(self.directory / f"{name}.{kind}.npy")
+                self._files[kind].handle.write(b"\0" * _HEADER_BYTES)
+            self._files["offsets"].handle.write(np.zeros(1, dtype=np.int64).tobytes())
+        except BaseException:
+            self.abort()
+            raise
         self.tokens = 0
         self.sequences = 0
 
     def append(self, part: TokenArrays) -> None:
-        self._files["ids"][1].write(np.ascontiguousarray(part.ids, dtype=np.int32).tobytes())
+        self._files["ids"].handle.write(np.ascontiguousarray(part.ids, dtype=np.int32).tobytes())
         ends = np.asarray(part.offsets[1:], dtype=np.int64) + self.tokens
-        self._files["offsets"][1].write(ends.tobytes())
+        self._files["offsets"].handle.write(ends.tobytes())
         self.tokens += int(part.offsets[-1])
         self.sequences += len(part)
 
     def close(self) -> TokenArrays:
-        """Finish both files, rename them into place and return them memory-mapped."""
-        for kind, dtype, length in (("ids", np.int32, self.tokens), ("offsets", np.int64, self.sequences + 1)):
-            tmp, handle = self._files[kind]
-            handle.seek(0)
-            handle.write(_npy_header(np.dtype(dtype), length))
-            handle.close()
-            os.replace(tmp, self.directory / f"{self.name}.{kind}.npy")
+        """Finish both files, rename them into place (``fileio.PendingFile``) and return them memory-mapped."""
+        try:
+            for kind, dtype, length in (("ids", np.int32, self.tokens), ("offsets", np.int64, self.sequences + 1)):
+                handle = self._files[kind].handle
+                handle.seek(0)
+                handle.write(_npy_header(np.dtype(dtype), length))
+        except OSError as error:
+            self.abort()
+            raise PipelineError(f"cannot write ({error.strerror or error})", self.directory / self.name) from error
+        # offsets last: TokenArrays.load of a half-renamed pair fails on the missing or mismatched offsets file
+        for kind in ("ids", "offsets"):
+            self._files[kind].commit()
         return TokenArrays.load(self.directory, self.name)
 
     def abort(self) -> None:
-        for tmp, handle in self._files.values():
-            handle.close()
-            tmp.unlink(missing_ok=True)
+        for pending in self._files.values():
+            pending.abort()
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 
 from .arrays import TokenArrays
 from .errors import PipelineError
+from .fileio import cache_key
 from .report import info, warn
 from .text import TOKENIZER_VERSION
 from .triplets import Triplets
@@ -69,8 +69,8 @@ def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: i
     """Tokenise the three columns once; with ``cache_dir`` and a ``source_identity``, reuse earlier work."""
     cache = None
     if cache_dir is not None and source_identity:
-        key = hashlib.sha256("|".join([source_identity, vocabulary_fingerprint(vocab), str(max_query_length),
-                                       str(max_passage_length), TOKENIZER_VERSION]).encode()).hexdigest()[:16]
+        key = cache_key(source_identity, vocabulary_fingerprint(vocab), max_query_length, max_passage_length,
+                        TOKENIZER_VERSION)
         cache = Path(cache_dir) / f"triplet_tokens_{key}"
         if (cache / "negatives.offsets.npy").is_file():
             try:

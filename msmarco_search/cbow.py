@@ -25,6 +25,7 @@ from .errors import PipelineError, first_line, short
 from .fileio import (
     KIND_EMBEDDINGS,
     atomic_write,
+    cache_key,
     check_own_vocabulary,
     load_json,
     load_third_party_pickle,
@@ -33,7 +34,7 @@ from .fileio import (
     save_torch,
 )
 from .report import info, progress, warn
-from .sources import Source, source_cache_key
+from .sources import Source
 from .text import TOKENIZER_VERSION, tokenize
 from .vocab import PAD_ID, UNK_ID, Vocabulary, vocabulary_fingerprint
 
@@ -57,7 +58,7 @@ class CbowSettings:
 
 
 def corpus_cache_path(source: Source, data_dir: str | Path, max_samples: int | None) -> Path:
-    key = source_cache_key(source, max_samples, TOKENIZER_VERSION)
+    key = cache_key(source.identity(), max_samples, TOKENIZER_VERSION)
     return Path(data_dir) / f"cbow_corpus_{key}.txt"
 
 

@@ -6,6 +6,7 @@ an unpickler that refuses every global, so only plain lists, dicts, strings and 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -70,6 +71,54 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+class PendingFile:
+    """A file written bit by bit (token arrays appended chunk after chunk), that appears under ``path`` only
+    on ``commit()``: the streaming counterpart of ``atomic_write``, with the same temporary name beside the
+    final one, the same permissions and the same one-line error. ``abort()`` removes the temporary file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as error:
+            raise PipelineError(f"cannot write here ({error.strerror or error})", self.path.parent) from error
+        self.tmp = Path(tmp_name)
+        self.handle: IO[bytes] = os.fdopen(fd, "wb")
+
+    def commit(self) -> Path:
+        """Close the file and rename it into place."""
+        try:
+            self.handle.close()
+            os.chmod(self.tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+            os.replace(self.tmp, self.path)
+        except OSError as error:
+            self.abort()
+            raise PipelineError(f"cannot write ({error.strerror or error})", self.path) from error
+        return self.path
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def file_identity(path: str | Path) -> str:
+    """Where a file is, its size and its modification time: changes whenever the file is replaced or edited."""
+    path = Path(path)
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cache_key(*parts: object) -> str:
+    """The one cache key: a short hash of everything a derived file depends on (a source's or file's
+    identity, the vocabulary fingerprint, the tokeniser version, length limits, sample sizes).
+
+    Callers pass every part that changes the derived file, so a cache is reused exactly when all match.
+    """
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def save_json(data: Any, path: str | Path) -> Path:

@@ -18,15 +18,17 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
-from .errors import PipelineError, first_line
+from .errors import PipelineError, first_line, short
+from .fileio import file_identity
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
@@ -98,11 +100,6 @@ class Source(ABC):
         """A string that changes whenever the data behind the source changes (cache keys use it)."""
 
 
-def _file_identity(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def _check_max_samples(max_samples: int | None) -> None:
     if max_samples is not None and max_samples <= 0:
         raise PipelineError(f"--max-samples must be a positive number, got {max_samples}")
@@ -111,10 +108,24 @@ def _check_max_samples(max_samples: int | None) -> None:
 # ---------------------------------------------------------------------------------------------- row layout
 
 
+_JSON_KIND = {bool: "true/false", int: "number", float: "number", str: "string", list: "list", dict: "object",
+              type(None): "null"}
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KIND.get(type(value), type(value).__name__)
+
+
+def _described(value: Any) -> str:
+    """What a value is, for a message: ``string '0'``, ``number 2``, ``null``."""
+    return "null" if value is None else f"{_kind(value)} {short(repr(value), 40)}"
+
+
 def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
+    """One row as a record, its values checked: a value of the wrong type is refused, never converted (a
+    string "0" would be truthy, a null text would become the passage "None")."""
     if not isinstance(row, dict):
-        kind = {bool: "true/false", int: "number", float: "number", str: "string", list: "list"}.get(type(row), "null")
-        raise PipelineError(f"row is a JSON {kind}, not an object in the MS MARCO row layout", where)
+        raise PipelineError(f"row is a JSON {_kind(row)}, not an object in the MS MARCO row layout", where)
     try:
         query = row["query"]
         passages = row["passages"]
@@ -128,16 +139,54 @@ def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
         raise PipelineError("row is not in the MS MARCO row layout (query must be text, passages lists)", where)
     if len(selected) != len(texts):
         raise PipelineError("passages.is_selected and passages.passage_text differ in length", where)
-    ids = row.get("passage_ids") or passages.get("passage_id") or [text_id(str(t)) for t in texts]
-    if not isinstance(ids, list) or len(ids) != len(texts):
+    _check_items(texts, (str,), "passages.passage_text", "text", where)
+    # 0/1 as MS MARCO writes them, or true/false; bool is an int, so 1 and True both pass
+    _check_items(selected, (int,), "passages.is_selected", "0 or 1", where, allowed=(0, 1))
+    ids = row.get("passage_ids") or passages.get("passage_id")
+    if ids is None:
+        ids = [text_id(t) for t in texts]
+    elif not isinstance(ids, list) or len(ids) != len(texts):
         raise PipelineError("passage ids must be a list as long as passages.passage_text", where)
+    else:
+        _check_items(ids, (str, int), "passage ids", "text or a whole number", where)
     query_id = row.get("query_id")
+    if query_id is not None and (isinstance(query_id, bool) or not isinstance(query_id, (str, int))):
+        raise PipelineError(f"query_id is {_described(query_id)}, expected text or a whole number", where)
     return QueryRecord(
         query_id=str(query_id) if query_id is not None else text_id(query),
         query=query,
-        passages=[Passage(str(pid), str(text), bool(sel))
-                  for pid, text, sel in zip(ids, texts, selected, strict=False)],
+        passages=[Passage(str(pid), text, bool(sel)) for pid, text, sel in zip(ids, texts, selected, strict=True)],
     )
+
+
+def _records_from_rows(rows: Iterable[tuple[Any, str]], max_samples: int | None) -> Iterator[QueryRecord]:
+    """Records of rows, at most ``max_samples``; a repeated query id is refused (keeping either row would
+    silently drop the other's passages, and evaluation would score the query once, training twice)."""
+    seen: dict[str, str] = {}
+    for count, (row, where) in enumerate(rows, 1):
+        record = _record_from_row(row, where)
+        first = seen.setdefault(record.query_id, where)
+        if first != where:
+            raise PipelineError(f"repeats query id {short(record.query_id)} of {first}; ids must be unique", where)
+        yield record
+        if max_samples is not None and count >= max_samples:
+            return
+
+
+def _check_items(values: list[Any], types: tuple[type, ...], name: str, expected: str, where: str,
+                 allowed: tuple[Any, ...] | None = None) -> None:
+    """Refuse the first item of ``values`` that is not one of ``types`` (bools count only where ints are
+    meant to be 0/1), or not in ``allowed``; names the item's position and what it is."""
+    try:  # the common case in C, without a Python loop over every passage of every row
+        if set(map(type, values)) <= set(types) and (allowed is None or set(values) <= set(allowed)):
+            return
+    except TypeError:  # an unhashable value (a list or dict where a 0/1 belongs): found below
+        pass
+    for index, value in enumerate(values):
+        good = isinstance(value, types) and (allowed is None or value in allowed) and \
+            not (isinstance(value, bool) and allowed is None)
+        if not good:
+            raise PipelineError(f"{name}[{index}] is {_described(value)}, expected {expected}", where)
 
 
 class RowFileSource(Source):
@@ -148,17 +197,11 @@ class RowFileSource(Source):
         self.description = ", ".join(str(p) for p in paths)
 
     def identity(self) -> str:
-        return "rows|" + "|".join(_file_identity(p) for p in self.paths)
+        return "rows|" + "|".join(file_identity(p) for p in self.paths)
 
     def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
         _check_max_samples(max_samples)
-        count = 0
-        for path in self.paths:
-            for row, where in self._rows(path):
-                yield _record_from_row(row, where)
-                count += 1
-                if max_samples is not None and count >= max_samples:
-                    return
+        yield from _records_from_rows((pair for path in self.paths for pair in self._rows(path)), max_samples)
 
     def _rows(self, path: Path) -> Iterator[tuple[dict[str, Any], str]]:
         _check_readable(path)
@@ -227,7 +270,7 @@ class DatasetsDiskSource(Source):
 
     def identity(self) -> str:
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
-        return "disk|" + self.split + "|" + "|".join(_file_identity(p) for p in files)
+        return "disk|" + self.split + "|" + "|".join(file_identity(p) for p in files)
 
     def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
         import datasets
@@ -245,10 +288,8 @@ class DatasetsDiskSource(Source):
         if missing:
             raise PipelineError(f"is not in the MS MARCO row layout (no column {', '.join(sorted(missing))}; it has "
                                 f"{', '.join(data.column_names)})", self.path)
-        for number, row in enumerate(data, 1):
-            yield _record_from_row(row, f"{self.path} (row {number})")
-            if max_samples is not None and number >= max_samples:
-                return
+        rows = ((row, f"{self.path} (row {number})") for number, row in enumerate(data, 1))
+        yield from _records_from_rows(rows, max_samples)
 
 
 class HubSource(Source):
@@ -265,10 +306,9 @@ class HubSource(Source):
 
     def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
         _check_max_samples(max_samples)
-        for number, row in enumerate(self._load(), 1):
-            yield _record_from_row(row, f"{HUB_DATASET} {self.config} {self.split} (row {number})")
-            if max_samples is not None and number >= max_samples:
-                return
+        rows = ((row, f"{HUB_DATASET} {self.config} {self.split} (row {number})")
+                for number, row in enumerate(self._load(), 1))
+        yield from _records_from_rows(rows, max_samples)
 
     def cached(self) -> bool:
         """Whether ``datasets`` has a copy of this config in ``data_dir`` (usable with HF_HUB_OFFLINE=1)."""
@@ -365,40 +405,162 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
 # ---------------------------------------------------------------------------------------------- TSV layout
 
 
-def _read_tsv(path: Path, columns: int, what: str) -> Iterator[list[str]]:
-    """Rows of a tab-separated file with at least ``columns`` fields (extra tabs stay in the last field)."""
+_HEAD_BYTES = 1 << 20  # enough to hold the first line of any MS MARCO file
+_BOM = b"\xef\xbb\xbf"
+
+
+@overload
+def iter_tsv_lines(path: str | Path, columns: int, what: str = ..., *, with_offsets: Literal[False] = ...,
+                   unique: str | None = ..., key_columns: int = ...) -> Iterator[list[str]]: ...
+@overload
+def iter_tsv_lines(path: str | Path, columns: int, what: str = ..., *, with_offsets: Literal[True],
+                   unique: str | None = ..., key_columns: int = ...) -> Iterator[tuple[int, list[str]]]: ...
+
+
+def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", *, with_offsets: bool = False,
+                   unique: str | None = None, key_columns: int = 1) -> Iterator[Any]:
+    """The fields of each line of a tab-separated file, streamed: the one TSV reader of the project.
+
+    One rule for every TSV (collection, queries, candidates, triples):
+
+    - a line has ``columns`` fields; **extra tabs stay in the last field**, which in every MS MARCO layout is
+      free text (a passage, a query, a negative), so a tab inside a text can only belong to that text;
+      a line with fewer fields is refused (``line N has K tab-separated field(s), a WHAT file needs C``);
+    - lines end with LF or CRLF; a CR inside a line stays in its text; a file with CR-only line ends (which
+      would read as one line) is refused with the remedy; blank lines are skipped; a UTF-8 byte-order mark
+      is dropped; bytes that are not UTF-8 become U+FFFD;
+    - with ``unique`` (what the key is called, e.g. ``"query id"``), a line whose first ``key_columns``
+      fields repeat an earlier line's is refused, naming the id and both lines (memory grows with the ids,
+      so callers that stream 8.8M passages without keeping them leave it off).
+
+    ``with_offsets=True`` yields ``(byte offset of the line, fields)``: the file is read as bytes, so that a
+    seek to the offset and one ``readline()`` get the line back (what a search index stores per passage).
+    """
+    path = Path(path)
     _check_readable(path)
+    bom = _check_line_ends(path)
     try:
-        handle = open(path, encoding="utf-8", errors="replace", newline="\n")
+        handle = open(path, "rb") if with_offsets else open(path, encoding="utf-8", errors="replace", newline="\n")
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     with handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
+        if bom:  # the mark is not part of the first id
+            handle.read(len(_BOM) if with_offsets else 1)
+        # two loops rather than one with a test per line: this streams the 8.8M-passage collection
+        rows = _offset_rows(handle, columns, len(_BOM) if bom else 0) if with_offsets else _text_rows(handle, columns)
+        if unique:
+            rows = _refuse_repeats(rows, key_columns, with_offsets)
+        try:
+            yield from rows
+        except _TooFewFields as short_line:
+            raise PipelineError(f"line {short_line.number} has {short_line.found} tab-separated field(s), a {what} "
+                                f"file needs {columns}", path) from None
+        except _RepeatedKey as repeat:
+            lines = _line_numbers(path, {repeat.number, repeat.first})
+            raise PipelineError(f"line {lines[repeat.number]} repeats the {unique} {short(repeat.key)} of line "
+                                f"{lines[repeat.first]}; ids must be unique", path) from None
+
+
+class _TooFewFields(Exception):
+    def __init__(self, number: int, found: int):
+        self.number, self.found = number, found
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, number: int, key: str, first: int):
+        self.number, self.key, self.first = number, key, first
+
+
+def _text_rows(handle: Any, columns: int) -> Iterator[list[str]]:
+    for number, line in enumerate(handle, 1):
+        line = line.rstrip("\r\n")
+        if line:
             fields = line.split("\t", columns - 1)
             if len(fields) < columns:
-                raise PipelineError(f"line {number} has {len(fields)} tab-separated field(s), a {what} file needs "
-                                    f"{columns}", path)
+                raise _TooFewFields(number, len(fields))
             yield fields
 
 
-def read_collection(path: Path) -> Iterator[tuple[str, str]]:
-    """``(pid, text)`` pairs of a ``collection.tsv``, streamed."""
-    yield from _read_tsv(path, 2, "collection (pid<TAB>text)")
+def _offset_rows(handle: Any, columns: int, offset: int) -> Iterator[tuple[int, list[str]]]:
+    for number, raw in enumerate(handle, 1):
+        start, offset = offset, offset + len(raw)
+        line = raw.rstrip(b"\r\n")
+        if line:
+            fields = line.decode("utf-8", "replace").split("\t", columns - 1)
+            if len(fields) < columns:
+                raise _TooFewFields(number, len(fields))
+            yield start, fields
 
 
-def read_queries(path: Path) -> dict[str, str]:
-    return {qid: text for qid, text in _read_tsv(path, 2, "queries (qid<TAB>text)")}
+def _refuse_repeats(rows: Iterator[Any], key_columns: int, with_offsets: bool) -> Iterator[Any]:
+    """The rows, until one's key repeats an earlier row's (counted in rows, not lines, to keep the loop lean)."""
+    seen: dict[str, int] = {}
+    for index, row in enumerate(rows, 1):
+        fields = row[1] if with_offsets else row
+        key = fields[0] if key_columns == 1 else " ".join(fields[:key_columns])
+        first = seen.setdefault(key, index)
+        if first != index:
+            raise _RepeatedKey(index, key, first)
+        yield row
 
 
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """TREC qrels ``qid 0 pid rel`` (whitespace-separated) as ``{qid: {pid: rel}}``."""
+def _line_numbers(path: Path, rows: set[int]) -> dict[int, int]:
+    """The line number of each of the 1-based ``rows`` (non-blank lines): only for an error message."""
+    found: dict[int, int] = {}
+    index = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if raw.rstrip(b"\r\n"):
+                index += 1
+                if index in rows:
+                    found[index] = number
+                    if len(found) == len(rows):
+                        break
+    return found
+
+
+def _check_line_ends(path: Path) -> bool:
+    """Refuse CR-only line ends (old Mac files would read as one huge line); whether the file has a BOM."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    if b"\r" in head and b"\n" not in head:
+        raise PipelineError("has CR-only line ends (old Mac style), so it would read as one line; convert them "
+                            "to LF first (tr '\\r' '\\n' < old > new)", path)
+    return head.startswith(_BOM)
+
+
+def read_collection(path: str | Path, *, with_offsets: bool = False, unique: bool = False) -> Iterator[Any]:
+    """``[pid, text]`` of each passage of a ``collection.tsv``, streamed; ``with_offsets``: ``(offset, [pid,
+    text])``. ``unique``: refuse a repeated passage id (costs memory for every id: callers that keep the
+    passages anyway ask for it)."""
+    return iter_tsv_lines(path, 2, "collection (pid<TAB>text)", with_offsets=with_offsets,
+                          unique="passage id" if unique else None)
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    """``{qid: text}`` of a queries TSV; a repeated query id is refused."""
+    return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id")}
+
+
+_GRADE = re.compile(r"[+-]?[0-9]+")
+MAX_GRADE = 2**31 - 1  # pytrec_eval keeps grades in a C int
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """TREC qrels ``qid 0 pid rel`` (whitespace-separated) as ``{qid: {pid: rel}}``.
+
+    Negative grades (TREC Web tracks: -1 junk, -2 spam) mean judged and not relevant: they are read as 0,
+    as trec_eval counts them (pytrec_eval crashes on them). A grade above 2**31 - 1 is refused, and so is a
+    second judgment of the same query and passage (which one would count is arbitrary).
+    """
+    path = Path(path)
     _check_readable(path)
     qrels: dict[str, dict[str, int]] = {}
     try:
-        handle = open(path, encoding="utf-8", errors="replace")
+        handle = open(path, encoding="utf-8", errors="replace")  # universal newlines: CR-only files work too
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     with handle:
@@ -408,16 +570,26 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 continue
             if len(fields) != 4:
                 raise PipelineError(f"line {number} is not a qrels line (qid 0 pid relevance)", path)
-            try:
-                qrels.setdefault(fields[0], {})[fields[2]] = int(fields[3])
-            except ValueError as error:
-                raise PipelineError(f"line {number}: relevance {fields[3]!r} is not an integer", path) from error
+            qid, _, pid, grade = fields
+            if not _GRADE.fullmatch(grade):
+                raise PipelineError(f"line {number}: relevance {short(grade)!r} is not an integer", path)
+            value = max(int(grade), 0)
+            if value > MAX_GRADE:
+                raise PipelineError(f"line {number}: relevance {short(grade)} is too large (at most {MAX_GRADE})",
+                                    path)
+            judged = qrels.setdefault(qid, {})
+            if pid in judged:
+                raise PipelineError(f"line {number} judges passage {short(pid)} for query {short(qid)} a second "
+                                    "time; each pair must be judged once", path)
+            judged[pid] = value
     return qrels
 
 
-def read_candidates(path: Path) -> Iterator[tuple[str, str, str, str]]:
-    """``(qid, pid, query, passage)`` rows of a ``top1000``-layout file, streamed."""
-    yield from _read_tsv(path, 4, "candidates (qid<TAB>pid<TAB>query<TAB>passage)")
+def read_candidates(path: str | Path) -> Iterator[list[str]]:
+    """``[qid, pid, query, passage]`` rows of a ``top1000``-layout file, streamed; a repeated (qid, pid) pair
+    is refused."""
+    return iter_tsv_lines(path, 4, "candidates (qid<TAB>pid<TAB>query<TAB>passage)", unique="query and passage id",
+                          key_columns=2)
 
 
 @dataclass
@@ -444,7 +616,7 @@ class TsvSource(Source):
         self.description = "TSV files: " + ", ".join(named)
 
     def identity(self) -> str:
-        parts = [_file_identity(p) for p in vars(self.files).values() if p is not None]
+        parts = [file_identity(p) for p in vars(self.files).values() if p is not None]
         return f"tsv|{self.min_relevance}|" + "|".join(parts)
 
     def passages(self, max_passages: int | None = None) -> Iterator[tuple[str, str]]:
@@ -494,6 +666,9 @@ class TsvSource(Source):
                                     "was given to look them up")
             for pid, text in read_collection(self.files.collection):
                 if pid in wanted:
+                    if pid in known_text:  # which text would be the relevant one is arbitrary
+                        raise PipelineError(f"passage id {short(pid)} repeats in the collection; ids must be "
+                                            "unique", self.files.collection)
                     known_text[pid] = text
         for qid in order:
             relevant = {pid for pid, rel in qrels[qid].items() if rel >= self.min_relevance}
@@ -576,14 +751,8 @@ def open_source(dataset_paths: list[str | Path] | None, config: str = "v1.1", sp
     return TsvSource(tsv_files_from(paths, split), min_relevance)
 
 
-def source_cache_key(source: Source, *parts: object) -> str:
-    """A short hash of the source's identity and any settings that change a derived file."""
-    text = "|".join([source.identity(), *map(str, parts)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 __all__ = [
     "Passage", "QueryRecord", "Source", "RowFileSource", "DatasetsDiskSource", "HubSource", "TsvSource",
-    "TsvFiles", "open_source", "read_collection", "read_queries", "read_qrels", "read_candidates",
-    "source_cache_key", "text_id",
+    "TsvFiles", "open_source", "iter_tsv_lines", "read_collection", "read_queries", "read_qrels",
+    "read_candidates", "text_id",
 ]

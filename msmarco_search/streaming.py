@@ -1,15 +1,14 @@
-"""Inputs too big for memory, read in chunks: the official triples TSV and the 8.8M-passage collection.
+"""Inputs too big for memory, read in chunks: the official triples TSV.
 
-``triples.train.small.tsv`` (39M lines of ``query<TAB>positive<TAB>negative``) and ``collection.tsv``
-(``pid<TAB>text``) are read a chunk of lines at a time, each chunk tokenised at once
-(``Vocabulary.encode_chunk``) and appended to memory-mapped token arrays on disk (``TokenArrayWriter``). No
-more than one chunk of strings is ever alive, so memory stays flat as the input grows; the arrays are cached
-under a key of the input file, the vocabulary and the length limits, and reused by the next run.
+``triples.train.small.tsv`` (39M lines of ``query<TAB>positive<TAB>negative``) is read a chunk of lines at a
+time, each chunk tokenised at once (``Vocabulary.encode_chunk``) and appended to memory-mapped token arrays on
+disk (``TokenArrayWriter``). No more than one chunk of strings is ever alive, so memory stays flat as the input
+grows; the arrays are cached under a key of the input file, the vocabulary and the length limits, and reused
+by the next run. (The collection is streamed by ``sources.read_collection``.)
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -17,7 +16,9 @@ from pathlib import Path
 from .arrays import TokenArrays, TokenArrayWriter
 from .batches import SIDES, TripletArrays
 from .errors import PipelineError
+from .fileio import cache_key, file_identity
 from .report import info, progress
+from .sources import iter_tsv_lines
 from .text import TOKENIZER_VERSION
 from .triplets import Triplets
 from .vocab import Vocabulary, vocabulary_fingerprint
@@ -25,33 +26,28 @@ from .vocab import Vocabulary, vocabulary_fingerprint
 CHUNK_LINES = 10_000  # measured: 50k-line chunks peaked 270 MiB higher and ran slower (docs/benchmarks.md)
 
 
-def read_tsv_chunks(path: str | Path, columns: int, chunk_lines: int = CHUNK_LINES) -> Iterator[list[list[str]]]:
-    """Column lists of each chunk of ``chunk_lines`` lines; a line with another column count is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError("file not found", path)
-    line_number = 0
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
-        while lines := list(islice(handle, chunk_lines)):
-            chunk: list[list[str]] = [[] for _ in range(columns)]
-            for line in lines:
-                line_number += 1
-                parts = line.rstrip("\r\n").split("\t")
-                if len(parts) != columns:
-                    if not line.strip():
-                        continue
-                    raise PipelineError(f"line {line_number}: expected {columns} tab-separated columns, found "
-                                        f"{len(parts)}", path)
-                for column, part in zip(chunk, parts, strict=True):
-                    column.append(part)
-            yield chunk
+TRIPLES = "triples (query<TAB>positive<TAB>negative)"
+
+
+def read_tsv_chunks(path: str | Path, columns: int, chunk_lines: int = CHUNK_LINES, what: str = TRIPLES
+                    ) -> Iterator[list[list[str]]]:
+    """Column lists of each chunk of ``chunk_lines`` lines, read by ``sources.iter_tsv_lines`` (its rules)."""
+    rows = iter_tsv_lines(path, columns, what)
+    while True:
+        # fields go straight into the columns: a chunk of 10,000 live row lists would wake the cyclic garbage
+        # collector over and over (measured: 60 % slower)
+        chunk: list[list[str]] = [[] for _ in range(columns)]
+        for fields in islice(rows, chunk_lines):
+            for column, value in zip(chunk, fields, strict=True):
+                column.append(value)
+        if not chunk[0]:
+            return
+        yield chunk
 
 
 def _cache_dir(path: Path, cache_dir: Path, prefix: str, vocab: Vocabulary, *limits: int) -> Path:
-    stat = path.stat()
-    key = hashlib.sha256("|".join([str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns),
-                                   vocabulary_fingerprint(vocab), TOKENIZER_VERSION, *map(str, limits)]).encode())
-    return Path(cache_dir) / f"{prefix}_{key.hexdigest()[:16]}"
+    key = cache_key(file_identity(path), vocabulary_fingerprint(vocab), TOKENIZER_VERSION, *limits)
+    return Path(cache_dir) / f"{prefix}_{key}"
 
 
 def triples_tsv_arrays(path: str | Path, vocab: Vocabulary, max_query_length: int, max_passage_length: int,
@@ -100,39 +96,3 @@ def triples_tsv_head(path: str | Path, count: int = 20) -> Triplets:
         triplets.negative_ids.append(f"line{index + 1}n")
         triplets.negatives.append(negative)
     return triplets
-
-
-def collection_arrays(path: str | Path, vocab: Vocabulary, max_length: int, cache_dir: str | Path,
-                      chunk_lines: int = CHUNK_LINES) -> tuple[TokenArrays, Path]:
-    """``collection.tsv`` (``pid<TAB>text``) as memory-mapped token arrays, and a ``pids.txt`` beside them.
-
-    Line ``i`` of ``pids.txt`` is the id of passage ``i`` (ids stay text: MS MARCO v2 ids are not numbers).
-    """
-    path = Path(path)
-    cache = _cache_dir(path, Path(cache_dir), "collection_tokens", vocab, max_length)
-    pids_file = cache / "pids.txt"
-    if pids_file.is_file():
-        try:
-            arrays = TokenArrays.load(cache, "passages", vocab_size=len(vocab))
-            info(f"📦 Loading cached token arrays from {cache}")
-            return arrays, pids_file
-        except PipelineError:
-            pass
-    writer = TokenArrayWriter(cache, "passages")
-    pids_tmp = pids_file.with_name(".pids.txt.tmp")
-    try:
-        with open(pids_tmp, "w", encoding="utf-8") as pid_handle:
-            bar = progress(None, desc=f"Tokenising {path.name}", unit="passage", mininterval=1.0)
-            for pids, texts in read_tsv_chunks(path, 2, chunk_lines):
-                pid_handle.write("\n".join(pids) + "\n")
-                writer.append(vocab.encode_chunk(texts, max_length))
-                bar.update(len(texts))
-            bar.close()
-        arrays = writer.close()
-        pids_tmp.replace(pids_file)  # last: its presence marks a complete cache
-    except BaseException:
-        writer.abort()
-        pids_tmp.unlink(missing_ok=True)
-        raise
-    info(f"✅ Tokenised {len(arrays):,} passages into {cache}")
-    return arrays, pids_file

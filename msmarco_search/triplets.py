@@ -213,15 +213,18 @@ def _cloze_split(text: str, rng: random.Random, max_query_words: int) -> tuple[s
 
 
 def triplets_prefix(sample_size: int) -> str:
-    """``msmarco_triplets_<N>k``: N is the sample size in thousands (``0.5k`` below 1,000)."""
-    size = f"{sample_size // 1000}k" if sample_size % 1000 == 0 else f"{sample_size / 1000:g}k"
-    return f"msmarco_triplets_{size}"
+    """``msmarco_triplets_<N>k``: N is the sample size in thousands, rounded to the nearest, and at least 1.
+
+    The name says the scale (``1k`` for 53 queries as for 1,200; ``50k`` for 50,000), not the count: that is in
+    the metadata (``queries_read``, ``num_triplets``). A fraction like ``0.053k`` read as a typo.
+    """
+    return f"msmarco_triplets_{max(1, (sample_size + 500) // 1000)}k"
 
 
 def metadata_path(triplets_path: str | Path) -> Path:
+    """``<stem>_metadata.json`` beside the triplets file."""
     path = Path(triplets_path)
-    return path.with_name(path.name[: -len(".pkl")] + "_metadata.json" if path.name.endswith(".pkl")
-                          else path.name + "_metadata.json")
+    return path.with_name(f"{path.stem}_metadata.json")
 
 
 def save_triplets(triplets: Triplets, path: str | Path, metadata: dict[str, Any]) -> Path:

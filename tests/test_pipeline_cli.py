@@ -38,7 +38,7 @@ def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_
 def test_triplets_from_rows_match_their_metadata(trained_pipeline, corpus):
     triplets = load_triplets(trained_pipeline["triplets"])
     metadata = json.loads(metadata_path(trained_pipeline["triplets"]).read_text())
-    assert trained_pipeline["triplets"].name.startswith("msmarco_triplets_0.24k_")
+    assert trained_pipeline["triplets"].name.startswith("msmarco_triplets_1k_")  # 240 queries: 1k, not 0.24k
     assert metadata["num_triplets"] == len(triplets) == 2 * len(corpus.queries)  # two positives per query
     assert metadata["queries_read"] == len(corpus.queries)
     assert metadata["negative_strategy"] == "hard" and metadata["seed"] == 42

@@ -975,7 +975,8 @@ def test_two_runs_in_the_same_second_write_two_sets_of_files(work, monkeypatch, 
             return datetime(2026, 1, 2, 3, 4, 5)
 
     monkeypatch.setattr(fileio, "datetime", FrozenClock)
-    module = _script(TRIPLETS_SCRIPT)
+    from msmarco_search.driver import triplets as module  # where the script's main lives
+
     real_timestamped_path = module.timestamped_path
     both_ready = threading.Barrier(2, timeout=60)
 
@@ -988,7 +989,8 @@ def test_two_runs_in_the_same_second_write_two_sets_of_files(work, monkeypatch, 
 
     def run(seed: int) -> None:
         try:
-            module.main(["--dataset-path", str(rows_file), "--seed", str(seed), "--negatives", "random"])
+            status = module.main(["--dataset-path", str(rows_file), "--seed", str(seed), "--negatives", "random"])
+            assert status == 0, f"run {seed} exited {status}"
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
 
@@ -999,9 +1001,9 @@ def test_two_runs_in_the_same_second_write_two_sets_of_files(work, monkeypatch, 
         thread.join()
     assert not errors, errors
     files = {p.name for p in (work / "data").iterdir()}
-    assert files == {"msmarco_triplets_0.24k_20260102_030405.pkl", "msmarco_triplets_0.24k_20260102_030405_1.pkl",
-                     "msmarco_triplets_0.24k_20260102_030405_metadata.json",
-                     "msmarco_triplets_0.24k_20260102_030405_1_metadata.json"}  # and no claim marker left
+    assert files == {"msmarco_triplets_1k_20260102_030405.pkl", "msmarco_triplets_1k_20260102_030405_1.pkl",
+                     "msmarco_triplets_1k_20260102_030405_metadata.json",
+                     "msmarco_triplets_1k_20260102_030405_1_metadata.json"}  # and no claim marker left
     for pickle_path in (work / "data").glob("*.pkl"):
         stored = load_pickle(pickle_path, KIND_TRIPLETS)["metadata"]
         assert json.loads(metadata_path(pickle_path).read_text())["seed"] == stored["seed"]
@@ -1033,3 +1035,4 @@ def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
             run_cli(main)
         assert stop.value.code == status
         assert capsys.readouterr().err.strip() == line
+

@@ -1,0 +1,190 @@
+"""Stage 2: generate (query, relevant passage, non-relevant passage) triplets from MS MARCO.
+
+Writes {output_dir}/msmarco_triplets_<N>k_<timestamp>.pkl (N: queries read, in thousands, rounded, at least
+1; the exact count is in the metadata), or exactly --output FILE, holding plain lists of strings (loaded by
+the project with an unpickler that refuses every global), and beside it <name>_metadata.json (source, split,
+counts, strategy, seed, arguments, time).
+
+--mode ict needs no queries: from bare passages (a collection.tsv, or the passages of rows; several
+--dataset-path sources are read one after the other) it makes inverse-cloze triplets: a sentence or span of a
+passage is the query, the rest of the passage the positive, another passage the negative. --include adds the
+triplets of earlier files (e.g. judged pairs) to the output, to train on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
+from ..errors import PipelineError, run_cli
+from ..fileio import ensure_writable_dir, release, save_json, timestamped_path
+from ..report import info
+from ..sources import open_source
+from ..triplets import (
+    NEGATIVE_STRATEGIES,
+    ClozeStats,
+    Triplets,
+    TripletStats,
+    generate_triplets,
+    inverse_cloze_triplets,
+    load_triplets,
+    metadata_path,
+    save_triplets,
+    triplets_prefix,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("queries", "ict"), default="queries",
+                        help="queries: judged queries and their passages (default); ict: inverse-cloze "
+                             "pseudo-queries cut from bare passages")
+    parser.add_argument("--max-samples", type=positive_int, default=50000,
+                        help="number of queries to read (default 50000); --mode ict: passages per source")
+    parser.add_argument("--negatives", choices=NEGATIVE_STRATEGIES, default="hard",
+                        help="hard: unselected passages of the same query; random: passages of other queries; "
+                             "mixed: either, at even odds (default hard)")
+    parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--output-dir", default=None,
+                       help="folder for the timestamped triplets file (default: --data-dir)")
+    where.add_argument("--output", type=Path, default=None, metavar="FILE",
+                       help="write the triplets exactly to FILE (replaced if it exists) and the metadata beside "
+                            "it as <stem>_metadata.json, instead of a timestamped name in --output-dir")
+    parser.add_argument("--include", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="add the triplets of these earlier triplets files to the output")
+    cloze = parser.add_argument_group("inverse cloze (--mode ict)")
+    cloze.add_argument("--ict-per-passage", type=positive_int, default=1,
+                       help="pseudo-queries cut from each passage (1)")
+    cloze.add_argument("--ict-max-query-words", type=positive_int, default=16,
+                       help="longest pseudo-query, in words (16)")
+    cloze.add_argument("--ict-min-words", type=positive_int, default=8,
+                       help="passages shorter than this many words are skipped (8)")
+    cloze.add_argument("--ict-keep-query", type=float, default=0.1,
+                       help="probability that the pseudo-query stays in its positive passage (0.1)")
+    add_source_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``msmarco-triplets``: the exit status; bad input is one line ``error: FILE: problem`` and status 2.
+
+    The status comes from ``errors.run_cli`` (the one place that turns errors into lines and statuses), whose
+    ``sys.exit`` is caught here so that the console command and callers in Python get it as a return value.
+    """
+    try:
+        run_cli(lambda: run(parse_args(argv)))
+    except SystemExit as stop:  # run_cli's exit, or argparse's (--help: 0, a bad flag: 2)
+        return stop.code if isinstance(stop.code, int) else 1
+    return 0  # not reached: run_cli always exits
+
+
+def run(args: argparse.Namespace) -> int:
+    """Make and save the triplets; a problem the user can fix raises ``PipelineError``."""
+    started = time.perf_counter()
+    check_output(args)  # before the work, not after it
+    included = [load_triplets(path) for path in args.include]
+    if args.mode == "ict":
+        triplets, stats, description, identity, sample_size = inverse_cloze(args)
+        prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_ict_")
+    else:
+        triplets, stats, description, identity, sample_size = query_triplets(args, bool(included))
+        prefix = triplets_prefix(sample_size)
+    made = len(triplets)
+    for extra in included:
+        triplets.extend(extra)
+    path = args.output if args.output is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
+                                                                          ".pkl")
+    try:
+        metadata = {
+            "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
+            "dataset_config": args.dataset_config if not args.dataset_path else None,
+            "negative_strategy": args.negatives if args.mode == "queries" else "random (other passages)",
+            "seed": args.seed, "max_samples": args.max_samples,
+            "num_triplets": len(triplets), "num_queries": len(set(triplets.query_ids)),
+            "triplets_made": made, "included": {str(p): len(t) for p, t in zip(args.include, included, strict=True)},
+            **vars(stats), "arguments": _plain(vars(args)),
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        save_triplets(triplets, path, metadata)
+        save_json(metadata, metadata_path(path))
+    finally:
+        if args.output is None:
+            release(path)
+    if included:
+        info(f"➕ {len(triplets) - made:,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
+    info(f"💾 Saved triplets to {path}")
+    info(f"💾 Saved metadata to {metadata_path(path)}")
+    return 0
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse an output that cannot be written now, rather than after minutes of work."""
+    if args.output is None:
+        ensure_writable_dir(Path(args.output_dir or args.data_dir))
+        return
+    if args.output.is_dir():
+        raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)",
+                            args.output)
+    ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."))
+
+
+def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Triplets, TripletStats, str, str, int]:
+    """Triplets of the judged queries of the source: (triplets, stats, description, identity, sample size)."""
+    source = source_from_args(args)
+    triplets, stats = generate_triplets(source.records(args.max_samples), negatives=args.negatives,
+                                        seed=args.seed, has_candidates=source.has_candidates,
+                                        total=args.max_samples)
+    if len(triplets) == 0 and not have_included:
+        hint = ("; check --split, --min-relevance and that the qrels name the queries"
+                if stats.queries_read == 0 else "")
+        raise PipelineError(f"no triplets could be made from {source.description}: {stats.queries_read} "
+                            f"queries read, {stats.queries_without_selected} without a selected passage, "
+                            f"{stats.queries_without_negative} without a usable negative{hint}")
+    info(f"✅ {len(triplets):,} triplets from {stats.queries_read:,} queries "
+         f"({stats.queries_without_selected:,} skipped without a selected passage; "
+         f"{stats.hard_negatives:,} hard and {stats.random_negatives:,} random negatives)")
+    return triplets, stats, source.description, source.identity(), min(args.max_samples, stats.queries_read)
+
+
+def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, str, int]:
+    """Inverse-cloze triplets from every source named (each --dataset-path on its own, or the hub)."""
+    sources = ([open_source([path], args.dataset_config, args.split, args.data_dir, args.min_relevance)
+                for path in args.dataset_path] if args.dataset_path else [source_from_args(args)])
+    for source in sources:
+        info(f"Passages from: {source.description}")
+
+    def passages() -> Iterator[tuple[str, str]]:
+        for number, source in enumerate(sources):
+            for pid, text in source.passages(args.max_samples):
+                # ids of different collections may collide; keep them apart
+                yield (pid if len(sources) == 1 else f"{number}:{pid}"), text
+
+    triplets, stats = inverse_cloze_triplets(passages(), seed=args.seed, per_passage=args.ict_per_passage,
+                                             max_query_words=args.ict_max_query_words,
+                                             min_words=args.ict_min_words,
+                                             keep_query_probability=args.ict_keep_query)
+    if len(triplets) == 0:
+        raise PipelineError(f"no inverse-cloze triplets could be made: {stats.passages_read} passages read, "
+                            f"{stats.passages_too_short} shorter than --ict-min-words {args.ict_min_words} "
+                            "(at least two usable passages are needed)")
+    info(f"✅ {len(triplets):,} inverse-cloze triplets from {stats.passages_read:,} passages "
+         f"({stats.passages_too_short:,} too short; {stats.sentence_queries:,} sentence and "
+         f"{stats.span_queries:,} span pseudo-queries)")
+    return (triplets, stats, "; ".join(s.description for s in sources), "|".join(s.identity() for s in sources),
+            stats.passages_read)
+
+
+def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as JSON values (paths as text)."""
+    return {key: [str(p) for p in value] if key == "include" else str(value) if isinstance(value, Path) else value
+            for key, value in arguments.items()}
+
+
+__all__ = ["main", "parse_args", "run"]
