@@ -27,6 +27,7 @@ from torch import nn
 from .batches import TokenBatch
 from .errors import PipelineError
 from .fileio import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
+from .optim import RowAdam
 from .vocab import PAD_ID, Vocabulary, vocabulary_fingerprint
 
 TOWERS = ("mean", "gru")
@@ -165,6 +166,27 @@ class TwoTowerModel(nn.Module):
                 negatives: TokenBatch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return (self.query_vectors(queries), self.passage_vectors(positives),
                 None if negatives is None else self.passage_vectors(negatives))
+
+    def configure_optimizers(self, learning_rate: float, embedding_learning_rate: float,
+                             weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
+        """AdamW for the dense layers; RowAdam at ``embedding_learning_rate`` for the word-vector tables.
+
+        The tables go to RowAdam whether their gradients are sparse or dense (MPS, DDP on CUDA), so a run
+        learns the same way on every device.
+        """
+        tables: list[nn.Parameter] = []
+        for module in self.modules():
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.weight.requires_grad:
+                if all(module.weight is not p for p in tables):
+                    tables.append(module.weight)
+        table_ids = {id(p) for p in tables}
+        dense = [p for p in self.parameters() if p.requires_grad and id(p) not in table_ids]
+        optimizers: list[torch.optim.Optimizer] = []
+        if dense:
+            optimizers.append(torch.optim.AdamW(dense, lr=learning_rate, weight_decay=weight_decay))
+        if tables:
+            optimizers.append(RowAdam(tables, lr=embedding_learning_rate))
+        return optimizers
 
     def tokenize(self, texts: Sequence[str], side: str) -> TokenBatch:
         """Texts as one batch for the ``side`` ("query" or "passage") tower, cut at that side's length."""
