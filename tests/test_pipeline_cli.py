@@ -132,6 +132,56 @@ def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_path):
+    quick = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "2",
+             "--validation-fraction", "0", "--data-dir", trained_pipeline["work"] / "data"]
+    target = tmp_path / "models" / "mine.pt"
+    done = run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
+    assert f"Saved model to {target}" in done.stdout
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mine.pt", "mine_training_log.json",
+                                                               "mine_training_log.png"]  # no claim, no state
+    assert not (tmp_path / "checkpoints").exists()
+    first_id = load_model(target).metadata["model_id"]
+
+    def refused(*args: object, words: str) -> None:
+        result = run_script(TRAIN_SCRIPT, *quick, *args, cwd=tmp_path, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+        assert load_model(target).metadata["model_id"] == first_id  # untouched
+
+    refused("--output", target, words=f"{target}: already exists; pass --overwrite")
+    claim = target.with_name(".mine.pt.claim")  # what a run writing mine.pt holds
+    claim.touch()
+    refused("--output", target, "--overwrite", words=f"{target}: another run is writing this file")
+    claim.unlink()
+    state = target.with_name("mine_training_state.pt")  # an interrupted run's state is never overwritten
+    state.write_bytes(b"not really a state")
+    target.unlink()
+    refused_state = run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path, check=False)
+    assert refused_state.returncode == 2 and f"continue it with --resume {state}" in refused_state.stderr
+    assert state.read_bytes() == b"not really a state" and not target.exists()
+    state.unlink()
+    refused_flags = run_script(TRAIN_SCRIPT, *quick, "--output", target, "--no-save", cwd=tmp_path, check=False)
+    assert refused_flags.returncode == 2 and "--output and --no-save" in refused_flags.stderr
+
+    run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
+    run_script(TRAIN_SCRIPT, *quick, "--output", target, "--overwrite", "--seed", "7", cwd=tmp_path)
+    assert load_model(target).metadata["training"]["arguments"]["seed"] == 7
+    assert not list(target.parent.glob(".*"))  # no claim markers or temporary files left
+
+
+def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path):
+    model = trained_pipeline["model"]
+    soup = tmp_path / "soup.pt"
+    run_script("training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path)
+    assert load_model(soup).metadata["averaged_from"] == [str(model), str(model)]
+    again = run_script("training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path,
+                       check=False)
+    assert again.returncode == 2 and f"{soup}: already exists; pass --overwrite" in again.stderr
+    run_script("training/average_two_tower_models.py", model, model, "--output", soup, "--overwrite", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup.pt"]
+
+
 def test_scripts_have_help(tmp_path):
     for script in (CBOW_SCRIPT, TRIPLETS_SCRIPT, TRAIN_SCRIPT, "training/average_two_tower_models.py",
                    "benchmarks/mean_over_seeds.py"):
