@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -70,6 +71,29 @@ def test_hard_negatives_need_candidates(tmp_path, corpus):
     run_script(TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random", cwd=tmp_path)
 
 
+def test_validation_holds_out_judged_queries_and_labels_pseudo_queries():
+    from msmarco_search.triplets import Triplets
+    from msmarco_search.validation import split_validation
+
+    judged, cloze = Triplets(), Triplets()
+    for i in range(30):
+        judged.add(f"q{i}", f"question {i}", f"p{i}", f"answer {i}", f"n{i}", f"other {i}")
+    for i in range(60):  # the ids generate_triplets.py --mode ict gives
+        cloze.add(f"ict:{i}:0", f"sentence {i}", f"c{i}", f"rest {i}", f"d{i}", f"passage {i}")
+    both = Triplets(**{name: list(column) for name, column in cloze.columns().items()})
+    both.extend(judged)  # as generate_triplets.py --mode ict --include JUDGED.pkl writes it
+    train, validation = split_validation(both, count=10)
+    assert validation.kind == "judged" and validation.label == "MRR@10" and len(validation.query_ids) == 10
+    assert not any(q.startswith("ict:") for q in validation.query_ids) and len(train) == 80
+    _, pseudo = split_validation(cloze, count=10)
+    assert pseudo.kind == "pseudo" and pseudo.label == "pseudo-query MRR@10"
+    _, too_few_judged = split_validation(both, count=40)  # 30 judged queries are not enough for 40
+    assert too_few_judged.kind == "pseudo" and too_few_judged.queries_kind == "inverse-cloze pseudo-queries"
+    # judged-only files hold out the same queries as before pseudo-queries were told apart
+    expected = random.Random(42).sample([f"q{i}" for i in range(30)], 5)
+    assert split_validation(judged, count=5)[1].query_ids == sorted(expected)
+
+
 def _pairwise_accuracy(model, triplets) -> float:
     q = model.encode(triplets.queries, "query")
     p = model.encode(triplets.positives, "passage")
@@ -86,6 +110,7 @@ def test_trained_two_tower_beats_untrained(trained_pipeline):
         trained_pipeline["model"].stem + "_training_log.json").read_text())
     assert len(log["epochs"]) == 8 and log["steps"] and log["examples_per_second"] > 0
     assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
+    assert (log["validation"]["label"], log["validation"]["queries_kind"]) == ("MRR@10", "judged queries")
 
     triplets = load_triplets(trained_pipeline["triplets"])
     matrix, cbow_vocab, _ = load_embeddings(trained_pipeline["embeddings"])

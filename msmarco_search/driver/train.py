@@ -257,8 +257,9 @@ def make_validator(args: argparse.Namespace, data: TrainingData, model: TwoTower
         if args.triplets_file.suffix.lower() == ".tsv":
             info("Validation: none for a triples TSV input")
         return None
-    info(f"Validation: {len(data.validation.query_ids):,} held-out queries, {len(data.tokens):,} triplets left to "
-         "train on" + (" (the best model is tracked from the resumed step on)" if resumed else ""))
+    info(f"Validation: {len(data.validation.query_ids):,} held-out {data.validation.queries_kind} "
+         f"({data.validation.label}), {len(data.tokens):,} triplets left to train on"
+         + (" (the best model is tracked from the resumed step on)" if resumed else ""))
     return Validator(data.validation, model, args.validate_every, keep_best=not args.keep_last)
 
 
