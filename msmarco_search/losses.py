@@ -8,20 +8,29 @@ from torch import nn
 
 
 class InBatchSoftmaxLoss(nn.Module):
-    """Softmax cross-entropy of each query against every passage in the batch (plus explicit negatives).
+    """In-batch negatives: softmax cross-entropy of each query over every passage of the batch.
 
-    For queries ``q_i``, positives ``p_j`` and explicit negatives ``n_j`` (``j = 1..B``)::
+    For queries ``q_i``, their positives ``p_i`` and optional explicit (e.g. hard) negatives ``n_i``,
+    ``i = 1..B``, all L2-normalised, and the scale ``s``::
 
         loss = -1/B * sum_i log( exp(s * q_i·p_i) / (sum_j exp(s * q_i·p_j) + sum_j exp(s * q_i·n_j)) )
 
-    Every other query's positive (and every negative) serves as a negative for ``q_i``, so a batch of B
-    triplets gives each query 2B - 1 negatives for the cost of 3B encodings. ``scale`` ``s`` is an inverse
-    temperature: cosines live in [-1, 1], and without it (s ~ 20) the softmax is too flat to learn from.
+    that is, cross-entropy over the similarity matrix ``s * Q [P; N]^T`` with the label of row ``i`` at
+    column ``i``. Every other query's positive, and every negative, is a negative for ``q_i``: a batch of B
+    triplets gives each query 2B - 1 negatives (B - 1 without explicit ones) for the cost of 3B encodings.
+    ``s`` is an inverse temperature: cosines lie in [-1, 1], and unscaled (s = 1) the softmax is too flat to
+    learn from; 20 is sentence-transformers' default and works here.
 
-    Use it for retrieval with (query, positive) pairs, with or without mined negatives; large batches help.
-    Under data parallelism pass the passages of all processes and this process's ``label_offset``.
-    Reference: Henderson et al. 2017, "Efficient Natural Language Response Suggestion for Smart Reply";
-    sentence-transformers' ``MultipleNegativesRankingLoss``; Karpukhin et al. 2020 (DPR).
+    When to use it: retrieval trained on (query, relevant passage) pairs, with or without mined negatives
+    (the default objective here). Larger batches give more, and harder, negatives, so they usually help. It
+    assumes the other passages of a batch are not relevant to a query; with many duplicate queries or
+    passages in a batch that is false and the loss penalises correct matches. Under data parallelism pass
+    the passages (and negatives) gathered from all processes, and this process's ``label_offset`` (its
+    rank x its batch size), so each query's positive is found among them.
+
+    References: Henderson et al. 2017, "Efficient Natural Language Response Suggestion for Smart Reply"
+    (arXiv:1705.00652); Karpukhin et al. 2020, "Dense Passage Retrieval for Open-Domain Question Answering"
+    (DPR); the same loss as sentence-transformers' ``MultipleNegativesRankingLoss``.
     """
 
     def __init__(self, scale: float = 20.0):
@@ -55,5 +64,3 @@ class TripletMarginLoss(nn.Module):
         negative_scores = (queries * negatives[label_offset:label_offset + len(queries)]).sum(-1)
         return F.relu(self.margin - positive_scores + negative_scores).float().mean()
 
-
-LOSSES = {"softmax": InBatchSoftmaxLoss, "triplet": TripletMarginLoss}

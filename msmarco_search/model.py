@@ -27,7 +27,9 @@ from torch import nn
 from .batches import TokenBatch
 from .errors import PipelineError
 from .fileio import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
-from .vocab import PAD_ID, Vocabulary, vocabulary_fingerprint
+from .optim import RowAdam
+from .report import warn
+from .vocab import PAD_ID, Vocabulary, inverse_document_frequency, vocabulary_fingerprint
 
 TOWERS = ("mean", "gru")
 
@@ -166,6 +168,42 @@ class TwoTowerModel(nn.Module):
         return (self.query_vectors(queries), self.passage_vectors(positives),
                 None if negatives is None else self.passage_vectors(negatives))
 
+    def configure_optimizers(self, learning_rate: float, embedding_learning_rate: float,
+                             weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
+        """AdamW for the dense layers; RowAdam at ``embedding_learning_rate`` for the word-vector tables.
+
+        The tables go to RowAdam whether their gradients are sparse or dense (MPS, DDP on CUDA), so a run
+        learns the same way on every device.
+        """
+        tables: list[nn.Parameter] = []
+        for module in self.modules():
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.weight.requires_grad:
+                if all(module.weight is not p for p in tables):
+                    tables.append(module.weight)
+        table_ids = {id(p) for p in tables}
+        dense = [p for p in self.parameters() if p.requires_grad and id(p) not in table_ids]
+        optimizers: list[torch.optim.Optimizer] = []
+        if dense:
+            optimizers.append(torch.optim.AdamW(dense, lr=learning_rate, weight_decay=weight_decay))
+        if tables:
+            optimizers.append(RowAdam(tables, lr=embedding_learning_rate))
+        return optimizers
+
+    def init_token_weights(self, passages: Sequence[str]) -> bool:
+        """Start the learned word weights at each word's IDF over ``passages``: the untrained tower is then the
+        zero-shot IDF-weighted mean of the word vectors (a weight is ``exp(w)``, so ``w`` starts at log IDF).
+
+        Returns False, changing nothing, when the towers have no word weights (``gru``, ``token_weights=False``).
+        """
+        towers = {id(t): t for t in (self.query_tower, self.passage_tower)}.values()
+        if not all(getattr(t, "token_weight", None) is not None for t in towers):
+            return False
+        idf = torch.from_numpy(inverse_document_frequency(self.vocab, passages)).clamp_min(1e-4).log()
+        with torch.no_grad():
+            for tower in towers:
+                tower.token_weight.weight[:, 0] = idf.to(tower.token_weight.weight)
+        return True
+
     def tokenize(self, texts: Sequence[str], side: str) -> TokenBatch:
         """Texts as one batch for the ``side`` ("query" or "passage") tower, cut at that side's length."""
         if side not in ("query", "passage"):
@@ -193,6 +231,27 @@ class TwoTowerModel(nn.Module):
     def encode_passages(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
         """Passage vectors: a ``(len(texts), dim)`` float32 array, rows L2-normalised."""
         return self.encode(texts, "passage", batch_size).numpy()
+
+
+def sparse_gradients_work(device: torch.device, distributed: bool = False) -> bool:
+    """Whether the word-vector tables can have sparse gradients here: not on MPS (no sparse kernels), nor
+    under DDP on CUDA (NCCL does not all-reduce sparse tensors; gloo does)."""
+    return device.type != "mps" and not (distributed and device.type == "cuda")
+
+
+def build_model(vocab: Vocabulary, embeddings: torch.Tensor, device: torch.device, distributed: bool = False,
+                idf_passages: Sequence[str] | None = None, **settings: Any) -> TwoTowerModel:
+    """A model to train on ``device``: towers over the CBOW ``embeddings``, sparse gradients where they work.
+
+    ``settings``: the other ``TwoTowerConfig`` fields (tower, output_dim, ...). ``idf_passages``: start the
+    word weights at their IDF over these passages (``init_token_weights``) instead of at 1.
+    """
+    config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=embeddings.shape[1],
+                            sparse_embeddings=sparse_gradients_work(device, distributed), **settings)
+    model = TwoTowerModel(config, vocab, embeddings)
+    if idf_passages is not None and not model.init_token_weights(idf_passages):
+        warn("the word weights start at 1, not at their IDF: these towers have no word weights")
+    return model
 
 
 def save_two_tower(path: str | Path, model: TwoTowerModel, extra: dict[str, Any]) -> Path:

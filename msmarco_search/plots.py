@@ -1,4 +1,5 @@
-"""A PNG of a training log: the loss per step (and per epoch), and validation MRR@10 as training goes."""
+"""A PNG of a training log: the loss per step (and per epoch), and validation MRR@10 (of judged or pseudo-queries)
+as training goes."""
 
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ def plot_training_log(record: Mapping[str, Any], path: str | Path) -> Path:
         best = record["validation"].get("best")
         if best:
             valid_axes.plot([best["step"]], [best[metric]], "*", ms=14, label=f"best ({best[metric]:.3f})")
-        valid_axes.set(xlabel="step", ylabel=metric,
-                       title=f"Validation {metric} ({record['validation'].get('queries', '?')} held-out queries)")
+        # the label says what was measured: "pseudo-query MRR@10" when the held-out queries are inverse-cloze ones
+        label = record["validation"].get("label", metric)
+        kind = record["validation"].get("queries_kind", "queries")
+        valid_axes.set(xlabel="step", ylabel=label,
+                       title=f"Validation {label}\n({record['validation'].get('queries', '?')} held-out {kind})")
         valid_axes.legend()
     else:
         valid_axes.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=valid_axes.transAxes)

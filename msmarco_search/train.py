@@ -31,12 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import TripletArrays
+from .batches import TokenBatch, TripletArrays
 from .distributed import DistributedContext, all_reduce_max, all_reduce_mean, gather_with_gradients
 from .errors import PipelineError
 from .fileio import KIND_TRAINING_STATE, load_torch, save_torch
 from .model import TwoTowerModel
-from .optim import RowAdam
 from .report import info, progress
 
 STATE_VERSION = 1
@@ -127,27 +126,6 @@ class _EpochBatches(torch.utils.data.Dataset):
         return self.data.batch(self.order[start:start + self.batch_size])
 
 
-def make_optimizers(model: TwoTowerModel, settings: TrainSettings) -> list[torch.optim.Optimizer]:
-    """AdamW for the dense layers; RowAdam at the embedding learning rate for the word-vector tables.
-
-    The tables go to RowAdam whether their gradients are sparse or dense (MPS, DDP on CUDA), so a run
-    learns the same way on every device.
-    """
-    tables: list[nn.Parameter] = []
-    for module in model.modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.weight.requires_grad:
-            if all(module.weight is not p for p in tables):
-                tables.append(module.weight)
-    table_ids = {id(p) for p in tables}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
-    optimizers: list[torch.optim.Optimizer] = []
-    if dense:
-        optimizers.append(torch.optim.AdamW(dense, lr=settings.learning_rate, weight_decay=settings.weight_decay))
-    if tables:
-        optimizers.append(RowAdam(tables, lr=settings.embedding_learning_rate))
-    return optimizers
-
-
 # ------------------------------------------------------------------------------------------ training state
 
 
@@ -220,6 +198,203 @@ class _SignalCatcher:
             signal.signal(signum, handler)
 
 
+class Trainer:
+    """One training run of ``model`` on ``data``: ``fit()`` trains in place and returns the log.
+
+    The loop is ``fit`` (epochs, an end-of-epoch state) -> ``run_epoch`` (batches, logging, hooks, periodic
+    states, signals) -> ``step`` (forward, loss, the finite-loss check, backward, optimiser steps). It runs the
+    same in one process and under ``torchrun`` (pass ``context``: the model is wrapped in DDP, passages are
+    gathered from all processes, and only the first process writes states). See ``train_two_tower`` for the
+    hooks and the training state.
+    """
+
+    def __init__(self, model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Module, settings: TrainSettings,
+                 device: torch.device, context: DistributedContext | None = None,
+                 state_path: str | Path | None = None, resume: dict[str, Any] | None = None,
+                 state_extra: dict[str, Any] | None = None,
+                 after_step: Callable[[int, TrainingLog], None] | None = None,
+                 after_epoch: Callable[[int, TrainingLog], None] | None = None):
+        if len(data) == 0:
+            raise PipelineError("there are no triplets to train on")
+        self.model, self.data, self.loss_fn, self.settings, self.device = model, data, loss_fn, settings, device
+        self.context = context or DistributedContext()
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.state_extra = state_extra or {}
+        self.after_step, self.after_epoch = after_step, after_epoch
+        seed_everything(settings.seed)
+        model.to(device).train()
+        self.optimizers = model.configure_optimizers(settings.learning_rate, settings.embedding_learning_rate,
+                                                     settings.weight_decay)
+        self.log = TrainingLog(settings=asdict(settings), device=str(device), world_size=self.context.world_size)
+        self.position = _Position()
+        if resume is not None:
+            self._resume(resume)
+        self.step_count = self.position.step
+        self.last_saved: Path | None = None
+        self.network: nn.Module = nn.parallel.DistributedDataParallel(model) if self.context.enabled else model
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NoAutocast()
+        # reading the loss on the host syncs CUDA: there (one process) the check waits for logging or saving
+        self.check_every_step = device.type != "cuda" or self.context.enabled
+        self.bad_loss = torch.zeros((), device=device, dtype=torch.bool)
+        self.signals = _SignalCatcher()
+        self.agreed_signal: int | None = None  # under DDP: the signal any process caught, as of this step
+        self.started = self.epoch_start = 0.0  # perf_counter() at the start of training / of this epoch
+        self.epoch_loss = torch.zeros((), device=device, dtype=torch.float64)  # sum of loss x examples
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        _check_resumable(state, self.settings, len(self.data), self.context)
+        self.model.load_state_dict(state["model"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.log = TrainingLog(**{**state["log"], "settings": asdict(self.settings), "device": str(self.device)})
+        self.position = _Position(**state["position"]) if "position" in state else _Position(
+            state["epoch"], state["batch"], state["step"])
+        self.log.resumed_from_step.append(self.position.step)
+        _set_rng_state(state["rng"])
+        info(f"Resuming at epoch {self.position.epoch}, batch {self.position.batch + 1} "
+             f"(step {self.position.step + 1})")
+
+    def fit(self) -> TrainingLog:
+        self.started = time.perf_counter() - self.log.training_seconds
+        orders = epoch_orders(len(self.data), self.settings.seed, self.position.epoch)
+        with self.signals:
+            for epoch in range(self.position.epoch, self.settings.epochs + 1):
+                if epoch != self.position.epoch:
+                    self.position = _Position(epoch=epoch, step=self.step_count)
+                self.run_epoch(next(orders))
+                if self._done():
+                    break
+                if epoch < self.settings.epochs:
+                    self.save_state(_Position(epoch=epoch + 1, step=self.step_count))
+        self.log.training_seconds = time.perf_counter() - self.started
+        self.model.eval()
+        return self.log
+
+    def run_epoch(self, order: np.ndarray) -> None:
+        """The rest of epoch ``self.position.epoch`` (from ``self.position.batch`` on), in ``order``."""
+        settings, position = self.settings, self.position
+        batches = _EpochBatches(self.data, order, settings.batch_size, self.context, position.batch)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
+                                             num_workers=settings.num_workers, pin_memory=self.device.type == "cuda")
+        self.epoch_loss = torch.tensor(position.epoch_loss, device=self.device, dtype=torch.float64)
+        self.epoch_start = time.perf_counter() - position.epoch_seconds
+        bar = progress(loader, desc=f"Epoch {position.epoch}/{settings.epochs}", unit="batch")
+        for batch in bar:
+            loss = self.step(batch)
+            position.batch += 1
+            last_of_epoch = position.batch == batches.total
+            if self.step_count % settings.log_every == 0 or last_of_epoch:
+                self._log_step(loss, bar)
+            if self.after_step is not None:
+                self.after_step(self.step_count, self.log)
+            interrupted = self.agreed_signal if self.context.enabled else self.signals.signum
+            periodic = settings.checkpoint_every and self.step_count % settings.checkpoint_every == 0
+            if interrupted or (periodic and not last_of_epoch):
+                self._save_position()
+                if interrupted:
+                    raise TrainingInterrupted(interrupted, self.step_count, self.state_path)
+            if self._done():
+                break
+        self._end_epoch()
+
+    def step(self, batch: tuple[TokenBatch, TokenBatch, TokenBatch]) -> torch.Tensor:
+        """One optimisation step on ``batch``; returns its loss."""
+        queries, positives, negatives = (part.to(self.device) for part in batch)
+        with self.autocast:
+            q, p, n = self.network(queries, positives, negatives)
+            offset = 0
+            if self.context.enabled:
+                offset = self.context.rank * len(q)
+                p, n = gather_with_gradients(p), None if n is None else gather_with_gradients(n)
+            loss = self.loss_fn(q, p, n, label_offset=offset)
+        self._check_finite(loss)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        self.step_count += 1
+        size = len(queries) * self.context.world_size
+        self.epoch_loss += loss.detach().double() * size
+        self.position.epoch_examples += size
+        self.log.examples_seen += size
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """The one finite-loss check: note a NaN/inf loss, and stop now unless on one CUDA device.
+
+        Under DDP one small collective per step carries this flag and the signal flag: all processes stop
+        (or diverge) at the same step.
+        """
+        if self.context.enabled:
+            flags = all_reduce_max(torch.tensor([float(self.signals.signum or 0), float(not torch.isfinite(loss))],
+                                                device=self.device))
+            self.agreed_signal = int(flags[0]) or None
+            self.bad_loss |= bool(flags[1] > 0)
+        else:
+            self.bad_loss |= ~torch.isfinite(loss.detach())
+        if self.check_every_step:
+            self.raise_if_diverged(self.step_count + 1)
+
+    def raise_if_diverged(self, step: int) -> None:
+        if bool(self.bad_loss):
+            kept = (f"the last good training state is {self.last_saved} (resume with --resume and a lower "
+                    "--learning-rate)" if self.last_saved else "no training state was saved yet")
+            raise TrainingDiverged(f"training stopped: the loss became NaN or infinite at or before step {step}; "
+                                   f"{kept}; lower --learning-rate")
+
+    def _log_step(self, loss: torch.Tensor, bar: Any) -> None:
+        self.raise_if_diverged(self.step_count)
+        value = float(all_reduce_mean(loss) if self.context.enabled else loss.detach())
+        elapsed = time.perf_counter() - self.epoch_start
+        rate = self.position.epoch_examples / elapsed if elapsed else 0.0
+        self.log.steps.append({"step": self.step_count, "epoch": self.position.epoch, "loss": value,
+                               "examples_per_second": rate})
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{value:.4f}", ex_per_s=f"{rate:,.0f}")
+
+    def _save_position(self) -> None:
+        """A state that resumes at the next batch of this epoch."""
+        self.raise_if_diverged(self.step_count)
+        self.position.step = self.step_count
+        self.position.epoch_loss = float(self.epoch_loss)
+        self.position.epoch_seconds = time.perf_counter() - self.epoch_start
+        self.log.training_seconds = time.perf_counter() - self.started
+        self.save_state(self.position)
+
+    def _end_epoch(self) -> None:
+        self.raise_if_diverged(self.step_count)
+        elapsed = time.perf_counter() - self.epoch_start
+        examples = self.position.epoch_examples
+        total_loss = float(all_reduce_mean(self.epoch_loss) if self.context.enabled else self.epoch_loss)
+        epoch = {"epoch": self.position.epoch, "loss": total_loss / max(examples, 1), "seconds": elapsed,
+                 "examples_per_second": examples / elapsed if elapsed else 0.0}
+        self.log.epochs.append(epoch)
+        info(f"Epoch {epoch['epoch']}: loss {epoch['loss']:.4f}, {elapsed:.1f} s, "
+             f"{epoch['examples_per_second']:,.0f} triplets/s")
+        self.log.training_seconds = time.perf_counter() - self.started
+        if self.after_epoch is not None:
+            self.after_epoch(self.position.epoch, self.log)
+
+    def _done(self) -> bool:
+        return bool(self.settings.max_steps) and self.step_count >= self.settings.max_steps
+
+    def save_state(self, position: _Position) -> None:
+        """Write a training state that resumes at ``position`` (the first process writes; all wait for it)."""
+        if self.state_path is None:
+            return
+        if self.context.is_main:
+            state = {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                     "optimizers": [o.state_dict() for o in self.optimizers], "epoch": position.epoch,
+                     "batch": position.batch, "step": position.step, "position": asdict(position),
+                     "rng": _rng_state(), "log": asdict(self.log), "settings": asdict(self.settings),
+                     "data_size": len(self.data), "world_size": self.context.world_size,
+                     "state_version": STATE_VERSION, **self.state_extra}
+            save_torch(state, self.state_path, KIND_TRAINING_STATE)
+        self.last_saved = self.state_path
+        self.context.barrier()
+
+
 def train_two_tower(model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Module, settings: TrainSettings,
                     device: torch.device,
                     after_epoch: Callable[[int, TrainingLog], None] | None = None,
@@ -227,7 +402,7 @@ def train_two_tower(model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Modul
                     state_path: str | Path | None = None, resume: dict[str, Any] | None = None,
                     state_extra: dict[str, Any] | None = None,
                     context: DistributedContext | None = None) -> TrainingLog:
-    """Train ``model`` in place for ``settings.epochs`` epochs and return the log.
+    """Train ``model`` in place for ``settings.epochs`` epochs and return the log (``Trainer(...).fit()``).
 
     ``after_step(step, log)`` and ``after_epoch(epoch, log)`` are called with the model in train mode
     (validation and checkpointing hook in there; a hook that evaluates must restore train mode).
@@ -236,148 +411,8 @@ def train_two_tower(model: TwoTowerModel, data: TripletArrays, loss_fn: nn.Modul
     keeps its arguments and model config there). Raises ``TrainingInterrupted`` after SIGINT/SIGTERM (state
     saved) and ``TrainingDiverged`` on a NaN/inf loss (the last good state kept).
     """
-    if len(data) == 0:
-        raise PipelineError("there are no triplets to train on")
-    context = context or DistributedContext()
-    state_path = Path(state_path) if state_path is not None else None
-    seed_everything(settings.seed)
-    model.to(device).train()
-    optimizers = make_optimizers(model, settings)
-    log = TrainingLog(settings=asdict(settings), device=str(device), world_size=context.world_size)
-    position = _Position()
-    if resume is not None:
-        _check_resumable(resume, settings, len(data), context)
-        model.load_state_dict(resume["model"])
-        for optimizer, saved in zip(optimizers, resume["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
-        log = TrainingLog(**{**resume["log"], "settings": asdict(settings), "device": str(device)})
-        position = _Position(**resume["position"]) if "position" in resume else _Position(
-            resume["epoch"], resume["batch"], resume["step"])
-        log.resumed_from_step.append(position.step)
-        _set_rng_state(resume["rng"])
-        info(f"Resuming at epoch {position.epoch}, batch {position.batch + 1} (step {position.step + 1})")
-    network: nn.Module = model
-    if context.enabled:
-        network = nn.parallel.DistributedDataParallel(model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NoAutocast()
-    check_every_step = device.type != "cuda"  # reading the loss on the host syncs CUDA: there, check when logging
-    last_saved: list[Path | None] = [None]
-
-    def save_state(next_position: _Position) -> None:
-        if state_path is None:
-            return
-        if context.is_main:
-            state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                     "optimizers": [o.state_dict() for o in optimizers], "epoch": next_position.epoch,
-                     "batch": next_position.batch, "step": next_position.step, "position": asdict(next_position),
-                     "rng": _rng_state(), "log": asdict(log), "settings": asdict(settings),
-                     "data_size": len(data), "world_size": context.world_size,
-                     "state_version": STATE_VERSION, **(state_extra or {})}
-            save_torch(state, state_path, KIND_TRAINING_STATE)
-        last_saved[0] = state_path
-        context.barrier()
-
-    def diverged(step: int) -> TrainingDiverged:
-        kept = (f"the last good training state is {last_saved[0]} (resume with --resume and a lower "
-                "--learning-rate)" if last_saved[0] else "no training state was saved yet")
-        return TrainingDiverged(f"training stopped: the loss became NaN or infinite at or before step {step}; "
-                                f"{kept}; lower --learning-rate")
-
-    started = time.perf_counter() - log.training_seconds
-    step = position.step
-    orders = epoch_orders(len(data), settings.seed, position.epoch)
-    with _SignalCatcher() as signals:
-        for epoch in range(position.epoch, settings.epochs + 1):
-            order = next(orders)
-            first = position.batch if epoch == position.epoch else 0
-            if epoch != position.epoch:
-                position = _Position(epoch=epoch, step=step)
-            batches = _EpochBatches(data, order, settings.batch_size, context, first)
-            loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
-                                                 num_workers=settings.num_workers,
-                                                 pin_memory=device.type == "cuda")
-            epoch_loss = torch.tensor(position.epoch_loss, device=device, dtype=torch.float64)
-            bad_loss = torch.zeros((), device=device, dtype=torch.bool)
-            epoch_start = time.perf_counter() - position.epoch_seconds
-            bar = progress(loader, desc=f"Epoch {epoch}/{settings.epochs}", unit="batch")
-            batch_index = first
-            for queries, positives, negatives in bar:
-                queries, positives, negatives = queries.to(device), positives.to(device), negatives.to(device)
-                with autocast:
-                    q, p, n = network(queries, positives, negatives)
-                    offset = 0
-                    if context.enabled:
-                        offset = context.rank * len(q)
-                        p, n = gather_with_gradients(p), None if n is None else gather_with_gradients(n)
-                    loss = loss_fn(q, p, n, label_offset=offset)
-                size = len(queries) * context.world_size
-                stop_flags = None
-                if context.enabled:
-                    # one small collective per step: all processes stop (or diverge) at the same step
-                    stop_flags = all_reduce_max(torch.tensor(
-                        [float(signals.signum or 0), float(not torch.isfinite(loss))]))
-                    if stop_flags[1] > 0:
-                        raise diverged(step + 1)
-                elif check_every_step:
-                    if not torch.isfinite(loss):
-                        raise diverged(step + 1)
-                else:
-                    bad_loss |= ~torch.isfinite(loss.detach())
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for optimizer in optimizers:
-                    optimizer.step()
-                step += 1
-                batch_index += 1
-                epoch_loss += loss.detach().double() * size
-                position.epoch_examples += size
-                log.examples_seen += size
-                last_of_epoch = batch_index == batches.total
-                if step % settings.log_every == 0 or last_of_epoch:
-                    if bool(bad_loss):
-                        raise diverged(step)
-                    value = float(all_reduce_mean(loss) if context.enabled else loss.detach())
-                    elapsed = time.perf_counter() - epoch_start
-                    rate = position.epoch_examples / elapsed if elapsed else 0.0
-                    log.steps.append({"step": step, "epoch": epoch, "loss": value, "examples_per_second": rate})
-                    if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{value:.4f}", ex_per_s=f"{rate:,.0f}")
-                if after_step is not None:
-                    after_step(step, log)
-                interrupted = signals.signum if stop_flags is None else int(stop_flags[0]) or None
-                periodic = settings.checkpoint_every and step % settings.checkpoint_every == 0
-                if interrupted or (periodic and not last_of_epoch):
-                    if bool(bad_loss):
-                        raise diverged(step)
-                    position.batch, position.step = batch_index, step
-                    position.epoch_loss = float(epoch_loss)
-                    position.epoch_seconds = time.perf_counter() - epoch_start
-                    log.training_seconds = time.perf_counter() - started
-                    save_state(position)
-                    if interrupted:
-                        raise TrainingInterrupted(interrupted, step, state_path)
-                if settings.max_steps and step >= settings.max_steps:
-                    break
-            if bool(bad_loss):
-                raise diverged(step)
-            elapsed = time.perf_counter() - epoch_start
-            examples = position.epoch_examples
-            total_loss = float(all_reduce_mean(epoch_loss) if context.enabled else epoch_loss)
-            log.epochs.append({"epoch": epoch, "loss": total_loss / max(examples, 1), "seconds": elapsed,
-                               "examples_per_second": examples / elapsed if elapsed else 0.0})
-            info(f"Epoch {epoch}: loss {log.epochs[-1]['loss']:.4f}, {elapsed:.1f} s, "
-                 f"{log.epochs[-1]['examples_per_second']:,.0f} triplets/s")
-            log.training_seconds = time.perf_counter() - started
-            if after_epoch is not None:
-                after_epoch(epoch, log)
-            if settings.max_steps and step >= settings.max_steps:
-                break
-            if epoch < settings.epochs:
-                save_state(_Position(epoch=epoch + 1, step=step))
-    log.training_seconds = time.perf_counter() - started
-    model.eval()
-    return log
+    return Trainer(model, data, loss_fn, settings, device, context=context, state_path=state_path, resume=resume,
+                   state_extra=state_extra, after_step=after_step, after_epoch=after_epoch).fit()
 
 
 def _check_resumable(state: dict[str, Any], settings: TrainSettings, data_size: int,

@@ -24,19 +24,37 @@ from .triplets import Triplets
 DEFAULT_MAX_QUERIES = 2000
 
 
+PSEUDO_QUERY_PREFIX = "ict:"  # the query ids inverse_cloze_triplets gives (a triplets file of --mode ict)
+
+
 @dataclass
 class ValidationSet:
     query_ids: list[str]
     task: Task
+    kind: str = "judged"  # of the held-out queries: "judged", "pseudo" (inverse-cloze) or "mixed"
 
     def fingerprint(self) -> str:
         return text_id("\n".join(sorted(self.query_ids)))
+
+    @property
+    def label(self) -> str:
+        """What the validation score measures, for the log and the plot."""
+        return {"judged": "MRR@10", "pseudo": "pseudo-query MRR@10"}.get(self.kind,
+                                                                         "MRR@10 (judged and pseudo-queries)")
+
+    @property
+    def queries_kind(self) -> str:
+        return {"judged": "judged queries", "pseudo": "inverse-cloze pseudo-queries"}.get(
+            self.kind, "queries (judged and inverse-cloze pseudo-queries)")
 
 
 def split_validation(triplets: Triplets, fraction: float = 0.0, count: int | None = None, seed: int = 42,
                      max_queries: int = DEFAULT_MAX_QUERIES) -> tuple[Triplets, ValidationSet | None]:
     """Hold out ``count`` queries (or ``fraction`` of them, at most ``max_queries``) with all their triplets.
 
+    Judged queries are held out when the triplets have enough of them: a file of inverse-cloze triplets
+    (``--mode ict``, query ids ``ict:...``) with judged pairs added (``--include``) is validated on judged
+    queries, and only a file without enough of them on pseudo-queries (``ValidationSet.kind``, labelled so).
     Returns the training triplets and the validation set (``None`` when nothing is held out).
     """
     if not 0.0 <= fraction < 1.0:
@@ -48,7 +66,13 @@ def split_validation(triplets: Triplets, fraction: float = 0.0, count: int | Non
     if wanted >= len(distinct):
         raise PipelineError(f"cannot hold out {wanted} validation queries: the triplets have only "
                             f"{len(distinct)} distinct queries and training needs at least one")
-    held = set(random.Random(seed).sample(distinct, wanted))
+    pseudo = [qid for qid in distinct if qid.startswith(PSEUDO_QUERY_PREFIX)]
+    judged = [qid for qid in distinct if not qid.startswith(PSEUDO_QUERY_PREFIX)]
+    # judged queries measure what the model is for; pseudo-queries only stand in when there are too few
+    candidates = judged if len(judged) >= wanted else pseudo if len(pseudo) >= wanted else distinct
+    held = set(random.Random(seed).sample(candidates, wanted))
+    held_pseudo = sum(qid.startswith(PSEUDO_QUERY_PREFIX) for qid in held)
+    kind = "judged" if held_pseudo == 0 else "pseudo" if held_pseudo == len(held) else "mixed"
     train = triplets.subset(i for i, qid in enumerate(triplets.query_ids) if qid not in held)
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
@@ -62,7 +86,7 @@ def split_validation(triplets: Triplets, fraction: float = 0.0, count: int | Non
         pool[negative] = triplets.negatives[i]
         qrels.setdefault(qid, {})[positive] = 1
     task = Task("validation", PassagePool(list(pool), list(pool.values())), queries, qrels, threshold=1)
-    return train, ValidationSet(sorted(held), task)
+    return train, ValidationSet(sorted(held), task, kind)
 
 
 class Validator:
@@ -98,8 +122,9 @@ class Validator:
     def after_epoch(self, epoch: int, log: Any) -> None:
         step = int(log.steps[-1]["step"]) if log.steps else 0
         value = self.evaluate(epoch, step, end_of_epoch=True)
-        info(f"Validation after epoch {epoch}: {self.metric} {value:.4f} on {len(self.validation.query_ids):,} "
-             f"held-out queries ({len(self.validation.task.pool):,} passages)")
+        info(f"Validation after epoch {epoch}: {self.validation.label} {value:.4f} on "
+             f"{len(self.validation.query_ids):,} held-out {self.validation.queries_kind} "
+             f"({len(self.validation.task.pool):,} passages)")
 
     def restore_best(self) -> None:
         """Put the best state seen back into the model (when it is not the last one)."""
@@ -111,6 +136,7 @@ class Validator:
             self.model.load_state_dict(self._best_state)
 
     def report(self) -> dict[str, Any]:
-        return {"metric": self.metric, "queries": len(self.validation.query_ids),
+        return {"metric": self.metric, "label": self.validation.label, "queries_kind": self.validation.queries_kind,
+                "queries": len(self.validation.query_ids),
                 "passages": len(self.validation.task.pool), "every_steps": self.every_steps,
                 "keep_best": self.keep_best, "entries": self.entries, "best": self.best}

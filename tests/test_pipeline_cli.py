@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -70,6 +71,29 @@ def test_hard_negatives_need_candidates(tmp_path, corpus):
     run_script(TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random", cwd=tmp_path)
 
 
+def test_validation_holds_out_judged_queries_and_labels_pseudo_queries():
+    from msmarco_search.triplets import Triplets
+    from msmarco_search.validation import split_validation
+
+    judged, cloze = Triplets(), Triplets()
+    for i in range(30):
+        judged.add(f"q{i}", f"question {i}", f"p{i}", f"answer {i}", f"n{i}", f"other {i}")
+    for i in range(60):  # the ids generate_triplets.py --mode ict gives
+        cloze.add(f"ict:{i}:0", f"sentence {i}", f"c{i}", f"rest {i}", f"d{i}", f"passage {i}")
+    both = Triplets(**{name: list(column) for name, column in cloze.columns().items()})
+    both.extend(judged)  # as generate_triplets.py --mode ict --include JUDGED.pkl writes it
+    train, validation = split_validation(both, count=10)
+    assert validation.kind == "judged" and validation.label == "MRR@10" and len(validation.query_ids) == 10
+    assert not any(q.startswith("ict:") for q in validation.query_ids) and len(train) == 80
+    _, pseudo = split_validation(cloze, count=10)
+    assert pseudo.kind == "pseudo" and pseudo.label == "pseudo-query MRR@10"
+    _, too_few_judged = split_validation(both, count=40)  # 30 judged queries are not enough for 40
+    assert too_few_judged.kind == "pseudo" and too_few_judged.queries_kind == "inverse-cloze pseudo-queries"
+    # judged-only files hold out the same queries as before pseudo-queries were told apart
+    expected = random.Random(42).sample([f"q{i}" for i in range(30)], 5)
+    assert split_validation(judged, count=5)[1].query_ids == sorted(expected)
+
+
 def _pairwise_accuracy(model, triplets) -> float:
     q = model.encode(triplets.queries, "query")
     p = model.encode(triplets.positives, "passage")
@@ -86,6 +110,7 @@ def test_trained_two_tower_beats_untrained(trained_pipeline):
         trained_pipeline["model"].stem + "_training_log.json").read_text())
     assert len(log["epochs"]) == 8 and log["steps"] and log["examples_per_second"] > 0
     assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
+    assert (log["validation"]["label"], log["validation"]["queries_kind"]) == ("MRR@10", "judged queries")
 
     triplets = load_triplets(trained_pipeline["triplets"])
     matrix, cbow_vocab, _ = load_embeddings(trained_pipeline["embeddings"])
@@ -130,6 +155,56 @@ def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
         assert result.returncode == 2, result.stderr
         assert words in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_path):
+    quick = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "2",
+             "--validation-fraction", "0", "--data-dir", trained_pipeline["work"] / "data"]
+    target = tmp_path / "models" / "mine.pt"
+    done = run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
+    assert f"Saved model to {target}" in done.stdout
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mine.pt", "mine_training_log.json",
+                                                               "mine_training_log.png"]  # no claim, no state
+    assert not (tmp_path / "checkpoints").exists()
+    first_id = load_model(target).metadata["model_id"]
+
+    def refused(*args: object, words: str) -> None:
+        result = run_script(TRAIN_SCRIPT, *quick, *args, cwd=tmp_path, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+        assert load_model(target).metadata["model_id"] == first_id  # untouched
+
+    refused("--output", target, words=f"{target}: already exists; pass --overwrite")
+    claim = target.with_name(".mine.pt.claim")  # what a run writing mine.pt holds
+    claim.touch()
+    refused("--output", target, "--overwrite", words=f"{target}: another run is writing this file")
+    claim.unlink()
+    state = target.with_name("mine_training_state.pt")  # an interrupted run's state is never overwritten
+    state.write_bytes(b"not really a state")
+    target.unlink()
+    refused_state = run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path, check=False)
+    assert refused_state.returncode == 2 and f"continue it with --resume {state}" in refused_state.stderr
+    assert state.read_bytes() == b"not really a state" and not target.exists()
+    state.unlink()
+    refused_flags = run_script(TRAIN_SCRIPT, *quick, "--output", target, "--no-save", cwd=tmp_path, check=False)
+    assert refused_flags.returncode == 2 and "--output and --no-save" in refused_flags.stderr
+
+    run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
+    run_script(TRAIN_SCRIPT, *quick, "--output", target, "--overwrite", "--seed", "7", cwd=tmp_path)
+    assert load_model(target).metadata["training"]["arguments"]["seed"] == 7
+    assert not list(target.parent.glob(".*"))  # no claim markers or temporary files left
+
+
+def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path):
+    model = trained_pipeline["model"]
+    soup = tmp_path / "soup.pt"
+    run_script("training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path)
+    assert load_model(soup).metadata["averaged_from"] == [str(model), str(model)]
+    again = run_script("training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path,
+                       check=False)
+    assert again.returncode == 2 and f"{soup}: already exists; pass --overwrite" in again.stderr
+    run_script("training/average_two_tower_models.py", model, model, "--output", soup, "--overwrite", cwd=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["soup.pt"]
 
 
 def test_scripts_have_help(tmp_path):
