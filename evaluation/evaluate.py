@@ -17,24 +17,20 @@ from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.evaluate import (
-    HYBRID_METHODS,
-    BM25System,
-    CbowSystem,
-    HybridSpec,
-    System,
-    TwoTowerSystem,
-    evaluate_task,
-    format_table,
-    rows_tasks,
-    run_file_name,
-    tsv_task,
-    write_run,
-)
+from msmarco_search.evaluate import evaluate_task, format_table, hybrid_name, rows_tasks, tsv_task
 from msmarco_search.fileio import release, save_json, timestamped_path
 from msmarco_search.report import info
+from msmarco_search.retrieval import (
+    BM25Retriever,
+    CbowRetriever,
+    HybridRetriever,
+    Retriever,
+    TwoTowerRetriever,
+)
+from msmarco_search.runs import FUSIONS, run_file_name, write_run
 
 SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid")
 
@@ -107,18 +103,20 @@ def choose_systems(args: argparse.Namespace) -> list[str]:
     return chosen
 
 
-def build_systems(args: argparse.Namespace, chosen: list[str]) -> tuple[list[System], list[HybridSpec]]:
-    systems: list[System] = []
-    towers: list[str] = []
+def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever]:
+    systems: list[Retriever] = []
+    towers: list[Retriever] = []
     if "two-tower" in chosen:
         device = pick_device(args.device)
         paths, names = parse_models(args.model)
         for path, name in zip(paths, names, strict=True):
             info(f"Loading two-tower model {path}")
-            systems.append(TwoTowerSystem(path, name, device))
-            towers.append(name)
+            towers.append(TwoTowerRetriever.from_file(path, name, device))
+        systems += towers
+    bm25 = None
     if "bm25" in chosen:
-        systems.append(BM25System(args.bm25_k1, args.bm25_b))
+        bm25 = BM25Retriever(BM25Settings(args.bm25_k1, args.bm25_b))
+        systems.append(bm25)
     if "cbow" in chosen:
         from msmarco_search.cbow import load_embeddings
 
@@ -126,15 +124,15 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> tuple[list[Sys
             raise PipelineError("CBOW embeddings not found; pass --embeddings or leave cbow out of --systems",
                                 args.embeddings)
         matrix, vocab, _ = load_embeddings(args.embeddings)
-        systems += [CbowSystem(matrix, vocab, "mean", embeddings_path=args.embeddings),
-                    CbowSystem(matrix, vocab, "idf", embeddings_path=args.embeddings)]
-    hybrids = []
+        systems += [CbowRetriever(matrix, vocab, "mean", embeddings_path=args.embeddings),
+                    CbowRetriever(matrix, vocab, "idf", embeddings_path=args.embeddings)]
     if "hybrid" in chosen:
         if not 0.0 <= args.hybrid_weight <= 1.0:
             raise PipelineError(f"--hybrid-weight must lie in [0, 1], got {args.hybrid_weight}")
-        for method in _split(args.hybrid_methods, HYBRID_METHODS, "--hybrid-methods"):
-            hybrids += [HybridSpec(method, tower, "bm25", args.hybrid_weight, args.rrf_k) for tower in towers]
-    return systems, hybrids
+        for method in _split(args.hybrid_methods, FUSIONS, "--hybrid-methods"):
+            systems += [HybridRetriever(tower, bm25, method, args.hybrid_weight, args.rrf_k, 1000,
+                                        hybrid_name(method, tower.name)) for tower in towers]
+    return systems
 
 
 def parse_models(values: list[str]) -> tuple[list[Path], list[str]]:
@@ -188,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                   "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "systems": {}, "tasks": {}}
         if chosen:
-            systems, hybrids = build_systems(args, chosen)
+            systems = build_systems(args, chosen)
             report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
-            report["systems"].update({h.name: {"kind": "hybrid", **h.settings()} for h in hybrids})
             tasks, data = make_tasks(args)
             report["data"] = data
             for task in tasks:
-                result = evaluate_task(task, systems, hybrids, args.depth, args.random_seeds)
+                result = evaluate_task(task, systems, args.depth, args.random_seeds)
                 files = {}
                 for name, run in result.runs.items():
                     path = write_run(run, output_dir / run_file_name(task.name, name), name)

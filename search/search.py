@@ -22,25 +22,19 @@ from pathlib import Path
 from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
 from msmarco_search.device import pick_device
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.model import load_model
-from msmarco_search.report import info, warn
-from msmarco_search.search import (
+from msmarco_search.index import (
     FAISS_KINDS,
-    FUSIONS,
-    SYSTEMS,
     VECTOR_DTYPES,
-    BM25Searcher,
-    HybridSearcher,
     IndexSettings,
     PassageIndex,
-    TwoTowerSearcher,
     build_index,
     default_index_dir,
-    faiss_available,
     load_index,
-    snippet,
-    write_trec_run,
 )
+from msmarco_search.model import load_model
+from msmarco_search.report import info
+from msmarco_search.runs import FUSIONS, write_trec_run
+from msmarco_search.search import SYSTEMS, SearchOptions, make_retrievers, snippet
 from msmarco_search.sources import read_queries
 
 
@@ -91,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     query.add_argument("--weight", type=float, default=0.5,
                        help="hybrid: weight of the two-tower list, BM25 gets 1 - weight (0.5)")
     query.add_argument("--rrf-k", type=positive_int, default=60, help="hybrid rrf: the k in 1 / (k + rank) (60)")
-    query.add_argument("--depth", type=positive_int, default=100, help="hybrid: hits fused from each system (100)")
+    query.add_argument("--depth", type=positive_int, default=1000, help="hybrid: hits fused from each system (1000)")
     query.add_argument("--snippet", type=int, default=120, help="characters of passage text shown (120; 0: all)")
     query.add_argument("--batch-size", type=positive_int, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
@@ -131,26 +125,10 @@ def run_index(args: argparse.Namespace) -> int:
 
 def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list:
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
-    dense = bm25 = None
-    if {"two-tower", "hybrid"} & set(systems):
-        use_faiss = args.search == "faiss"
-        if args.search == "auto" and index.has_faiss:
-            use_faiss = faiss_available()
-            if not use_faiss:
-                warn("the index has a faiss index but faiss is not installed; searching exactly instead")
-        dense = TwoTowerSearcher(model, index, use_faiss=use_faiss, nprobe=args.nprobe,
-                                 ef_search=args.ef_search, chunk_rows=args.chunk_rows)
-    if {"bm25", "hybrid"} & set(systems):
-        bm25 = BM25Searcher(index)
-    searchers = []
-    for system in systems:
-        if system == "two-tower":
-            searchers.append(dense)
-        elif system == "bm25":
-            searchers.append(bm25)
-        else:
-            searchers.append(HybridSearcher(dense, bm25, args.fusion, args.weight, args.depth, args.rrf_k))
-    return searchers
+    options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search,
+                            chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.weight,
+                            rrf_k=args.rrf_k, fusion_depth=args.depth)
+    return make_retrievers(systems, index, model, args.model, options)
 
 
 def print_hits(index: PassageIndex, searcher, query: str, hits, width: int) -> None:

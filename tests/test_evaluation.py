@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
-from msmarco_search.evaluate import fuse_runs, score_run, score_run_per_query, write_run
-from msmarco_search.search import linear_fusion, reciprocal_rank_fusion
+from msmarco_search.metrics import score_run, score_run_per_query
+from msmarco_search.runs import fuse_runs, linear_fusion, reciprocal_rank_fusion, write_run
 from msmarco_search.sources import text_id
 from msmarco_search.triplets import load_triplets, metadata_path
 from msmarco_search.vocab import Vocabulary
@@ -90,7 +90,8 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     systems = {"two-tower", "bm25", "cbow-mean", "cbow-idf", "hybrid-rrf", "hybrid-linear"}
     assert set(rerank["metrics"]) == systems | {"random"} and set(full["metrics"]) == systems
     assert rerank["queries"] == full["queries"] == 120 and rerank["relevance_threshold"] == 1
-    assert report["systems"]["bm25"] == {"kind": "BM25System", "k1": 0.9, "b": 0.4}
+    assert report["systems"]["bm25"] == {"kind": "BM25Retriever", "k1": 0.9, "b": 0.4,
+                                        "stemmer": "none"}
     # the fixture's queries share no word with their passages: only the trained model can find them
     assert rerank["metrics"]["two-tower"]["MRR@10"] > 0.9 > rerank["metrics"]["random"]["MRR@10"] + 0.3
     assert full["metrics"]["two-tower"]["nDCG@10"] > full["metrics"]["cbow-idf"]["nDCG@10"] + 0.3
