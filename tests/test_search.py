@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -17,6 +16,7 @@ import pytest
 import torch
 from conftest import FILLER, ROOT, make_corpus, run_script
 
+from msmarco_search.driver.search import main as search_command
 from msmarco_search.errors import PipelineError
 from msmarco_search.index import FAISS_FILE, build_faiss_index, import_faiss, load_index
 from msmarco_search.model import TwoTowerModel, load_model, save_two_tower
@@ -64,12 +64,9 @@ def search_setup(tmp_path_factory, trained_pipeline) -> dict:
             "passages": passages, "index_stdout": indexed.stdout, "lines": lines}
 
 
-def search_main(*args: object) -> None:
-    """Run search/search.py's ``main`` in this process (no interpreter start-up) with string arguments."""
-    spec = importlib.util.spec_from_file_location("search_script", ROOT / SEARCH_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main([str(a) for a in args])
+def search_main(*args: object) -> int:
+    """The search command's ``main``, in this process (no interpreter start-up), with string arguments."""
+    return search_command([str(a) for a in args])
 
 
 def hits_by_system(stdout: str) -> dict[str, list[list[str]]]:
