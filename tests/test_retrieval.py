@@ -48,7 +48,7 @@ def test_search_and_evaluation_rank_the_dl19_pool_the_same_way(tmp_path):
     run_script("search/search.py", "query", model, "--queries", DL19 / "queries.dl19.tsv", "--run-file",
                tmp_path / "search.trec", "--system", "all", "-k", "1000", cwd=tmp_path)
     run_script("evaluation/evaluate.py", "--model", model, *files, "--systems", "two-tower,bm25,hybrid",
-               "--hybrid-methods", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
+               "--fusion", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
     for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf")]:
         scored = _ranking(tmp_path / "eval" / f"run.full.{evaluated}.trec")
         searched = _ranking(tmp_path / f"search.{system}.trec")

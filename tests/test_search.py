@@ -309,6 +309,7 @@ def test_help_describes_both_commands(capsys):
         assert exit_status.value.code == 0
     out = capsys.readouterr().out
     assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query}" in out
+    assert "--fusion-weight" in out and "--fusion-depth" in out and "--weight " not in out and "--depth " not in out
 
 
 def _ranking(path: Path) -> dict[str, list[str]]:
@@ -325,7 +326,7 @@ def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path):
     run_script("evaluation/evaluate.py", "--model", search_setup["model"], "--collection",
                folder / "collection.tsv", "--queries", folder / "queries.tsv", "--qrels", folder / "qrels.txt",
                "--systems", "two-tower,bm25,hybrid",
-               "--hybrid-methods", "rrf", "--depth", depth, "--output-dir", tmp_path / "eval", cwd=folder)
+               "--fusion", "rrf", "--run-depth", depth, "--output-dir", tmp_path / "eval", cwd=folder)
     for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf")]:
         searched = _ranking(tmp_path / f"search.{system}.trec")
         scored = _ranking(tmp_path / "eval" / f"run.full.{evaluated}.trec")

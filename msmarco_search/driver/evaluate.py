@@ -19,8 +19,9 @@ from pathlib import Path
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
+from msmarco_search.driver.flags import DEVICE_HELP, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.evaluate import evaluate_task, format_table, hybrid_name, rows_tasks, tsv_task
+from msmarco_search.evaluate import DEFAULT_RUN_DEPTH, evaluate_task, format_table, hybrid_name, rows_tasks, tsv_task
 from msmarco_search.fileio import release, save_json, timestamped_path
 from msmarco_search.report import info
 from msmarco_search.retrieval import (
@@ -55,24 +56,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     official.add_argument("--qrels", type=Path, help="TREC qrels (qid 0 pid grade)")
     official.add_argument("--candidates", type=Path, help="top1000-layout candidates: re-rank them instead")
     official.add_argument("--relevance-threshold", type=int, default=2,
-                          help="lowest grade counted relevant for MRR, recall and MAP (2, the TREC DL rule)")
+                          help="official files (--qrels) only: the lowest grade that MRR@10, R@100, R@1000 and MAP "
+                               "count as relevant (2, the TREC DL rule; nDCG@10 uses the grades). Not "
+                               "--min-relevance, which reads --dataset-path TSV sources")
     rows = parser.add_argument_group("row layout")
     rows.add_argument("--tasks", default="rerank,full", help="rerank, full or both (default rerank,full)")
     parser.add_argument("--max-queries", type=positive_int, default=None, help="evaluate at most N queries")
     tuning = parser.add_argument_group("systems")
-    tuning.add_argument("--depth", type=positive_int, default=1000, help="passages kept per query (1000)")
+    tuning.add_argument("--run-depth", type=positive_int, default=DEFAULT_RUN_DEPTH,
+                        help=f"passages kept per query in each run ({DEFAULT_RUN_DEPTH})")
     tuning.add_argument("--bm25-k1", type=float, default=0.9, help="BM25 k1 (0.9)")
     tuning.add_argument("--bm25-b", type=float, default=0.4, help="BM25 b (0.4)")
-    tuning.add_argument("--hybrid-methods", default="rrf,linear", help="rrf, linear or both (default both)")
-    tuning.add_argument("--hybrid-weight", type=float, default=0.5,
-                        help="linear hybrid: weight of the two-tower's normalised score, BM25 gets the rest (0.5)")
-    tuning.add_argument("--rrf-k", type=positive_int, default=60, help="reciprocal rank fusion constant (60)")
     tuning.add_argument("--random-seeds", type=non_negative_int, default=10,
                         help="shuffles averaged for the random re-ranking baseline (10)")
-    tuning.add_argument("--device", default="cpu", help="device for the two-tower models (cpu; auto, cuda...)")
+    tuning.add_argument("--device", default="auto", help=f"device for the two-tower models: {DEVICE_HELP}")
+    add_fusion_arguments(parser, several=True)
     add_source_arguments(parser)
-    parser.set_defaults(split="validation")
+    _row_layout_defaults(parser)
     return parser.parse_args(argv)
+
+
+def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
+    """Evaluation reads the hub's validation split, not train; and its two relevance flags say which is which."""
+    for action in parser._actions:  # the shared source flags, with evaluation's own default and wording
+        if action.dest == "split":
+            action.default = "validation"
+            action.help = "split: hub/datasets split, or the <split> in queries.<split>.tsv (default validation)"
+        elif action.dest == "min_relevance":
+            action.help = ("--dataset-path TSV sources only: the lowest qrels grade that makes a passage one of "
+                           "a query's selected (relevant) passages, as in the other stages (default 1); the "
+                           "official-files task uses --relevance-threshold instead")
 
 
 def _split(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -127,10 +140,8 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever
         systems += [CbowRetriever(matrix, vocab, "mean", embeddings_path=args.embeddings),
                     CbowRetriever(matrix, vocab, "idf", embeddings_path=args.embeddings)]
     if "hybrid" in chosen:
-        if not 0.0 <= args.hybrid_weight <= 1.0:
-            raise PipelineError(f"--hybrid-weight must lie in [0, 1], got {args.hybrid_weight}")
-        for method in _split(args.hybrid_methods, FUSIONS, "--hybrid-methods"):
-            systems += [HybridRetriever(tower, bm25, method, args.hybrid_weight, args.rrf_k, 1000,
+        for method in _split(args.fusion, FUSIONS, "--fusion"):
+            systems += [HybridRetriever(tower, bm25, method, args.fusion_weight, args.rrf_k, args.fusion_depth,
                                         hybrid_name(method, tower.name)) for tower in towers]
     return systems
 
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks, data = make_tasks(args)
             report["data"] = data
             for task in tasks:
-                result = evaluate_task(task, systems, args.depth, args.random_seeds)
+                result = evaluate_task(task, systems, args.run_depth, args.random_seeds)
                 files = {}
                 for name, run in result.runs.items():
                     path = write_run(run, output_dir / run_file_name(task.name, name), name)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
 from msmarco_search.device import pick_device
+from msmarco_search.driver.flags import DEVICE_HELP, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.index import (
     FAISS_KINDS,
@@ -33,7 +34,7 @@ from msmarco_search.index import (
 )
 from msmarco_search.model import load_model
 from msmarco_search.report import info
-from msmarco_search.runs import FUSIONS, write_trec_run
+from msmarco_search.runs import write_trec_run
 from msmarco_search.search import SYSTEMS, SearchOptions, make_retrievers, snippet
 from msmarco_search.sources import read_queries
 
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     index.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
     index.add_argument("--ivf-lists", type=positive_int, default=None,
                        help="IVF clusters (default: about 4 x sqrt(passages))")
-    index.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    index.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_source_arguments(index)
 
     query = commands.add_parser("query", help="search an index",
@@ -72,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="with --queries: write a TREC run (qid Q0 docid rank score tag) here instead of "
                             "printing hits; with --system all, one file per system (NAME.<system>.EXT)")
     query.add_argument("--tag", default=None, help="run tag in the TREC run (default: the system name)")
-    query.add_argument("-k", "--top-k", type=positive_int, default=10, help="hits per query (10)")
+    query.add_argument("-k", "--top-k", type=positive_int, default=10,
+                       help="hits shown (or written to the run) per query (10)")
     query.add_argument("--system", choices=[*SYSTEMS, "all"], default="two-tower",
                        help="two-tower (default), bm25, hybrid, or all three one after the other")
     query.add_argument("--search", choices=("auto", "exact", "faiss"), default="auto",
@@ -80,16 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "faiss index (auto: faiss when the index has one)")
     query.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
     query.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
-    query.add_argument("--fusion", choices=FUSIONS, default="rrf",
-                       help="hybrid: rrf (reciprocal rank fusion, default) or linear (min-max-normalised scores)")
-    query.add_argument("--weight", type=float, default=0.5,
-                       help="hybrid: weight of the two-tower list, BM25 gets 1 - weight (0.5)")
-    query.add_argument("--rrf-k", type=positive_int, default=60, help="hybrid rrf: the k in 1 / (k + rank) (60)")
-    query.add_argument("--depth", type=positive_int, default=1000, help="hybrid: hits fused from each system (1000)")
     query.add_argument("--snippet", type=int, default=120, help="characters of passage text shown (120; 0: all)")
     query.add_argument("--batch-size", type=positive_int, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
-    query.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    query.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_fusion_arguments(query, several=False)
     query.add_argument("--chunk-rows", type=positive_int, default=65536,
                        help="exact search: passage rows scored at once (65536)")
     # argparse cannot match query words that come after options ("query MODEL -k 5 what is x") to the
@@ -104,8 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("give a query on the command line or --queries, not both")
         if args.run_file is not None and args.queries is None:
             parser.error("--run-file needs --queries")
-        if not 0.0 <= args.weight <= 1.0:
-            parser.error(f"--weight must be between 0 and 1, got {args.weight}")
     return args
 
 
@@ -126,8 +121,8 @@ def run_index(args: argparse.Namespace) -> int:
 def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list:
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search,
-                            chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.weight,
-                            rrf_k=args.rrf_k, fusion_depth=args.depth)
+                            chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.fusion_weight,
+                            rrf_k=args.rrf_k, fusion_depth=args.fusion_depth)
     return make_retrievers(systems, index, model, args.model, options)
 
 
