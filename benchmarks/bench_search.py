@@ -22,18 +22,18 @@ import torch
 from msmarco_search.arguments import positive_int
 from msmarco_search.errors import run_cli
 from msmarco_search.fileio import atomic_write
-from msmarco_search.model import load_model
-from msmarco_search.report import info
-from msmarco_search.search import (
+from msmarco_search.index import (
     FAISS_FILE,
     IndexSettings,
     build_faiss_index,
     build_index,
-    exact_search,
     import_faiss,
     iter_collection,
     load_index,
 )
+from msmarco_search.model import load_model
+from msmarco_search.report import info
+from msmarco_search.retrieval import exact_search
 from msmarco_search.sources import open_source, read_queries
 
 

@@ -1,31 +1,89 @@
-"""BM25 over a passage collection with ``bm25s``, tokenised by the project's tokeniser.
+"""BM25 over a passage collection with ``bm25s``, on the project's tokens, optionally Snowball-stemmed.
 
 The lexical baseline that evaluation compares against and that search and the hybrid use.
-Defaults k1 = 0.9, b = 0.4 (Anserini's MS MARCO settings).
+Defaults k1 = 0.9, b = 0.4 (Anserini's MS MARCO settings). Stemming (PyStemmer's Snowball stemmer, the one
+bm25s supports) is applied to the tokens of ``msmarco_search.text.tokenize``, so BM25 sees the same words as
+the towers, only stemmed; the towers' own tokens are never stemmed.
+
+A built index can be saved to a folder (bm25s's numpy arrays and JSON vocabulary, read back memory-mapped,
+never unpickled) with a ``bm25.json`` record of its settings and collection, so a later run reuses it and a
+run with other settings or another collection refuses it instead of silently mixing them.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import PipelineError
-from .text import tokenize
+from .errors import PipelineError, first_line
+from .fileio import load_json, save_json
+from .text import TOKENIZER_VERSION, tokenize
+
+STEMMERS = ("english", "none")
+DEFAULT_STEMMER = "none"
+RECORD = "bm25.json"
+KIND_BM25 = "bm25-index"
+
+
+@dataclass(frozen=True)
+class BM25Settings:
+    k1: float = 0.9
+    b: float = 0.4
+    stemmer: str = DEFAULT_STEMMER
+
+    def __post_init__(self) -> None:
+        if self.stemmer not in STEMMERS:
+            raise PipelineError(f"unknown BM25 stemmer {self.stemmer!r} (use {', '.join(STEMMERS)})")
+
+    def describe(self) -> str:
+        stem = "Snowball English stemmer" if self.stemmer == "english" else "no stemming"
+        return f"bm25s, k1 {self.k1}, b {self.b}, {stem}"
+
+
+def _stemmer(name: str) -> Any:
+    if name == "none":
+        return None
+    import Stemmer  # PyStemmer
+
+    return Stemmer.Stemmer(name)
+
+
+class BM25Tokenizer:
+    """The project's tokens, Snowball-stemmed unless the stemmer is ``none``."""
+
+    def __init__(self, stemmer: str = DEFAULT_STEMMER):
+        self._stemmer = _stemmer(stemmer)
+
+    def __call__(self, text: str) -> list[str]:
+        tokens = tokenize(text)
+        return self._stemmer.stemWords(tokens) if self._stemmer is not None and tokens else tokens
 
 
 class BM25Index:
-    def __init__(self, passage_ids: Sequence[str], texts: Sequence[str], k1: float = 0.9, b: float = 0.4):
+    def __init__(self, passage_ids: Sequence[str], texts: Sequence[str] | None, k1: float = 0.9, b: float = 0.4,
+                 stemmer: str = DEFAULT_STEMMER, retriever: Any = None):
+        """BM25 over ``texts`` (row i is ``passage_ids[i]``), or around an already built bm25s ``retriever``."""
         import bm25s
 
-        if len(passage_ids) != len(texts):
+        self.settings = BM25Settings(k1, b, stemmer)
+        self.k1, self.b, self.stemmer = k1, b, stemmer
+        self.passage_ids = passage_ids
+        self.tokenizer = BM25Tokenizer(stemmer)
+        if retriever is not None:
+            self._retriever = retriever
+            return
+        if texts is None or len(passage_ids) != len(texts):
             raise ValueError("passage_ids and texts differ in length")
-        if not texts:
+        if not len(texts):
             raise PipelineError("cannot build BM25 over an empty collection")
-        self.passage_ids = list(passage_ids)
-        self.k1, self.b = k1, b
         self._retriever = bm25s.BM25(k1=k1, b=b)
-        self._retriever.index([tokenize(t) for t in texts], show_progress=False)
+        self._retriever.index([self.tokenizer(t) for t in texts], show_progress=False)
 
     def __len__(self) -> int:
         return len(self.passage_ids)
@@ -35,12 +93,77 @@ class BM25Index:
         k = min(k, len(self))
         # A query without tokens scores 0 everywhere: bm25s takes an empty list for it, but its own padding
         # token "" lies outside the score matrix and would raise.
-        documents, scores = self._retriever.retrieve([tokenize(q) for q in queries], k=k, show_progress=False)
+        documents, scores = self._retriever.retrieve([self.tokenizer(q) for q in queries], k=k, show_progress=False)
         return np.asarray(documents, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of ``query`` against every passage (for re-ranking candidates)."""
-        tokens = tokenize(query)
+        tokens = self.tokenizer(query)
         if not tokens:
             return np.zeros(len(self), dtype=np.float32)
         return np.asarray(self._retriever.get_scores(tokens), dtype=np.float32)
+
+    # ------------------------------------------------------------------------------------------ on disk
+
+    def save(self, directory: str | Path, collection: dict[str, Any]) -> dict[str, Any]:
+        """Write the index to ``directory`` (replaced whole, via a temporary folder); returns its record.
+
+        ``collection`` identifies what was indexed (e.g. file name, size, passage count); a load checks it.
+        """
+        directory = Path(directory)
+        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._retriever.save(str(tmp), show_progress=False)
+            record = {"kind": KIND_BM25, **asdict(self.settings), "tokenizer": TOKENIZER_VERSION,
+                      "count": len(self), "collection": collection,
+                      "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}}
+            save_json(record, tmp / RECORD)
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(tmp, directory)
+        except OSError as error:
+            raise PipelineError(f"cannot write the BM25 index ({error.strerror or error})", directory) from error
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return record
+
+    @classmethod
+    def load(cls, directory: str | Path, passage_ids: Sequence[str], settings: BM25Settings,
+             collection: dict[str, Any]) -> BM25Index:
+        """A saved index, memory-mapped; refused (one line) unless its settings and collection are these."""
+        import bm25s
+
+        directory = Path(directory)
+        record = check_saved(directory, settings, collection, len(passage_ids))
+        try:
+            retriever = bm25s.BM25.load(str(directory), mmap=True, allow_pickle=False, show_progress=False)
+        except (OSError, ValueError, KeyError) as error:
+            raise PipelineError(f"not a readable BM25 index ({first_line(error)}); rebuild it", directory) from error
+        if retriever.scores.get("num_docs") != record["count"]:
+            raise PipelineError(f"BM25 index holds {retriever.scores.get('num_docs')} passages, its record says "
+                                f"{record['count']}; rebuild it", directory)
+        return cls(passage_ids, None, settings.k1, settings.b, settings.stemmer, retriever=retriever)
+
+
+def check_saved(directory: Path, settings: BM25Settings, collection: dict[str, Any], count: int) -> dict[str, Any]:
+    """The record of a saved BM25 index, after checking it was built with ``settings`` over ``collection``."""
+    path = directory / RECORD
+    if not path.is_file():
+        raise PipelineError(f"not a complete BM25 index (no {RECORD}); rebuild it", directory)
+    record = load_json(path)
+    if not isinstance(record, dict) or record.get("kind") != KIND_BM25:
+        raise PipelineError(f"not a {KIND_BM25} record", path)
+    saved = (record.get("k1"), record.get("b"), record.get("stemmer"), record.get("tokenizer"))
+    wanted = (settings.k1, settings.b, settings.stemmer, TOKENIZER_VERSION)
+    if saved != wanted:
+        raise PipelineError(f"BM25 index was built with k1 {saved[0]}, b {saved[1]}, stemmer {saved[2]}, tokenizer "
+                            f"{saved[3]}, not the k1 {wanted[0]}, b {wanted[1]}, stemmer {wanted[2]} asked for; "
+                            "rebuild it (search/search.py index) with these settings, or ask for its own", path)
+    if record.get("collection") != collection or record.get("count") != count:
+        raise PipelineError(f"BM25 index was built over another collection ({record.get('collection')}, "
+                            f"{record.get('count')} passages), not {collection} ({count} passages); rebuild it", path)
+    for name, size in dict(record.get("files", {})).items():
+        file = directory / name
+        if not file.is_file() or file.stat().st_size != size:
+            raise PipelineError("missing or changed since the BM25 index was built; rebuild it", file)
+    return record

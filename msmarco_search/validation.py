@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from .errors import PipelineError
-from .evaluate import ModelSystem, PassagePool, Task, evaluate_task
+from .evaluate import Task, evaluate_task
 from .report import info
+from .retrieval import ModelRetriever, PassagePool
 from .sources import text_id
 from .triplets import Triplets
 
@@ -103,7 +104,7 @@ class Validator:
 
     def evaluate(self, epoch: int, step: int, end_of_epoch: bool) -> float:
         started = time.perf_counter()
-        system = ModelSystem(self.model, "validation")
+        system = ModelRetriever(self.model, "validation")  # new each time: the model changed
         result = evaluate_task(self.validation.task, [system], depth=10, random_seeds=0, verbose=False)
         value = result.metrics["validation"][self.metric]
         entry = {"epoch": epoch, "step": step, "end_of_epoch": end_of_epoch, self.metric: value,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
-from msmarco_search.evaluate import fuse_runs, score_run, score_run_per_query, write_run
-from msmarco_search.search import linear_fusion, reciprocal_rank_fusion
+from msmarco_search.metrics import score_run, score_run_per_query
+from msmarco_search.runs import fuse_runs, linear_fusion, reciprocal_rank_fusion, write_run
 from msmarco_search.sources import text_id
 from msmarco_search.triplets import load_triplets, metadata_path
 from msmarco_search.vocab import Vocabulary
@@ -90,7 +90,8 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     systems = {"two-tower", "bm25", "cbow-mean", "cbow-idf", "hybrid-rrf", "hybrid-linear"}
     assert set(rerank["metrics"]) == systems | {"random"} and set(full["metrics"]) == systems
     assert rerank["queries"] == full["queries"] == 120 and rerank["relevance_threshold"] == 1
-    assert report["systems"]["bm25"] == {"kind": "BM25System", "k1": 0.9, "b": 0.4}
+    assert report["systems"]["bm25"] == {"kind": "BM25Retriever", "k1": 0.9, "b": 0.4,
+                                        "stemmer": "none"}
     # the fixture's queries share no word with their passages: only the trained model can find them
     assert rerank["metrics"]["two-tower"]["MRR@10"] > 0.9 > rerank["metrics"]["random"]["MRR@10"] + 0.3
     assert full["metrics"]["two-tower"]["nDCG@10"] > full["metrics"]["cbow-idf"]["nDCG@10"] + 0.3
@@ -106,7 +107,7 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     _check_run_files(report, "full", lambda: qrels)
     assert full["passages"] == len(pool)
     lines = (out / "run.full.two-tower.trec").read_text().splitlines()
-    assert len(lines) == 120 * len(pool)  # the pool is smaller than --depth: every passage ranked
+    assert len(lines) == 120 * len(pool)  # the pool is smaller than --run-depth: every passage ranked
     assert lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1" and lines[0].endswith(" two-tower")
 
 
@@ -121,7 +122,7 @@ def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus)
     args = ["--model", f"first={trained_pipeline['model']}", "--model", trained_pipeline["model"], "--embeddings",
             trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
             folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "hybrid,cbow",
-            "--hybrid-methods", "linear", "--hybrid-weight", "0.7"]
+            "--fusion", "linear", "--fusion-weight", "0.7"]
     run_script(EVALUATE_SCRIPT, *args, "--output-dir", tmp_path / "full", cwd=tmp_path)
     report = _report(tmp_path / "full")
     metrics = report["tasks"]["full"]["metrics"]
@@ -301,7 +302,7 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
                f"recipe-soup={model}", "--embeddings",
                trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
                folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "two-tower,bm25,hybrid",
-               "--hybrid-methods", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
+               "--fusion", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
     metrics = _report(tmp_path / "eval")["tasks"]["full"]["metrics"]
     printed = run_script("benchmarks/mean_over_seeds.py", tmp_path / "eval" / "evaluation.json", "--metrics",
                          "nDCG@10", cwd=tmp_path).stdout.splitlines()
@@ -348,3 +349,21 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
                          "--output-dir", tmp_path / "soup2", cwd=work, check=False)
     assert refused.returncode == 2 and "settings differ" in refused.stderr and "wide" in refused.stderr
     assert "Traceback" not in refused.stderr and not list((tmp_path / "soup2").glob("*.pt"))
+
+
+def test_evaluation_flags_have_one_name_per_meaning(capsys, monkeypatch):
+    from msmarco_search.driver.evaluate import main
+
+    monkeypatch.setenv("COLUMNS", "300")  # no line wrapping inside flag names
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--help"])
+    assert exit_status.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default validation)" in out and "(default train)" not in out
+    for flag in ("--run-depth", "--fusion", "--fusion-weight", "--rrf-k", "--fusion-depth", "--device"):
+        assert f"{flag} " in out, flag
+    assert "--hybrid-methods" not in out and "--hybrid-weight" not in out and "--depth " not in out
+    assert "Not --min-relevance" in out and "uses --relevance-threshold instead" in out
+    with pytest.raises(SystemExit):
+        main(["--hybrid-weight", "0.3"])  # the old names are gone, not aliases
+    assert "unrecognized arguments: --hybrid-weight" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -17,20 +16,12 @@ import pytest
 import torch
 from conftest import FILLER, ROOT, make_corpus, run_script
 
+from msmarco_search.driver.search import main as search_command
 from msmarco_search.errors import PipelineError
+from msmarco_search.index import FAISS_FILE, build_faiss_index, import_faiss, load_index
 from msmarco_search.model import TwoTowerModel, load_model, save_two_tower
-from msmarco_search.search import (
-    FAISS_FILE,
-    BM25Searcher,
-    HybridSearcher,
-    TwoTowerSearcher,
-    build_faiss_index,
-    exact_search,
-    import_faiss,
-    linear_fusion,
-    load_index,
-    reciprocal_rank_fusion,
-)
+from msmarco_search.retrieval import BM25Retriever, HybridRetriever, TwoTowerRetriever, exact_search
+from msmarco_search.runs import linear_fusion, reciprocal_rank_fusion
 from msmarco_search.sources import text_id
 
 SEARCH_SCRIPT = "search/search.py"
@@ -73,12 +64,9 @@ def search_setup(tmp_path_factory, trained_pipeline) -> dict:
             "passages": passages, "index_stdout": indexed.stdout, "lines": lines}
 
 
-def search_main(*args: object) -> None:
-    """Run search/search.py's ``main`` in this process (no interpreter start-up) with string arguments."""
-    spec = importlib.util.spec_from_file_location("search_script", ROOT / SEARCH_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main([str(a) for a in args])
+def search_main(*args: object) -> int:
+    """The search command's ``main``, in this process (no interpreter start-up), with string arguments."""
+    return search_command([str(a) for a in args])
 
 
 def hits_by_system(stdout: str) -> dict[str, list[list[str]]]:
@@ -125,7 +113,9 @@ def test_query_on_the_command_line_prints_each_systems_hits(search_setup):
 
 
 def test_queries_read_from_stdin_until_end_of_input(search_setup):
-    topics = [0, 5, 11]
+    # (not topic 5: the toy model ranks p5 sixth for m5, and equal-weight RRF over the full lists then puts a
+    # filler passage ranked 4th and 2nd above it)
+    topics = [0, 6, 11]
     stdin = "".join(f"{search_setup['queries'][f'm{t}']}\n\n" for t in topics)  # blank lines are skipped
     env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
     result = subprocess.run([sys.executable, str(ROOT / SEARCH_SCRIPT), "query", str(search_setup["model"]),
@@ -172,6 +162,10 @@ def test_batch_mode_writes_a_valid_trec_run(search_setup, batch_runs, system, pr
     if system == "two-tower":
         # the toy model's learned links (q*, m*): one query in a few dozen may lose to a filler passage by a hair
         assert sum(values) / len(values) >= 0.95, sum(values) / len(values)
+    elif system == "hybrid":
+        # equal-weight RRF over the full lists: m5 (p5 sixth for the toy model, first for BM25) loses to a filler
+        # passage ranked 4th and 2nd; every other mixed query finds its passage
+        assert sum(values) >= len(values) - 1, values
     else:
         assert all(value == 1.0 for value in values), values
 
@@ -254,9 +248,11 @@ def test_index_the_passages_of_a_row_layout_source(search_setup, rows_file, tmp_
 def test_linear_hybrid_and_faiss_kinds_agree_with_exact_search(search_setup):
     model = load_model(search_setup["model"])
     index = load_index(search_setup["index"], model)
-    dense, bm25 = TwoTowerSearcher(model, index), BM25Searcher(index)
+    dense, bm25 = TwoTowerRetriever(model), BM25Retriever()
+    hybrid = HybridRetriever(dense, bm25, "linear", weight=0.3)
+    hybrid.prepare(index)
     mixed = [search_setup["queries"][f"m{t}"] for t in range(12)]
-    linear = HybridSearcher(dense, bm25, fusion="linear", weight=0.3).search(mixed, 3)
+    linear = hybrid.search(mixed, 3)
     assert [index.pid(hits[0][0]) for hits in linear] == [f"p{t}" for t in range(12)]
     assert all(0 <= score <= 1 for hits in linear for _, score in hits)
 
@@ -313,3 +309,27 @@ def test_help_describes_both_commands(capsys):
         assert exit_status.value.code == 0
     out = capsys.readouterr().out
     assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query}" in out
+    assert "--fusion-weight" in out and "--fusion-depth" in out and "--weight " not in out and "--depth " not in out
+
+
+def _ranking(path: Path) -> dict[str, list[str]]:
+    """``{qid: [docid, ...]}`` in the file's rank order."""
+    return {qid: [docid for docid, _, _ in hits] for qid, hits in _run(path).items()}
+
+
+def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path):
+    """One retrieval path: the run `search.py query --run-file` writes for each system is the run that
+    `evaluate.py` writes for it (full ranking of the same collection, same depth)."""
+    folder, depth = search_setup["folder"], 40
+    run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
+               tmp_path / "search.trec", "--system", "all", "--search", "exact", "-k", depth, cwd=folder)
+    run_script("evaluation/evaluate.py", "--model", search_setup["model"], "--collection",
+               folder / "collection.tsv", "--queries", folder / "queries.tsv", "--qrels", folder / "qrels.txt",
+               "--systems", "two-tower,bm25,hybrid",
+               "--fusion", "rrf", "--run-depth", depth, "--output-dir", tmp_path / "eval", cwd=folder)
+    for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf")]:
+        searched = _ranking(tmp_path / f"search.{system}.trec")
+        scored = _ranking(tmp_path / "eval" / f"run.full.{evaluated}.trec")
+        assert searched == scored, system
+        if system != "bm25":  # BM25 returns only passages that share a word with the query
+            assert all(len(hits) == depth for hits in searched.values())

@@ -1,0 +1,237 @@
+"""Evaluate retrieval systems side by side: two-tower model(s), BM25, zero-shot CBOW and hybrids.
+
+Official files (--collection --queries --qrels [--candidates]): full ranking over the collection, or
+re-ranking of the candidates (top1000 layout). Otherwise the row layout (the hub's microsoft/ms_marco, or
+--dataset-path): re-rank each query's passages (with the random-order baseline) and rank all passages of the
+evaluated queries pooled together.
+
+Metrics from ir_measures: nDCG@10 on the graded labels; MRR@10, R@100, R@1000 and MAP with relevant =
+grade >= --relevance-threshold (row layout: is_selected). Prints a table, writes evaluation.json (every
+number and the settings) and one TREC run file per system and task into --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.bm25 import BM25Settings
+from msmarco_search.device import pick_device
+from msmarco_search.driver.flags import DEVICE_HELP, add_fusion_arguments
+from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.evaluate import DEFAULT_RUN_DEPTH, evaluate_task, format_table, hybrid_name, rows_tasks, tsv_task
+from msmarco_search.fileio import release, save_json, timestamped_path
+from msmarco_search.report import info
+from msmarco_search.retrieval import (
+    BM25Retriever,
+    CbowRetriever,
+    HybridRetriever,
+    Retriever,
+    TwoTowerRetriever,
+)
+from msmarco_search.runs import FUSIONS, run_file_name, write_run
+
+SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                        help="a two-tower model (.pt from training), optionally named (it shows as "
+                             "two-tower[NAME]); repeat for several")
+    parser.add_argument("--embeddings", type=Path, default=Path("checkpoints/msmarco_word2vec.pt"),
+                        help="CBOW embeddings for the zero-shot systems (checkpoints/msmarco_word2vec.pt)")
+    parser.add_argument("--systems", default=None,
+                        help=f"comma-separated, among {', '.join(SYSTEMS)}, or 'none' (default: all that the "
+                             "given files allow: two-tower and hybrid need --model, cbow the embeddings file)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where the JSON and run files go (default outputs/evaluation_<timestamp>)")
+    parser.add_argument("--word-benchmarks", action="store_true",
+                        help="also score the CBOW embeddings on analogies, WordSim-353 and SimLex-999")
+    official = parser.add_argument_group("official files (instead of the row layout)")
+    official.add_argument("--collection", type=Path, help="collection.tsv (pid<TAB>text)")
+    official.add_argument("--queries", type=Path, help="queries TSV (qid<TAB>text)")
+    official.add_argument("--qrels", type=Path, help="TREC qrels (qid 0 pid grade)")
+    official.add_argument("--candidates", type=Path, help="top1000-layout candidates: re-rank them instead")
+    official.add_argument("--relevance-threshold", type=int, default=2,
+                          help="official files (--qrels) only: the lowest grade that MRR@10, R@100, R@1000 and MAP "
+                               "count as relevant (2, the TREC DL rule; nDCG@10 uses the grades). Not "
+                               "--min-relevance, which reads --dataset-path TSV sources")
+    rows = parser.add_argument_group("row layout")
+    rows.add_argument("--tasks", default="rerank,full", help="rerank, full or both (default rerank,full)")
+    parser.add_argument("--max-queries", type=positive_int, default=None, help="evaluate at most N queries")
+    tuning = parser.add_argument_group("systems")
+    tuning.add_argument("--run-depth", type=positive_int, default=DEFAULT_RUN_DEPTH,
+                        help=f"passages kept per query in each run ({DEFAULT_RUN_DEPTH})")
+    tuning.add_argument("--bm25-k1", type=float, default=0.9, help="BM25 k1 (0.9)")
+    tuning.add_argument("--bm25-b", type=float, default=0.4, help="BM25 b (0.4)")
+    tuning.add_argument("--random-seeds", type=non_negative_int, default=10,
+                        help="shuffles averaged for the random re-ranking baseline (10)")
+    tuning.add_argument("--device", default="auto", help=f"device for the two-tower models: {DEVICE_HELP}")
+    add_fusion_arguments(parser, several=True)
+    add_source_arguments(parser)
+    _row_layout_defaults(parser)
+    return parser.parse_args(argv)
+
+
+def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
+    """Evaluation reads the hub's validation split, not train; and its two relevance flags say which is which."""
+    for action in parser._actions:  # the shared source flags, with evaluation's own default and wording
+        if action.dest == "split":
+            action.default = "validation"
+            action.help = "split: hub/datasets split, or the <split> in queries.<split>.tsv (default validation)"
+        elif action.dest == "min_relevance":
+            action.help = ("--dataset-path TSV sources only: the lowest qrels grade that makes a passage one of "
+                           "a query's selected (relevant) passages, as in the other stages (default 1); the "
+                           "official-files task uses --relevance-threshold instead")
+
+
+def _split(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise PipelineError(f"{flag}: unknown value(s) {', '.join(unknown)} (use {', '.join(allowed)})")
+    return values
+
+
+def choose_systems(args: argparse.Namespace) -> list[str]:
+    if args.systems is None:
+        chosen = ["bm25"]
+        if args.embeddings.is_file():
+            chosen.append("cbow")
+        if args.model:
+            chosen = ["two-tower", *chosen, "hybrid"]
+        return chosen
+    if args.systems.strip() == "none":
+        return []
+    chosen = _split(args.systems, SYSTEMS, "--systems")
+    if ("two-tower" in chosen or "hybrid" in chosen) and not args.model:
+        raise PipelineError("--systems two-tower/hybrid need at least one --model")
+    if "hybrid" in chosen and "two-tower" not in chosen:
+        chosen.append("two-tower")
+    if "hybrid" in chosen and "bm25" not in chosen:
+        chosen.append("bm25")
+    return chosen
+
+
+def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever]:
+    systems: list[Retriever] = []
+    towers: list[Retriever] = []
+    if "two-tower" in chosen:
+        device = pick_device(args.device)
+        paths, names = parse_models(args.model)
+        for path, name in zip(paths, names, strict=True):
+            info(f"Loading two-tower model {path}")
+            towers.append(TwoTowerRetriever.from_file(path, name, device))
+        systems += towers
+    bm25 = None
+    if "bm25" in chosen:
+        bm25 = BM25Retriever(BM25Settings(args.bm25_k1, args.bm25_b))
+        systems.append(bm25)
+    if "cbow" in chosen:
+        from msmarco_search.cbow import load_embeddings
+
+        if not args.embeddings.is_file():
+            raise PipelineError("CBOW embeddings not found; pass --embeddings or leave cbow out of --systems",
+                                args.embeddings)
+        matrix, vocab, _ = load_embeddings(args.embeddings)
+        systems += [CbowRetriever(matrix, vocab, "mean", embeddings_path=args.embeddings),
+                    CbowRetriever(matrix, vocab, "idf", embeddings_path=args.embeddings)]
+    if "hybrid" in chosen:
+        for method in _split(args.fusion, FUSIONS, "--fusion"):
+            systems += [HybridRetriever(tower, bm25, method, args.fusion_weight, args.rrf_k, args.fusion_depth,
+                                        hybrid_name(method, tower.name)) for tower in towers]
+    return systems
+
+
+def parse_models(values: list[str]) -> tuple[list[Path], list[str]]:
+    """``[NAME=]PATH`` values as paths and system names (``two-tower`` alone, else ``two-tower[NAME]``)."""
+    paths, labels = [], []
+    for value in values:
+        label, separator, path = value.partition("=")
+        if not separator or "/" in label or not label:
+            label, path = "", value
+        paths.append(Path(path))
+        labels.append(label)
+    if len(paths) == 1 and not labels[0]:
+        return paths, ["two-tower"]
+    stems = [label or p.stem.removeprefix("two_tower_model_") for label, p in zip(labels, paths, strict=True)]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i + 1}-{stem}" for i, stem in enumerate(stems)]
+    return paths, [f"two-tower[{stem}]" for stem in stems]
+
+
+def make_tasks(args: argparse.Namespace):
+    official = [args.collection, args.queries, args.qrels]
+    if any(x is not None for x in [*official, args.candidates]):
+        if any(x is None for x in official):
+            raise PipelineError("the official-files task needs --collection, --queries and --qrels together")
+        info(f"Task: {'re-ranking ' + str(args.candidates) if args.candidates else 'full ranking'} over "
+             f"{args.collection}, queries {args.queries}, qrels {args.qrels} (relevant: grade >= "
+             f"{args.relevance_threshold})")
+        task = tsv_task(args.collection, args.queries, args.qrels, args.candidates, args.relevance_threshold,
+                        args.max_queries)
+        return [task], {"format": "official", "collection": str(args.collection), "queries": str(args.queries),
+                        "qrels": str(args.qrels),
+                        "candidates": None if args.candidates is None else str(args.candidates)}
+    wanted = _split(args.tasks, ("rerank", "full"), "--tasks")
+    source = source_from_args(args)
+    tasks = rows_tasks(source.records(args.max_queries), full="full" in wanted, rerank="rerank" in wanted)
+    return tasks, {"format": "rows", "source": source.description, "split": args.split}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = choose_systems(args)
+    if not chosen and not args.word_benchmarks:
+        raise PipelineError("nothing to do: --systems none without --word-benchmarks")
+    output_dir = args.output_dir
+    claimed = None
+    if output_dir is None:
+        output_dir = claimed = timestamped_path("outputs", "evaluation", "")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        report = {"created": datetime.now().isoformat(timespec="seconds"),
+                  "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "systems": {}, "tasks": {}}
+        if chosen:
+            systems = build_systems(args, chosen)
+            report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
+            tasks, data = make_tasks(args)
+            report["data"] = data
+            for task in tasks:
+                result = evaluate_task(task, systems, args.run_depth, args.random_seeds)
+                files = {}
+                for name, run in result.runs.items():
+                    path = write_run(run, output_dir / run_file_name(task.name, name), name)
+                    files[name] = str(path)
+                info(f"\n=== {task.name}: {len(task.queries):,} queries, {len(task.pool):,} passages"
+                     f"{'' if task.candidates is None else ', re-ranking each query' + chr(39) + 's candidates'}"
+                     f" (relevant: grade >= {task.threshold}) ===")
+                info(format_table(result.metrics, task.metrics()))
+                report["tasks"][task.name] = {
+                    "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
+                    "relevance_threshold": task.threshold, "metrics": result.metrics,
+                    "per_query": result.per_query, "seconds": result.seconds, "run_files": files}
+        if args.word_benchmarks:
+            from msmarco_search.cbow import load_embeddings
+            from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
+
+            matrix, vocab, _ = load_embeddings(args.embeddings)
+            quality = word_embedding_quality(matrix, vocab)
+            report_word_embedding_quality(quality)
+            report["word_embeddings"] = {"embeddings": str(args.embeddings), **quality}
+        json_path = save_json(report, output_dir / "evaluation.json")
+    finally:
+        if claimed is not None:
+            release(claimed)
+    info(f"\n💾 Saved the results to {json_path} and the run files to {output_dir}")
+    return 0
+
+
+
+def cli() -> None:
+    """Console entry point: ``main`` with one-line errors (``error: FILE: problem``, exit 2), no traceback."""
+    run_cli(main)

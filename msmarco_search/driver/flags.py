@@ -1,0 +1,43 @@
+"""Flags that search and evaluation share, defined once so both spell and document them the same way."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..arguments import positive_int
+from ..retrieval import DEFAULT_FUSION_DEPTH
+from ..runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, FUSIONS
+
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU; the default), cpu, cuda, cuda:N, mps"
+
+
+def fraction(text: str) -> float:
+    """argparse type for a share in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {text}")
+    return value
+
+
+def add_fusion_arguments(parser: Any, several: bool) -> None:
+    """``--fusion`` (one method, or with ``several`` a comma list), ``--fusion-weight``, ``--rrf-k``,
+    ``--fusion-depth``: how the hybrid fuses the two-tower with BM25."""
+    group = parser.add_argument_group("hybrid (two-tower + BM25)")
+    if several:
+        group.add_argument("--fusion", default=",".join(FUSIONS),
+                           help="comma-separated fusion methods, one hybrid row each: rrf (reciprocal rank "
+                                "fusion), linear (min-max-normalised scores) (default rrf,linear)")
+    else:
+        group.add_argument("--fusion", choices=FUSIONS, default="rrf",
+                           help="rrf (reciprocal rank fusion, default) or linear (min-max-normalised scores)")
+    group.add_argument("--fusion-weight", type=fraction, default=DEFAULT_FUSION_WEIGHT,
+                       help="the two-tower's share, BM25 gets the rest: w/(k + rank) in rrf, w x score in linear "
+                            f"({DEFAULT_FUSION_WEIGHT}: equal weights)")
+    group.add_argument("--rrf-k", type=positive_int, default=DEFAULT_RRF_K,
+                       help=f"rrf: the k in 1 / (k + rank) ({DEFAULT_RRF_K})")
+    group.add_argument("--fusion-depth", type=positive_int, default=DEFAULT_FUSION_DEPTH,
+                       help=f"candidates of each system that are fused ({DEFAULT_FUSION_DEPTH})")

@@ -1,0 +1,214 @@
+"""Search passages with a trained two-tower model, BM25, or a hybrid of the two.
+
+  index  encode a collection with the model's passage tower and save the index beside the model
+         (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, manifest.json [, faiss.index])
+  query  top-k passages for a query on the command line, for each line read from stdin (interactive or
+         a pipe), or for each query of a queries TSV (qid<TAB>text), optionally written as a TREC run
+
+Examples:
+  uv run search/search.py index checkpoints/two_tower_model_X.pt --dataset-path ../shared/data/cacm/collection.tsv
+  uv run search/search.py query checkpoints/two_tower_model_X.pt "what is a compiler"
+  uv run search/search.py query checkpoints/two_tower_model_X.pt --system all "what is a compiler"
+  uv run search/search.py query checkpoints/two_tower_model_X.pt --queries queries.tsv --run-file run.trec
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
+from msmarco_search.device import pick_device
+from msmarco_search.driver.flags import DEVICE_HELP, add_fusion_arguments
+from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.index import (
+    FAISS_KINDS,
+    VECTOR_DTYPES,
+    IndexSettings,
+    PassageIndex,
+    build_index,
+    default_index_dir,
+    load_index,
+)
+from msmarco_search.model import load_model
+from msmarco_search.report import info
+from msmarco_search.runs import write_trec_run
+from msmarco_search.search import SYSTEMS, SearchOptions, make_retrievers, snippet
+from msmarco_search.sources import read_queries
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
+
+    index = commands.add_parser("index", help="encode a passage collection and save its index",
+                                description="Encode a passage collection with the model's passage tower.")
+    index.add_argument("model", type=Path, help="two-tower model file (training/train_two_tower_from_triplets.py)")
+    index.add_argument("--index-dir", type=Path, default=None,
+                       help="where the index goes (default: <model stem>_index/ beside the model)")
+    index.add_argument("--max-passages", type=positive_int, default=None,
+                       help="index only the first N passages")
+    index.add_argument("--batch-size", type=positive_int, default=1024, help="passages encoded at once (1024)")
+    index.add_argument("--dtype", choices=sorted(VECTOR_DTYPES), default="float32",
+                       help="stored vector type; float16 halves the file (float32)")
+    index.add_argument("--faiss", choices=FAISS_KINDS, default=None,
+                       help="also build a faiss index: flat (exact), hnsw (graph) or ivf (clustered)")
+    index.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
+    index.add_argument("--ivf-lists", type=positive_int, default=None,
+                       help="IVF clusters (default: about 4 x sqrt(passages))")
+    index.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_source_arguments(index)
+
+    query = commands.add_parser("query", help="search an index",
+                                description="Top-k passages for queries: given here, read from stdin "
+                                            "(one per line, until end of input), or read from --queries.")
+    query.add_argument("model", type=Path, help="the two-tower model the index was built with")
+    query.add_argument("query", nargs="*", help="the query (words are joined); none: read queries from stdin")
+    query.add_argument("--index-dir", type=Path, default=None,
+                       help="the index (default: <model stem>_index/ beside the model)")
+    query.add_argument("--queries", type=Path, default=None, help="queries TSV (qid<TAB>text): batch mode")
+    query.add_argument("--run-file", type=Path, default=None,
+                       help="with --queries: write a TREC run (qid Q0 docid rank score tag) here instead of "
+                            "printing hits; with --system all, one file per system (NAME.<system>.EXT)")
+    query.add_argument("--tag", default=None, help="run tag in the TREC run (default: the system name)")
+    query.add_argument("-k", "--top-k", type=positive_int, default=10,
+                       help="hits shown (or written to the run) per query (10)")
+    query.add_argument("--system", choices=[*SYSTEMS, "all"], default="two-tower",
+                       help="two-tower (default), bm25, hybrid, or all three one after the other")
+    query.add_argument("--search", choices=("auto", "exact", "faiss"), default="auto",
+                       help="two-tower search: exact inner product on the memory-mapped matrix, or the index's "
+                            "faiss index (auto: faiss when the index has one)")
+    query.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
+    query.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
+    query.add_argument("--snippet", type=int, default=120, help="characters of passage text shown (120; 0: all)")
+    query.add_argument("--batch-size", type=positive_int, default=1024,
+                       help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
+    query.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_fusion_arguments(query, several=False)
+    query.add_argument("--chunk-rows", type=positive_int, default=65536,
+                       help="exact search: passage rows scored at once (65536)")
+    # argparse cannot match query words that come after options ("query MODEL -k 5 what is x") to the
+    # positional; take them from the leftovers, and refuse anything that looks like a flag.
+    args, extra = parser.parse_known_args(argv)
+    flags = [word for word in extra if word.startswith("-")]
+    if flags or (extra and args.command != "query"):
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+    if args.command == "query":
+        args.query = [*args.query, *extra]
+        if args.queries is not None and args.query:
+            parser.error("give a query on the command line or --queries, not both")
+        if args.run_file is not None and args.queries is None:
+            parser.error("--run-file needs --queries")
+    return args
+
+
+def run_index(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    model = load_model(args.model, device)
+    index_dir = args.index_dir or default_index_dir(args.model)
+    source = source_from_args(args)
+    settings = IndexSettings(batch_size=args.batch_size, dtype=args.dtype, faiss=args.faiss, hnsw_m=args.hnsw_m,
+                             ivf_lists=args.ivf_lists or 0, max_passages=args.max_passages)
+    manifest = build_index(model, args.model, source, index_dir, settings)
+    total = sum(manifest["files"].values())
+    faiss = f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else ""
+    info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{faiss})")
+    return 0
+
+
+def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list:
+    systems = list(SYSTEMS) if args.system == "all" else [args.system]
+    options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search,
+                            chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.fusion_weight,
+                            rrf_k=args.rrf_k, fusion_depth=args.fusion_depth)
+    return make_retrievers(systems, index, model, args.model, options)
+
+
+def print_hits(index: PassageIndex, searcher, query: str, hits, width: int) -> None:
+    info(f"[{searcher.name}] {query}")
+    if not hits:
+        info("   (no hits)")
+    pids = [index.pid(position) for position, _ in hits]
+    id_width = max((len(p) for p in pids), default=0)
+    for rank, ((position, score), pid) in enumerate(zip(hits, pids, strict=True), 1):
+        info(f"{rank:4d}  {pid:<{id_width}}  {score:9.4f}  {snippet(index.text(position), width)}")
+
+
+def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list) -> None:
+    queries = read_queries(args.queries)
+    if not queries:
+        raise PipelineError("holds no queries", args.queries)
+    qids, texts = list(queries), list(queries.values())
+    for searcher in searchers:
+        started = time.perf_counter()
+        results = []
+        for start in range(0, len(texts), args.batch_size):
+            chunk = texts[start:start + args.batch_size]
+            for qid, query, hits in zip(qids[start:start + args.batch_size], chunk,
+                                        searcher.search(chunk, args.top_k), strict=True):
+                if args.run_file is None:
+                    print_hits(index, searcher, f"{qid}: {query}", hits, args.snippet)
+                results.append((qid, [(index.pid(position), score) for position, score in hits]))
+        seconds = time.perf_counter() - started
+        info(f"{searcher.name}: {len(texts):,} queries in {seconds:.2f} s "
+             f"({len(texts) / max(seconds, 1e-9):,.0f} queries/s; {searcher.description})")
+        if args.run_file is not None:
+            path = args.run_file
+            if len(searchers) > 1:
+                path = path.with_name(f"{path.stem}.{searcher.name}{path.suffix}")
+            write_trec_run(path, results, args.tag or searcher.name)
+            info(f"💾 Wrote TREC run to {path}")
+
+
+def interactive(args: argparse.Namespace, index: PassageIndex, searchers: list) -> None:
+    tty = sys.stdin.isatty()
+    if tty:
+        print("Type a query and press Enter; Ctrl-D ends.", file=sys.stderr)
+    while True:
+        try:
+            line = input("query> ") if tty else sys.stdin.readline()
+        except EOFError:
+            break
+        if not tty and not line:
+            break
+        query = line.strip()
+        if not query:
+            continue
+        for searcher in searchers:
+            print_hits(index, searcher, query, searcher.search([query], args.top_k)[0], args.snippet)
+        info()
+
+
+def run_query(args: argparse.Namespace) -> int:
+    index_dir = args.index_dir or default_index_dir(args.model)
+    device = pick_device(args.device)
+    model = load_model(args.model, device)
+    index = load_index(index_dir, model, args.model)
+    try:
+        searchers = make_searchers(args, index, model)
+        info(f"Index: {len(index):,} passages in {index_dir}; "
+             + "; ".join(f"{s.name}: {s.description}" for s in searchers))
+        if args.queries is not None:
+            batch_mode(args, index, searchers)
+        elif args.query:
+            query = " ".join(args.query)
+            for searcher in searchers:
+                print_hits(index, searcher, query, searcher.search([query], args.top_k)[0], args.snippet)
+        else:
+            interactive(args, index, searchers)
+    finally:
+        index.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_index(args) if args.command == "index" else run_query(args)
+
+
+
+def cli() -> None:
+    """Console entry point: ``main`` with one-line errors (``error: FILE: problem``, exit 2), no traceback."""
+    run_cli(main)

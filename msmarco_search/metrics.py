@@ -1,0 +1,68 @@
+"""Scoring runs with ``ir_measures``: the measures behind each reported name, aggregate and per query.
+
+Graded qrels are read as such: nDCG@10 uses the grades; MRR@10, Recall@k and MAP count a passage as
+relevant when its grade is at least the threshold (2 for TREC DL, 1 for the binary ``is_selected``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import PipelineError
+from .runs import Run
+
+Qrels = dict[str, dict[str, int]]
+
+METRICS = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
+RERANK_METRICS = ("MRR@10", "nDCG@10", "MAP")
+
+
+def measures(threshold: int = 2) -> dict[str, Any]:
+    """The ``ir_measures`` measure behind each reported name; ``threshold`` = lowest relevant grade."""
+    from ir_measures import AP, RR, R, nDCG
+
+    return {"nDCG@10": nDCG @ 10, "MRR@10": RR(rel=threshold) @ 10, "R@100": R(rel=threshold) @ 100,
+            "R@1000": R(rel=threshold) @ 1000, "MAP": AP(rel=threshold)}
+
+
+def _ir_inputs(qrels: Qrels, run: Run) -> tuple[list[Any], list[Any]]:
+    from ir_measures import Qrel, ScoredDoc
+
+    qrel_list = [Qrel(qid, pid, int(grade)) for qid, judged in qrels.items() for pid, grade in judged.items()]
+    docs = [ScoredDoc(qid, pid, float(score)) for qid, scored in run.items() for pid, score in scored.items()]
+    return qrel_list, docs
+
+
+def _chosen(metrics: Sequence[str], threshold: int) -> dict[str, Any]:
+    available = measures(threshold)
+    unknown = [m for m in metrics if m not in available]
+    if unknown:
+        raise PipelineError(f"unknown metric(s) {', '.join(unknown)} (use {', '.join(available)})")
+    return {name: available[name] for name in metrics}
+
+
+def score_run(qrels: Qrels, run: Run, threshold: int = 2, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+    """Mean of each metric over the judged queries of ``run`` (``ir_measures.calc_aggregate``)."""
+    import ir_measures
+
+    chosen = _chosen(metrics, threshold)
+    qrel_list, docs = _ir_inputs(qrels, run)
+    if not docs:
+        return {name: 0.0 for name in chosen}
+    result = ir_measures.calc_aggregate(list(chosen.values()), qrel_list, docs)
+    return {name: float(result.get(measure, 0.0)) for name, measure in chosen.items()}
+
+
+def score_run_per_query(qrels: Qrels, run: Run, threshold: int = 2,
+                        metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
+    """``{metric: {query id: value}}`` (``ir_measures.iter_calc``), for significance tests and error analysis."""
+    import ir_measures
+
+    chosen = _chosen(metrics, threshold)
+    names = {measure: name for name, measure in chosen.items()}
+    qrel_list, docs = _ir_inputs(qrels, run)
+    values: dict[str, dict[str, float]] = {name: {} for name in chosen}
+    for metric in ir_measures.iter_calc(list(chosen.values()), qrel_list, docs):
+        values[names[metric.measure]][metric.query_id] = float(metric.value)
+    return values

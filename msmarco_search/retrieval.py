@@ -1,0 +1,421 @@
+"""Retrievers: the one set of ranking systems that search, evaluation and validation all use.
+
+A retriever is prepared once over a *collection* (the in-memory :class:`PassagePool` of evaluation and
+validation, or the on-disk :class:`~msmarco_search.index.PassageIndex` of search), then ranks it:
+
+- ``search(queries, k)``: per query, the top-``k`` ``(row position, score)`` hits, best first;
+- ``rerank(queries, candidates)``: per query, the score of each of its candidate rows.
+
+Equal scores are always ordered by passage id, so every path that ranks the same collection with the same
+retriever writes the same run. Systems:
+
+- :class:`BM25Retriever`: ``bm25s`` on the project's tokens (optionally stemmed), built over the collection or
+  loaded from the BM25 index saved beside a search index;
+- :class:`DenseRetriever` and its encoders (:class:`ModelRetriever` / :class:`TwoTowerRetriever` for two-tower
+  models, :class:`CbowRetriever` for zero-shot word-vector means): exact inner product in chunks over a
+  memory-mapped or in-memory matrix, or the index's ``faiss`` index;
+- :class:`HybridRetriever`: a dense and a lexical retriever fused (``msmarco_search.runs.fuse``) over the top
+  ``depth`` of each (1000 by default: deep runs, as evaluated);
+- :class:`RandomRetriever`: the chance baseline of re-ranking.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bm25 import BM25Index, BM25Settings
+from .errors import PipelineError
+from .index import BM25_DIR, PassageIds, PassageIndex, bm25_identity, saved_bm25_settings
+from .report import info, progress
+from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, check_fusion, fuse
+from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
+
+Hits = list[tuple[int, float]]  # (row position, score), best first
+DEFAULT_FUSION_DEPTH = 1000
+
+
+class Collection(Protocol):
+    """What a retriever ranks: rows with a passage id and a text."""
+
+    def __len__(self) -> int: ...
+
+    def pid(self, position: int) -> str: ...
+
+    def texts(self) -> Sequence[str]: ...
+
+
+@dataclass
+class PassagePool:
+    """An in-memory collection (evaluation, validation); candidates and runs refer to rows by position and id."""
+
+    ids: list[str]
+    texts_: list[str]
+    position: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.texts_):
+            raise ValueError("ids and texts differ in length")
+        self.position = {pid: i for i, pid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pid(self, position: int) -> str:
+        return self.ids[position]
+
+    def texts(self) -> Sequence[str]:
+        return self.texts_
+
+    def add(self, pid: str, text: str) -> None:
+        self.position[pid] = len(self.ids)
+        self.ids.append(pid)
+        self.texts_.append(text)
+
+
+def ranked(collection: Collection, positions: Sequence[int], scores: Sequence[float]) -> Hits:
+    """``(position, score)`` pairs best first, equal scores in passage-id order."""
+    hits = [(int(p), float(s)) for p, s in zip(positions, scores, strict=True)]
+    return sorted(hits, key=lambda hit: (-hit[1], collection.pid(hit[0])))
+
+
+class Retriever(ABC):
+    """A ranking system over a collection; :meth:`prepare` indexes or encodes it once."""
+
+    name: str
+    description: str = ""
+
+    def __init__(self) -> None:
+        self.collection: Collection | None = None
+
+    def prepare(self, collection: Collection) -> None:
+        """Index or encode ``collection`` (nothing to do when it is the one already prepared)."""
+        if self.collection is not collection:
+            self._prepare(collection)
+            self.collection = collection
+
+    @abstractmethod
+    def _prepare(self, collection: Collection) -> None: ...
+
+    @abstractmethod
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        """Per query: the top-``k`` ``(position, score)`` hits, best first, ties by passage id."""
+
+    @abstractmethod
+    def rerank(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per query: the score of each of its candidates (row positions)."""
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------- BM25
+
+
+class BM25Retriever(Retriever):
+    """BM25 over the collection's own rows, so its hits are the same rows as the dense retriever's.
+
+    ``saved``: a folder with a saved BM25 index (``search/search.py index`` writes one beside the dense
+    index) to load instead of building; it must match ``settings`` and the collection, or it is refused.
+    """
+
+    def __init__(self, settings: BM25Settings | None = None, name: str = "bm25", saved: Path | None = None,
+                 collection_identity: dict[str, Any] | None = None):
+        super().__init__()
+        self.bm25_settings = settings or BM25Settings()
+        self.name, self.saved, self.collection_identity = name, saved, collection_identity
+        self.description = self.bm25_settings.describe()
+        self.index: BM25Index | None = None
+
+    def _prepare(self, collection: Collection) -> None:
+        started = time.perf_counter()
+        s = self.bm25_settings
+        if self.saved is not None:
+            ids = PassageIds(collection) if isinstance(collection, PassageIndex) else collection.ids
+            self.index = BM25Index.load(self.saved, ids, s, self.collection_identity or {})
+            self.description += f", saved index {self.saved}"
+            return
+        ids = PassageIds(collection) if isinstance(collection, PassageIndex) else collection.ids
+        self.index = BM25Index(ids, collection.texts(), s.k1, s.b, s.stemmer)
+        if len(collection) > 100_000:
+            info(f"Built BM25 over {len(collection):,} passages in {time.perf_counter() - started:.1f} s")
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        positions, scores = self.index.search(list(queries), k)
+        # bm25s fills the top k with zero-score rows when fewer passages match; those share no (stemmed) word
+        # with the query, so they are not hits (in a fused run they would get a rank by passage id alone)
+        return [ranked(self.collection, p[s > 0], s[s > 0]) for p, s in zip(positions, scores, strict=True)]
+
+    def rerank(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.index.scores(q)[c] for q, c in zip(queries, candidates, strict=True)]
+
+    def settings(self) -> dict[str, Any]:
+        s = self.bm25_settings
+        return {"k1": s.k1, "b": s.b, "stemmer": s.stemmer,
+                **({"saved_index": str(self.saved)} if self.saved is not None else {})}
+
+
+def bm25_for_index(index: PassageIndex, k1: float | None = None, b: float | None = None,
+                   stemmer: str | None = None, name: str = "bm25") -> BM25Retriever:
+    """BM25 over a search index: its saved BM25 index when it has one (settings not given are the saved
+    index's; given ones must match it, or it is refused), else one built in memory (defaults for the rest)."""
+    saved = saved_bm25_settings(index)
+    base = saved or BM25Settings()
+    settings = BM25Settings(base.k1 if k1 is None else k1, base.b if b is None else b,
+                            base.stemmer if stemmer is None else stemmer)
+    if saved is None:
+        return BM25Retriever(settings, name)
+    return BM25Retriever(settings, name, index.directory / BM25_DIR, bm25_identity(index))
+
+
+# ---------------------------------------------------------------------------------------------- dense
+
+
+def exact_search(vectors: np.ndarray, queries: torch.Tensor, k: int, chunk_rows: int = 65536,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` rows of ``vectors`` by inner product with each query: ``(scores, positions)``, each ``(Q, k)``.
+
+    Reads ``vectors`` (a memory map is fine) ``chunk_rows`` rows at a time and keeps a running top-k, so
+    memory stays at one chunk plus ``Q x k`` whatever the collection size.
+    """
+    count = len(vectors)
+    k = min(k, count)
+    queries = queries.to(device=device, dtype=torch.float32)
+    best_scores = torch.empty(len(queries), 0, device=device)
+    best_rows = torch.empty(len(queries), 0, dtype=torch.long, device=device)
+    chunks = range(0, count, chunk_rows)
+    if len(chunks) > 8:
+        chunks = progress(chunks, desc="Searching", unit="chunk", total=len(chunks))
+    for start in chunks:
+        block = torch.from_numpy(np.array(vectors[start:start + chunk_rows], dtype=np.float32))  # owned, writable
+        scores = queries @ block.to(device).T
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_scores = torch.cat([best_scores, top.values], dim=1)
+        best_rows = torch.cat([best_rows, top.indices + start], dim=1)
+        if best_scores.shape[1] > k:
+            keep = best_scores.topk(k, dim=1)
+            best_scores, best_rows = keep.values, best_rows.gather(1, keep.indices)
+    order = best_scores.argsort(dim=1, descending=True)
+    return best_scores.gather(1, order).cpu(), best_rows.gather(1, order).cpu()
+
+
+class DenseRetriever(Retriever):
+    """Any encoder of queries and passages into vectors; relevance is their inner product.
+
+    Over a :class:`PassageIndex` built by this encoder (``uses_index``) the index's memory-mapped matrix is
+    searched; over any other collection the passages are encoded into an in-memory matrix. Either way the
+    same chunked exact search ranks it, so search and evaluation agree.
+    """
+
+    uses_index = False
+
+    def __init__(self, name: str, chunk_rows: int = 65536, query_batch: int = 1024,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        self.name, self.chunk_rows, self.query_batch, self.device = name, chunk_rows, query_batch, device
+        self.vectors: np.ndarray | None = None
+        self.description = "exact inner product"
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str], side: str) -> torch.Tensor: ...
+
+    def fit(self, collection: Collection) -> None:
+        """Collection statistics an encoder needs before encoding (IDF); nothing by default."""
+
+    def _prepare(self, collection: Collection) -> None:
+        self.fit(collection)
+        if self.uses_index and isinstance(collection, PassageIndex):
+            self.vectors = collection.vectors
+        else:
+            self.vectors = self.encode(list(collection.texts()), "passage").numpy()
+
+    def query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
+        return self.encode(list(queries), "query")
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        scores, rows = exact_search(self.vectors, self.query_vectors(queries), k, self.chunk_rows, self.device)
+        return [ranked(self.collection, r.tolist(), s.tolist()) for r, s in zip(rows, scores, strict=True)]
+
+    def rerank(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        vectors = self.query_vectors(queries).numpy()
+        return [np.asarray(self.vectors[np.asarray(c, dtype=np.int64)], dtype=np.float32) @ v
+                for v, c in zip(vectors, candidates, strict=True)]
+
+
+class ModelRetriever(DenseRetriever):
+    """A two-tower model in memory (validation during training uses it on the model being trained)."""
+
+    def __init__(self, model: Any, name: str = "two-tower", chunk_rows: int = 65536):
+        super().__init__(name, chunk_rows, device=model.device)
+        self.model = model
+
+    def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
+        return self.model.encode(list(texts), side)
+
+
+class TwoTowerRetriever(ModelRetriever):
+    """A saved two-tower model: over its own index, the index's matrix (exact) or its faiss index."""
+
+    uses_index = True
+
+    def __init__(self, model: Any, name: str = "two-tower", path: str | Path | None = None, use_faiss: bool = False,
+                 nprobe: int = 16, ef_search: int = 128, chunk_rows: int = 65536):
+        super().__init__(model, name, chunk_rows)
+        self.path = None if path is None else Path(path)
+        self.metadata = model.metadata
+        self.use_faiss, self.nprobe, self.ef_search = use_faiss, nprobe, ef_search
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str = "two-tower", device: torch.device | str = "cpu",
+                  **options: Any) -> TwoTowerRetriever:
+        from .model import load_model
+
+        return cls(load_model(path, device), name, path, **options)
+
+    def _prepare(self, collection: Collection) -> None:
+        super()._prepare(collection)
+        if self.use_faiss:
+            if not isinstance(collection, PassageIndex):
+                raise PipelineError("faiss search needs a search index (search/search.py index)")
+            collection.faiss_index()  # check it loads before the first query
+            self.description = f"faiss {collection.manifest['faiss']['type']}"
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        if not self.use_faiss:
+            return super().search(queries, k)
+        faiss_index = self.collection.faiss_index()
+        kind = self.collection.manifest["faiss"]["type"]
+        if kind == "hnsw":
+            faiss_index.hnsw.efSearch = max(self.ef_search, k)
+        elif kind == "ivf":
+            faiss_index.nprobe = self.nprobe
+        vectors = np.ascontiguousarray(self.query_vectors(queries).numpy(), dtype=np.float32)
+        scores, rows = faiss_index.search(vectors, min(k, len(self.collection)))
+        return [ranked(self.collection, row[row >= 0], score[row >= 0])
+                for row, score in zip(rows, scores, strict=True)]
+
+    def settings(self) -> dict[str, Any]:
+        return {"model": None if self.path is None else str(self.path), "model_id": self.metadata.get("model_id"),
+                "config": self.metadata.get("config"), "search": self.description}
+
+
+class CbowRetriever(DenseRetriever):
+    """Zero-shot CBOW: the (IDF-weighted) mean of a text's word vectors; unknown words are left out.
+
+    IDF comes from the collection being ranked, BM25's form ``log(1 + (N - df + 0.5) / (df + 0.5))``, which
+    stays positive, so frequent words count little instead of pulling every text toward the same direction.
+    """
+
+    def __init__(self, matrix: torch.Tensor, vocab: Vocabulary, weighting: str = "mean", name: str | None = None,
+                 embeddings_path: str | Path | None = None):
+        if weighting not in ("mean", "idf"):
+            raise ValueError(f"weighting must be 'mean' or 'idf', not {weighting!r}")
+        super().__init__(name or f"cbow-{weighting}")
+        self.matrix, self.vocab, self.weighting = matrix.float(), vocab, weighting
+        self.embeddings_path = embeddings_path
+        self.weights = torch.ones(len(vocab))
+        self.weights[[PAD_ID, UNK_ID]] = 0.0
+
+    def fit(self, collection: Collection) -> None:
+        if self.weighting != "idf":
+            return
+        self.weights = torch.from_numpy(inverse_document_frequency(self.vocab, list(collection.texts())))
+        self.weights[[PAD_ID, UNK_ID]] = 0.0
+
+    def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
+        arrays = self.vocab.encode_many(texts, desc=f"Encoding {side}s ({self.name})")
+        ids = torch.from_numpy(np.asarray(arrays.ids, dtype=np.int64))
+        offsets = torch.from_numpy(np.asarray(arrays.offsets[:-1], dtype=np.int64))
+        summed = F.embedding_bag(ids, self.matrix, offsets, mode="sum", per_sample_weights=self.weights[ids])
+        return F.normalize(summed, dim=-1)
+
+    def settings(self) -> dict[str, Any]:
+        return {"embeddings": None if self.embeddings_path is None else str(self.embeddings_path),
+                "weighting": self.weighting}
+
+
+# ---------------------------------------------------------------------------------------------- hybrid
+
+
+class HybridRetriever(Retriever):
+    """A dense and a lexical retriever fused over the top ``depth`` of each: RRF, or a linear score mix.
+
+    ``weight`` is the dense share (0.5: equal weights). Fused lists are keyed by passage id, so ties fall
+    in id order as everywhere else.
+    """
+
+    def __init__(self, dense: Retriever, lexical: Retriever, method: str = "rrf",
+                 weight: float = DEFAULT_FUSION_WEIGHT, rrf_k: int = DEFAULT_RRF_K,
+                 depth: int = DEFAULT_FUSION_DEPTH, name: str = "hybrid"):
+        super().__init__()
+        check_fusion(method, weight)
+        self.dense, self.lexical, self.method, self.weight, self.rrf_k, self.depth = (dense, lexical, method, weight,
+                                                                                      rrf_k, depth)
+        self.name = name
+        self.description = (f"{method} of {dense.name} and {lexical.name} over the top {depth} of each, "
+                            f"{dense.name} weight {weight}" + (f", k {rrf_k}" if method == "rrf" else ""))
+
+    def _prepare(self, collection: Collection) -> None:
+        self.dense.prepare(collection)
+        self.lexical.prepare(collection)
+
+    def _fuse(self, dense: dict[str, float], lexical: dict[str, float], limit: int | None) -> list[tuple[str, float]]:
+        return fuse(dense, lexical, self.method, self.weight, self.rrf_k, limit)
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        depth = max(self.depth, k)
+        pid = self.collection.pid
+        results = []
+        for dense, lexical in zip(self.dense.search(queries, depth), self.lexical.search(queries, depth),
+                                  strict=True):
+            rows = {pid(p): p for p, _ in dense} | {pid(p): p for p, _ in lexical}
+            fused = self._fuse({pid(p): s for p, s in dense}, {pid(p): s for p, s in lexical}, k)
+            results.append([(rows[doc], score) for doc, score in fused])
+        return results
+
+    def rerank(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        pid = self.collection.pid
+        results = []
+        for cands, dense, lexical in zip(candidates, self.dense.rerank(queries, candidates),
+                                         self.lexical.rerank(queries, candidates), strict=True):
+            ids = [pid(int(p)) for p in cands]
+            fused = dict(self._fuse(dict(zip(ids, map(float, dense), strict=True)),
+                                    dict(zip(ids, map(float, lexical), strict=True)), None))
+            results.append(np.asarray([fused[i] for i in ids], dtype=np.float64))
+        return results
+
+    def settings(self) -> dict[str, Any]:
+        return {"method": self.method, "dense": self.dense.name, "sparse": self.lexical.name, "weight": self.weight,
+                "depth": self.depth, **({"rrf_k": self.rrf_k} if self.method == "rrf" else {})}
+
+
+class RandomRetriever(Retriever):
+    """Random scores: the chance baseline of re-ranking (each seed is one shuffled order)."""
+
+    def __init__(self, seed: int = 0, name: str = "random"):
+        super().__init__()
+        self.name, self.seed = name, seed
+
+    def _prepare(self, collection: Collection) -> None:
+        pass
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        rng = np.random.default_rng(self.seed)
+        results = []
+        for _ in queries:
+            scores = rng.random(len(self.collection)).astype(np.float32)
+            top = np.argsort(-scores)[:k]
+            results.append(ranked(self.collection, top, scores[top]))
+        return results
+
+    def rerank(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        return [rng.random(len(c)).astype(np.float32) for c in candidates]
