@@ -8,7 +8,6 @@ and the tokeniser, so a cache is reused exactly when those match.
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import os
 import time
@@ -127,6 +126,11 @@ def claim_output_folder(directory: str | Path) -> Iterator[Path]:
     marker file, which the kernel drops when its process ends however it ends: a run killed with SIGKILL
     leaves the marker behind, but not the lock, so it never blocks a later run.
     """
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: the run goes on unclaimed, as before
+        yield Path(directory)
+        return
     directory = Path(directory)
     marker = directory / f".{EMBEDDINGS_FILENAME}.claim"
     while True:
@@ -257,6 +261,9 @@ def _load_main_pickle(path: Path, compress: bool) -> Any:
     bare = {("gensim.models.word2vec", "Word2Vec"): word2vec,
             ("gensim.models.keyedvectors", "KeyedVectors"): keyed_vectors}
     if not compress:
+        if _starts_with(path, b"PK\x03\x04"):  # the usual mix-up: the .pt written beside the .gensim file
+            raise PipelineError(f"this is a torch .pt file, not a gensim model; pass the {GENSIM_FILENAME} file "
+                                "that --save-gensim-model wrote", path)
         model = load_third_party_pickle(path, _GENSIM_GLOBALS, bare, "gensim Word2Vec model")
     else:
         import bz2
@@ -283,6 +290,14 @@ def _load_main_pickle(path: Path, compress: bool) -> Any:
     if not isinstance(model, word2vec) or not isinstance(getattr(model, "wv", None), keyed_vectors):
         raise PipelineError(f"not a gensim Word2Vec model (it holds a {type(model).__name__})", path)
     return model
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(magic)) == magic
+    except OSError:
+        return False  # the loader that follows names the problem
 
 
 def _side_list(part: Any, name: str, path: Path) -> list[str]:
@@ -432,6 +447,12 @@ def load_embeddings(path: str | Path) -> tuple[torch.Tensor, Vocabulary, dict[st
     words = data.get("index_to_word")
     if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2 or not isinstance(words, list):
         raise PipelineError("embeddings file lacks its matrix or vocabulary", path)
+    if matrix.shape[1] == 0 or matrix.is_complex() or matrix.dtype == torch.bool:
+        raise PipelineError(f"embedding matrix is not a matrix of real word vectors ({matrix.dtype}, "
+                            f"shape {tuple(matrix.shape)})", path)
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise PipelineError(f"embeddings file's metadata is a {type(metadata).__name__}, not a dict", path)
     if matrix.shape[0] != len(words):
         raise PipelineError(f"embedding matrix has {matrix.shape[0]} rows but the vocabulary {len(words)} words",
                             path)
@@ -445,4 +466,4 @@ def load_embeddings(path: str | Path) -> tuple[torch.Tensor, Vocabulary, dict[st
         check_own_vocabulary(data["vocabulary_fingerprint"], vocabulary_fingerprint(vocab), path)
     if not bool(torch.isfinite(matrix).all()):
         raise PipelineError("embedding matrix holds NaN or infinite values", path)
-    return matrix.float(), vocab, data.get("metadata", {})
+    return matrix.float(), vocab, metadata

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import PipelineError, first_line
 from .report import info
 from .vocab import Vocabulary
 
@@ -28,10 +29,16 @@ SIMILARITY = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
 def benchmark_file(name: str, folder: str | Path | None = None) -> Path:
     """A benchmark file from ``folder`` when given, else the copy inside the gensim package."""
     if folder is not None:
-        return Path(folder) / name
-    from gensim.test.utils import datapath
+        path = Path(folder) / name
+    else:
+        from gensim.test.utils import datapath
 
-    return Path(datapath(name))
+        path = Path(datapath(name))
+    if not path.is_file():  # gensim would fail with a traceback deep in its parser
+        raise PipelineError("word benchmark file not found" + ("" if folder is not None else
+                                                               " (the gensim package ships it; reinstall gensim)"),
+                            path)
+    return path
 
 
 def keyed_vectors(matrix: torch.Tensor | np.ndarray, vocab: Vocabulary) -> Any:
@@ -63,11 +70,17 @@ def word_embedding_quality(matrix: torch.Tensor | np.ndarray, vocab: Vocabulary,
     try:
         results: dict[str, dict[str, Any]] = {}
         path = benchmark_file(ANALOGIES, folder)
-        accuracy, sections = keyed.evaluate_word_analogies(str(path), restrict_vocab=restrict_vocab,
+        questions = _count_questions(path)
+        if questions == 0:  # gensim would divide by zero
+            raise PipelineError("holds no word-analogy questions", path)
+        try:
+            accuracy, sections = keyed.evaluate_word_analogies(str(path), restrict_vocab=restrict_vocab,
                                                                case_insensitive=True)
+        except (ValueError, UnicodeDecodeError) as error:  # gensim's parser on a file of another layout
+            raise PipelineError(f"not a word-analogy file (': section' lines, then 4 words a line; "
+                                f"{first_line(error, 80)})", path) from error
         total = sections[-1]
         answered = len(total["correct"]) + len(total["incorrect"])
-        questions = _count_questions(path)
         results["analogies"] = {"accuracy": float(accuracy) if answered else None, "in_vocabulary": answered,
                                 "restrict_vocab": restrict_vocab,
                                 "total": questions, "share_in_vocabulary": answered / questions if questions else 0.0,

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -529,6 +530,50 @@ def test_the_cbow_driver_returns_its_status(work, capsys, rows_file):
     result = run_script(CBOW_SCRIPT, "--dataset-path", work / "missing.jsonl", cwd=work, check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {work / 'missing.jsonl'}: "
                                                                             "not found"]
+
+
+def test_odd_embeddings_files_and_a_pt_given_as_gensim_model_are_one_line(work, capsys, rows_file, trained_pipeline):
+    from msmarco_search.cbow import load_embeddings, save_embeddings
+
+    vocab = Vocabulary.from_words(["alpha", "beta"])
+    cases = [(torch.zeros(4, 0), {}, "not a matrix of real word vectors (torch.float32, shape (4, 0))"),
+             (torch.zeros(4, 3, dtype=torch.complex64), {}, "not a matrix of real word vectors"),
+             (torch.zeros(4, 3, dtype=torch.bool), {}, "not a matrix of real word vectors"),
+             (torch.zeros(4, 3), ["metadata", "as", "a", "list"], "metadata is a list, not a dict")]
+    for number, (matrix, metadata, words) in enumerate(cases):
+        path = save_embeddings(work / f"odd{number}.pt", matrix, vocab, {})
+        data = torch.load(path, weights_only=True)
+        data["metadata"] = metadata
+        torch.save(data, path)
+        with pytest.raises(PipelineError, match=re.escape(words)):
+            load_embeddings(path)
+    assert_one_line_error(cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", work / "odd0.pt"),
+                          "odd0.pt: embedding matrix is not a matrix of real word vectors")
+    # the .pt beside the .gensim file, given to --resume-from
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                              trained_pipeline["embeddings"]),
+                          "msmarco_word2vec.pt: this is a torch .pt file, not a gensim model; pass the "
+                          "msmarco_word2vec.gensim file")
+
+
+def test_word_benchmark_files_missing_or_of_another_layout_are_one_line(work):
+    from msmarco_search.word_benchmarks import word_embedding_quality
+
+    vocab = Vocabulary.from_words(["king", "queen", "man", "woman"])
+    matrix = torch.randn(len(vocab), 4)
+    with pytest.raises(PipelineError, match="nowhere/questions-words.txt: word benchmark file not found"):
+        word_embedding_quality(matrix, vocab, folder=work / "nowhere")
+    (work / "bench").mkdir()
+    for name in ("wordsim353.tsv", "simlex999.txt"):
+        (work / "bench" / name).write_text("king\tqueen\t8.5\nman\twoman\t8.3\n")
+    for content, words in [(b"", "holds no word-analogy questions"),
+                           (b"king queen man woman\n", "not a word-analogy file (': section' lines"),
+                           (b"\xff\xfe garbage\n", "not a word-analogy file")]:
+        (work / "bench" / "questions-words.txt").write_bytes(content)
+        with pytest.raises(PipelineError, match=re.escape(words)):
+            word_embedding_quality(matrix, vocab, folder=work / "bench")
+    (work / "bench" / "questions-words.txt").write_text(": family\nking queen man woman\n")
+    assert word_embedding_quality(matrix, vocab, folder=work / "bench")["analogies"]["in_vocabulary"] == 1
 
 
 # ------------------------------------------------------------------ end of issue 12's block
