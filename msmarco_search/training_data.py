@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .batches import TripletArrays, tokenise_triplets
 from .errors import PipelineError
-from .sources import _file_identity
+from .fileio import file_identity
 from .streaming import triples_tsv_arrays, triples_tsv_head
 from .triplets import Triplets, load_triplets
 from .validation import ValidationSet, split_validation
@@ -58,5 +58,5 @@ class TripletsFile:
         # the cache key names the held-out queries: the same file split another way tokenises another set
         held_out = f"|held-out:{validation.fingerprint()}" if validation else ""
         tokens = tokenise_triplets(kept, vocab, max_query_length, max_passage_length, cache_dir=Path(cache_dir),
-                                   source_identity=_file_identity(self.path) + held_out)
+                                   source_identity=file_identity(self.path) + held_out)
         return TrainingData(tokens, self.triplets, validation, len(self.triplets))
