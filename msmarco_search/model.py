@@ -276,6 +276,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
 
     data = load_torch(path, KIND_TWO_TOWER)
     kinds = {"int": int, "bool": bool, "str": str}
+    kinds_named = {"int": "a whole number", "bool": "true or false", "str": "a string"}
     try:
         raw_config, words, state = data["config"], data["index_to_word"], data["state_dict"]
         if not isinstance(raw_config, dict):
@@ -290,7 +291,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
         for field in fields(TwoTowerConfig):
             value, kind = getattr(config, field.name), kinds.get(str(field.type))
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-                raise TypeError(f"config field {field.name} is {short(value)}, not a {field.type}")
+                raise TypeError(f"config field {field.name} is {short(value)}, not {kinds_named[field.type]}")
         vocab = Vocabulary(words)
         if len(vocab) != config.vocab_size:
             raise ValueError(f"its vocabulary has {len(vocab)} words but its config says {config.vocab_size}")

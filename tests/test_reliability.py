@@ -399,7 +399,7 @@ def _ill_typed_model_cases(trained_pipeline):
     return [
         (lambda d: d.pop("config"), "incomplete or inconsistent ('config')"),
         (lambda d: d.update(config=[1, 2]), "its config is a list, not a dict"),
-        (lambda d: d["config"].update(embedding_dim="32"), "config field embedding_dim is 32, not a int"),
+        (lambda d: d["config"].update(embedding_dim="32"), "config field embedding_dim is 32, not a whole number"),
         (lambda d: d["config"].update(embedding_dim=10**9), "do not fit its config"),  # refused, not allocated
         (lambda d: d["config"].update(vocab_size=-1), "vocabulary has"),
         (lambda d: d["config"].update(tower=["mean"]), "unknown tower ['mean']"),
