@@ -341,11 +341,12 @@ def export_sentence_transformers(model_path: str | Path, output_dir: str | Path,
     ``overwrite``.
     """
     output_dir = Path(output_dir)
-    import_sentence_transformers()
-    model = load_model(model_path)
-    check_exportable(model, model_path)
+    # The cheap checks first (the folder, the model file), so that a mistake is reported in a second, before the
+    # slow import of sentence-transformers (tens of seconds: it pulls in transformers and scikit-learn).
     tmp = _prepare_output(output_dir, overwrite)
     try:
+        model = load_model(model_path)
+        check_exportable(model, model_path)
         st_model = build_sentence_transformer(model)
         st_model.save(str(tmp), create_model_card=False, safe_serialization=True)
         (tmp / "README.md").write_text(model_card(model, model_path, describe_layout(model)), encoding="utf-8")
