@@ -174,6 +174,46 @@ def test_folder_layout_safetensors_and_model_card(models, exported):
         assert f"| `--epochs` | {meta['training']['arguments']['epochs']} |" in card
 
 
+def test_why_the_weights_need_a_column_and_a_gate():
+    """On a model with a large head bias and word weights at both clamps, the export is exact; folding the weights
+    into the rows alone (StaticEmbedding's plain mean, then Dense(W, b)) is not, and a text without tokens needs the
+    gate (the plain mean of nothing is zero, the project's vector is normalize(b))."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, StaticEmbedding
+
+    from msmarco_search.export import build_sentence_transformer
+
+    torch.manual_seed(0)
+    vocab = Vocabulary.from_words([f"w{i}" for i in range(40)])
+    config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=6, output_dim=4, shared_towers=True,
+                            max_query_length=8, max_passage_length=8)
+    model = TwoTowerModel(config, vocab).eval()
+    tower = model.query_tower
+    with torch.no_grad():
+        tower.token_weight.weight.normal_(0, 2)
+        tower.token_weight.weight[2:6] = -50.0  # clamped to -10: the smallest weight, where the gate is tightest
+        tower.token_weight.weight[6:10] = 50.0  # clamped to +10
+        tower.head.bias.normal_(0, 1)
+    rng = random.Random(3)
+    texts = ["", "!!", "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11", "w2 w3", "w6 w7", "w2 w6", "unknown w5"]
+    texts += [" ".join(f"w{rng.randrange(40)}" for _ in range(rng.randrange(1, 12))) for _ in range(200)]
+    expected = model.encode_queries(texts)
+
+    exact = build_sentence_transformer(model).encode_query(texts)
+    assert _cosines(exact, expected).min() >= MIN_COSINE
+
+    weights = tower.token_weight.weight.detach()[:, 0].clamp(-10, 10).exp()
+    rows = tower.embedding.weight.detach() * weights[:, None]
+    naive = SentenceTransformer(modules=[
+        StaticEmbedding(build_tokenizer(vocab, 8), embedding_weights=rows),
+        Dense(6, 4, activation_function=torch.nn.Identity(), init_weight=tower.head.weight.detach().clone(),
+              init_bias=tower.head.bias.detach().clone()),
+        Normalize()], device="cpu").encode_query(texts)
+    assert _cosines(naive, expected).min() < 0.99  # the scale of the pooled vector matters once there is a bias
+    assert np.linalg.norm(expected[0]) > 0.99 and np.linalg.norm(exact[0]) > 0.99  # "" -> normalize(b), not 0
+
+
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 _VOCAB = Vocabulary.from_words(["hello", "world", "caf", "au", "42", "i", "k", "stanbul", "x", "y", "ne", "e", "a1"])
 _TOKENIZER = build_tokenizer(_VOCAB, None)
