@@ -214,6 +214,18 @@ def test_why_the_weights_need_a_column_and_a_gate():
     assert np.linalg.norm(expected[0]) > 0.99 and np.linalg.norm(exact[0]) > 0.99  # "" -> normalize(b), not 0
 
 
+def test_model_card_of_a_model_without_training_record():
+    """An untrained or hand-made model has no training metadata: the card still says what the model is."""
+    from msmarco_search.export import model_card
+
+    vocab = Vocabulary.from_words(["hello"])
+    model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=4), vocab)
+    assert "## Model settings" in model_card(model, "bare.pt", "one stack")
+    model.metadata = {"training": {"epochs": [{"epoch": 1, "loss": None}], "validation": {"best": {}}}}
+    card = model_card(model, "bare.pt", "one stack")
+    assert "## Model settings" in card and "| max query tokens | 32 |" in card and "| 1 | ? |  |" in card
+
+
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 _VOCAB = Vocabulary.from_words(["hello", "world", "caf", "au", "42", "i", "k", "stanbul", "x", "y", "ne", "e", "a1"])
 _TOKENIZER = build_tokenizer(_VOCAB, None)
