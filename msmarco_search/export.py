@@ -203,6 +203,11 @@ def _triplets_metadata(training: dict[str, Any]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _number(value: Any, spec: str = ".4f", empty: str = "?") -> str:
+    """A figure from the training record for the card; a missing or odd one must not stop the export."""
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else empty
+
+
 def _table(rows: list[tuple[str, Any]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows if value not in (None, ""))]
 
@@ -224,7 +229,7 @@ def _training_section(training: dict[str, Any]) -> list[str]:
     lines += _table([(f"`--{key.replace('_', '-')}`", arguments.get(key)) for key in keys
                      if key in arguments and key not in unused])
     lines += [f"| device | {training.get('device')} |",
-              f"| training time | {training.get('training_seconds', 0):.1f} s |"]
+              f"| training time | {_number(training.get('training_seconds'), '.1f')} s |"]
     return lines
 
 
@@ -239,15 +244,14 @@ def _scoreboard_section(training: dict[str, Any]) -> list[str]:
     if best:
         kept = "the weights exported here" if validation.get("keep_best", True) else "the last weights were kept"
         lines += [f"Held-out validation ({validation.get('queries')} queries, {validation.get('passages')} "
-                  f"passages): best {metric} **{best.get(metric, 0):.4f}** at epoch {best.get('epoch')}, step "
+                  f"passages): best {metric} **{_number(best.get(metric))}** at epoch {best.get('epoch')}, step "
                   f"{best.get('step')} ({kept}).", ""]
     scores = {entry.get("epoch"): entry.get(metric) for entry in validation.get("entries", [])
               if entry.get("end_of_epoch")}
     lines += [f"| epoch | training loss | validation {metric} |", "|---|---|---|"]
     for entry in epochs:
         score = scores.get(entry.get("epoch"))
-        lines.append(f"| {entry.get('epoch')} | {entry.get('loss', float('nan')):.4f} | "
-                     f"{'' if score is None else f'{score:.4f}'} |")
+        lines.append(f"| {entry.get('epoch')} | {_number(entry.get('loss'))} | {_number(score, empty='')} |")
     return lines
 
 
@@ -341,11 +345,12 @@ def export_sentence_transformers(model_path: str | Path, output_dir: str | Path,
     ``overwrite``.
     """
     output_dir = Path(output_dir)
-    import_sentence_transformers()
-    model = load_model(model_path)
-    check_exportable(model, model_path)
+    # The cheap checks first (the folder, the model file), so that a mistake is reported in a second, before the
+    # slow import of sentence-transformers (tens of seconds: it pulls in transformers and scikit-learn).
     tmp = _prepare_output(output_dir, overwrite)
     try:
+        model = load_model(model_path)
+        check_exportable(model, model_path)
         st_model = build_sentence_transformer(model)
         st_model.save(str(tmp), create_model_card=False, safe_serialization=True)
         (tmp / "README.md").write_text(model_card(model, model_path, describe_layout(model)), encoding="utf-8")
