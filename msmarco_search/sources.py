@@ -143,7 +143,7 @@ def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
     # 0/1 as MS MARCO writes them, or true/false; bool is an int, so 1 and True both pass
     _check_items(selected, (int,), "passages.is_selected", "0 or 1", where, allowed=(0, 1))
     ids = row.get("passage_ids") or passages.get("passage_id")
-    if ids is None:
+    if not ids:  # none given (or an empty list): identical texts share an id
         ids = [text_id(t) for t in texts]
     elif not isinstance(ids, list) or len(ids) != len(texts):
         raise PipelineError("passage ids must be a list as long as passages.passage_text", where)
@@ -209,7 +209,7 @@ class RowFileSource(Source):
             yield from self._parquet_rows(path)
             return
         try:
-            handle = open(path, encoding="utf-8", errors="replace")
+            handle = open(path, encoding="utf-8-sig", errors="replace")  # -sig: a byte-order mark is dropped
         except OSError as error:
             raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
         with handle:

@@ -852,3 +852,26 @@ def test_the_triplets_command_is_importable_and_returns_its_status(work, capsys,
 def test_min_relevance_must_be_at_least_1(work, capsys):
     assert_usage_error(cli(capsys, TRIPLETS_SCRIPT, "--min-relevance", "0"), "--min-relevance",
                        "must be a positive number, got 0")
+
+
+def test_rows_with_a_byte_order_mark_and_typed_datasets_folders(work, capsys):
+    rows = work / "rows.jsonl"
+    rows.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(_good_row(n)) + "\n" for n in (1, 2)).encode())
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random")
+    assert status == 0 and "from 2 queries" in out, err
+    listed = work / "rows.json"  # one JSON list, with the mark too
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps([_good_row(1), _good_row(2)]).encode())
+    status, _, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", listed, "--negatives", "random")
+    assert status == 0, err
+    import datasets
+
+    typed = [_good_row(1, is_selected=["1", "0"]), _good_row(2, is_selected=["0", "1"])]
+    datasets.Dataset.from_list(typed).save_to_disk(str(work / "disk"))
+    capsys.readouterr()  # datasets' own progress bar while saving the fixture
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk", "--negatives", "random"),
+                          "disk (row 1): passages.is_selected[0] is string '1', expected 0 or 1")
+    repeated = [_good_row(1), _good_row(2), _good_row(2)]
+    datasets.Dataset.from_list(repeated).save_to_disk(str(work / "disk2"))
+    capsys.readouterr()
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk2", "--negatives", "random"),
+                          "disk2 (row 3): repeats query id 2 of", "disk2 (row 2)")
