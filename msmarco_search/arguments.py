@@ -21,8 +21,9 @@ def add_source_arguments(parser: Any) -> None:
     group.add_argument("--split", default="train",
                        help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train)")
     group.add_argument("--data-dir", default="data", help="cache folder for the hub and derived files (./data)")
-    group.add_argument("--min-relevance", type=int, default=1,
-                       help="TSV qrels: the lowest grade that counts as relevant (default 1)")
+    group.add_argument("--min-relevance", type=positive_int, default=1,
+                       help="TSV qrels: the lowest grade that counts as relevant (default 1; at least 1, since "
+                            "grade 0 and negative grades mean judged not relevant)")
 
 
 def source_from_args(args: Any) -> Source:

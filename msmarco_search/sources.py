@@ -143,7 +143,7 @@ def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
     # 0/1 as MS MARCO writes them, or true/false; bool is an int, so 1 and True both pass
     _check_items(selected, (int,), "passages.is_selected", "0 or 1", where, allowed=(0, 1))
     ids = row.get("passage_ids") or passages.get("passage_id")
-    if ids is None:
+    if not ids:  # none given (or an empty list): identical texts share an id
         ids = [text_id(t) for t in texts]
     elif not isinstance(ids, list) or len(ids) != len(texts):
         raise PipelineError("passage ids must be a list as long as passages.passage_text", where)
@@ -209,7 +209,7 @@ class RowFileSource(Source):
             yield from self._parquet_rows(path)
             return
         try:
-            handle = open(path, encoding="utf-8", errors="replace")
+            handle = open(path, encoding="utf-8-sig", errors="replace")  # -sig: a byte-order mark is dropped
         except OSError as error:
             raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
         with handle:
@@ -437,70 +437,65 @@ def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", 
     seek to the offset and one ``readline()`` get the line back (what a search index stores per passage).
     """
     path = Path(path)
-    _check_readable(path)
+    _check_readable(path)  # here, not at the first row: a missing file is named when the reader is made
     bom = _check_line_ends(path)
+    # one loop per mode and no wrapper unless repeats are checked: this streams the 8.8M-passage collection
+    rows = (_offset_rows if with_offsets else _text_rows)(path, columns, what, bom)
+    return _refuse_repeats(rows, path, unique, key_columns, with_offsets) if unique else rows
+
+
+def _open(path: Path, binary: bool) -> Any:
     try:
-        handle = open(path, "rb") if with_offsets else open(path, encoding="utf-8", errors="replace", newline="\n")
+        return open(path, "rb") if binary else open(path, encoding="utf-8", errors="replace", newline="\n")
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
-    with handle:
+
+
+def _too_few(path: Path, number: int, found: int, columns: int, what: str) -> PipelineError:
+    return PipelineError(f"line {number} has {found} tab-separated field(s), a {what} file needs {columns}", path)
+
+
+def _text_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[list[str]]:
+    with _open(path, binary=False) as handle:
         if bom:  # the mark is not part of the first id
-            handle.read(len(_BOM) if with_offsets else 1)
-        # two loops rather than one with a test per line: this streams the 8.8M-passage collection
-        rows = _offset_rows(handle, columns, len(_BOM) if bom else 0) if with_offsets else _text_rows(handle, columns)
-        if unique:
-            rows = _refuse_repeats(rows, key_columns, with_offsets)
-        try:
-            yield from rows
-        except _TooFewFields as short_line:
-            raise PipelineError(f"line {short_line.number} has {short_line.found} tab-separated field(s), a {what} "
-                                f"file needs {columns}", path) from None
-        except _RepeatedKey as repeat:
-            lines = _line_numbers(path, {repeat.number, repeat.first})
-            raise PipelineError(f"line {lines[repeat.number]} repeats the {unique} {short(repeat.key)} of line "
-                                f"{lines[repeat.first]}; ids must be unique", path) from None
+            handle.read(1)
+        for number, line in enumerate(handle, 1):
+            line = line.rstrip("\r\n")
+            if line:
+                fields = line.split("\t", columns - 1)
+                if len(fields) < columns:
+                    raise _too_few(path, number, len(fields), columns, what)
+                yield fields
 
 
-class _TooFewFields(Exception):
-    def __init__(self, number: int, found: int):
-        self.number, self.found = number, found
+def _offset_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[tuple[int, list[str]]]:
+    with _open(path, binary=True) as handle:
+        offset = 0
+        if bom:  # skipped, but counted: offsets are positions in the file
+            offset = len(handle.read(len(_BOM)))
+        for number, raw in enumerate(handle, 1):
+            start, offset = offset, offset + len(raw)
+            line = raw.rstrip(b"\r\n")
+            if line:
+                fields = line.decode("utf-8", "replace").split("\t", columns - 1)
+                if len(fields) < columns:
+                    raise _too_few(path, number, len(fields), columns, what)
+                yield start, fields
 
 
-class _RepeatedKey(Exception):
-    def __init__(self, number: int, key: str, first: int):
-        self.number, self.key, self.first = number, key, first
-
-
-def _text_rows(handle: Any, columns: int) -> Iterator[list[str]]:
-    for number, line in enumerate(handle, 1):
-        line = line.rstrip("\r\n")
-        if line:
-            fields = line.split("\t", columns - 1)
-            if len(fields) < columns:
-                raise _TooFewFields(number, len(fields))
-            yield fields
-
-
-def _offset_rows(handle: Any, columns: int, offset: int) -> Iterator[tuple[int, list[str]]]:
-    for number, raw in enumerate(handle, 1):
-        start, offset = offset, offset + len(raw)
-        line = raw.rstrip(b"\r\n")
-        if line:
-            fields = line.decode("utf-8", "replace").split("\t", columns - 1)
-            if len(fields) < columns:
-                raise _TooFewFields(number, len(fields))
-            yield start, fields
-
-
-def _refuse_repeats(rows: Iterator[Any], key_columns: int, with_offsets: bool) -> Iterator[Any]:
-    """The rows, until one's key repeats an earlier row's (counted in rows, not lines, to keep the loop lean)."""
+def _refuse_repeats(rows: Iterator[Any], path: Path, unique: str, key_columns: int, with_offsets: bool
+                    ) -> Iterator[Any]:
+    """The rows, until one's key repeats an earlier row's (counted in rows, not lines, to keep the loop lean;
+    the lines are found again for the message)."""
     seen: dict[str, int] = {}
     for index, row in enumerate(rows, 1):
         fields = row[1] if with_offsets else row
         key = fields[0] if key_columns == 1 else " ".join(fields[:key_columns])
         first = seen.setdefault(key, index)
         if first != index:
-            raise _RepeatedKey(index, key, first)
+            lines = _line_numbers(path, {index, first})
+            raise PipelineError(f"line {lines[index]} repeats the {unique} {short(key)} of line {lines[first]}; "
+                                "ids must be unique", path)
         yield row
 
 

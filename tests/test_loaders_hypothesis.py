@@ -30,7 +30,7 @@ from msmarco_search.fileio import (
     save_pickle,
     save_torch,
 )
-from msmarco_search.sources import RowFileSource, TsvFiles, TsvSource, read_candidates, read_qrels
+from msmarco_search.sources import RowFileSource, TsvFiles, TsvSource, iter_tsv_lines, read_candidates, read_qrels
 from msmarco_search.triplets import load_triplets
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -210,3 +210,26 @@ def test_loaders_refuse_missing_empty_and_folders(loader, tmp_path):
     for path, words in [(tmp_path / "missing", "not found"), (_file("empty", b""), "empty"), (tmp_path, "not a file")]:
         with pytest.raises(PipelineError, match=words):
             loader(path)
+
+
+@FAST
+@given(st.binary(max_size=160), st.integers(1, 4))
+def test_the_tsv_reader_with_offsets_reads_what_it_reads_without(data, columns):
+    """The byte-offset mode (search's index) and the text mode give the same rows or the same error, and each
+    offset seeks back to its row's line."""
+    path = _file("any.tsv", data)
+
+    def rows(with_offsets: bool):
+        try:
+            return list(iter_tsv_lines(path, columns, with_offsets=with_offsets))
+        except PipelineError as error:
+            return str(error)
+
+    text, offsets = rows(False), rows(True)
+    if isinstance(text, str):
+        assert offsets == text
+        return
+    assert [fields for _, fields in offsets] == text
+    for offset, fields in offsets:
+        line = data[offset:].split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+        assert line.lstrip("\ufeff").split("\t", columns - 1) == fields

@@ -1081,3 +1081,214 @@ def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
         assert stop.value.code == status
         assert capsys.readouterr().err.strip() == line
 
+
+# =====================================================================================================
+# Input holes in the readers (issue 12): qrels grades, row value types, repeated ids, CR-only line ends,
+# and the triplets command's --output. (Block kept separate to ease merging.)
+# =====================================================================================================
+
+EVALUATE_SCRIPT = "evaluation/evaluate.py"
+
+
+def _tiny_tsv_files(folder: Path, qrels: str) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "collection.tsv").write_text("10\tcat and dog\n11\tfish swim\n12\tbird song\n")
+    (folder / "queries.tsv").write_text("1\tcat dog\n2\tfish\n")
+    (folder / "qrels.txt").write_text(qrels)
+    return ["--systems", "bm25", "--collection", str(folder / "collection.tsv"), "--queries",
+            str(folder / "queries.tsv"), "--qrels", str(folder / "qrels.txt"), "--output-dir", str(folder / "out")]
+
+
+def test_negative_and_huge_qrels_grades_through_the_evaluation_script(tmp_path):
+    # query 2 is judged only -2 (spam, as in the TREC Web tracks): pytrec_eval segfaulted (exit 139) on it
+    spam = run_script(EVALUATE_SCRIPT, *_tiny_tsv_files(tmp_path / "spam", "1 0 10 1\n2 0 11 -2\n2 0 12 -99\n"),
+                      cwd=tmp_path, check=False)
+    assert spam.returncode == 0, spam.stderr
+    report = json.loads((tmp_path / "spam" / "out" / "evaluation.json").read_text())
+    assert report["tasks"]["full"]["metrics"]["bm25"]["nDCG@10"] >= 0
+    huge = run_script(EVALUATE_SCRIPT, *_tiny_tsv_files(tmp_path / "huge", "1 0 10 99999999999999999999\n"),
+                      cwd=tmp_path, check=False)
+    assert huge.returncode == 2 and "Traceback" not in huge.stderr, huge.stderr
+    assert huge.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'huge' / 'qrels.txt'}: line 1: relevance 99999999999999999999 is too large "
+        "(at most 2147483647)"]
+
+
+def test_qrels_grades_negative_read_as_judged_not_relevant(tmp_path):
+    from msmarco_search.sources import read_qrels
+
+    path = tmp_path / "qrels.txt"
+    path.write_text("1 0 a -2\n1 0 b +3\n1 0 c -99999999999999999999999\n2 Q0 d 0\n")
+    assert read_qrels(path) == {"1": {"a": 0, "b": 3, "c": 0}, "2": {"d": 0}}
+    for text, words in [("1 0 a 1_000\n", "relevance '1_000' is not an integer"),
+                        ("1 0 a ١\n", "is not an integer"),
+                        ("1 0 a 1\n1 0 a 2\n", "line 2 judges passage a for query 1 a second time")]:
+        path.write_text(text)
+        with pytest.raises(PipelineError, match=words):
+            read_qrels(path)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _good_row(number: int, **passages) -> dict:
+    return {"query": f"query {number}", "query_id": number,
+            "passages": {"is_selected": [1, 0], "passage_text": [f"passage {number} a", f"passage {number} b"],
+                         **passages}}
+
+
+@pytest.mark.parametrize(("passages", "words"), [
+    ({"is_selected": ["0", 1]}, "passages.is_selected[0] is string '0', expected 0 or 1"),
+    ({"is_selected": [1, 2]}, "passages.is_selected[1] is number 2, expected 0 or 1"),
+    ({"is_selected": [1, [0]]}, "passages.is_selected[1] is list [0], expected 0 or 1"),
+    ({"passage_text": [None, "b"]}, "passages.passage_text[0] is null, expected text"),
+    ({"passage_text": ["a", {"text": "b"}]}, "passages.passage_text[1] is object {'text': 'b'}, expected text"),
+    ({"passage_id": ["p1", {"x": 1}]}, "passage ids[1] is object"),
+    ({"passage_id": ["p1", True]}, "passage ids[1] is true/false True"),
+])
+def test_row_values_of_the_wrong_type_are_refused(work, capsys, passages, words):
+    rows = _write_rows(work / "rows.jsonl", [_good_row(1), _good_row(2, **passages)])
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random"),
+                          "rows.jsonl (line 2): ", words)
+
+
+def test_a_query_id_of_the_wrong_type_is_refused_and_good_values_pass(work, capsys):
+    bad = _good_row(2)
+    bad["query_id"] = {"id": 2}
+    rows = _write_rows(work / "rows.jsonl", [_good_row(1), bad])
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random"),
+                          "rows.jsonl (line 2): query_id is object {'id': 2}, expected text")
+    fine = _good_row(2, is_selected=[True, False], passage_id=["p1", 7])
+    rows = _write_rows(work / "rows.jsonl", [_good_row(1), fine])
+    status, _, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random")
+    assert status == 0, err
+
+
+def test_row_values_of_the_wrong_type_in_parquet_are_refused(work, capsys):
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    table = pyarrow.Table.from_pylist([_good_row(1), _good_row(2, passage_text=[None, "b"])])
+    pq.write_table(table, work / "rows.parquet")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "rows.parquet", "--negatives",
+                              "random"), "rows.parquet (row 2): passages.passage_text[0] is null")
+
+
+def test_repeated_ids_are_refused_naming_the_id_and_lines(work, capsys, corpus):
+    rows = _write_rows(work / "rows.jsonl", [_good_row(1), _good_row(2), _good_row(1)])
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random"),
+                          "rows.jsonl (line 3): repeats query id 1 of", "rows.jsonl (line 1)")
+
+    folder = write_tsv_folder(corpus, work / "tsv")
+    queries = folder / "queries.train.tsv"
+    queries.write_text(queries.read_text() + "\n0\tthe same id again\n")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder),
+                          f"queries.train.tsv: line {len(corpus.queries) + 2} repeats the query id 0 of line 1")
+
+    folder = write_tsv_folder(corpus, work / "tsv2")
+    top = folder / "top1000.train.tsv"
+    first = top.read_text().splitlines()[0]
+    top.write_text(top.read_text() + first + "\n")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder),
+                          "top1000.train.tsv: line", "repeats the query and passage id", "of line 1")
+
+    folder = write_tsv_folder(corpus, work / "tsv3", candidates=False)
+    collection = folder / "collection.tsv"
+    pid = (folder / "qrels.train.tsv").read_text().split()[2]
+    collection.write_text(collection.read_text() + f"{pid}\tanother text under a relevant id\n")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random"),
+                          f"collection.tsv: passage id {pid} repeats in the collection")
+
+
+def test_the_tsv_reader_one_rule(tmp_path):
+    from msmarco_search.sources import iter_tsv_lines, read_collection
+
+    path = tmp_path / "collection.tsv"
+    path.write_bytes("\ufeff1\tone\ttab inside\r\n\n2\tcarriage \r inside\n3\tlast, no newline".encode())
+    assert list(read_collection(path)) == [["1", "one\ttab inside"], ["2", "carriage \r inside"],
+                                           ["3", "last, no newline"]]
+    with_offsets = list(read_collection(path, with_offsets=True))
+    assert [fields for _, fields in with_offsets] == list(read_collection(path))
+    with open(path, "rb") as handle:  # what a search index does with an offset: one seek, one line
+        for offset, (pid, _) in with_offsets:
+            handle.seek(offset)
+            assert handle.readline().decode("utf-8").lstrip("\ufeff").startswith(pid + "\t")
+    path.write_bytes(b"1\tone\n\n2\n")
+    with pytest.raises(PipelineError, match="line 3 has 1 tab-separated field"):
+        list(iter_tsv_lines(path, 2, "collection"))
+    path.write_bytes(b"1\ta\n\n2\tb\n1\tc\n")
+    with pytest.raises(PipelineError, match="line 4 repeats the passage id 1 of line 1"):
+        list(read_collection(path, unique=True))
+    assert len(list(read_collection(path))) == 3  # streamed without the check: memory stays flat
+
+
+def test_cr_only_line_ends_are_refused_in_tsvs_and_read_in_qrels(work, capsys, corpus):
+    folder = write_tsv_folder(corpus, work / "tsv")
+    queries = folder / "queries.train.tsv"
+    queries.write_bytes(queries.read_bytes().replace(b"\n", b"\r"))
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder),
+                          "queries.train.tsv: has CR-only line ends", "convert them to LF")
+    folder = write_tsv_folder(corpus, work / "tsv2")
+    qrels = folder / "qrels.train.tsv"
+    qrels.write_bytes(qrels.read_bytes().replace(b"\n", b"\r"))
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder)
+    assert status == 0, err
+    assert f"from {len(corpus.queries)} queries" in out
+
+
+def test_triplets_output_file_and_sensible_names(work, capsys, rows_file):
+    from msmarco_search.triplets import triplets_prefix
+
+    assert [triplets_prefix(n) for n in (53, 499, 500, 1000, 1499, 1500, 50000)] == [
+        "msmarco_triplets_1k", "msmarco_triplets_1k", "msmarco_triplets_1k", "msmarco_triplets_1k",
+        "msmarco_triplets_1k", "msmarco_triplets_2k", "msmarco_triplets_50k"]
+    target = work / "out" / "judged.pkl"
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output", target)
+    assert status == 0, err
+    assert sorted(p.name for p in target.parent.iterdir()) == ["judged.pkl", "judged_metadata.json"]
+    assert len(load_triplets(target)) == json.loads((work / "out" / "judged_metadata.json").read_text())[
+        "num_triplets"]
+    assert not (work / "data").exists() or not list((work / "data").glob("msmarco_triplets_*"))
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output", work / "out"),
+                          "out: is a folder; --output names the triplets file itself")
+    assert_usage_error(cli(capsys, TRIPLETS_SCRIPT, "--output", target, "--output-dir", work),
+                       "not allowed with argument")
+
+
+def test_the_triplets_command_is_importable_and_returns_its_status(work, capsys, rows_file):
+    from msmarco_search.driver.triplets import main
+
+    assert main(["--dataset-path", str(rows_file), "--output", str(work / "t.pkl")]) == 0
+    assert main(["--dataset-path", str(work / "missing.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().endswith("missing.jsonl: not found")
+    assert main(["--help"]) == 0
+
+
+def test_min_relevance_must_be_at_least_1(work, capsys):
+    assert_usage_error(cli(capsys, TRIPLETS_SCRIPT, "--min-relevance", "0"), "--min-relevance",
+                       "must be a positive number, got 0")
+
+
+def test_rows_with_a_byte_order_mark_and_typed_datasets_folders(work, capsys):
+    rows = work / "rows.jsonl"
+    rows.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(_good_row(n)) + "\n" for n in (1, 2)).encode())
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random")
+    assert status == 0 and "from 2 queries" in out, err
+    listed = work / "rows.json"  # one JSON list, with the mark too
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps([_good_row(1), _good_row(2)]).encode())
+    status, _, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", listed, "--negatives", "random")
+    assert status == 0, err
+    import datasets
+
+    typed = [_good_row(1, is_selected=["1", "0"]), _good_row(2, is_selected=["0", "1"])]
+    datasets.Dataset.from_list(typed).save_to_disk(str(work / "disk"))
+    capsys.readouterr()  # datasets' own progress bar while saving the fixture
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk", "--negatives", "random"),
+                          "disk (row 1): passages.is_selected[0] is string '1', expected 0 or 1")
+    repeated = [_good_row(1), _good_row(2), _good_row(2)]
+    datasets.Dataset.from_list(repeated).save_to_disk(str(work / "disk2"))
+    capsys.readouterr()
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk2", "--negatives", "random"),
+                          "disk2 (row 3): repeats query id 2 of", "disk2 (row 2)")
