@@ -1,0 +1,249 @@
+"""The main job: the measured recipe end to end, from raw text to a scoreboard and a searchable index.
+
+    scripts/run_pipeline.sh [SAMPLE_SIZE] [--dataset-path PATH... --split S] [--evaluate-on FILES...] [...]
+
+Each stage runs as its own command (printed before it runs, so any stage can be rerun by hand), and each
+passes the next one the exact file it wrote (``--output``), never a search for the newest file:
+
+1. the CBOW corpus: every text of the training source (queries and passages), the passages of the evaluation
+   collection (bare text, no label) and any ``--extra-text`` files, minus any line that equals an evaluation
+   query: the evaluation queries are never trained on;
+2. CBOW word vectors (300-d, a 20-word window, 20 epochs);
+3. triplets: the training source's judged pairs (grade >= 2, hard negatives where the source has candidates),
+   plus, for local passage collections, 4 inverse-cloze pseudo-queries per passage of the training and the
+   evaluation collections (no labels);
+4. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 2 epochs),
+   and the average of their weights;
+5. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
+
+The settings are those chosen on TREC DL 2021 (``benchmarks/quality_dl19.sh select``); the benchmark's recipe
+run calls this same workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
+from ..errors import PipelineError, run_cli
+from ..fileio import atomic_write, cache_key, ensure_writable_dir, file_identity
+from ..report import info
+from ..sources import Source, TsvFiles, TsvSource, read_collection, read_queries, tsv_files_from
+
+ROOT = Path(__file__).resolve().parents[2]
+CBOW_SCRIPT = ROOT / "text_embeddings" / "train_text_embeddings_cbow_msmarco.py"
+TRIPLETS_SCRIPT = ROOT / "preprocessing" / "generate_triplets.py"
+TRAIN_SCRIPT = ROOT / "training" / "train_two_tower_from_triplets.py"
+AVERAGE_SCRIPT = ROOT / "training" / "average_two_tower_models.py"
+SEARCH_SCRIPT = ROOT / "search" / "search.py"
+EVALUATE_SCRIPT = ROOT / "evaluation" / "evaluate.py"
+
+# The recipe's two-tower settings (chosen on DL 2021; see docs/benchmarks.md). --epochs, --batch-size and
+# --seed come from the workflow's own flags.
+RECIPE = ["--shared-towers", "--init-token-weights", "idf", "--loss", "softmax", "--scale", "20",
+          "--learning-rate", "1e-4", "--embedding-learning-rate", "1e-2"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.sh", description=__doc__.split("\n\n")[0],
+        epilog="Without --dataset-path it trains on MS MARCO v1.1 train from the hub and evaluates on its "
+               "validation split. Every stage's output goes where the seed's scripts put it: --output-dir "
+               "(checkpoints/) for vectors and models, --data-dir (data/) for triplets and caches.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sample_size", nargs="?", type=positive_int, default=50000,
+                        help="training queries read from the source (default 50000); with a local collection, "
+                             "also the most passages per collection cut into pseudo-queries")
+    add_source_arguments(parser)
+    parser.set_defaults(min_relevance=2)  # the recipe's judged pairs: grade >= 2 ("highly relevant"), as TREC DL
+    parser.add_argument("--evaluate-on", nargs="+", type=Path, metavar="PATH",
+                        help="the official files to evaluate on: a folder or collection/queries/qrels files "
+                             "(e.g. ../shared/data/msmarco-trec-dl-2019); its passages also feed CBOW and the "
+                             "pseudo-queries, its queries and judgments never do")
+    parser.add_argument("--evaluate-split", default=None,
+                        help="which queries.<split>/qrels.<split> of --evaluate-on (default: the shortest name)")
+    parser.add_argument("--extra-text", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="more text for CBOW only: TSVs of id<TAB>text (collections, query files)")
+    parser.add_argument("-o", "--output-dir", type=Path, default=Path("checkpoints"),
+                        help="word vectors, models and index (default ./checkpoints)")
+    parser.add_argument("--seeds", default="42,1,2",
+                        help="one model per seed, then their average (default 42,1,2; one seed: no average)")
+    parser.add_argument("--epochs", type=positive_int, default=2, help="two-tower epochs (2)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="two-tower batch (256)")
+    parser.add_argument("--cbow-epochs", type=positive_int, default=20, help="CBOW epochs (20)")
+    parser.add_argument("--cbow-window", type=positive_int, default=20, help="CBOW window (20)")
+    parser.add_argument("--vector-size", type=positive_int, default=300, help="CBOW dimensions (300)")
+    parser.add_argument("--min-count", type=positive_int, default=3, help="CBOW: rarer words are dropped (3)")
+    parser.add_argument("--ict-per-passage", type=positive_int, default=4,
+                        help="inverse-cloze pseudo-queries per passage (4; local collections only)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    args = parser.parse_args(argv)
+    try:
+        args.seed_list = [seed_int(seed) for seed in args.seeds.split(",")]
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"argument --seeds: {error}")
+    return args
+
+
+class Workflow:
+    """Runs the stages as commands, prints each command and its time, and keeps the files they wrote."""
+
+    def __init__(self, args: argparse.Namespace, source: Source):
+        self.args, self.source = args, source
+        self.stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        self.data_dir, self.output_dir = Path(args.data_dir), Path(args.output_dir)
+        self.timings: list[tuple[str, float]] = []
+
+    def run(self, stage: str, script: Path, *arguments: object) -> None:
+        command = [sys.executable, str(script), *map(str, arguments)]
+        shown = " ".join(["uv run", str(script.relative_to(ROOT)), *map(str, arguments)])
+        info(f"\n== {stage}\n$ {shown}")
+        started = time.perf_counter()
+        status = subprocess.run(command, check=False).returncode
+        self.timings.append((stage, time.perf_counter() - started))
+        if status != 0:
+            raise PipelineError(f"stage '{stage}' failed (exit status {status}); its message is above")
+
+    def source_flags(self) -> list[str]:
+        args = self.args
+        flags = ["--data-dir", args.data_dir, "--split", args.split, "--dataset-config", args.dataset_config]
+        if args.dataset_path:
+            flags = ["--dataset-path", *args.dataset_path, *flags]
+        return flags
+
+
+def evaluation_files(args: argparse.Namespace) -> TsvFiles | None:
+    if not args.evaluate_on:
+        return None
+    files = tsv_files_from(list(args.evaluate_on), args.evaluate_split)
+    if files.collection is None or files.queries is None or files.qrels is None:
+        raise PipelineError("--evaluate-on needs a collection, a queries file and a qrels file",
+                            args.evaluate_on[0])
+    return files
+
+
+def corpus_lines(source: Source, evaluation: TsvFiles | None, extra: Iterable[Path]) -> Iterator[str]:
+    """The CBOW corpus texts, without any text that is one of the evaluation queries."""
+    held_out = set()
+    texts: list[Iterable[str]] = [source.corpus_texts()]
+    if evaluation is not None:
+        held_out = {" ".join(q.lower().split()) for q in read_queries(evaluation.queries).values()}
+        texts.append(text for _, text in read_collection(evaluation.collection))
+    texts += [(text for _, text in read_collection(path)) for path in extra]
+    for group in texts:
+        for text in group:
+            line = " ".join(text.split())
+            if line and line.lower() not in held_out:
+                yield line
+
+
+def write_corpus(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
+    args = workflow.args
+    evaluated = TsvSource(evaluation).identity() if evaluation else ""
+    key = cache_key("pipeline-corpus-v1", workflow.source.identity(), evaluated,
+                    *(file_identity(path) for path in args.extra_text))
+    path = workflow.data_dir / f"pipeline_corpus_{key}" / "collection.tsv"
+    if path.is_file():
+        info(f"\n== corpus: reusing {path}")
+        return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for number, line in enumerate(corpus_lines(workflow.source, evaluation, args.extra_text)):
+                handle.write(f"t{number}\t{line}\n")
+
+    atomic_write(path, write)
+    info(f"\n== corpus: wrote {path}")
+    return path
+
+
+def local_collection(source: Source) -> Path | None:
+    return source.files.collection if isinstance(source, TsvSource) else None
+
+
+def make_triplets(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
+    args, data = workflow.args, workflow.data_dir
+    judged = data / f"msmarco_triplets_judged_{workflow.stamp}.pkl"
+    negatives = "hard" if workflow.source.has_candidates else "mixed"
+    workflow.run("triplets: judged pairs", TRIPLETS_SCRIPT, *workflow.source_flags(), "--max-samples",
+                 args.sample_size, "--min-relevance", args.min_relevance, "--negatives", negatives, "--output", judged)
+    collections = [c for c in (local_collection(workflow.source), evaluation and evaluation.collection) if c]
+    if not collections:
+        return judged
+    both = data / f"msmarco_triplets_recipe_{workflow.stamp}.pkl"
+    workflow.run("triplets: inverse-cloze pseudo-queries plus the judged pairs", TRIPLETS_SCRIPT, "--mode", "ict",
+                 "--dataset-path", *collections, "--max-samples", args.sample_size, "--ict-per-passage",
+                 args.ict_per_passage, "--include", judged, "--data-dir", data, "--output", both)
+    return both
+
+
+def train_models(workflow: Workflow, triplets: Path, embeddings: Path) -> Path:
+    args = workflow.args
+    final = workflow.output_dir / f"two_tower_model_{workflow.stamp}.pt"
+    seeds = args.seed_list
+    models = [final if len(seeds) == 1 else final.with_name(f"{final.stem}_seed{seed}.pt") for seed in seeds]
+    for seed, model in zip(seeds, models, strict=True):
+        workflow.run(f"two-tower, seed {seed}", TRAIN_SCRIPT, triplets, "--embeddings", embeddings, "--epochs",
+                     args.epochs, "--batch-size", args.batch_size, *RECIPE, "--seed", seed, "--device",
+                     args.device, "--data-dir", args.data_dir, "--output", model)
+    if len(models) > 1:
+        workflow.run(f"the average of the {len(models)} seeds' weights", AVERAGE_SCRIPT, *models, "--output", final)
+    return final
+
+
+def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvFiles | None) -> None:
+    args = workflow.args
+    report = model.with_name(f"{model.stem}_evaluation")
+    common = ["--model", f"recipe={model}", "--embeddings", embeddings, "--device", args.device,
+              "--output-dir", report]
+    if evaluation is not None:
+        workflow.run("index the evaluation collection", SEARCH_SCRIPT, "index", model, "--dataset-path",
+                     evaluation.collection, "--device", args.device)
+        workflow.run("evaluate against BM25", EVALUATE_SCRIPT, *common, "--collection", evaluation.collection,
+                     "--queries", evaluation.queries, "--qrels", evaluation.qrels)
+        info(f"\nSearch the new index:\n  uv run search/search.py query {model} --system all "
+             "\"what is a lobster roll\"")
+    elif not args.dataset_path:
+        workflow.run("evaluate on MS MARCO validation", EVALUATE_SCRIPT, *common, "--split", "validation",
+                     "--data-dir", args.data_dir, "--dataset-config", args.dataset_config)
+    else:
+        info("\nNo evaluation: give --evaluate-on with the official files of queries the model never saw.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    for path in args.extra_text:
+        if not path.is_file():
+            raise PipelineError("--extra-text file not found", path)
+    source = source_from_args(args)
+    evaluation = evaluation_files(args)
+    ensure_writable_dir(args.output_dir)
+    ensure_writable_dir(args.data_dir, "data folder")
+    workflow = Workflow(args, source)
+    if args.dataset_path:
+        corpus = ["--dataset-path", write_corpus(workflow, evaluation), "--data-dir", args.data_dir]
+    else:  # the hub's queries and passages, as stage 1 reads them
+        corpus = [*workflow.source_flags(), "--max-samples", args.sample_size]
+    workflow.run("CBOW word vectors", CBOW_SCRIPT, *corpus, "-c", args.output_dir,
+                 "--vector-size", args.vector_size, "--window", args.cbow_window, "--min-count", args.min_count,
+                 "--epochs", args.cbow_epochs, "--no-word-benchmarks")
+    embeddings = workflow.output_dir / "msmarco_word2vec.pt"
+    triplets = make_triplets(workflow, evaluation)
+    model = train_models(workflow, triplets, embeddings)
+    evaluate(workflow, model, embeddings, evaluation)
+    info("\n== time per stage")
+    for stage, seconds in workflow.timings:
+        info(f"  {seconds:7.1f} s  {stage}")
+    info(f"  {time.perf_counter() - started:7.1f} s  in all; the model: {model}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

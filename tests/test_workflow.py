@@ -1,0 +1,69 @@
+"""The main job (scripts/run_pipeline.sh) end to end on fixtures, through the README's command shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import ROOT, Corpus, run_script, write_tsv_folder
+
+from msmarco_search.model import load_model
+
+
+def run_pipeline(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), *map(str, args)], cwd=cwd,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_index(tmp_path, corpus):
+    # judged queries of every other topic query train; the rest are the evaluation queries, never trained on
+    train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
+    held_out = Corpus(corpus.queries[1::2], corpus.passages)
+    evaluation = write_tsv_folder(held_out, tmp_path / "dl", split="dev", candidates=False)
+    result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
+                          "--seeds", "1,2", "--epochs", "3", "--cbow-epochs", "2", "--vector-size", "16",
+                          "--min-count", "1", "--ict-per-passage", "1", "--min-relevance", "1",
+                          "--output-dir", tmp_path / "checkpoints", "--data-dir", tmp_path / "data", cwd=tmp_path)
+    out = result.stdout + result.stderr
+    for stage in ("CBOW word vectors", "triplets: judged pairs", "two-tower, seed 1", "two-tower, seed 2",
+                  "the average of the 2 seeds' weights", "index the evaluation collection", "evaluate against BM25"):
+        assert f"== {stage}" in out
+    # the commands are printed as a user would run them
+    assert "$ uv run training/train_two_tower_from_triplets.py" in out
+
+    models = sorted((tmp_path / "checkpoints").glob("two_tower_model_*.pt"))
+    final = [m for m in models if "_seed" not in m.name]
+    assert len(final) == 1 and len(models) == 3
+    model = load_model(final[0])
+    assert [Path(p).name for p in model.metadata["averaged_from"]] == [m.name for m in models if "_seed" in m.name]
+    assert model.config.shared_towers  # the recipe's settings reached the training stage
+
+    # the CBOW corpus holds the passages but none of the evaluation queries
+    corpus_file = next((tmp_path / "data").glob("pipeline_corpus_*/collection.tsv"))
+    lines = {line.split("\t", 1)[1] for line in corpus_file.read_text().splitlines()}
+    assert {" ".join(text.split()) for _, text, _ in corpus.passages} <= lines
+    evaluated = {text for _, text, _ in held_out.queries}
+    assert not evaluated & lines
+    assert {text for _, text, _ in corpus.queries[::2]} - evaluated <= lines
+
+    # the scoreboard: evaluation.json with the systems, and the model learnt something on unseen queries
+    report = json.loads((final[0].with_name(f"{final[0].stem}_evaluation") / "evaluation.json").read_text())
+    metrics = report["tasks"]["full"]["metrics"]
+    assert {"bm25", "two-tower[recipe]"} <= set(metrics)
+    assert metrics["two-tower[recipe]"]["nDCG@10"] > 0.5
+
+    # the printed search command works on the index the workflow built
+    assert f"search/search.py query {final[0]}" in out
+    _, query, topic = held_out.queries[0]
+    hits = run_script("search/search.py", "query", final[0], "-k", "3", query, cwd=tmp_path).stdout
+    shown = [line.split()[1] for line in hits.splitlines() if line.strip()[:1].isdigit()]
+    topic_pids = {pid for pid, _, t in corpus.passages if t == topic}
+    assert len(shown) == 3 and shown[0] in topic_pids, hits
+    assert torch.load(final[0], weights_only=True)["kind"] == "two-tower-model"
