@@ -187,7 +187,7 @@ def stage_profile(work: Path, steps: int) -> None:
     from msmarco_search.cbow import load_embeddings
     from msmarco_search.losses import InBatchSoftmaxLoss
     from msmarco_search.model import TwoTowerConfig, TwoTowerModel
-    from msmarco_search.train import TrainSettings, epoch_order, make_optimizers
+    from msmarco_search.train import epoch_order
     from msmarco_search.triplets import load_triplets
 
     torch.set_num_threads(1)
@@ -196,7 +196,7 @@ def stage_profile(work: Path, steps: int) -> None:
     data = tokenise_triplets(load_triplets(triplets_file), vocab, 32, 128)
     model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1]), vocab,
                           matrix).train()
-    optimizers, loss_fn = make_optimizers(model, TrainSettings()), InBatchSoftmaxLoss()
+    optimizers, loss_fn = model.configure_optimizers(1e-4, 1e-2), InBatchSoftmaxLoss()
     order = epoch_order(len(data), 0, 1)
     phases = {"batch": 0.0, "forward": 0.0, "backward": 0.0, "optimiser": 0.0}
 

@@ -355,17 +355,28 @@ def timestamped_path(directory: str | Path, prefix: str, suffix: str) -> Path:
     for attempt in range(1000):
         name = f"{prefix}_{stamp}{'' if attempt == 0 else f'_{attempt}'}"
         path = directory / f"{name}{suffix}"
-        marker = _claim_marker(path)
+        if not claim(path):
+            continue
+        # Checked only once the claim is held: checked before, another run could write and release this
+        # name in between, and both runs would take it.
         if path.exists():
+            release(path)
             continue
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise PipelineError(f"cannot write here ({error.strerror or error})", directory) from error
         return path
     raise PipelineError("could not find a free output name", directory)
+
+
+def claim(path: str | Path) -> bool:
+    """Claim ``path`` for this run with an exclusive-create marker beside it (``.NAME.claim``); False when
+    another run holds it. ``release`` drops the claim."""
+    path = Path(path)
+    try:
+        os.close(os.open(_claim_marker(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise PipelineError(f"cannot write here ({error.strerror or error})", path.parent) from error
+    return True
 
 
 def release(path: str | Path) -> None:

@@ -7,11 +7,10 @@ caller drops the claim with ``fileio.release``. An existing file is replaced onl
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import PipelineError
-from ..fileio import _claim_marker, ensure_writable_dir, release, timestamped_path
+from ..fileio import claim, ensure_writable_dir, release, timestamped_path
 
 MODEL_PREFIX, MODEL_SUFFIX = "two_tower_model", ".pt"
 
@@ -30,14 +29,9 @@ def claim_model_path(output: Path | None, output_dir: Path, overwrite: bool = Fa
     if output.is_dir():
         raise PipelineError("is a folder; --output names the model file to write (or use --output-dir)", output)
     ensure_writable_dir(output.parent)
-    marker = _claim_marker(output)
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        raise PipelineError(f"another run is writing this file (if none is, delete {marker.name} beside it)",
-                            output) from None
-    except OSError as error:
-        raise PipelineError(f"cannot write here ({error.strerror or error})", output.parent) from error
+    if not claim(output):
+        raise PipelineError(f"another run is writing this file (if none is, delete .{output.name}.claim beside "
+                            "it)", output)
     if output.exists() and not overwrite:
         release(output)
         raise PipelineError("already exists; pass --overwrite to replace it, or choose another --output", output)
