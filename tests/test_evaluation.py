@@ -54,6 +54,29 @@ def test_fusion_by_hand():
     assert list(run["q"]) == ["b", "a"]  # b is first in one list and second in the other
 
 
+def test_p_values_on_a_hand_made_pair_of_runs():
+    from scipy.stats import t as student
+
+    from msmarco_search.metrics import significance
+
+    qrels = {f"q{i}": {"r": 2} for i in range(4)}
+    first = {q: {"r": 9.0, "x": 1.0} for q in qrels}  # the relevant passage first everywhere: RR 1
+    # the baseline ranks it 1st, 2nd, 4th and 5th: RR 1, 1/2, 1/4, 1/5
+    baseline = {q: {"r": 1.0, **{f"x{j}": 2.0 + j for j in range(rank)}} for q, rank in
+                zip(qrels, (0, 1, 3, 4), strict=True)}
+    per_query = {name: score_run_per_query(qrels, run, 2, ["MRR@10"]) for name, run in
+                 (("system", first), ("baseline", baseline))}
+    tests = significance(per_query, "baseline", ["MRR@10"])["system"]["MRR@10"]
+    differences = np.array([0.0, 0.5, 0.75, 0.8])
+    t_value = differences.mean() / (differences.std(ddof=1) / 2)  # paired t on 4 queries, 3 degrees of freedom
+    assert tests["queries"] == 4 and tests["difference"] == pytest.approx(differences.mean())
+    assert tests["t_test_p"] == pytest.approx(2 * student.sf(t_value, 3))
+    # Wilcoxon drops the zero difference: 3 positive ranks, exact two-sided p = 2 / 2**3
+    assert tests["wilcoxon_p"] == pytest.approx(0.25)
+    same = significance({"a": per_query["baseline"], "b": per_query["baseline"]}, "b", ["MRR@10"])
+    assert same["a"]["MRR@10"]["t_test_p"] == 1.0 == same["a"]["MRR@10"]["wilcoxon_p"]
+
+
 def test_run_file_is_trec_format_and_round_trips(tmp_path):
     path = write_run(RUN, tmp_path / "run.trec", "my system")
     lines = path.read_text().splitlines()
@@ -88,7 +111,11 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     report = _report(out)
     rerank, full = report["tasks"]["rerank"], report["tasks"]["full"]
     systems = {"two-tower", "bm25", "cbow-mean", "cbow-idf", "hybrid-rrf", "hybrid-linear"}
-    assert set(rerank["metrics"]) == systems | {"random"} and set(full["metrics"]) == systems
+    assert set(rerank["metrics"]) == systems | {"random", "first-stage"} and set(full["metrics"]) == systems
+    assert rerank["baseline"] == "first-stage" and full["baseline"] == "bm25"
+    assert set(full["significance"]) == systems - {"bm25"}
+    assert set(full["significance"]["two-tower"]["nDCG@10"]) == {"queries", "difference", "t_test_p", "wilcoxon_p"}
+    assert "p: paired t-test" in result.stdout
     assert rerank["queries"] == full["queries"] == 120 and rerank["relevance_threshold"] == 1
     assert report["systems"]["bm25"] == {"kind": "BM25Retriever", "k1": 0.9, "b": 0.4,
                                         "stemmer": "english"}
@@ -147,6 +174,20 @@ def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus)
     report = _report(tmp_path / "rerank")
     rerank = report["tasks"]["rerank"]
     assert rerank["relevance_threshold"] == 1 and "random" in rerank["metrics"]
+    # the first stage as given is a row, and the baseline: its run is the candidates file's order
+    assert rerank["baseline"] == "first-stage" and rerank["candidates"] == 6 * len(corpus.queries)
+    given: dict[str, list[str]] = {}
+    for line in (folder / "top1000.dev.tsv").read_text().splitlines():
+        qid, pid = line.split("\t")[:2]
+        given.setdefault(qid, []).append(pid)
+    written: dict[str, list[str]] = {}
+    for line in (tmp_path / "rerank" / "run.rerank.first-stage.trec").read_text().splitlines():
+        written.setdefault(line.split()[0], []).append(line.split()[2])
+    assert written == given
+    order_run = {qid: {pid: -rank for rank, pid in enumerate(pids)} for qid, pids in given.items()}
+    assert rerank["metrics"]["first-stage"] == pytest.approx(
+        score_run(qrels, order_run, 1, list(rerank["metrics"]["first-stage"])))
+    assert set(rerank["significance"]) == set(rerank["metrics"]) - {"first-stage", "random"}
     lines = (tmp_path / "rerank" / "run.rerank.bm25.trec").read_text().splitlines()
     assert len(lines) == 6 * len(corpus.queries)  # six candidates per query, all of them scored
 

@@ -21,7 +21,15 @@ from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.evaluate import DEFAULT_RUN_DEPTH, evaluate_task, format_table, hybrid_name, rows_tasks, tsv_task
+from msmarco_search.evaluate import (
+    DEFAULT_RUN_DEPTH,
+    FIRST_STAGE,
+    evaluate_task,
+    format_table,
+    hybrid_name,
+    rows_tasks,
+    tsv_task,
+)
 from msmarco_search.fileio import release, save_json, timestamped_path
 from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.report import info
@@ -69,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tuning.add_argument("--index-dir", type=Path, default=None,
                         help="official files: reuse the BM25 index saved in this search index "
                              "(search/search.py index over the same --collection, with the same BM25 flags)")
+    tuning.add_argument("--baseline", default=None,
+                        help=f"the row every system is tested against (paired t-test and Wilcoxon test): default "
+                             f"{FIRST_STAGE} (the candidates as given) when re-ranking, bm25 in full ranking")
     tuning.add_argument("--random-seeds", type=non_negative_int, default=10,
                         help="shuffles averaged for the random re-ranking baseline (10)")
     tuning.add_argument("--device", default="auto", help=f"device for the two-tower models: {DEVICE_HELP}")
@@ -203,13 +214,17 @@ def make_tasks(args: argparse.Namespace):
 
 def _print_table(task, result, systems: list[Retriever]) -> None:
     """The task's table, its header naming what is ranked and the BM25 variant."""
-    info(f"\n=== {task.name}: {len(task.queries):,} queries, {len(task.pool):,} passages"
-         f"{'' if task.candidates is None else ', re-ranking each query' + chr(39) + 's candidates'}"
-         f" (relevant: grade >= {task.threshold}) ===")
+    if task.candidates is None:
+        ranked = f"{len(task.pool):,} passages ranked per query"
+    else:
+        candidates = sum(len(c) for c in task.candidates.values())
+        ranked = (f"re-ranking {candidates:,} candidates ({candidates / len(task.queries):,.1f} per query; "
+                  f"{FIRST_STAGE}: their given order)")
+    info(f"\n=== {task.name}: {len(task.queries):,} queries, {ranked} (relevant: grade >= {task.threshold}) ===")
     for system in systems:
         if isinstance(system, BM25Retriever):
             info(f"{system.name}: {system.description}")
-    info(format_table(result.metrics, task.metrics()))
+    info(format_table(result.metrics, task.metrics(), result.baseline, result.significance))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks, data = make_tasks(args)
             report["data"] = data
             for task in tasks:
-                result = evaluate_task(task, systems, args.run_depth, args.random_seeds)
+                result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
                 files = {}
                 for name, run in result.runs.items():
                     path = write_run(run, output_dir / run_file_name(task.name, name), name)
@@ -240,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                 _print_table(task, result, systems)
                 report["tasks"][task.name] = {
                     "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
+                    "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
                     "relevance_threshold": task.threshold, "metrics": result.metrics,
-                    "per_query": result.per_query, "seconds": result.seconds, "run_files": files}
+                    "per_query": result.per_query, "baseline": result.baseline,
+                    "significance": result.significance, "seconds": result.seconds, "run_files": files}
         if args.word_benchmarks:
             from msmarco_search.cbow import load_embeddings
             from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
