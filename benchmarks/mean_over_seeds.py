@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default="nDCG@10,R@100", help="comma-separated metrics (nDCG@10,R@100)")
     args = parser.parse_args(argv)
     try:
-        metrics_by_system = json.loads(args.evaluation.read_text())["tasks"][args.task]["metrics"]
+        report = json.loads(args.evaluation.read_text())
+        metrics_by_system = report["tasks"][args.task]["metrics"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: {args.evaluation}: not an evaluation.json with task {args.task!r} ({error})", file=sys.stderr)
         return 2
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             values = [run[metric] for run in runs]
             cells.append(f"{statistics.mean(values):.4f} ({min(values):.3f}-{max(values):.3f})".rjust(24))
         print(f"{setting or '-':<28} {system:<14} {len(runs):>5} " + " ".join(cells))
+    bm25 = report.get("systems", {}).get("bm25") if isinstance(report.get("systems"), dict) else None
+    if isinstance(bm25, dict) and "k1" in bm25:  # name the BM25 variant (an old file may not say its stemmer)
+        print(f"bm25: k1 {bm25['k1']}, b {bm25['b']}, stemmer {bm25.get('stemmer', 'none (not recorded)')}")
     return 0
 
 

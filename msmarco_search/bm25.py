@@ -26,7 +26,7 @@ from .fileio import load_json, save_json
 from .text import TOKENIZER_VERSION, tokenize
 
 STEMMERS = ("english", "none")
-DEFAULT_STEMMER = "none"
+DEFAULT_STEMMER = "english"
 RECORD = "bm25.json"
 KIND_BM25 = "bm25-index"
 

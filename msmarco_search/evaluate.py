@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PipelineError
-from .metrics import METRICS, RERANK_METRICS, Qrels, score_run, score_run_per_query
+from .metrics import METRICS, RERANK_METRICS, Qrels, score_run, score_run_per_query, significance
 from .report import info, progress
 from .retrieval import PassagePool, RandomRetriever, Retriever
 from .runs import Run
@@ -86,6 +86,8 @@ class TaskResult:
     metrics: dict[str, dict[str, float]]
     per_query: dict[str, dict[str, dict[str, float]]]
     seconds: dict[str, float]
+    baseline: str | None = None
+    significance: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 def _random_baseline(task: Task, seeds: int, depth: int) -> dict[str, float]:
@@ -96,11 +98,28 @@ def _random_baseline(task: Task, seeds: int, depth: int) -> dict[str, float]:
     return {name: float(np.mean([d[name] for d in draws])) for name in names}
 
 
+FIRST_STAGE = "first-stage"  # re-ranking: the candidates in the order given
+
+
+def first_stage_run(task: Task) -> Run:
+    """The candidates as given: each query's candidates scored by their given order (first = best)."""
+    return {qid: {pid: float(len(task.candidates[qid]) - rank) for rank, pid in enumerate(task.candidates[qid])}
+            for qid in task.queries}
+
+
+def default_baseline(task: Task) -> str:
+    """What every row is tested against: the first stage when re-ranking, BM25 in full ranking."""
+    return FIRST_STAGE if task.candidates is not None else "bm25"
+
+
 def evaluate_task(task: Task, retrievers: Sequence[Retriever], depth: int = DEFAULT_RUN_DEPTH,
-                  random_seeds: int = 10, verbose: bool = True) -> TaskResult:
-    """Run every retriever on ``task`` (keeping ``depth`` passages per query) and score each run."""
+                  random_seeds: int = 10, verbose: bool = True, baseline: str | None = None) -> TaskResult:
+    """Run every retriever on ``task`` (keeping ``depth`` passages per query), score each run, and test each
+    against the ``baseline`` row (default :func:`default_baseline`) with paired significance tests."""
     runs: dict[str, Run] = {}
     seconds: dict[str, float] = {}
+    if task.candidates is not None:
+        runs[FIRST_STAGE], seconds[FIRST_STAGE] = first_stage_run(task), 0.0
     for retriever in retrievers:
         if retriever.name in runs:
             raise PipelineError(f"two systems are both named {retriever.name}")
@@ -114,7 +133,13 @@ def evaluate_task(task: Task, retrievers: Sequence[Retriever], depth: int = DEFA
     per_query = {name: score_run_per_query(task.qrels, run, task.threshold, names) for name, run in runs.items()}
     if task.candidates is not None and random_seeds > 0:
         metrics["random"] = _random_baseline(task, random_seeds, depth)
-    return TaskResult(task, runs, metrics, per_query, seconds)
+    baseline = baseline or default_baseline(task)
+    if baseline not in runs:
+        baseline = None if baseline == default_baseline(task) else baseline
+        if baseline is not None:
+            raise PipelineError(f"the baseline {baseline} is not one of the systems ({', '.join(runs)})")
+    tests = significance(per_query, baseline, names) if baseline is not None else {}
+    return TaskResult(task, runs, metrics, per_query, seconds, baseline, tests)
 
 
 def rows_tasks(records: Iterable[QueryRecord], full: bool = True, rerank: bool = True) -> list[Task]:
@@ -197,18 +222,26 @@ def tsv_task(collection: Path, queries_file: Path, qrels_file: Path, candidates_
 
 
 def format_table(metrics: Mapping[str, Mapping[str, float]], columns: Sequence[str],
-                 baseline: str | None = "bm25") -> str:
-    """Systems as rows, metrics as columns; a signed difference to the baseline row where there is one."""
+                 baseline: str | None = "bm25", tests: Mapping[str, Mapping[str, Mapping]] | None = None) -> str:
+    """Systems as rows, metrics as columns; then each row's signed difference to the baseline row, with the
+    paired t-test's p-value when ``tests`` (``metrics.significance``) has it."""
     width = max([len("system"), *map(len, metrics)])
     lines = ["system".ljust(width) + "".join(f"{c:>10}" for c in columns)]
     lines.append("-" * len(lines[0]))
     for name, values in metrics.items():
         lines.append(name.ljust(width) + "".join(f"{values.get(c, math.nan):>10.4f}" for c in columns))
-    if baseline in metrics and len(metrics) > 1:
-        lines.append("")
-        lines.append(f"difference to {baseline}:")
-        for name, values in metrics.items():
-            if name != baseline:
-                lines.append(name.ljust(width) + "".join(
-                    f"{values.get(c, math.nan) - metrics[baseline].get(c, math.nan):>+10.4f}" for c in columns))
+    if baseline not in metrics or len(metrics) < 2:
+        return "\n".join(lines)
+    tests = tests or {}
+    lines += ["", f"difference to {baseline}" + (" (p: paired t-test, two-sided; Wilcoxon p in evaluation.json):"
+                                                  if tests else ":")]
+    for name, values in metrics.items():
+        if name == baseline:
+            continue
+        cells = []
+        for column in columns:
+            cell = f"{values.get(column, math.nan) - metrics[baseline].get(column, math.nan):+.4f}"
+            test = tests.get(name, {}).get(column)
+            cells.append(f"{cell} p {test['t_test_p']:.3f}".rjust(18) if test else cell.rjust(18 if tests else 10))
+        lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)

@@ -310,10 +310,15 @@ class PassageIds(Sequence[str]):
         return self.index.pid(position)
 
 
+def collection_identity(collection: str | Path, count: int) -> dict[str, Any]:
+    """What a saved BM25 index records it was built over: the collection file (absolute path, size) and the
+    passages indexed from it; a run over anything else is refused."""
+    collection = Path(collection).resolve()
+    return {"collection": str(collection), "collection_size": collection.stat().st_size, "count": count}
+
+
 def bm25_identity(index: PassageIndex) -> dict[str, Any]:
-    """What a saved BM25 index must have been built over: this index's collection, by name, size and count."""
-    return {"collection": index.manifest["collection"], "collection_size": index.manifest["collection_size"],
-            "count": index.manifest["count"]}
+    return collection_identity(index.collection, len(index))
 
 
 def build_bm25_index(index: PassageIndex, settings: BM25Settings) -> dict[str, Any]:

@@ -66,3 +66,33 @@ def score_run_per_query(qrels: Qrels, run: Run, threshold: int = 2,
     for metric in ir_measures.iter_calc(list(chosen.values()), qrel_list, docs):
         values[names[metric.measure]][metric.query_id] = float(metric.value)
     return values
+
+
+def paired_tests(system: dict[str, float], baseline: dict[str, float]) -> dict[str, Any]:
+    """Paired significance of ``system`` against ``baseline`` on one metric's per-query values (``{qid: value}``):
+    scipy's paired t-test (``ttest_rel``) and Wilcoxon signed-rank test, two-sided, over the queries both have.
+
+    Identical values on every query give p = 1 (scipy would return nan, or refuse the Wilcoxon test).
+    """
+    from scipy.stats import ttest_rel, wilcoxon
+
+    queries = sorted(system.keys() & baseline.keys())
+    a = [system[q] for q in queries]
+    b = [baseline[q] for q in queries]
+    result: dict[str, Any] = {"queries": len(queries), "difference": (sum(a) - sum(b)) / len(queries) if queries
+                              else 0.0, "t_test_p": 1.0, "wilcoxon_p": 1.0}
+    if len(queries) < 2 or all(x == y for x, y in zip(a, b, strict=True)):
+        return result
+    t_p = float(ttest_rel(a, b).pvalue)
+    result["t_test_p"] = t_p if t_p == t_p else 1.0  # nan: the differences do not vary (a constant shift)
+    result["wilcoxon_p"] = float(wilcoxon(a, b).pvalue)
+    return result
+
+
+def significance(per_query: dict[str, dict[str, dict[str, float]]], baseline: str,
+                 metrics: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{system: {metric: paired_tests(...)}}`` of every system against the ``baseline`` row."""
+    if baseline not in per_query:
+        return {}
+    return {name: {metric: paired_tests(values[metric], per_query[baseline][metric]) for metric in metrics}
+            for name, values in per_query.items() if name != baseline}

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .bm25 import BM25Index, BM25Settings
 from .errors import PipelineError
-from .index import BM25_DIR, PassageIds, PassageIndex, bm25_identity, saved_bm25_settings
+from .index import BM25_DIR, PassageIds, PassageIndex, collection_identity, saved_bm25_settings
 from .report import info, progress
 from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, check_fusion, fuse
 from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
@@ -128,22 +128,24 @@ class BM25Retriever(Retriever):
     """
 
     def __init__(self, settings: BM25Settings | None = None, name: str = "bm25", saved: Path | None = None,
-                 collection_identity: dict[str, Any] | None = None):
+                 collection_file: Path | None = None):
         super().__init__()
         self.bm25_settings = settings or BM25Settings()
-        self.name, self.saved, self.collection_identity = name, saved, collection_identity
+        self.name, self.saved, self.collection_file = name, saved, collection_file
+        if saved is not None and collection_file is None:
+            raise ValueError("a saved BM25 index is checked against the collection file it was built over")
         self.description = self.bm25_settings.describe()
         self.index: BM25Index | None = None
 
     def _prepare(self, collection: Collection) -> None:
         started = time.perf_counter()
         s = self.bm25_settings
-        if self.saved is not None:
-            ids = PassageIds(collection) if isinstance(collection, PassageIndex) else collection.ids
-            self.index = BM25Index.load(self.saved, ids, s, self.collection_identity or {})
-            self.description += f", saved index {self.saved}"
-            return
         ids = PassageIds(collection) if isinstance(collection, PassageIndex) else collection.ids
+        if self.saved is not None:
+            identity = collection_identity(self.collection_file, len(collection))
+            self.index = BM25Index.load(self.saved, ids, s, identity)
+            self.description = f"{s.describe()}, saved index {self.saved}"
+            return
         self.index = BM25Index(ids, collection.texts(), s.k1, s.b, s.stemmer)
         if len(collection) > 100_000:
             info(f"Built BM25 over {len(collection):,} passages in {time.perf_counter() - started:.1f} s")
@@ -173,7 +175,7 @@ def bm25_for_index(index: PassageIndex, k1: float | None = None, b: float | None
                             base.stemmer if stemmer is None else stemmer)
     if saved is None:
         return BM25Retriever(settings, name)
-    return BM25Retriever(settings, name, index.directory / BM25_DIR, bm25_identity(index))
+    return BM25Retriever(settings, name, index.directory / BM25_DIR, index.collection)
 
 
 # ---------------------------------------------------------------------------------------------- dense

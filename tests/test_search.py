@@ -333,3 +333,77 @@ def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path):
         assert searched == scored, system
         if system != "bm25":  # BM25 returns only passages that share a word with the query
             assert all(len(hits) == depth for hits in searched.values())
+
+
+# ---------------------------------------------------------------------------------------------- BM25 (issue 11)
+
+STEMMING = ["r1\tRunners running in the marathon races", "c1\tCooking recipes for a quick dinner",
+            "h1\tThe history of the printing press"]
+
+
+def test_bm25_stems_so_that_only_stemming_links_the_query_to_its_passage():
+    from msmarco_search.bm25 import BM25Index
+
+    ids, texts = zip(*(line.split("\t") for line in STEMMING), strict=True)
+    stemmed, plain = BM25Index(ids, texts), BM25Index(ids, texts, stemmer="none")
+    assert stemmed.stemmer == "english"  # the default: the field's BM25
+    # "runner race" shares no token with any passage; stemmed, "runner"/"runners" and "race"/"races" meet
+    assert np.all(plain.scores("runner race") == 0)
+    scores = stemmed.scores("runner race")
+    assert scores[0] > 0 and np.all(scores[1:] == 0)
+    positions, _ = stemmed.search(["cooked recipe"], k=1)
+    assert ids[positions[0, 0]] == "c1"
+
+
+def test_search_uses_the_bm25_index_saved_at_index_time(search_setup, tmp_path, capsys):
+    (tmp_path / "collection.tsv").write_text("\n".join(STEMMING) + "\n")
+    for stemmer in ("english", "none"):
+        search_main("index", search_setup["model"], "--dataset-path", tmp_path / "collection.tsv", "--index-dir",
+                    tmp_path / stemmer, "--bm25-stemmer", stemmer)
+        manifest = json.loads((tmp_path / stemmer / "manifest.json").read_text())
+        assert manifest["bm25"]["stemmer"] == stemmer and manifest["bm25"]["k1"] == 0.9
+        assert (tmp_path / stemmer / "bm25" / "bm25.json").is_file()
+    capsys.readouterr()
+    search_main("query", search_setup["model"], "--index-dir", tmp_path / "english", "--system", "bm25",
+                "runner race")
+    out = capsys.readouterr().out
+    assert "Snowball English stemmer, saved index" in out and hits_by_system(out)["bm25"] == [["r1"]]
+    search_main("query", search_setup["model"], "--index-dir", tmp_path / "none", "--system", "bm25", "runner race")
+    out = capsys.readouterr().out
+    assert "no stemming, saved index" in out and hits_by_system(out)["bm25"] == [[]] and "(no hits)" in out
+
+
+def test_a_saved_bm25_index_reloads_with_the_same_scores(search_setup, tmp_path):
+    from msmarco_search.bm25 import BM25Index, BM25Settings
+
+    ids, texts = zip(*(line.split("\t") for line in search_setup["lines"]), strict=True)
+    built = BM25Index(ids, texts, k1=1.1, b=0.6)
+    identity = {"collection": "fixture", "count": len(ids)}
+    built.save(tmp_path / "bm25", identity)
+    loaded = BM25Index.load(tmp_path / "bm25", ids, BM25Settings(1.1, 0.6), identity)
+    queries = list(search_setup["queries"].values())
+    for query in queries:
+        assert np.array_equal(built.scores(query), loaded.scores(query))
+    for a, b in zip(built.search(queries, 5), loaded.search(queries, 5), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_mismatched_saved_bm25_index_is_refused(search_setup, tmp_path):
+    folder, index = search_setup["folder"], search_setup["index"]
+    other_settings = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "bm25", "--bm25-k1", "1.2",
+                                "what is ask1x1", cwd=folder, check=False)
+    message = _one_line_error(other_settings)
+    assert "bm25.json" in message and "k1 0.9" in message and "k1 1.2" in message
+    (tmp_path / "collection.tsv").write_text("\n".join(STEMMING) + "\n")
+    (tmp_path / "queries.tsv").write_text("q1\trunner race\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 r1 1\n")
+    other_collection = run_script("evaluation/evaluate.py", "--collection", tmp_path / "collection.tsv", "--queries",
+                                  tmp_path / "queries.tsv", "--qrels", tmp_path / "qrels.txt", "--systems", "bm25",
+                                  "--index-dir", index, "--output-dir", tmp_path / "eval", cwd=tmp_path, check=False)
+    assert "another collection" in _one_line_error(other_collection)
+    damaged = shutil.copytree(index, tmp_path / "index")
+    vocabulary = damaged / "bm25" / "vocab.index.json"
+    vocabulary.write_text(vocabulary.read_text()[:-10])
+    truncated = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", damaged, "--system", "bm25",
+                           "what is ask1x1", cwd=folder, check=False)
+    assert "vocab.index.json" in _one_line_error(truncated)

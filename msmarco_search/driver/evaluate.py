@@ -19,10 +19,19 @@ from pathlib import Path
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
-from msmarco_search.driver.flags import DEVICE_HELP, add_fusion_arguments
+from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.evaluate import DEFAULT_RUN_DEPTH, evaluate_task, format_table, hybrid_name, rows_tasks, tsv_task
+from msmarco_search.evaluate import (
+    DEFAULT_RUN_DEPTH,
+    FIRST_STAGE,
+    evaluate_task,
+    format_table,
+    hybrid_name,
+    rows_tasks,
+    tsv_task,
+)
 from msmarco_search.fileio import release, save_json, timestamped_path
+from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.report import info
 from msmarco_search.retrieval import (
     BM25Retriever,
@@ -65,11 +74,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tuning = parser.add_argument_group("systems")
     tuning.add_argument("--run-depth", type=positive_int, default=DEFAULT_RUN_DEPTH,
                         help=f"passages kept per query in each run ({DEFAULT_RUN_DEPTH})")
-    tuning.add_argument("--bm25-k1", type=float, default=0.9, help="BM25 k1 (0.9)")
-    tuning.add_argument("--bm25-b", type=float, default=0.4, help="BM25 b (0.4)")
+    tuning.add_argument("--index-dir", type=Path, default=None,
+                        help="official files: reuse the BM25 index saved in this search index "
+                             "(search/search.py index over the same --collection, with the same BM25 flags)")
+    tuning.add_argument("--baseline", default=None,
+                        help=f"the row every system is tested against (paired t-test and Wilcoxon test): default "
+                             f"{FIRST_STAGE} (the candidates as given) when re-ranking, bm25 in full ranking")
     tuning.add_argument("--random-seeds", type=non_negative_int, default=10,
                         help="shuffles averaged for the random re-ranking baseline (10)")
     tuning.add_argument("--device", default="auto", help=f"device for the two-tower models: {DEVICE_HELP}")
+    add_bm25_arguments(parser)
     add_fusion_arguments(parser, several=True)
     add_source_arguments(parser)
     _row_layout_defaults(parser)
@@ -116,6 +130,22 @@ def choose_systems(args: argparse.Namespace) -> list[str]:
     return chosen
 
 
+def _bm25(args: argparse.Namespace) -> BM25Retriever:
+    """BM25 with the flags' settings: built over the task's pool, or with --index-dir the BM25 index saved
+    with a search index (refused unless it was built with these settings over this --collection)."""
+    settings = BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
+    if args.index_dir is None:
+        return BM25Retriever(settings)
+    if args.collection is None:
+        raise PipelineError("--index-dir (a saved BM25 index) needs the official files task (--collection ...)")
+    index = load_index(args.index_dir)
+    if saved_bm25_settings(index) is None:
+        raise PipelineError("this index has no saved BM25 index; build one with `search/search.py index`",
+                            args.index_dir)
+    index.close()
+    return BM25Retriever(settings, "bm25", Path(args.index_dir) / BM25_DIR, args.collection)
+
+
 def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever]:
     systems: list[Retriever] = []
     towers: list[Retriever] = []
@@ -128,7 +158,7 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever
         systems += towers
     bm25 = None
     if "bm25" in chosen:
-        bm25 = BM25Retriever(BM25Settings(args.bm25_k1, args.bm25_b))
+        bm25 = _bm25(args)
         systems.append(bm25)
     if "cbow" in chosen:
         from msmarco_search.cbow import load_embeddings
@@ -182,6 +212,21 @@ def make_tasks(args: argparse.Namespace):
     return tasks, {"format": "rows", "source": source.description, "split": args.split}
 
 
+def _print_table(task, result, systems: list[Retriever]) -> None:
+    """The task's table, its header naming what is ranked and the BM25 variant."""
+    if task.candidates is None:
+        ranked = f"{len(task.pool):,} passages ranked per query"
+    else:
+        candidates = sum(len(c) for c in task.candidates.values())
+        ranked = (f"re-ranking {candidates:,} candidates ({candidates / len(task.queries):,.1f} per query; "
+                  f"{FIRST_STAGE}: their given order)")
+    info(f"\n=== {task.name}: {len(task.queries):,} queries, {ranked} (relevant: grade >= {task.threshold}) ===")
+    for system in systems:
+        if isinstance(system, BM25Retriever):
+            info(f"{system.name}: {system.description}")
+    info(format_table(result.metrics, task.metrics(), result.baseline, result.significance))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = choose_systems(args)
@@ -202,19 +247,18 @@ def main(argv: list[str] | None = None) -> int:
             tasks, data = make_tasks(args)
             report["data"] = data
             for task in tasks:
-                result = evaluate_task(task, systems, args.run_depth, args.random_seeds)
+                result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
                 files = {}
                 for name, run in result.runs.items():
                     path = write_run(run, output_dir / run_file_name(task.name, name), name)
                     files[name] = str(path)
-                info(f"\n=== {task.name}: {len(task.queries):,} queries, {len(task.pool):,} passages"
-                     f"{'' if task.candidates is None else ', re-ranking each query' + chr(39) + 's candidates'}"
-                     f" (relevant: grade >= {task.threshold}) ===")
-                info(format_table(result.metrics, task.metrics()))
+                _print_table(task, result, systems)
                 report["tasks"][task.name] = {
                     "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
+                    "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
                     "relevance_threshold": task.threshold, "metrics": result.metrics,
-                    "per_query": result.per_query, "seconds": result.seconds, "run_files": files}
+                    "per_query": result.per_query, "baseline": result.baseline,
+                    "significance": result.significance, "seconds": result.seconds, "run_files": files}
         if args.word_benchmarks:
             from msmarco_search.cbow import load_embeddings
             from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality

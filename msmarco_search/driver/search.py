@@ -20,14 +20,16 @@ import time
 from pathlib import Path
 
 from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
+from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
-from msmarco_search.driver.flags import DEVICE_HELP, add_fusion_arguments
+from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.index import (
     FAISS_KINDS,
     VECTOR_DTYPES,
     IndexSettings,
     PassageIndex,
+    build_bm25_index,
     build_index,
     default_index_dir,
     load_index,
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     index.add_argument("--ivf-lists", type=positive_int, default=None,
                        help="IVF clusters (default: about 4 x sqrt(passages))")
     index.add_argument("--device", default="auto", help=DEVICE_HELP)
+    index.add_argument("--no-bm25", action="store_true",
+                       help="do not build and save the BM25 index (search then builds BM25 in memory when asked)")
+    add_bm25_arguments(index)
     add_source_arguments(index)
 
     query = commands.add_parser("query", help="search an index",
@@ -86,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     query.add_argument("--batch-size", type=positive_int, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
     query.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_bm25_arguments(query, saved=True)
     add_fusion_arguments(query, several=False)
     query.add_argument("--chunk-rows", type=positive_int, default=65536,
                        help="exact search: passage rows scored at once (65536)")
@@ -111,10 +117,16 @@ def run_index(args: argparse.Namespace) -> int:
     source = source_from_args(args)
     settings = IndexSettings(batch_size=args.batch_size, dtype=args.dtype, faiss=args.faiss, hnsw_m=args.hnsw_m,
                              ivf_lists=args.ivf_lists or 0, max_passages=args.max_passages)
+    bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
     manifest = build_index(model, args.model, source, index_dir, settings)
     total = sum(manifest["files"].values())
-    faiss = f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else ""
-    info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{faiss})")
+    extras = f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else ""
+    if bm25 is not None:
+        index = load_index(index_dir, model, args.model)
+        record = build_bm25_index(index, bm25)
+        total += sum(record["files"].values())
+        extras += f", BM25 ({bm25.describe()})"
+    info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{extras})")
     return 0
 
 
@@ -122,7 +134,8 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search,
                             chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.fusion_weight,
-                            rrf_k=args.rrf_k, fusion_depth=args.fusion_depth)
+                            rrf_k=args.rrf_k, fusion_depth=args.fusion_depth, bm25_k1=args.bm25_k1,
+                            bm25_b=args.bm25_b, bm25_stemmer=args.bm25_stemmer)
     return make_retrievers(systems, index, model, args.model, options)
 
 
