@@ -28,6 +28,7 @@ from .batches import TokenBatch
 from .errors import PipelineError
 from .fileio import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load_torch, save_torch
 from .optim import RowAdam
+from .provenance import merge_provenance
 from .report import warn
 from .vocab import PAD_ID, Vocabulary, inverse_document_frequency, vocabulary_fingerprint
 
@@ -328,7 +329,8 @@ def average_two_towers(paths: list[str | Path]) -> TwoTowerModel:
     Models fine-tuned from the same start (here the CBOW vectors, an identity head and the same word weights)
     with different seeds stay in one basin of the loss, so the mean of their weights is itself a good model,
     usually better than the typical one of them: it averages out the noise of one run's batch order, at no
-    cost at search time. The models must share their settings and vocabulary; the soup keeps the first one's metadata.
+    cost at search time. The models must share their settings and vocabulary; the soup keeps the first one's
+    metadata, and what all of them were trained on.
     """
     if not paths:
         raise PipelineError("no models to average")
@@ -345,5 +347,7 @@ def average_two_towers(paths: list[str | Path]) -> TwoTowerModel:
             raise PipelineError(f"its vocabulary differs from that of {paths[0]}", path)
         for name, tensor in model.state_dict().items():
             total[name] += tensor.double()
+        first.metadata["trained_on"] = merge_provenance(first.metadata.get("trained_on"),
+                                                        model.metadata.get("trained_on"))
     first.load_state_dict({name: (tensor / len(paths)).to(state[name].dtype) for name, tensor in total.items()})
     return first

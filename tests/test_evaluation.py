@@ -123,6 +123,9 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     assert rerank["metrics"]["two-tower"]["MRR@10"] > 0.9 > rerank["metrics"]["random"]["MRR@10"] + 0.3
     assert full["metrics"]["two-tower"]["nDCG@10"] > full["metrics"]["cbow-idf"]["nDCG@10"] + 0.3
     assert set(rerank["per_query"]["two-tower"]["MRR@10"]) == {q for q, _, _ in corpus.queries[:120]}
+    # these are the model's own training queries: the table says so, and the JSON names them
+    assert "LEAK: 120 of the 120 evaluation queries are in two-tower's training triplets" in result.stdout
+    assert full["training_overlap"]["two-tower"]["queries"] == 120
 
     qrels, pool = {}, set()
     for line in trained_pipeline["rows"].read_text().splitlines()[:120]:
@@ -414,3 +417,24 @@ def test_evaluation_flags_have_one_name_per_meaning(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--hybrid-weight", "0.3"])  # the old names are gone, not aliases
     assert "unrecognized arguments: --hybrid-weight" in capsys.readouterr().err
+
+
+def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipeline, tmp_path, corpus):
+    from msmarco_search.cbow import load_embeddings, save_embeddings
+    from msmarco_search.vocab import Vocabulary
+
+    folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
+    files = ["--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
+             folder / "qrels.dev.tsv", "--systems", "two-tower,cbow", "--max-queries", "20"]
+    # no --embeddings, from another folder: the CBOW rows use the vectors the model was trained from
+    run_script(EVALUATE_SCRIPT, "--model", trained_pipeline["model"], *files, "--output-dir", tmp_path / "own",
+               cwd=tmp_path)
+    systems = _report(tmp_path / "own")["systems"]
+    assert systems["cbow-mean"]["embeddings"] == str(trained_pipeline["embeddings"].resolve())
+
+    matrix, vocab, _ = load_embeddings(trained_pipeline["embeddings"])
+    other = save_embeddings(tmp_path / "other.pt", matrix[:-1], Vocabulary(vocab.index_to_word[:-1]), {})
+    refused = run_script(EVALUATE_SCRIPT, "--model", trained_pipeline["model"], *files, "--embeddings", other,
+                         "--output-dir", tmp_path / "other", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "other.pt: these CBOW embeddings are not the ones" in refused.stderr

@@ -58,6 +58,11 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     metrics = report["tasks"]["full"]["metrics"]
     assert {"bm25", "two-tower[recipe]"} <= set(metrics)
     assert metrics["two-tower[recipe]"]["nDCG@10"] > 0.5
+    # the fixture's query halves share a few texts by chance: exactly those are reported as seen in training
+    trained = {text for _, text, _ in corpus.queries[::2]}
+    repeated = sorted(qid for qid, text, _ in held_out.queries if text in trained)
+    overlap = report["tasks"]["full"]["training_overlap"]["two-tower[recipe]"]
+    assert sorted(overlap["query_ids"]) == repeated
 
     # the printed search command works on the index the workflow built
     assert f"search/search.py query {final[0]}" in out

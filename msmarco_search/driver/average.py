@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = model.metadata
         save_two_tower(path, model, {
             "training": meta.get("training"), "embeddings_file": meta.get("embeddings_file"),
+            "trained_on": meta.get("trained_on"),
             "averaged_from": [str(p) for p in args.models],
             "averaged": datetime.now().isoformat(timespec="seconds")})
     finally:

@@ -32,7 +32,8 @@ from msmarco_search.evaluate import (
 )
 from msmarco_search.fileio import release, save_json, timestamped_path
 from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
-from msmarco_search.report import info
+from msmarco_search.provenance import training_overlap
+from msmarco_search.report import info, warn
 from msmarco_search.retrieval import (
     BM25Retriever,
     CbowRetriever,
@@ -41,6 +42,9 @@ from msmarco_search.retrieval import (
     TwoTowerRetriever,
 )
 from msmarco_search.runs import FUSIONS, run_file_name, write_run
+from msmarco_search.vocab import vocabulary_fingerprint
+
+DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
 
 SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid")
 
@@ -50,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                         help="a two-tower model (.pt from training), optionally named (it shows as "
                              "two-tower[NAME]); repeat for several")
-    parser.add_argument("--embeddings", type=Path, default=Path("checkpoints/msmarco_word2vec.pt"),
-                        help="CBOW embeddings for the zero-shot systems (checkpoints/msmarco_word2vec.pt)")
+    parser.add_argument("--embeddings", type=Path, default=None,
+                        help="CBOW embeddings for the zero-shot systems (default: the ones the first --model was "
+                             "trained from, else checkpoints/msmarco_word2vec.pt); embeddings of another "
+                             "vocabulary than the model's are refused")
     parser.add_argument("--systems", default=None,
                         help=f"comma-separated, among {', '.join(SYSTEMS)}, or 'none' (default: all that the "
                              "given files allow: two-tower and hybrid need --model, cbow the embeddings file)")
@@ -108,6 +114,38 @@ def _split(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     if unknown:
         raise PipelineError(f"{flag}: unknown value(s) {', '.join(unknown)} (use {', '.join(allowed)})")
     return values
+
+
+def resolve_embeddings(args: argparse.Namespace) -> None:
+    """The CBOW baselines use the vectors the model was trained from: a zero-shot row computed from other
+    vectors would compare the model with a baseline it never started from."""
+    recorded = None
+    if args.model:
+        from msmarco_search.fileio import KIND_TWO_TOWER, load_torch
+
+        first = parse_models(args.model)[0][0]
+        if first.is_file():
+            embeddings_file = load_torch(first, KIND_TWO_TOWER).get("embeddings_file")
+            recorded = Path(embeddings_file) if isinstance(embeddings_file, str) else None
+    args.embeddings_given = args.embeddings is not None
+    if args.embeddings is None:
+        args.embeddings = recorded if recorded is not None and recorded.is_file() else DEFAULT_EMBEDDINGS
+
+
+def embeddings_match(args: argparse.Namespace, towers: list[Retriever], vocab_fingerprint: str) -> bool:
+    """Whether the CBOW embeddings are those the models were trained from (same vocabulary). Given with
+    --embeddings, a mismatch is refused; found by default, the CBOW rows are left out with a warning."""
+    for tower in towers:
+        trained = tower.metadata.get("vocabulary_fingerprint")
+        if trained is None or trained == vocab_fingerprint:
+            continue
+        problem = (f"these CBOW embeddings are not the ones {tower.path} was trained from (another vocabulary; "
+                   f"it was trained from {tower.metadata.get('embeddings_file')})")
+        if args.embeddings_given:
+            raise PipelineError(f"{problem}; pass those, or leave --embeddings out", args.embeddings)
+        warn(f"{args.embeddings}: {problem}; leaving the CBOW rows out (pass --embeddings to choose)")
+        return False
+    return True
 
 
 def choose_systems(args: argparse.Namespace) -> list[str]:
@@ -167,8 +205,9 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever
             raise PipelineError("CBOW embeddings not found; pass --embeddings or leave cbow out of --systems",
                                 args.embeddings)
         matrix, vocab, _ = load_embeddings(args.embeddings)
-        systems += [CbowRetriever(matrix, vocab, "mean", embeddings_path=args.embeddings),
-                    CbowRetriever(matrix, vocab, "idf", embeddings_path=args.embeddings)]
+        if embeddings_match(args, towers, vocabulary_fingerprint(vocab)):
+            systems += [CbowRetriever(matrix, vocab, "mean", embeddings_path=args.embeddings),
+                        CbowRetriever(matrix, vocab, "idf", embeddings_path=args.embeddings)]
     if "hybrid" in chosen:
         for method in _split(args.fusion, FUSIONS, "--fusion"):
             systems += [HybridRetriever(tower, bm25, method, args.fusion_weight, args.rrf_k, args.fusion_depth,
@@ -212,6 +251,25 @@ def make_tasks(args: argparse.Namespace):
     return tasks, {"format": "rows", "source": source.description, "split": args.split}
 
 
+def training_overlaps(task, systems: list[Retriever]) -> dict[str, dict | None]:
+    """Per two-tower system, the evaluation queries whose text it was trained on (None: not recorded)."""
+    overlaps = {}
+    for system in systems:
+        if isinstance(system, TwoTowerRetriever):
+            ids = training_overlap(system.metadata, task.queries)
+            overlaps[system.name] = None if ids is None else {"queries": len(ids), "query_ids": ids}
+    return overlaps
+
+
+def warn_about_overlaps(task, overlaps: dict[str, dict | None]) -> None:
+    for name, overlap in overlaps.items():
+        if overlap is None:
+            info(f"note: {name} does not record its training queries, so a leak cannot be ruled out")
+        elif overlap["queries"]:
+            info(f"⚠️  LEAK: {overlap['queries']:,} of the {len(task.queries):,} evaluation queries are in "
+                 f"{name}'s training triplets: its row is not a fair score")
+
+
 def _print_table(task, result, systems: list[Retriever]) -> None:
     """The task's table, its header naming what is ranked and the BM25 variant."""
     if task.candidates is None:
@@ -229,6 +287,7 @@ def _print_table(task, result, systems: list[Retriever]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resolve_embeddings(args)
     chosen = choose_systems(args)
     if not chosen and not args.word_benchmarks:
         raise PipelineError("nothing to do: --systems none without --word-benchmarks")
@@ -253,11 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                     path = write_run(run, output_dir / run_file_name(task.name, name), name)
                     files[name] = str(path)
                 _print_table(task, result, systems)
+                overlaps = training_overlaps(task, systems)
+                warn_about_overlaps(task, overlaps)
                 report["tasks"][task.name] = {
                     "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
                     "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
                     "relevance_threshold": task.threshold, "metrics": result.metrics,
-                    "per_query": result.per_query, "baseline": result.baseline,
+                    "per_query": result.per_query, "baseline": result.baseline, "training_overlap": overlaps,
                     "significance": result.significance, "seconds": result.seconds, "run_files": files}
         if args.word_benchmarks:
             from msmarco_search.cbow import load_embeddings

@@ -35,14 +35,15 @@ from ..cbow import load_embeddings
 from ..device import pick_device
 from ..distributed import DistributedContext, context_from_environment, init_distributed, shutdown_distributed
 from ..errors import PipelineError, run_cli
-from ..fileio import release, save_json
+from ..fileio import load_json, release, save_json
 from ..losses import InBatchSoftmaxLoss, TripletMarginLoss
 from ..model import TOWERS, TwoTowerModel, build_model, save_two_tower
 from ..plots import plot_training_log
+from ..provenance import training_provenance
 from ..report import info
 from ..train import TrainingInterrupted, TrainingLog, TrainSettings, load_training_state, train_two_tower
 from ..training_data import TrainingData, TripletsFile
-from ..triplets import Triplets
+from ..triplets import Triplets, metadata_path
 from ..validation import Validator
 from .output import MODEL_PREFIX, MODEL_SUFFIX, beside, claim_model_path
 
@@ -186,7 +187,7 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
              f"({log.examples_seen / max(log.training_seconds, 1e-9):,.0f} triplets/s)")
         if not context.is_main:
             return 0
-        save(args, outputs, model, training_record(args, model, data, log, validator))
+        save(args, outputs, model, training_record(args, model, data, log, validator), data)
     finally:
         outputs.release()
     similarity_test(model, data.texts)
@@ -293,12 +294,24 @@ def training_record(args: argparse.Namespace, model: TwoTowerModel, data: Traini
             "finished": datetime.now().isoformat(timespec="seconds")}
 
 
-def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, record: dict[str, Any]) -> None:
+def trained_on(args: argparse.Namespace, data: TrainingData) -> dict[str, Any]:
+    """What evaluation checks its queries against: the triplets' source and every query text of the file
+    (held-out ones too: they were looked at to pick the epoch)."""
+    described = metadata_path(args.triplets_file)
+    metadata = load_json(described) if described.is_file() else None
+    streamed = args.triplets_file.suffix.lower() == ".tsv"
+    return training_provenance(str(args.triplets_file), metadata if isinstance(metadata, dict) else None,
+                               None if streamed else data.texts.queries)
+
+
+def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, record: dict[str, Any],
+         data: TrainingData) -> None:
     if outputs.model is None:
         info("Not saving the model (--no-save)")
         return
     save_two_tower(outputs.model, model, {"training": {k: v for k, v in record.items() if k != "steps"},
-                                          "embeddings_file": str(args.embeddings)})
+                                          "embeddings_file": str(args.embeddings.resolve()),
+                                          "trained_on": trained_on(args, data)})
     log_path = save_json(record, beside(outputs.model, "training_log", ".json"))
     plot_path = plot_training_log(record, log_path.with_suffix(".png"))
     outputs.release()
