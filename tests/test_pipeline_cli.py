@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +233,20 @@ def test_pipeline_runs_on_real_rows_and_tsvs(tmp_path):
     for path in triplets:
         run_script(TRAIN_SCRIPT, path, "--batch-size", "64", "--no-save", cwd=tmp_path)
     assert np.isfinite(json.loads(metadata_path(triplets[1]).read_text())["num_triplets"])
+
+
+@pytest.mark.parametrize("command", ["cbow", "triplets", "train", "average", "export", "search", "evaluate",
+                                     "pipeline"])
+def test_console_commands_are_installed_and_end_bad_input_with_one_line(command, tmp_path):
+    executable = Path(sys.executable).parent / f"msmarco-{command}"
+    assert executable.is_file(), "uv sync installs the [project.scripts] commands"
+    env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
+    shown = subprocess.run([executable, "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0 and "usage:" in shown.stdout
+    if command in ("train", "average"):
+        missing = tmp_path / "missing.pkl"
+        arguments = [missing] if command == "train" else [missing, missing]
+        bad = subprocess.run([executable, *arguments], capture_output=True, text=True, cwd=tmp_path, env=env,
+                             timeout=300)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
