@@ -72,3 +72,19 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     topic_pids = {pid for pid, _, t in corpus.passages if t == topic}
     assert len(shown) == 3 and shown[0] in topic_pids, hits
     assert torch.load(final[0], weights_only=True)["kind"] == "two-tower-model"
+
+
+def test_the_main_job_refuses_bad_evaluation_files_before_any_work(tmp_path, corpus):
+    train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "collection.tsv").write_text("p1\tsome passage\n")
+    env = {**os.environ, "PYTHON": sys.executable, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
+    for extra, message in ((["--evaluate-on", empty], "--evaluate-on needs a collection, a queries file and a qrels"),
+                           (["--extra-text", tmp_path / "missing.tsv"], "missing.tsv: --extra-text file not found")):
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "run_pipeline.sh"), "--dataset-path", str(train),
+                                 *map(str, extra), "--output-dir", str(tmp_path / "out"), "--data-dir",
+                                 str(tmp_path / "data")], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert message in result.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
