@@ -201,24 +201,33 @@ if want select; then
 fi
 
 if want train; then
-  # the recipe's model is the average of the weights of the same training with 3 seeds
-  for seed in "${SEEDS[@]}"; do train "recipe-s$seed" "$EPOCHS" both "$EMBEDDINGS" "${RECIPE[@]}" --seed "$seed"; done
-  average main "${SEEDS[@]/#/recipe-s}"
+  # The recipe's model is what the README's main command makes, by the same workflow with the same inputs
+  # (its own CBOW corpus, the judged + inverse-cloze triplets, 3 seeds and their average), into $WORK/models/main.
+  rm -rf "$WORK/models/main" "$WORK/pipeline-data"
+  bash scripts/run_pipeline.sh 50000 --dataset-path "$DL21" --split dl21 --evaluate-on "$DL19" \
+    --extra-text "$DATA"/msmarco-queries/queries.train.*.tsv --output-dir "$WORK/models/main" \
+    --data-dir "$WORK/pipeline-data"
 fi
+# the main job's model (the seeds' average, written last) and its seeds' models
+main_model() { find "$WORK/models/main" -maxdepth 1 -name 'two_tower_model_*.pt' ! -name '*_seed*' | sort | tail -n 1; }
+seed_model() { find "$WORK/models/main" -maxdepth 1 -name "two_tower_model_*_seed$1.pt" | sort | tail -n 1; }
 
 if want evaluate; then
   echo "== evaluate on DL 2019: full ranking over the pool"
-  uv run evaluation/evaluate.py "${DL19_FILES[@]}" --model "$(model main)" --embeddings "$EMBEDDINGS" \
-    --word-benchmarks --output-dir "$WORK/eval_main"
+  uv run evaluation/evaluate.py "${DL19_FILES[@]}" --model "$(main_model)" --word-benchmarks \
+    --output-dir "$WORK/eval_main"
   echo "== the recipe's 3 seeds alone and averaged, on DL 2019"
-  models=(--model "recipe-soup=$(model main)")
-  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "recipe-s$seed")"); done
+  models=(--model "recipe-soup=$(main_model)")
+  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(seed_model "$seed")"); done
   uv run evaluation/evaluate.py "${DL19_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
     --output-dir "$WORK/eval_seeds"
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_seeds/evaluation.json"
 fi
 
 if want ablation; then
+  # the ablation changes one choice at a time from the main job's model, so it starts from the same vectors
+  # (the cbow-* rows use vectors trained on the corpus step's text instead)
+  EMBEDDINGS=$WORK/models/main/msmarco_word2vec.pt
   # Each model changes one choice of the recipe (flags given later win over the recipe's) and is trained once,
   # with seed 42: compare it with the recipe's seed-42 model (the recipe itself averages 3 seeds).
   cbow "$WORK/cbow-5-epochs" --window "$CBOW_WINDOW" --epochs 5 --no-word-benchmarks
@@ -234,7 +243,7 @@ if want ablation; then
   train cbow-5-epochs "$EPOCHS" both "$WORK/cbow-5-epochs/msmarco_word2vec.pt" "${RECIPE[@]}"
   train cbow-window-5 "$EPOCHS" both "$WORK/cbow-w5/msmarco_word2vec.pt" "${RECIPE[@]}"
   train 4-epochs 4 both "$EMBEDDINGS" "${RECIPE[@]}"
-  models=(--model "recipe=$(model main)" --model "recipe-seed-42=$(model recipe-s42)")
+  models=(--model "recipe=$(main_model)" --model "recipe-seed-42=$(seed_model 42)")
   for name in previous-recipe judged-only ict-only separate-towers weights-start-at-1 no-token-weights \
               frozen-embeddings triplet-loss dense-lr-1e-3 cbow-5-epochs cbow-window-5 4-epochs; do
     models+=(--model "$name=$(model "$name")")
