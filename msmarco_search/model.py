@@ -264,6 +264,24 @@ def save_two_tower(path: str | Path, model: TwoTowerModel, extra: dict[str, Any]
                        **extra}, path, KIND_TWO_TOWER)
 
 
+def state_shapes(config: TwoTowerConfig) -> dict[str, tuple[int, ...]]:
+    """The ``state_dict`` shapes of a ``TwoTowerModel`` of ``config`` (a shared tower is listed under both
+    prefixes, as ``state_dict`` lists it); ``test_state_shapes_match_the_modules`` holds it to the modules."""
+    vocab, dim, out, hidden = config.vocab_size, config.embedding_dim, config.output_dim, config.gru_hidden_dim
+    tower: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab, dim)}
+    if config.tower == "mean":
+        if config.token_weights:
+            tower["token_weight.weight"] = (vocab, 1)
+        head_in = dim
+    else:
+        for suffix in ("l0", "l0_reverse"):
+            tower |= {f"gru.weight_ih_{suffix}": (3 * hidden, dim), f"gru.weight_hh_{suffix}": (3 * hidden, hidden),
+                      f"gru.bias_ih_{suffix}": (3 * hidden,), f"gru.bias_hh_{suffix}": (3 * hidden,)}
+        head_in = 2 * hidden
+    tower |= {"head.weight": (out, head_in), "head.bias": (out,)}
+    return {f"{side}.{name}": shape for side in ("query_tower", "passage_tower") for name, shape in tower.items()}
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu",
                expected_vocabulary: str | None = None, expected_from: str | Path = "") -> TwoTowerModel:
     """A saved model in eval mode, with its vocabulary and the rest of the file (``model_id``, ...) in ``metadata``.
@@ -296,10 +314,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
         vocab = Vocabulary(words)
         if len(vocab) != config.vocab_size:
             raise ValueError(f"its vocabulary has {len(vocab)} words but its config says {config.vocab_size}")
-        # the shapes the config implies, from a model on the meta device (no memory): a config of absurd
-        # sizes is refused here instead of allocating them
-        with torch.device("meta"):
-            expected = {name: tuple(value.shape) for name, value in TwoTowerModel(config, vocab).state_dict().items()}
+        # the shapes the config implies, computed (no memory): a config of absurd sizes is refused here instead
+        # of allocating them. (Building the model on the meta device would do too, but torch's first meta-device
+        # context costs 6 s of imports, which every search and evaluation would pay.)
+        expected = state_shapes(config)
         found = {name: tuple(value.shape) for name, value in state.items()}
         if found != expected:
             name = sorted(set(found) ^ set(expected)) or [n for n in expected if found[n] != expected[n]]

@@ -63,6 +63,15 @@ class Triplets:
         indices = list(indices)
         return Triplets(**{name: [getattr(self, name)[i] for i in indices] for name in COLUMNS})
 
+    def without_queries(self, texts: Iterable[str]) -> Triplets:
+        """The triplets whose query is none of ``texts`` (compared as tokens: case and punctuation aside), so
+        that queries kept for evaluation are never trained on, not even as an inverse-cloze pseudo-query cut
+        from a passage that quotes them."""
+        from .provenance import query_fingerprint
+
+        excluded = {query_fingerprint(text) for text in texts}
+        return self.subset(i for i, query in enumerate(self.queries) if query_fingerprint(query) not in excluded)
+
     def columns(self) -> dict[str, list[str]]:
         return {name: getattr(self, name) for name in COLUMNS}
 

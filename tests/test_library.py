@@ -168,3 +168,16 @@ def test_bm25_scores_a_query_without_tokens_zero_instead_of_raising():
     positions, scores = index.search(["?!", "flea"], k=2)
     assert np.all(scores[0] == 0) and index.passage_ids[positions[1, 0]] == "a"
     assert np.all(index.scores("...") == 0) and index.scores("...").shape == (2,)
+
+
+@pytest.mark.parametrize("tower", ["mean", "gru"])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("token_weights", [False, True])
+def test_state_shapes_match_the_modules(tower, shared, token_weights):
+    from msmarco_search.model import state_shapes
+
+    vocab = Vocabulary.from_words(["a", "b", "c"])
+    config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=6, output_dim=4, tower=tower, gru_hidden_dim=3,
+                            shared_towers=shared, token_weights=token_weights)
+    model = TwoTowerModel(config, vocab)
+    assert state_shapes(config) == {name: tuple(value.shape) for name, value in model.state_dict().items()}

@@ -250,3 +250,21 @@ def test_console_commands_are_installed_and_end_bad_input_with_one_line(command,
                              timeout=300)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_triplets_drop_the_queries_kept_for_evaluation(tmp_path, corpus):
+    from conftest import write_tsv_folder
+
+    folder = write_tsv_folder(corpus, tmp_path / "tsv")
+    held_out = tmp_path / "queries.eval.tsv"
+    # the same texts in another case and with punctuation: still the same queries
+    kept_back = corpus.queries[:30]
+    held_out.write_text("".join(f"e{qid}\t{text.upper()}?\n" for qid, text, _ in kept_back))
+    run_script(TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random", "--exclude-queries", held_out,
+               "--output", tmp_path / "t.pkl", cwd=tmp_path)
+    triplets = load_triplets(tmp_path / "t.pkl")
+    metadata = json.loads(metadata_path(tmp_path / "t.pkl").read_text())
+    excluded = {text for _, text, _ in kept_back}
+    assert triplets.queries and not excluded & set(triplets.queries)
+    assert metadata["triplets_excluded"] == metadata["triplets_made"] - len(triplets) > 0
+    assert metadata["excluded_queries"] == [str(held_out)]

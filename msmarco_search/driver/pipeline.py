@@ -11,7 +11,7 @@ passes the next one the exact file it wrote (``--output``), never a search for t
 2. CBOW word vectors (300-d, a 20-word window, 20 epochs);
 3. triplets: the training source's judged pairs (grade >= 2, hard negatives where the source has candidates),
    plus, for local passage collections, 4 inverse-cloze pseudo-queries per passage of the training and the
-   evaluation collections (no labels);
+   evaluation collections (no labels), less any triplet whose query is an evaluation query;
 4. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 2 epochs),
    and the average of their weights;
 5. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
@@ -171,15 +171,19 @@ def make_triplets(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
     args, data = workflow.args, workflow.data_dir
     judged = data / f"msmarco_triplets_judged_{workflow.stamp}.pkl"
     negatives = "hard" if workflow.source.has_candidates else "mixed"
+    # the evaluation queries are dropped from every triplet: passages quote some of them (DL 2019 has 3 such
+    # queries in its pool), and an inverse-cloze pseudo-query cut from one would train on the evaluation query
+    held_out = ["--exclude-queries", evaluation.queries] if evaluation is not None else []
     workflow.run("triplets: judged pairs", TRIPLETS_SCRIPT, *workflow.source_flags(), "--max-samples",
-                 args.sample_size, "--min-relevance", args.min_relevance, "--negatives", negatives, "--output", judged)
+                 args.sample_size, "--min-relevance", args.min_relevance, "--negatives", negatives, *held_out,
+                 "--output", judged)
     collections = [c for c in (local_collection(workflow.source), evaluation and evaluation.collection) if c]
     if not collections:
         return judged
     both = data / f"msmarco_triplets_recipe_{workflow.stamp}.pkl"
     workflow.run("triplets: inverse-cloze pseudo-queries plus the judged pairs", TRIPLETS_SCRIPT, "--mode", "ict",
                  "--dataset-path", *collections, "--max-samples", args.sample_size, "--ict-per-passage",
-                 args.ict_per_passage, "--include", judged, "--data-dir", data, "--output", both)
+                 args.ict_per_passage, "--include", judged, *held_out, "--data-dir", data, "--output", both)
     return both
 
 

@@ -24,7 +24,7 @@ from ..arguments import add_source_arguments, positive_int, seed_int, source_fro
 from ..errors import PipelineError, run_cli
 from ..fileio import ensure_writable_dir, release, save_json, timestamped_path
 from ..report import info
-from ..sources import open_source
+from ..sources import open_source, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
     ClozeStats,
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "it as <stem>_metadata.json, instead of a timestamped name in --output-dir")
     parser.add_argument("--include", type=Path, nargs="+", default=[], metavar="FILE",
                         help="add the triplets of these earlier triplets files to the output")
+    parser.add_argument("--exclude-queries", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="queries TSVs (qid<TAB>text) of queries kept for evaluation: drop every triplet whose "
+                             "query is one of them (compared as tokens), pseudo-queries and included ones too")
     cloze = parser.add_argument_group("inverse cloze (--mode ict)")
     cloze.add_argument("--ict-per-passage", type=positive_int, default=1,
                        help="pseudo-queries cut from each passage (1)")
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_output(args)  # before the work, not after it
     included = [load_triplets(path) for path in args.include]
+    held_out = [text for path in args.exclude_queries for text in read_queries(path).values()]
     if args.mode == "ict":
         triplets, stats, description, identity, sample_size = inverse_cloze(args)
         prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_ict_")
@@ -98,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     made = len(triplets)
     for extra in included:
         triplets.extend(extra)
+    excluded = 0
+    if args.exclude_queries:
+        kept = triplets.without_queries(held_out)
+        excluded, triplets = len(triplets) - len(kept), kept
+        info(f"➖ {excluded:,} triplets dropped: their query is one of the {len(held_out):,} queries of "
+             f"{', '.join(map(str, args.exclude_queries))}")
     path = args.output if args.output is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
                                                                           ".pkl")
     try:
@@ -107,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
             "negative_strategy": args.negatives if args.mode == "queries" else "random (other passages)",
             "seed": args.seed, "max_samples": args.max_samples,
             "num_triplets": len(triplets), "num_queries": len(set(triplets.query_ids)),
-            "triplets_made": made, "included": {str(p): len(t) for p, t in zip(args.include, included, strict=True)},
+            "triplets_made": made, "triplets_excluded": excluded,
+            "excluded_queries": [str(p) for p in args.exclude_queries],
+            "included": {str(p): len(t) for p, t in zip(args.include, included, strict=True)},
             **vars(stats), "arguments": _plain(vars(args)),
             "created": datetime.now().isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3),
@@ -183,8 +195,8 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
 
 def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
     """The arguments as JSON values (paths as text)."""
-    return {key: [str(p) for p in value] if key == "include" else str(value) if isinstance(value, Path) else value
-            for key, value in arguments.items()}
+    return {key: [str(p) for p in value] if isinstance(value, list) else str(value) if isinstance(value, Path)
+            else value for key, value in arguments.items()}
 
 
 __all__ = ["main", "parse_args", "run"]
