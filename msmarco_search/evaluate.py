@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
-from .metrics import METRICS, RERANK_METRICS, Qrels, score_run, score_run_per_query, significance
+from .metrics import Qrels, score_run, score_run_per_query, significance
 from .report import info, progress
 from .retrieval import PassagePool, RandomRetriever, Retriever
 from .runs import Run
 from .sources import QueryRecord
+from .tasks import Task, run_of
 
 DEFAULT_RUN_DEPTH = 1000
 
@@ -37,46 +38,10 @@ DEFAULT_RUN_DEPTH = 1000
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-@dataclass
-class Task:
-    """What one evaluation ranks: a pool, queries, qrels and (for re-ranking) each query's candidates."""
-
-    name: str
-    pool: PassagePool
-    queries: dict[str, str]
-    qrels: Qrels
-    threshold: int
-    candidates: dict[str, list[str]] | None = None
-
-    @property
-    def kind(self) -> str:
-        return "full" if self.candidates is None else "rerank"
-
-    def metrics(self) -> tuple[str, ...]:
-        return METRICS if self.candidates is None else RERANK_METRICS
-
-
 def hybrid_name(method: str, dense: str) -> str:
     """``hybrid-rrf`` for the two-tower, ``hybrid-rrf[NAME]`` for ``two-tower[NAME]``."""
     suffix = dense[len("two-tower"):] if dense.startswith("two-tower") else f"[{dense}]"
     return f"hybrid-{method}{suffix}"
-
-
-def run_of(retriever: Retriever, task: Task, depth: int) -> Run:
-    """The run of ``retriever`` on ``task``: its top ``depth`` per query, or its scores of the candidates."""
-    retriever.prepare(task.pool)
-    qids = list(task.queries)
-    texts = [task.queries[q] for q in qids]
-    run: Run = {}
-    if task.candidates is None:
-        for qid, hits in zip(qids, retriever.search(texts, depth), strict=True):
-            run[qid] = {task.pool.pid(p): s for p, s in hits}
-        return run
-    candidates = [np.asarray([task.pool.position[pid] for pid in task.candidates[qid]], dtype=np.int64)
-                  for qid in qids]
-    for qid, cands, scores in zip(qids, candidates, retriever.rerank(texts, candidates), strict=True):
-        run[qid] = {task.pool.pid(int(p)): float(s) for p, s in zip(cands, scores, strict=True)}
-    return run
 
 
 @dataclass

@@ -35,7 +35,7 @@ from .errors import PipelineError, first_line
 from .fileio import atomic_write, load_json, save_json
 from .model import TwoTowerModel
 from .report import info, progress
-from .sources import Source, TsvSource
+from .sources import Source, TsvSource, read_collection
 from .text import TOKENIZER_VERSION
 from .vocab import vocabulary_fingerprint
 
@@ -58,28 +58,11 @@ def default_index_dir(model_path: str | Path) -> Path:
 
 
 def iter_collection(path: str | Path) -> Iterator[tuple[int, str, str]]:
-    """``(byte offset, pid, text)`` of each passage line of a ``collection.tsv``, streamed.
-
-    Read as bytes (unlike ``sources.read_collection``) because the byte offset of each line is what lets
-    search fetch a hit's text with one seek. Same rules: blank lines skipped, a line without a tab refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError("collection file not found", path)
-    if path.stat().st_size == 0:
-        raise PipelineError("file is empty", path)
-    offset = 0
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, 1):
-            start, offset = offset, offset + len(line)
-            line = line.rstrip(b"\r\n")
-            if not line:
-                continue
-            pid, tab, text = line.partition(b"\t")
-            if not tab:
-                raise PipelineError(f"line {number} has 1 tab-separated field(s), a collection (pid<TAB>text) "
-                                    "file needs 2", path)
-            yield start, pid.decode("utf-8", "replace"), text.decode("utf-8", "replace")
+    """``(byte offset, pid, text)`` of each passage of a ``collection.tsv``, streamed by the one TSV reader
+    (``sources.read_collection``): the byte offset of each line is what lets search fetch a hit's text with
+    one seek."""
+    for offset, (pid, text) in read_collection(path, with_offsets=True):
+        yield offset, pid, text
 
 
 def count_passages(path: str | Path) -> int:

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from .errors import PipelineError
-from .evaluate import Task, evaluate_task
+from .metrics import score_run
 from .report import info
 from .retrieval import ModelRetriever, PassagePool
 from .sources import text_id
+from .tasks import Task, run_of
 from .triplets import Triplets
 
 DEFAULT_MAX_QUERIES = 2000
@@ -105,8 +106,8 @@ class Validator:
     def evaluate(self, epoch: int, step: int, end_of_epoch: bool) -> float:
         started = time.perf_counter()
         system = ModelRetriever(self.model, "validation")  # new each time: the model changed
-        result = evaluate_task(self.validation.task, [system], depth=10, random_seeds=0, verbose=False)
-        value = result.metrics["validation"][self.metric]
+        task = self.validation.task
+        value = score_run(task.qrels, run_of(system, task, 10), task.threshold, [self.metric])[self.metric]
         entry = {"epoch": epoch, "step": step, "end_of_epoch": end_of_epoch, self.metric: value,
                  "seconds": time.perf_counter() - started}
         self.entries.append(entry)

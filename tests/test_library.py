@@ -181,3 +181,15 @@ def test_state_shapes_match_the_modules(tower, shared, token_weights):
                             shared_towers=shared, token_weights=token_weights)
     model = TwoTowerModel(config, vocab)
     assert state_shapes(config) == {name: tuple(value.shape) for name, value in model.state_dict().items()}
+
+
+def test_training_never_imports_evaluation_or_search():
+    """Data flows one way: sources -> tokens -> model -> training; index -> retrieval -> evaluation and search."""
+    import subprocess
+    import sys
+
+    code = ("import sys, msmarco_search.driver.train, msmarco_search.validation\n"
+            "print(sorted(m for m in sys.modules if m in ('msmarco_search.evaluate', 'msmarco_search.search',"
+            " 'msmarco_search.driver.evaluate', 'msmarco_search.driver.search')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert result.stdout.strip() == "[]"

@@ -132,6 +132,22 @@ def test_training_prints_the_similarity_test_and_honours_no_save(trained_pipelin
                         "--output-dir", tmp_path / "models", cwd=tmp_path)
     assert "=== Quick similarity test ===" in result.stdout and "[relevant]" in result.stdout
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+    # each query's passages are listed once, and labelled by that query's own judgments
+    triplets = load_triplets(trained_pipeline["triplets"])
+    judged, ids = {}, {}
+    for qid, query, positive in zip(triplets.query_ids, triplets.queries, triplets.positives, strict=True):
+        judged.setdefault(query, set()).add(positive[:90])
+        ids.setdefault(query, set()).add(qid)
+    blocks = result.stdout.split("=== Quick similarity test ===")[1].split("Query: ")[1:]
+    assert len(blocks) == 3
+    for block in blocks:
+        query, *lines = block.strip().splitlines()
+        shown = [line.split("] ", 1) for line in lines if line.strip()[:1].isdigit()]
+        texts = [text for _, text in shown]
+        assert len(texts) == len(set(texts)) >= 3
+        if len(ids[query]) == 1:  # a text two query ids share is judged per id, not per text
+            for label, text in shown:
+                assert label.endswith("[relevant") == (text in judged[query]), (query, label, text)
 
 
 @pytest.mark.parametrize("loss", ["triplet", "softmax"])
@@ -268,3 +284,17 @@ def test_triplets_drop_the_queries_kept_for_evaluation(tmp_path, corpus):
     assert triplets.queries and not excluded & set(triplets.queries)
     assert metadata["triplets_excluded"] == metadata["triplets_made"] - len(triplets) > 0
     assert metadata["excluded_queries"] == [str(held_out)]
+
+
+def test_the_python_api_gives_normalised_float32_arrays_that_rank_like_the_model(trained_pipeline):
+    import msmarco_search
+
+    model = msmarco_search.load_model(trained_pipeline["model"])
+    triplets = load_triplets(trained_pipeline["triplets"])
+    queries = model.encode_queries(triplets.queries[:50])
+    positives = model.encode_passages(triplets.positives[:50])
+    negatives = model.encode_passages(triplets.negatives[:50])
+    assert isinstance(queries, np.ndarray) and queries.dtype == np.float32 and queries.shape[0] == 50
+    np.testing.assert_allclose(np.linalg.norm(positives, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(queries, model.encode(triplets.queries[:50], "query").numpy())
+    assert ((queries * positives).sum(1) > (queries * negatives).sum(1)).mean() >= 0.9

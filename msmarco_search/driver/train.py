@@ -355,10 +355,16 @@ def similarity_test(model: TwoTowerModel, examples: Triplets, queries: int = 3) 
         if len(seen) == queries:
             break
     for index in seen:
-        candidates = [(examples.positives[index], "relevant"), (examples.negatives[index], "non-relevant")]
-        for other in range(len(examples))[:8]:
-            if examples.query_ids[other] != examples.query_ids[index]:
-                candidates.append((examples.positives[other], "other query"))
+        query_id = examples.query_ids[index]
+        relevant = {examples.positives[i] for i, qid in enumerate(examples.query_ids) if qid == query_id}
+        # each passage once, labelled by this query's judgments: a passage of another query that this query
+        # also judged relevant is "relevant", not "other query"
+        labels = dict.fromkeys(sorted(relevant)[:3], "relevant")
+        labels.setdefault(examples.negatives[index], "non-relevant")
+        for other in range(min(len(examples), 8)):
+            if examples.query_ids[other] != query_id:
+                labels.setdefault(examples.positives[other], "other query")
+        candidates = [(text, "relevant" if text in relevant else label) for text, label in labels.items()]
         q = model.encode([examples.queries[index]], "query")
         p = model.encode([text for text, _ in candidates], "passage")
         scores = (q @ p.T).squeeze(0)
