@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
 
-SYSTEM_NAME = re.compile(r"^(?P<system>[\w-]+)\[(?P<setting>.+?)(?:-s\d+)?\]$")
+from msmarco_search.metrics import seed_groups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.evaluation}: not an evaluation.json with task {args.task!r} ({error})", file=sys.stderr)
         return 2
     metrics = args.metrics.split(",")
-    grouped: dict[tuple[str, str], list[dict[str, float]]] = {}
-    for name, values in metrics_by_system.items():
-        match = SYSTEM_NAME.match(name)
-        setting, system = (match["setting"], match["system"]) if match else ("", name)
-        grouped.setdefault((setting, system), []).append(values)
+    grouped = seed_groups(metrics_by_system)
     header = f"{'setting':<28} {'system':<14} {'seeds':>5} " + " ".join(f"{m + ' mean (min-max)':>24}" for m in metrics)
     print(header)
     print("-" * len(header))

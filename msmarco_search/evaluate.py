@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
-from .metrics import Qrels, score_run, score_run_per_query, significance
+from .metrics import Qrels, score_run, score_run_per_query, seed_summary, significance
 from .report import info, progress
 from .retrieval import PassagePool, RandomRetriever, Retriever
 from .runs import Run
@@ -209,4 +209,17 @@ def format_table(metrics: Mapping[str, Mapping[str, float]], columns: Sequence[s
             test = tests.get(name, {}).get(column)
             cells.append(f"{cell} p {test['t_test_p']:.3f}".rjust(18) if test else cell.rjust(18 if tests else 10))
         lines.append(name.ljust(width) + "".join(cells))
-    return "\n".join(lines)
+    return "\n".join(lines + format_seed_summary(seed_summary(metrics, columns), columns))
+
+
+def format_seed_summary(summary: Mapping[str, Mapping], columns: Sequence[str]) -> list[str]:
+    """The mean (min-max) over seeds of each setting trained with several seeds (``metrics.seed_summary``)."""
+    if not summary:
+        return []
+    width = max(len(name) for name in summary) + 12
+    lines = ["", "mean over seeds (min-max), for models named NAME-s<SEED>:"]
+    for name, values in summary.items():
+        cells = [f"{values[c]['mean']:.4f} ({values[c]['min']:.3f}-{values[c]['max']:.3f})".rjust(24)
+                 for c in columns if c in values]
+        lines.append(f"{name} x{values['seeds']}".ljust(width) + "".join(cells))
+    return lines

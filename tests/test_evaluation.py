@@ -347,12 +347,17 @@ def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
 def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, corpus):
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
     model = trained_pipeline["model"]
-    run_script(EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}", "--model",
-               f"recipe-soup={model}", "--embeddings",
-               trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
-               folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "two-tower,bm25,hybrid",
-               "--fusion", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
+    evaluated = run_script(EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}",
+                           "--model", f"recipe-soup={model}", "--embeddings",
+                           trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
+                           folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems",
+                           "two-tower,bm25,hybrid", "--fusion", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
     metrics = _report(tmp_path / "eval")["tasks"]["full"]["metrics"]
+    # the evaluation table itself gives the mean (min-max) over the seeds of a setting
+    assert "mean over seeds (min-max), for models named NAME-s<SEED>:" in evaluated.stdout
+    seeds = _report(tmp_path / "eval")["tasks"]["full"]["seeds"]
+    assert set(seeds) == {"two-tower[recipe]", "hybrid-rrf[recipe]"} and seeds["two-tower[recipe]"]["seeds"] == 2
+    assert seeds["two-tower[recipe]"]["nDCG@10"]["mean"] == pytest.approx(metrics["two-tower[recipe-s1]"]["nDCG@10"])
     printed = run_script("benchmarks/mean_over_seeds.py", tmp_path / "eval" / "evaluation.json", "--metrics",
                          "nDCG@10", cwd=tmp_path).stdout.splitlines()
     assert printed[-1] == "bm25: k1 0.9, b 0.4, stemmer english"
@@ -438,3 +443,15 @@ def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipel
                          "--output-dir", tmp_path / "other", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "other.pt: these CBOW embeddings are not the ones" in refused.stderr
+
+
+def test_seed_summary_is_the_mean_min_and_max_over_a_settings_seeds():
+    from msmarco_search.metrics import seed_summary
+
+    metrics = {"two-tower[a-s1]": {"nDCG@10": 0.4, "R@100": 0.5}, "two-tower[a-s2]": {"nDCG@10": 0.6, "R@100": 0.7},
+               "hybrid-rrf[a-s1]": {"nDCG@10": 0.5, "R@100": 0.6}, "two-tower[b]": {"nDCG@10": 0.9, "R@100": 0.9},
+               "bm25": {"nDCG@10": 0.45, "R@100": 0.55}}
+    summary = seed_summary(metrics, ["nDCG@10", "R@100"])
+    assert set(summary) == {"two-tower[a]"}  # one seed, or no seed at all, is not averaged
+    assert summary["two-tower[a]"]["seeds"] == 2
+    assert summary["two-tower[a]"]["nDCG@10"] == pytest.approx({"mean": 0.5, "min": 0.4, "max": 0.6})

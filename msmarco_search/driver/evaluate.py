@@ -32,6 +32,7 @@ from msmarco_search.evaluate import (
 )
 from msmarco_search.fileio import release, save_json, timestamped_path
 from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
+from msmarco_search.metrics import seed_summary
 from msmarco_search.provenance import training_overlap
 from msmarco_search.report import info, warn
 from msmarco_search.retrieval import (
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                     "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
                     "relevance_threshold": task.threshold, "metrics": result.metrics,
                     "per_query": result.per_query, "baseline": result.baseline, "training_overlap": overlaps,
-                    "significance": result.significance, "seconds": result.seconds, "run_files": files}
+                    "significance": result.significance,
+                    "seeds": seed_summary(result.metrics, task.metrics()),
+                    "seconds": result.seconds, "run_files": files}
         if args.word_benchmarks:
             from msmarco_search.cbow import load_embeddings
             from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
