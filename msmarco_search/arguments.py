@@ -54,6 +54,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type for a finite number >= 0 (BM25's k1: 0 is binary term weighting; ``nan`` scores nothing)."""
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type for rates and scales: a finite number > 0 (``inf`` would turn the loss into NaN)."""
     try:

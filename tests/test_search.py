@@ -407,3 +407,12 @@ def test_a_mismatched_saved_bm25_index_is_refused(search_setup, tmp_path):
     truncated = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", damaged, "--system", "bm25",
                            "what is ask1x1", cwd=folder, check=False)
     assert "vocab.index.json" in _one_line_error(truncated)
+
+
+@pytest.mark.parametrize("flag, value", [("--bm25-k1", "nan"), ("--bm25-k1", "-1"), ("--bm25-b", "nan"),
+                                         ("--bm25-b", "1.5")])
+def test_bm25_settings_that_would_score_nan_are_refused(tmp_path, flag, value):
+    result = run_script("evaluation/evaluate.py", "--systems", "bm25", flag, value, "--collection", "c.tsv",
+                        "--queries", "q.tsv", "--qrels", "r.txt", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {flag}: must" in result.stderr.strip().splitlines()[-1]

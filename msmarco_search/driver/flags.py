@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..arguments import positive_int
+from ..arguments import non_negative_float, positive_int
 from ..bm25 import STEMMERS, BM25Settings
 from ..retrieval import DEFAULT_FUSION_DEPTH
 from ..runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, FUSIONS
@@ -50,9 +50,9 @@ def add_bm25_arguments(parser: Any, saved: bool = False) -> None:
     d = BM25Settings()
     group = parser.add_argument_group("BM25 (bm25s on the project's tokens)")
     note = " (default: the saved BM25 index's; another value is refused, rebuild the index with it)" if saved else ""
-    group.add_argument("--bm25-k1", type=float, default=None if saved else d.k1,
+    group.add_argument("--bm25-k1", type=non_negative_float, default=None if saved else d.k1,
                        help=f"BM25 k1{note or f' ({d.k1})'}")
-    group.add_argument("--bm25-b", type=float, default=None if saved else d.b, help=f"BM25 b{note or f' ({d.b})'}")
+    group.add_argument("--bm25-b", type=fraction, default=None if saved else d.b, help=f"BM25 b{note or f' ({d.b})'}")
     group.add_argument("--bm25-stemmer", choices=STEMMERS, default=None if saved else d.stemmer,
                        help="english: Snowball English stemming of the project's tokens (PyStemmer), the field's "
                             f"BM25 baseline; none: the unstemmed tokens{note or f' ({d.stemmer})'}")
