@@ -416,3 +416,12 @@ def test_bm25_settings_that_would_score_nan_are_refused(tmp_path, flag, value):
                         "--queries", "q.tsv", "--qrels", "r.txt", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"argument {flag}: must" in result.stderr.strip().splitlines()[-1]
+
+
+def test_an_evaluation_output_folder_that_is_a_file_is_refused_before_the_work(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder\n")
+    result = run_script("evaluation/evaluate.py", "--systems", "bm25", "--output-dir", blocker, "--collection",
+                        "missing.tsv", "--queries", "q.tsv", "--qrels", "r.txt", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {blocker}: cannot write to this output folder")

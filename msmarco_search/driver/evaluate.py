@@ -30,7 +30,7 @@ from msmarco_search.evaluate import (
     rows_tasks,
     tsv_task,
 )
-from msmarco_search.fileio import release, save_json, timestamped_path
+from msmarco_search.fileio import ensure_writable_dir, release, save_json, timestamped_path
 from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.metrics import seed_summary
 from msmarco_search.provenance import training_overlap
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if output_dir is None:
         output_dir = claimed = timestamped_path("outputs", "evaluation", "")
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(output_dir)  # before the work: found at the end, it would cost the whole run
         report = {"created": datetime.now().isoformat(timespec="seconds"),
                   "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "systems": {}, "tasks": {}}
