@@ -425,3 +425,12 @@ def test_an_evaluation_output_folder_that_is_a_file_is_refused_before_the_work(t
                         "missing.tsv", "--queries", "q.tsv", "--qrels", "r.txt", cwd=tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {blocker}: cannot write to this output folder")
+
+
+def test_a_query_of_unknown_words_says_so_instead_of_arbitrary_hits(search_setup):
+    result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "all", "zqxj wvkp",
+                        cwd=search_setup["folder"])
+    blocks = result.stdout.split("[")
+    dense = next(b for b in blocks if b.startswith("two-tower]"))
+    assert "(no known words in the query: the model has never seen any of them)" in dense
+    assert not any(line.strip()[:1].isdigit() for line in dense.splitlines()[1:])

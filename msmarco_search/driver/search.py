@@ -39,6 +39,7 @@ from msmarco_search.report import info
 from msmarco_search.runs import write_trec_run
 from msmarco_search.search import SYSTEMS, SearchOptions, make_retrievers, snippet
 from msmarco_search.sources import read_queries
+from msmarco_search.vocab import UNK_ID
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -139,8 +140,21 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list
     return make_retrievers(systems, index, model, args.model, options)
 
 
+def known_words(searcher, query: str) -> bool:
+    """Whether a dense searcher's model knows any word of ``query``: a query of unknown words alone is one
+    vector (the <unk> word's) for every such query, so its hits would say nothing about the query."""
+    model = getattr(searcher, "model", None)
+    if model is None:
+        return True
+    ids = model.vocab.encode(query)
+    return any(token != UNK_ID for token in ids)
+
+
 def print_hits(index: PassageIndex, searcher, query: str, hits, width: int) -> None:
     info(f"[{searcher.name}] {query}")
+    if not known_words(searcher, query):
+        info("   (no known words in the query: the model has never seen any of them)")
+        return
     if not hits:
         info("   (no hits)")
     pids = [index.pid(position) for position, _ in hits]
