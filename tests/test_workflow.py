@@ -90,3 +90,20 @@ def test_the_main_job_refuses_bad_evaluation_files_before_any_work(tmp_path, cor
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert message in result.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_the_cbow_corpus_drops_evaluation_queries_however_they_are_written(tmp_path):
+    """The corpus filter compares tokens, as the leak check does: case, punctuation and spacing hide no copy."""
+    from types import SimpleNamespace
+
+    from msmarco_search.driver.pipeline import corpus_lines
+    from msmarco_search.sources import TsvFiles
+
+    (tmp_path / "queries.tsv").write_text("q1\tWhat is a lobster roll?\nq2\tcauses of  anemia\n")
+    (tmp_path / "collection.tsv").write_text("p1\tA lobster roll is a sandwich.\np2\tWHAT is a Lobster-Roll\n")
+    extra = tmp_path / "extra.tsv"
+    extra.write_text("x1\tcauses of anemia!\nx2\tcauses of anemia in dogs\n")
+    source = SimpleNamespace(corpus_texts=lambda: iter(["what is a lobster roll", "a   training  text"]))
+    evaluation = TsvFiles(collection=tmp_path / "collection.tsv", queries=tmp_path / "queries.tsv")
+    assert list(corpus_lines(source, evaluation, [extra])) == [
+        "a training text", "A lobster roll is a sandwich.", "causes of anemia in dogs"]

@@ -33,8 +33,10 @@ from pathlib import Path
 from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
 from ..fileio import atomic_write, cache_key, ensure_writable_dir, file_identity
+from ..provenance import query_fingerprint
 from ..report import info
 from ..sources import Source, TsvFiles, TsvSource, read_collection, read_queries, tsv_files_from
+from ..text import TOKENIZER_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 CBOW_SCRIPT = ROOT / "text_embeddings" / "train_text_embeddings_cbow_msmarco.py"
@@ -129,24 +131,28 @@ def evaluation_files(args: argparse.Namespace) -> TsvFiles | None:
 
 
 def corpus_lines(source: Source, evaluation: TsvFiles | None, extra: Iterable[Path]) -> Iterator[str]:
-    """The CBOW corpus texts, without any text that is one of the evaluation queries."""
-    held_out = set()
+    """The CBOW corpus texts, without any text that is one of the evaluation queries.
+
+    A text is one of them when its tokens are (``provenance.query_fingerprint``, as the leak check compares):
+    "What is X?" in a query file must not slip through as "what is x".
+    """
+    held_out: set[int] = set()
     texts: list[Iterable[str]] = [source.corpus_texts()]
     if evaluation is not None:
-        held_out = {" ".join(q.lower().split()) for q in read_queries(evaluation.queries).values()}
+        held_out = {query_fingerprint(q) for q in read_queries(evaluation.queries).values()}
         texts.append(text for _, text in read_collection(evaluation.collection))
     texts += [(text for _, text in read_collection(path)) for path in extra]
     for group in texts:
         for text in group:
             line = " ".join(text.split())
-            if line and line.lower() not in held_out:
+            if line and query_fingerprint(line) not in held_out:
                 yield line
 
 
 def write_corpus(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
     args = workflow.args
     evaluated = TsvSource(evaluation).identity() if evaluation else ""
-    key = cache_key("pipeline-corpus-v1", workflow.source.identity(), evaluated,
+    key = cache_key("pipeline-corpus-v2", TOKENIZER_VERSION, workflow.source.identity(), evaluated,
                     *(file_identity(path) for path in args.extra_text))
     path = workflow.data_dir / f"pipeline_corpus_{key}" / "collection.tsv"
     if path.is_file():
