@@ -7,10 +7,12 @@ import json
 import os
 import random
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TRAIN_SCRIPT, run_script
+import torch
+from conftest import run_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,39 +34,54 @@ TRICKY = ["", " ", "!!!", "...?", "\n\t", "Hello, World!", "café au lait", "CAF
           "UPPER lower MiXeD", "tab\tseparated\nlines\r\nhere", "\u00a0non-breaking\u2003space", "what is ask3x1?"]
 
 
-def _trained(trained_pipeline, tmp_path_factory, name: str, *flags: str):
-    """A model trained with the training script on the shared fixture's triplets and embeddings."""
-    out = tmp_path_factory.mktemp(name)
-    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
-               "--epochs", "3", "--batch-size", "32", "--learning-rate", "3e-3", "--output-dir", out, *flags,
-               cwd=trained_pipeline["work"])
-    return next(out.glob("two_tower_model_*.pt"))
+def _layout(trained_pipeline, tmp_path_factory, name: str, **settings) -> Path:
+    """The trained model's vocabulary, word vectors and training record in another tower layout, every weight
+    moved off its start at random (word weights spread over most of their range, head and bias far from the
+    identity): an exact export must follow all of them, and training more models through the script would only
+    cost CI time (the training script is tested elsewhere)."""
+    trained = load_model(trained_pipeline["model"])
+    config = TwoTowerConfig(vocab_size=trained.config.vocab_size, embedding_dim=trained.config.embedding_dim,
+                            **settings)
+    model = TwoTowerModel(config, trained.vocab, trained.query_tower.embedding.weight.detach())
+    generator = torch.Generator().manual_seed(len(name))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std().clamp_min(0.3))
+    extra = {key: value for key, value in trained.metadata.items() if key not in ("model_id", "config")}
+    return save_two_tower(tmp_path_factory.mktemp(name) / "two_tower_model_layout.pt", model, extra)
 
 
 @pytest.fixture(scope="module")
 def models(trained_pipeline, tmp_path_factory):
-    """Three layouts: separate towers with token weights (the default training, the conftest fixture); shared towers
-    cutting both sides at 12 tokens (one stack); shared towers without token weights at 32/128 tokens (a Router
-    over two tokenizers, one head)."""
+    """Three layouts: separate towers with word weights (the default training, the conftest fixture, trained
+    through the script); shared towers cutting both sides at 12 tokens (one stack); shared towers without word
+    weights at 32/128 tokens (a Router over two tokenizers, one head)."""
     return {
         "separate": trained_pipeline["model"],
-        "shared_one_stack": _trained(trained_pipeline, tmp_path_factory, "shared", "--shared-towers",
-                                     "--max-query-length", "12", "--max-passage-length", "12"),
-        "shared_plain": _trained(trained_pipeline, tmp_path_factory, "plain", "--shared-towers",
-                                 "--no-token-weights"),
+        "shared_one_stack": _layout(trained_pipeline, tmp_path_factory, "shared", shared_towers=True,
+                                    max_query_length=12, max_passage_length=12),
+        "shared_plain": _layout(trained_pipeline, tmp_path_factory, "plain", shared_towers=True,
+                                token_weights=False),
     }
 
 
 @pytest.fixture(scope="module")
 def exported(models, tmp_path_factory):
-    """Each model exported through the command line, as a user runs it."""
+    """Each model exported as a user runs it: through the command line for the trained model, through the same
+    command's ``main`` in this process for the others (a fresh interpreter costs seconds to import
+    sentence-transformers)."""
+    from msmarco_search.driver.export import main as export_main
+
     folders = {}
     for name, model in models.items():
         folder = tmp_path_factory.mktemp(f"export_{name}") / "st-model"
         if name == "shared_plain":
             folder.mkdir()  # an existing empty folder is written into as if it were not there
-        result = run_script(EXPORT_SCRIPT, model, "--output-dir", folder, cwd=folder.parent)
-        assert "Exported" in result.stdout
+        if name == "separate":
+            result = run_script(EXPORT_SCRIPT, model, "--output-dir", folder, cwd=folder.parent)
+            assert "Exported" in result.stdout
+        else:
+            assert export_main([str(model), "--output-dir", str(folder)]) == 0
         folders[name] = folder
     return folders
 
@@ -178,7 +195,6 @@ def test_why_the_weights_need_a_column_and_a_gate():
     """On a model with a large head bias and word weights at both clamps, the export is exact; folding the weights
     into the rows alone (StaticEmbedding's plain mean, then Dense(W, b)) is not, and a text without tokens needs the
     gate (the plain mean of nothing is zero, the project's vector is normalize(b))."""
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, StaticEmbedding
 
