@@ -40,7 +40,7 @@ from ..losses import InBatchSoftmaxLoss, TripletMarginLoss
 from ..model import TOWERS, TwoTowerModel, build_model, save_two_tower
 from ..plots import plot_training_log
 from ..provenance import training_provenance
-from ..report import info
+from ..report import info, warn
 from ..train import TrainingInterrupted, TrainingLog, TrainSettings, load_training_state, train_two_tower
 from ..training_data import TrainingData, TripletsFile
 from ..triplets import Triplets, metadata_path
@@ -162,6 +162,7 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
     info(f"Using device: {device}" + (f" ({context.world_size} processes)" if context.enabled else "")
          + (f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""))
     check_flags(args)
+    described = triplets_metadata(args.triplets_file)  # now: read at the end, a damaged one lost the model
     resume = load_training_state(args.resume) if args.resume is not None else None
     outputs = plan_outputs(args, context, resume)  # before hours of training, not after them
     try:
@@ -187,7 +188,7 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
              f"({log.examples_seen / max(log.training_seconds, 1e-9):,.0f} triplets/s)")
         if not context.is_main:
             return 0
-        save(args, outputs, model, training_record(args, model, data, log, validator), data)
+        save(args, outputs, model, training_record(args, model, data, log, validator), data, described)
     finally:
         outputs.release()
     similarity_test(model, data.texts)
@@ -294,24 +295,39 @@ def training_record(args: argparse.Namespace, model: TwoTowerModel, data: Traini
             "finished": datetime.now().isoformat(timespec="seconds")}
 
 
-def trained_on(args: argparse.Namespace, data: TrainingData) -> dict[str, Any]:
+def trained_on(args: argparse.Namespace, data: TrainingData, metadata: dict[str, Any] | None) -> dict[str, Any]:
     """What evaluation checks its queries against: the triplets' source and every query text of the file
     (held-out ones too: they were looked at to pick the epoch)."""
-    described = metadata_path(args.triplets_file)
-    metadata = load_json(described) if described.is_file() else None
     streamed = args.triplets_file.suffix.lower() == ".tsv"
-    return training_provenance(str(args.triplets_file), metadata if isinstance(metadata, dict) else None,
+    return training_provenance(str(args.triplets_file), metadata,
                                None if streamed else data.texts.queries)
 
 
+def triplets_metadata(triplets_file: Path) -> dict[str, Any] | None:
+    """The metadata JSON beside the triplets (their source, for the model's record), or None. It only describes
+    the triplets, so a damaged one is a warning, not a reason to refuse the training."""
+    described = metadata_path(triplets_file)
+    if not described.is_file():
+        return None
+    try:
+        metadata = load_json(described)
+    except PipelineError as error:
+        warn(f"{error}; the model will not record the triplets' source")
+        return None
+    if not isinstance(metadata, dict):
+        warn(f"{described}: not a triplets metadata object; the model will not record the triplets' source")
+        return None
+    return metadata
+
+
 def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, record: dict[str, Any],
-         data: TrainingData) -> None:
+         data: TrainingData, metadata: dict[str, Any] | None) -> None:
     if outputs.model is None:
         info("Not saving the model (--no-save)")
         return
     save_two_tower(outputs.model, model, {"training": {k: v for k, v in record.items() if k != "steps"},
                                           "embeddings_file": str(args.embeddings.resolve()),
-                                          "trained_on": trained_on(args, data)})
+                                          "trained_on": trained_on(args, data, metadata)})
     log_path = save_json(record, beside(outputs.model, "training_log", ".json"))
     plot_path = plot_training_log(record, log_path.with_suffix(".png"))
     outputs.release()
