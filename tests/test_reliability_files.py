@@ -196,3 +196,28 @@ def test_averaging_a_model_with_itself_says_so(work, capsys, trained_pipeline):
     model = trained_pipeline["model"]
     status, _, err = cli(capsys, AVERAGE, model, model, "--output", work / "soup.pt")
     assert status == 0 and "is the same model as" in err and "weighs it more" in err
+
+
+def test_a_word_listed_twice_in_a_model_or_embeddings_file_is_refused(work, capsys, trained_pipeline):
+    """Edited or hand-made files: the word's first row could never be looked up, so its vector was dead weight
+    and the export's tokenizer (a word -> id map) would disagree with the model."""
+    import torch
+
+    for source, script, args in ((trained_pipeline["model"], SEARCH, ("query", work / "dup.pt", "what is x")),
+                                 (trained_pipeline["embeddings"], TRAIN_SCRIPT,
+                                  (trained_pipeline["triplets"], "--embeddings", work / "dup.pt", "--no-save"))):
+        data = torch.load(source, weights_only=True)
+        data["index_to_word"][5] = data["index_to_word"][6]
+        torch.save(data, work / "dup.pt")
+        word = data["index_to_word"][6]
+        assert_one_line_error(cli(capsys, script, *args), "dup.pt", f"lists the word {word!r} twice")
+
+
+def test_training_never_writes_its_model_over_its_own_input(work, capsys, trained_pipeline):
+    triplets = work / "t.pkl"
+    shutil.copy(trained_pipeline["triplets"], triplets)
+    before = triplets.read_bytes()
+    result = cli(capsys, TRAIN_SCRIPT, triplets, "--embeddings", trained_pipeline["embeddings"], "--output", triplets,
+                 "--overwrite")
+    assert_one_line_error(result, "t.pkl: is an input of this run")
+    assert triplets.read_bytes() == before

@@ -200,6 +200,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise PipelineError("--output and --no-save contradict each other; give one of them")
     if args.output is not None and args.output_dir is not None:
         raise PipelineError("give --output FILE or --output-dir DIR, not both")
+    if args.output is not None:  # with --overwrite the model would replace this run's own input, after the work
+        for given in (args.triplets_file, args.embeddings, args.resume):
+            if given is not None and given.exists() and args.output.resolve() == given.resolve():
+                raise PipelineError(f"is an input of this run ({given}); write the model to another file", args.output)
 
 
 def plan_outputs(args: argparse.Namespace, context: DistributedContext, resume: dict[str, Any] | None) -> Outputs:
