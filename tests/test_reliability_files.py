@@ -221,3 +221,29 @@ def test_training_never_writes_its_model_over_its_own_input(work, capsys, traine
                  "--overwrite")
     assert_one_line_error(result, "t.pkl: is an input of this run")
     assert triplets.read_bytes() == before
+
+
+def test_a_damaged_training_state_or_one_of_other_triplets_is_refused(work, capsys, trained_pipeline):
+    import torch
+
+    triplets, embeddings = trained_pipeline["triplets"], trained_pipeline["embeddings"]
+    common = ("--embeddings", embeddings, "--epochs", "2", "--checkpoint-every", "5")
+    assert cli(capsys, TRAIN_SCRIPT, triplets, *common, "--output", work / "m.pt", "--keep-training-state")[0] == 0
+    state = work / "m_training_state.pt"
+    for change, words in ((lambda d: d["position"].update(extra=1), "unexpected keyword argument 'extra'"),
+                          (lambda d: d.update(rng={}), "('torch')"),
+                          (lambda d: d.update(epoch="2"), "not supported between"),
+                          (lambda d: d["model"].update({name: tensor[:5] for name, tensor in d["model"].items()
+                                                        if name.endswith("embedding.weight")}), "state_dict")):
+        data = torch.load(state, weights_only=True)
+        change(data)
+        torch.save(data, work / "bad.pt")  # each was a traceback, after the data and model were loaded
+        result = cli(capsys, TRAIN_SCRIPT, triplets, *common, "--output", work / "m2.pt", "--resume", work / "bad.pt")
+        assert_one_line_error(result, "bad.pt: training state is damaged or does not fit this run", words)
+    # other triplets of the same size passed every check, and the run went on over other data
+    other = work / "other.pkl"
+    assert cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", trained_pipeline["rows"], "--seed", "7", "--output",
+               other)[0] == 0
+    result = cli(capsys, TRAIN_SCRIPT, other, *common, "--output", work / "m3.pt", "--resume", state)
+    assert_one_line_error(result, "cannot resume: this state was trained on other triplets than")
+    assert cli(capsys, TRAIN_SCRIPT, triplets, *common, "--output", work / "m4.pt", "--resume", state)[0] == 0

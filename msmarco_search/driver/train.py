@@ -35,7 +35,7 @@ from ..cbow import load_embeddings
 from ..device import pick_device
 from ..distributed import DistributedContext, context_from_environment, init_distributed, shutdown_distributed
 from ..errors import PipelineError, run_cli
-from ..fileio import load_json, release, save_json
+from ..fileio import content_sample, load_json, release, save_json
 from ..losses import InBatchSoftmaxLoss, TripletMarginLoss
 from ..model import TOWERS, TwoTowerModel, build_model, save_two_tower
 from ..plots import plot_training_log
@@ -251,6 +251,12 @@ def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, c
     if resume is not None and resume.get("model_config") not in (None, vars(model.config)):
         raise PipelineError("cannot resume: the model settings differ from the interrupted run's; run the same "
                             "command with --resume", args.resume)
+    # other triplets of the same count passed every other check, and the run went on over other data
+    if resume is not None and resume.get("triplets_sample") not in (None, content_sample(args.triplets_file)):
+        recorded = resume.get("arguments")
+        before = recorded.get("triplets_file") if isinstance(recorded, dict) else None
+        raise PipelineError(f"cannot resume: this state was trained on other triplets than {args.triplets_file} "
+                            f"(it was {before}); run the same command with --resume", args.resume)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"Model: {model.config.tower} towers, {trainable:,} trainable parameters")
     return model, data
@@ -287,7 +293,7 @@ def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def state_extra(args: argparse.Namespace, model: TwoTowerModel, outputs: Outputs) -> dict[str, Any]:
     """What each training state keeps beside the weights: a resumed run checks its settings against these."""
     return {"model_config": vars(model.config), "model_path": str(outputs.model) if outputs.model else None,
-            "arguments": recorded_arguments(args)}
+            "arguments": recorded_arguments(args), "triplets_sample": content_sample(args.triplets_file)}
 
 
 def training_record(args: argparse.Namespace, model: TwoTowerModel, data: TrainingData, log: TrainingLog,
