@@ -147,7 +147,7 @@ if want select; then
   done
   echo "== select: inverse-cloze settings on DL 2021 (all 53 queries); NAME-soup is the average of the seeds"
   uv run evaluation/evaluate.py "${DL21_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
-    --output-dir "$WORK/eval_select"
+    --output-dir "$WORK/eval_select" --overwrite
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_select/evaluation.json"
 
   # How much of the DL 2021 judged pairs to mix in: none, once or four times, with the best inverse-cloze
@@ -181,7 +181,7 @@ if want select; then
   echo "== select: judged pairs of half the DL 2021 queries, evaluated on the other half"
   uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
     --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
-    --output-dir "$WORK/eval_select_judged"
+    --output-dir "$WORK/eval_select_judged" --overwrite
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_select_judged/evaluation.json"
 
   # The CBOW window, with the chosen inverse-cloze setting (4 pseudo-queries per passage, 2 epochs, no judgment)
@@ -196,7 +196,7 @@ if want select; then
   done
   echo "== select: the CBOW window, on DL 2021 (all 53 queries)"
   uv run evaluation/evaluate.py "${DL21_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
-    --output-dir "$WORK/eval_select_window"
+    --output-dir "$WORK/eval_select_window" --overwrite
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_select_window/evaluation.json"
 fi
 

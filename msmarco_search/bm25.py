@@ -12,6 +12,7 @@ run with other settings or another collection refuses it instead of silently mix
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ class BM25Index:
         self.k1, self.b, self.stemmer = k1, b, stemmer
         self.passage_ids = passage_ids
         self.tokenizer = BM25Tokenizer(stemmer)
+        self.directory: Path | None = None  # where a loaded index came from, for its error messages
         if retriever is not None:
             self._retriever = retriever
             return
@@ -93,15 +95,31 @@ class BM25Index:
         k = min(k, len(self))
         # A query without tokens scores 0 everywhere: bm25s takes an empty list for it, but its own padding
         # token "" lies outside the score matrix and would raise.
-        documents, scores = self._retriever.retrieve([self.tokenizer(q) for q in queries], k=k, show_progress=False)
-        return np.asarray(documents, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        try:
+            documents, scores = self._retriever.retrieve([self.tokenizer(q) for q in queries], k=k,
+                                                         show_progress=False)
+        except (IndexError, ValueError, TypeError) as error:  # a saved index whose arrays were changed
+            raise self._damaged(error) from error
+        return np.asarray(documents, dtype=np.int64), self._finite(np.asarray(scores, dtype=np.float32))
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of ``query`` against every passage (for re-ranking candidates)."""
         tokens = self.tokenizer(query)
         if not tokens:
             return np.zeros(len(self), dtype=np.float32)
-        return np.asarray(self._retriever.get_scores(tokens), dtype=np.float32)
+        try:
+            return self._finite(np.asarray(self._retriever.get_scores(tokens), dtype=np.float32))
+        except (IndexError, ValueError, TypeError) as error:
+            raise self._damaged(error) from error
+
+    def _damaged(self, error: BaseException) -> PipelineError:
+        return PipelineError(f"BM25 index is damaged ({first_line(error)}); rebuild it", self.directory)
+
+    def _finite(self, scores: np.ndarray) -> np.ndarray:
+        # NaN scores sort anywhere and print as nan: only a saved index whose values were changed has them
+        if not np.isfinite(scores).all():
+            raise self._damaged(ValueError("its scores hold NaN or infinite values"))
+        return scores
 
     # ------------------------------------------------------------------------------------------ on disk
 
@@ -117,7 +135,8 @@ class BM25Index:
             self._retriever.save(str(tmp), show_progress=False)
             record = {"kind": KIND_BM25, **asdict(self.settings), "tokenizer": TOKENIZER_VERSION,
                       "count": len(self), "collection": collection,
-                      "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}}
+                      "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())},
+                      "digests": {p.name: _digest(p) for p in sorted(tmp.glob("*.json"))}}
             save_json(record, tmp / RECORD)
             shutil.rmtree(directory, ignore_errors=True)
             os.replace(tmp, directory)
@@ -142,7 +161,41 @@ class BM25Index:
         if retriever.scores.get("num_docs") != record["count"]:
             raise PipelineError(f"BM25 index holds {retriever.scores.get('num_docs')} passages, its record says "
                                 f"{record['count']}; rebuild it", directory)
-        return cls(passage_ids, None, settings.k1, settings.b, settings.stemmer, retriever=retriever)
+        _check_arrays(retriever, directory)
+        index = cls(passage_ids, None, settings.k1, settings.b, settings.stemmer, retriever=retriever)
+        index.directory = directory
+        return index
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a small file of the saved index (its JSON: the vocabulary and parameters). An edit that keeps
+    the size (two words' ids swapped) would otherwise pass the size check and score the wrong words."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_arrays(retriever: Any, directory: Path) -> None:
+    """The score matrix's arrays fit together (a CSC matrix: one column per word, one row per passage), so a
+    file replaced by another of the same size is refused here instead of crashing or scoring wrongly later.
+    Cheap: one pass over the column pointers (one per word), none over the nonzero entries."""
+    scores, words = retriever.scores, len(retriever.vocab_dict)
+    data, indices, indptr = scores.get("data"), scores.get("indices"), scores.get("indptr")
+    arrays = {"data": data, "indices": indices, "indptr": indptr}
+    if not all(isinstance(a, np.ndarray) and a.ndim == 1 for a in arrays.values()):
+        problem = "its score arrays are not one-dimensional arrays"
+    elif data.dtype.kind != "f" or indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+        problem = f"its score arrays have types {data.dtype}, {indices.dtype}, {indptr.dtype}"
+    elif len(data) != len(indices) or not len(indptr) or indptr[0] != 0 or indptr[-1] != len(data):
+        problem = f"its score arrays do not fit together ({len(data)} scores, {len(indices)} rows, column pointers "
+        problem += f"ending at {indptr[-1] if len(indptr) else 'nothing'})"
+    elif len(indptr) not in (words, words + 1) or (np.diff(indptr) < 0).any():
+        problem = f"its column pointers ({len(indptr)}) do not fit its vocabulary of {words} words"
+    else:
+        return
+    raise PipelineError(f"BM25 index is damaged: {problem}; rebuild it", directory)
 
 
 def check_saved(directory: Path, settings: BM25Settings, collection: dict[str, Any], count: int) -> dict[str, Any]:
@@ -162,8 +215,13 @@ def check_saved(directory: Path, settings: BM25Settings, collection: dict[str, A
     if record.get("collection") != collection or record.get("count") != count:
         raise PipelineError(f"BM25 index was built over another collection ({record.get('collection')}, "
                             f"{record.get('count')} passages), not {collection} ({count} passages); rebuild it", path)
-    for name, size in dict(record.get("files", {})).items():
-        file = directory / name
+    files, digests = record.get("files", {}), record.get("digests", {})  # no digests: an index of an older version
+    if not isinstance(files, dict) or not isinstance(digests, dict):
+        raise PipelineError("BM25 index record is damaged (files or digests not a mapping); rebuild it", path)
+    for name, size in files.items():
+        file = directory / str(name)
         if not file.is_file() or file.stat().st_size != size:
             raise PipelineError("missing or changed since the BM25 index was built; rebuild it", file)
+        if name in digests and _digest(file) != digests[name]:
+            raise PipelineError("changed since the BM25 index was built (its content differs); rebuild it", file)
     return record

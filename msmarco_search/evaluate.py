@@ -28,7 +28,7 @@ from .errors import PipelineError
 from .metrics import Qrels, score_run, score_run_per_query, seed_summary, significance
 from .report import info, progress
 from .retrieval import PassagePool, RandomRetriever, Retriever
-from .runs import Run
+from .runs import Run, check_trec_ids
 from .sources import QueryRecord
 from .tasks import Task, run_of
 
@@ -179,6 +179,8 @@ def tsv_task(collection: Path, queries_file: Path, qrels_file: Path, candidates_
             raise PipelineError("no evaluated query has a candidate in this file", candidates_file)
         for qid in empty:
             del candidates[qid], queries[qid]
+    # before the work: the run files are written after every system has ranked every query
+    check_trec_ids(pool.ids, "passage", collection if candidates_file is None else f"{collection} or {candidates_file}")
     judged = {qid: qrels[qid] for qid in queries}
     return Task("rerank" if candidates is not None else "full", pool, queries, judged, threshold, candidates)
 

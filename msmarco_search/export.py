@@ -305,14 +305,33 @@ def describe_layout(model: TwoTowerModel) -> str:
     return f"Router(query, document: StaticEmbedding -> {head} each) -> Normalize"
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> Path:
+# What sentence-transformers writes at the top of a saved model folder: --overwrite replaces only such a folder
+EXPORT_MARKER = "modules.json"
+
+
+def _check_replaceable(output_dir: Path, model_path: Path) -> None:
+    """Refuse to replace a folder that is not an earlier export: ``--overwrite`` removes the folder whole, and
+    ``--output-dir checkpoints --overwrite`` would take the models, indexes and logs in it (the exported model
+    too) with it."""
+    if model_path.resolve().is_relative_to(output_dir.resolve()):
+        raise PipelineError(f"holds the model being exported ({model_path}); export to another folder", output_dir)
+    entries = sorted(entry.name for entry in output_dir.iterdir())
+    if entries and EXPORT_MARKER not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise PipelineError(f"is not an earlier sentence-transformers export (no {EXPORT_MARKER}; it holds {shown}), "
+                            "and --overwrite replaces only those; choose a new or empty folder", output_dir)
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, model_path: Path) -> Path:
     """Check ``output_dir`` and make the temporary folder beside it that the export is built in."""
     try:
         if output_dir.exists() or output_dir.is_symlink():
             if not output_dir.is_dir():
                 raise PipelineError("exists and is not a folder", output_dir)
             if any(output_dir.iterdir()) and not overwrite:
-                raise PipelineError("folder exists and is not empty (use --overwrite to replace it)", output_dir)
+                raise PipelineError("folder exists and is not empty (use --overwrite to replace an earlier export)",
+                                    output_dir)
+            _check_replaceable(output_dir, model_path)
         parent = output_dir.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent))
@@ -347,7 +366,7 @@ def export_sentence_transformers(model_path: str | Path, output_dir: str | Path,
     output_dir = Path(output_dir)
     # The cheap checks first (the folder, the model file), so that a mistake is reported in a second, before the
     # slow import of sentence-transformers (tens of seconds: it pulls in transformers and scikit-learn).
-    tmp = _prepare_output(output_dir, overwrite)
+    tmp = _prepare_output(output_dir, overwrite, Path(model_path))
     try:
         model = load_model(model_path)
         check_exportable(model, model_path)

@@ -112,6 +112,21 @@ def file_identity(path: str | Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def content_sample(path: str | Path, block: int = 1 << 20) -> str:
+    """A digest of a file's size and its first and last ``block`` bytes: what it holds, wherever it lies, in
+    milliseconds even for a 27 GB triples TSV (a whole-file hash would cost minutes there)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest.update(str(size).encode())
+        digest.update(handle.read(block))
+        if size > block:
+            handle.seek(max(block, size - block))
+            digest.update(handle.read(block))
+    return digest.hexdigest()[:16]
+
+
 def cache_key(*parts: object) -> str:
     """The one cache key: a short hash of everything a derived file depends on (a source's or file's
     identity, the vocabulary fingerprint, the tokeniser version, length limits, sample sizes).

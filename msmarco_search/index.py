@@ -482,6 +482,9 @@ def _read_manifest(index_dir: Path) -> dict[str, Any]:
         if manifest["dtype"] not in VECTOR_DTYPES:
             raise ValueError(f"unknown dtype {manifest['dtype']!r}")
         manifest["collection"] = str(manifest["collection"])
+        sizes = [manifest.get("collection_size"), *manifest["files"].values()]
+        if not all(type(size) is int for size in sizes):  # an edited manifest: a size as text was a traceback
+            raise ValueError(f"file sizes are not whole numbers ({sizes})")
     except (KeyError, TypeError, ValueError) as error:
         raise PipelineError(f"manifest is incomplete ({error})", path) from error
     return manifest
@@ -520,6 +523,11 @@ def _load_arrays(index_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray,
     if offsets.shape != (count,) or offsets.dtype != np.int64:
         raise PipelineError(f"holds {offsets.shape} {offsets.dtype}, expected {count} int64 offsets",
                             index_dir / OFFSETS)
+    # one pass over 8 bytes a passage (70 MB at 8.8M: a fraction of a second): an offset outside the collection
+    # was a traceback at the hit's seek, or an empty text
+    if count and (offsets.min() < 0 or offsets.max() >= manifest["collection_size"]):
+        raise PipelineError(f"holds offsets outside the collection's {manifest['collection_size']:,} bytes; rebuild "
+                            "the index", index_dir / OFFSETS)
     return vectors, ids, offsets
 
 

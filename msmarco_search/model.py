@@ -356,8 +356,16 @@ def average_two_towers(paths: list[str | Path]) -> TwoTowerModel:
     fingerprint = vocabulary_fingerprint(first.vocab)
     state = first.state_dict()
     total = {name: tensor.detach().double().clone() for name, tensor in state.items()}
+    seen = {first.metadata.get("model_id"): paths[0]}
     for path in paths[1:]:
         model = load_model(path)
+        model_id = model.metadata.get("model_id")
+        # the same file twice (or a copy): not an error (a weighted soup), but never silent, as a glob that
+        # catches a model twice would look like a soup of more seeds than it is
+        if model_id is not None and model_id in seen:
+            warn(f"{path}: is the same model as {seen[model_id]} (model_id {str(model_id)[:12]}), so the average "
+                 "weighs it more than the others")
+        seen[model_id] = path
         if model.config != first.config:
             raise PipelineError(f"its settings differ from those of {paths[0]}, so the weights cannot be averaged",
                                 path)

@@ -244,6 +244,11 @@ class DenseRetriever(Retriever):
 
     def search(self, queries: Sequence[str], k: int) -> list[Hits]:
         scores, rows = exact_search(self.vectors, self.query_vectors(queries), k, self.chunk_rows, self.device)
+        if isinstance(self.collection, PassageIndex) and not torch.isfinite(scores).all():
+            # the model's weights are checked when it loads, so only the index's stored vectors can be NaN; topk
+            # ranks NaN first, so a damaged row always shows here (it printed as the top hit, score nan)
+            raise PipelineError("the index's vectors hold NaN or infinite values (the file was damaged after it "
+                                "was built); rebuild the index", self.collection.directory / "vectors.npy")
         return [ranked(self.collection, r.tolist(), s.tolist()) for r, s in zip(rows, scores, strict=True)]
 
     def rerank(self, queries: Sequence[str], candidates: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ Every ordering breaks score ties by passage id, so a run ranks the same way in e
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,6 +108,8 @@ def write_trec_run(path: str | Path, results: Sequence[tuple[str, Sequence[tuple
     Scores are written in full (``repr``), so tools that re-sort by score see the same ties as we did.
     """
     tag = "_".join(tag.split()) or "run"
+    check_trec_ids((qid for qid, _ in results), "query")
+    check_trec_ids((docid for _, hits in results for docid, _ in hits), "passage")
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -116,6 +118,15 @@ def write_trec_run(path: str | Path, results: Sequence[tuple[str, Sequence[tuple
                     handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
 
     return atomic_write(path, write)
+
+
+def check_trec_ids(ids: Iterable[str], what: str, path: str | Path | None = None) -> None:
+    """Refuse an id a TREC run cannot carry: its columns are split at whitespace, so the id ``1 2`` would make
+    a line of seven columns that trec_eval and ir_measures misread (it was written so, silently)."""
+    for value in ids:
+        if not value or len(value.split()) != 1 or value.strip() != value:
+            raise PipelineError(f"{what} id {value!r} is empty or holds whitespace, which a TREC run file (columns "
+                                "split at whitespace) cannot carry; give ids without spaces", path)
 
 
 def write_run(run: Run, path: str | Path, tag: str) -> Path:

@@ -33,7 +33,7 @@ from torch import nn
 
 from .batches import TokenBatch, TripletArrays
 from .distributed import DistributedContext, all_reduce_max, all_reduce_mean, gather_with_gradients
-from .errors import PipelineError
+from .errors import PipelineError, first_line
 from .fileio import KIND_TRAINING_STATE, load_torch, save_torch
 from .model import TwoTowerModel
 from .report import info, progress
@@ -242,6 +242,14 @@ class Trainer:
         self.epoch_loss = torch.zeros((), device=device, dtype=torch.float64)  # sum of loss x examples
 
     def _resume(self, state: dict[str, Any]) -> None:
+        try:
+            self._restore(state)
+        except (TypeError, KeyError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+            # an edited state, or one of another version: its fields of the wrong type or shape were tracebacks
+            raise PipelineError(f"training state is damaged or does not fit this run ({first_line(error)}); start "
+                                "over without --resume", self.state_path) from error
+
+    def _restore(self, state: dict[str, Any]) -> None:
         _check_resumable(state, self.settings, len(self.data), self.context)
         self.model.load_state_dict(state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):

@@ -22,6 +22,10 @@ class Vocabulary:
             raise ValueError(f"a vocabulary starts with {PAD!r} and {UNK!r}")
         self.index_to_word = list(index_to_word)
         self.word_to_index = {word: index for index, word in enumerate(self.index_to_word)}
+        if len(self.word_to_index) != len(self.index_to_word):  # a word twice: its first row could never be used
+            seen: set[str] = set()
+            repeated = next(word for word in self.index_to_word if word in seen or seen.add(word))
+            raise ValueError(f"the vocabulary lists the word {repeated!r} twice")
         self._chunk_lookup: dict[str, int] | None = None
 
     @classmethod

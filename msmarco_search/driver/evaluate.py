@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "given files allow: two-tower and hybrid need --model, cbow the embeddings file)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the JSON and run files go (default outputs/evaluation_<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --output-dir replace the evaluation.json and run files of an earlier evaluation")
     parser.add_argument("--word-benchmarks", action="store_true",
                         help="also score the CBOW embeddings on analogies, WordSim-353 and SimLex-999")
     official = parser.add_argument_group("official files (instead of the row layout)")
@@ -71,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     official.add_argument("--queries", type=Path, help="queries TSV (qid<TAB>text)")
     official.add_argument("--qrels", type=Path, help="TREC qrels (qid 0 pid grade)")
     official.add_argument("--candidates", type=Path, help="top1000-layout candidates: re-rank them instead")
-    official.add_argument("--relevance-threshold", type=int, default=2,
+    official.add_argument("--relevance-threshold", type=relevance_threshold, default=2,
                           help="official files (--qrels) only: the lowest grade that MRR@10, R@100, R@1000 and MAP "
                                "count as relevant (2, the TREC DL rule; nDCG@10 uses the grades). Not "
                                "--min-relevance, which reads --dataset-path TSV sources")
@@ -95,6 +97,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_source_arguments(parser)
     _row_layout_defaults(parser)
     return parser.parse_args(argv)
+
+
+GRADE_LIMIT = 2**31 - 1  # qrels grades are C ints (sources.read_qrels refuses larger ones)
+
+
+def relevance_threshold(text: str) -> int:
+    """argparse type for ``--relevance-threshold``: a grade of at least 1 (0 counts unjudged-as-0 and non-relevant
+    passages as relevant; trec_eval's C code refuses it with a traceback, and a negative one was taken silently)."""
+    value = positive_int(text)
+    if value > GRADE_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be at most {GRADE_LIMIT} (the largest qrels grade), got {value}")
+    return value
+
+
+def check_baseline(args: argparse.Namespace, systems: list[Retriever]) -> None:
+    """``--baseline`` names one of the rows: checked before the systems run, not after (it was a one-line error
+    only once every system had ranked every query)."""
+    names = [s.name for s in systems] + [FIRST_STAGE]  # re-ranking's row (a full-ranking task checks it again)
+    if args.baseline is not None and args.baseline not in names:
+        raise PipelineError(f"--baseline {args.baseline} is not one of the systems ({', '.join(names)})")
 
 
 def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
@@ -298,11 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         output_dir = claimed = timestamped_path("outputs", "evaluation", "")
     try:
         ensure_writable_dir(output_dir)  # before the work: found at the end, it would cost the whole run
+        if (output_dir / "evaluation.json").exists() and not args.overwrite:  # an earlier one was replaced silently
+            raise PipelineError("already holds an evaluation.json; pass --overwrite to replace it, or choose another "
+                                "--output-dir", output_dir)
         report = {"created": datetime.now().isoformat(timespec="seconds"),
                   "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "systems": {}, "tasks": {}}
         if chosen:
             systems = build_systems(args, chosen)
+            check_baseline(args, systems)
             report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
             tasks, data = make_tasks(args)
             report["data"] = data

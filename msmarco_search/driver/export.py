@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="two-tower model (.pt) from training or averaging")
     parser.add_argument("--output-dir", type=Path, required=True, help="the sentence-transformers folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DIR if it holds an earlier export (a folder of other files is never replaced)")
     return parser.parse_args(argv)
 
 

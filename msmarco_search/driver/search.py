@@ -19,11 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, positive_int, source_from_args
+from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.fileio import ensure_writable_dir
 from msmarco_search.index import (
     FAISS_KINDS,
     VECTOR_DTYPES,
@@ -36,7 +37,7 @@ from msmarco_search.index import (
 )
 from msmarco_search.model import load_model
 from msmarco_search.report import info
-from msmarco_search.runs import write_trec_run
+from msmarco_search.runs import check_trec_ids, write_trec_run
 from msmarco_search.search import SYSTEMS, SearchOptions, make_retrievers, snippet
 from msmarco_search.sources import read_queries
 from msmarco_search.vocab import UNK_ID
@@ -88,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "faiss index (auto: faiss when the index has one)")
     query.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
     query.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
-    query.add_argument("--snippet", type=int, default=120, help="characters of passage text shown (120; 0: all)")
+    query.add_argument("--snippet", type=non_negative_int, default=120,
+                       help="characters of passage text shown (120; 0: all)")
     query.add_argument("--batch-size", type=positive_int, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
     query.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -167,6 +169,8 @@ def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list) -
     queries = read_queries(args.queries)
     if not queries:
         raise PipelineError("holds no queries", args.queries)
+    if args.run_file is not None:
+        check_trec_ids(queries, "query", args.queries)
     qids, texts = list(queries), list(queries.values())
     for searcher in searchers:
         started = time.perf_counter()
@@ -208,8 +212,24 @@ def interactive(args: argparse.Namespace, index: PassageIndex, searchers: list) 
         info()
 
 
+def run_file_paths(args: argparse.Namespace) -> list[Path]:
+    """The run files ``--run-file`` names, checked before the search: a folder there, or one that cannot be
+    written, was found only once every query had been searched."""
+    if args.run_file is None:
+        return []
+    systems = list(SYSTEMS) if args.system == "all" else [args.system]
+    paths = [args.run_file if len(systems) == 1 else
+             args.run_file.with_name(f"{args.run_file.stem}.{system}{args.run_file.suffix}") for system in systems]
+    for path in paths:
+        if path.is_dir():
+            raise PipelineError("is a folder; --run-file names the TREC run file to write", path)
+        ensure_writable_dir(path.parent, "run file's folder")
+    return paths
+
+
 def run_query(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
+    run_file_paths(args)
     device = pick_device(args.device)
     model = load_model(args.model, device)
     index = load_index(index_dir, model, args.model)

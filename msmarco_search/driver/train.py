@@ -35,12 +35,12 @@ from ..cbow import load_embeddings
 from ..device import pick_device
 from ..distributed import DistributedContext, context_from_environment, init_distributed, shutdown_distributed
 from ..errors import PipelineError, run_cli
-from ..fileio import load_json, release, save_json
+from ..fileio import content_sample, load_json, release, save_json
 from ..losses import InBatchSoftmaxLoss, TripletMarginLoss
 from ..model import TOWERS, TwoTowerModel, build_model, save_two_tower
 from ..plots import plot_training_log
 from ..provenance import training_provenance
-from ..report import info
+from ..report import info, warn
 from ..train import TrainingInterrupted, TrainingLog, TrainSettings, load_training_state, train_two_tower
 from ..training_data import TrainingData, TripletsFile
 from ..triplets import Triplets, metadata_path
@@ -162,6 +162,7 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
     info(f"Using device: {device}" + (f" ({context.world_size} processes)" if context.enabled else "")
          + (f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""))
     check_flags(args)
+    described = triplets_metadata(args.triplets_file)  # now: read at the end, a damaged one lost the model
     resume = load_training_state(args.resume) if args.resume is not None else None
     outputs = plan_outputs(args, context, resume)  # before hours of training, not after them
     try:
@@ -187,7 +188,7 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
              f"({log.examples_seen / max(log.training_seconds, 1e-9):,.0f} triplets/s)")
         if not context.is_main:
             return 0
-        save(args, outputs, model, training_record(args, model, data, log, validator), data)
+        save(args, outputs, model, training_record(args, model, data, log, validator), data, described)
     finally:
         outputs.release()
     similarity_test(model, data.texts)
@@ -199,6 +200,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise PipelineError("--output and --no-save contradict each other; give one of them")
     if args.output is not None and args.output_dir is not None:
         raise PipelineError("give --output FILE or --output-dir DIR, not both")
+    if args.output is not None:  # with --overwrite the model would replace this run's own input, after the work
+        for given in (args.triplets_file, args.embeddings, args.resume):
+            if given is not None and given.exists() and args.output.resolve() == given.resolve():
+                raise PipelineError(f"is an input of this run ({given}); write the model to another file", args.output)
 
 
 def plan_outputs(args: argparse.Namespace, context: DistributedContext, resume: dict[str, Any] | None) -> Outputs:
@@ -246,6 +251,12 @@ def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, c
     if resume is not None and resume.get("model_config") not in (None, vars(model.config)):
         raise PipelineError("cannot resume: the model settings differ from the interrupted run's; run the same "
                             "command with --resume", args.resume)
+    # other triplets of the same count passed every other check, and the run went on over other data
+    if resume is not None and resume.get("triplets_sample") not in (None, content_sample(args.triplets_file)):
+        recorded = resume.get("arguments")
+        before = recorded.get("triplets_file") if isinstance(recorded, dict) else None
+        raise PipelineError(f"cannot resume: this state was trained on other triplets than {args.triplets_file} "
+                            f"(it was {before}); run the same command with --resume", args.resume)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"Model: {model.config.tower} towers, {trainable:,} trainable parameters")
     return model, data
@@ -282,7 +293,7 @@ def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def state_extra(args: argparse.Namespace, model: TwoTowerModel, outputs: Outputs) -> dict[str, Any]:
     """What each training state keeps beside the weights: a resumed run checks its settings against these."""
     return {"model_config": vars(model.config), "model_path": str(outputs.model) if outputs.model else None,
-            "arguments": recorded_arguments(args)}
+            "arguments": recorded_arguments(args), "triplets_sample": content_sample(args.triplets_file)}
 
 
 def training_record(args: argparse.Namespace, model: TwoTowerModel, data: TrainingData, log: TrainingLog,
@@ -294,24 +305,39 @@ def training_record(args: argparse.Namespace, model: TwoTowerModel, data: Traini
             "finished": datetime.now().isoformat(timespec="seconds")}
 
 
-def trained_on(args: argparse.Namespace, data: TrainingData) -> dict[str, Any]:
+def trained_on(args: argparse.Namespace, data: TrainingData, metadata: dict[str, Any] | None) -> dict[str, Any]:
     """What evaluation checks its queries against: the triplets' source and every query text of the file
     (held-out ones too: they were looked at to pick the epoch)."""
-    described = metadata_path(args.triplets_file)
-    metadata = load_json(described) if described.is_file() else None
     streamed = args.triplets_file.suffix.lower() == ".tsv"
-    return training_provenance(str(args.triplets_file), metadata if isinstance(metadata, dict) else None,
+    return training_provenance(str(args.triplets_file), metadata,
                                None if streamed else data.texts.queries)
 
 
+def triplets_metadata(triplets_file: Path) -> dict[str, Any] | None:
+    """The metadata JSON beside the triplets (their source, for the model's record), or None. It only describes
+    the triplets, so a damaged one is a warning, not a reason to refuse the training."""
+    described = metadata_path(triplets_file)
+    if not described.is_file():
+        return None
+    try:
+        metadata = load_json(described)
+    except PipelineError as error:
+        warn(f"{error}; the model will not record the triplets' source")
+        return None
+    if not isinstance(metadata, dict):
+        warn(f"{described}: not a triplets metadata object; the model will not record the triplets' source")
+        return None
+    return metadata
+
+
 def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, record: dict[str, Any],
-         data: TrainingData) -> None:
+         data: TrainingData, metadata: dict[str, Any] | None) -> None:
     if outputs.model is None:
         info("Not saving the model (--no-save)")
         return
     save_two_tower(outputs.model, model, {"training": {k: v for k, v in record.items() if k != "steps"},
                                           "embeddings_file": str(args.embeddings.resolve()),
-                                          "trained_on": trained_on(args, data)})
+                                          "trained_on": trained_on(args, data, metadata)})
     log_path = save_json(record, beside(outputs.model, "training_log", ".json"))
     plot_path = plot_training_log(record, log_path.with_suffix(".png"))
     outputs.release()

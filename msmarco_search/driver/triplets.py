@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--output-dir", default=None,
                        help="folder for the timestamped triplets file (default: --data-dir)")
     where.add_argument("--output", type=Path, default=None, metavar="FILE",
-                       help="write the triplets exactly to FILE (replaced if it exists) and the metadata beside "
-                            "it as <stem>_metadata.json, instead of a timestamped name in --output-dir")
+                       help="write the triplets exactly to FILE (an earlier triplets file there is replaced; any "
+                            "other file is refused) and the metadata beside it as <stem>_metadata.json, instead "
+                            "of a timestamped name in --output-dir")
     parser.add_argument("--include", type=Path, nargs="+", default=[], metavar="FILE",
                         help="add the triplets of these earlier triplets files to the output")
     parser.add_argument("--exclude-queries", type=Path, nargs="+", default=[], metavar="FILE",
@@ -144,7 +145,21 @@ def check_output(args: argparse.Namespace) -> None:
     if args.output.is_dir():
         raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)",
                             args.output)
+    if args.output.is_file() and not _is_pickle(args.output):
+        # --output replaces an earlier triplets file; anything else there is someone's data (often this run's
+        # own --dataset-path, which would be lost under the pickle)
+        raise PipelineError("exists and is not a triplets file (a pickle); --output replaces only an earlier "
+                            "triplets file, so choose another name", args.output)
     ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."))
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` starts like a pickle of protocol 2 or later (what ``save_triplets`` writes)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1) == b"\x80"
+    except OSError:
+        return False
 
 
 def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Triplets, TripletStats, str, str, int]:
