@@ -3,7 +3,9 @@
 Writes {output_dir}/msmarco_triplets_<N>k_<timestamp>.pkl (N: queries read, in thousands, rounded, at least
 1; the exact count is in the metadata), or exactly --output FILE, holding plain lists of strings (loaded by
 the project with an unpickler that refuses every global), and beside it <name>_metadata.json (source, split,
-counts, strategy, seed, arguments, time).
+counts, strategy, seed, arguments, time). --format parquet writes a .parquet table instead: columns anchor,
+positive, negative, query_id, positive_id, negative_id, read by datasets.load_dataset("parquet", ...) and
+sentence-transformers' trainer as they are (and by the training script, like the .pkl).
 
 --mode ict needs no queries: from bare passages (a collection.tsv, or the passages of rows; several
 --dataset-path sources are read one after the other) it makes inverse-cloze triplets: a sentence or span of a
@@ -27,6 +29,7 @@ from ..report import info
 from ..sources import open_source, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
+    TRIPLET_FORMATS,
     ClozeStats,
     Triplets,
     TripletStats,
@@ -56,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--output", type=Path, default=None, metavar="FILE",
                        help="write the triplets exactly to FILE (replaced if it exists) and the metadata beside "
                             "it as <stem>_metadata.json, instead of a timestamped name in --output-dir")
+    parser.add_argument("--format", choices=TRIPLET_FORMATS, default=None,
+                        help="pkl: the project's pickle (default); parquet: anchor, positive, negative (+ ids) for "
+                             "datasets and sentence-transformers (default with --output: from its suffix)")
     parser.add_argument("--include", type=Path, nargs="+", default=[], metavar="FILE",
                         help="add the triplets of these earlier triplets files to the output")
     parser.add_argument("--exclude-queries", type=Path, nargs="+", default=[], metavar="FILE",
@@ -71,7 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cloze.add_argument("--ict-keep-query", type=float, default=0.1,
                        help="probability that the pseudo-query stays in its positive passage (0.1)")
     add_source_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    suffix = None if args.output is None else args.output.suffix.lower().lstrip(".")
+    if args.format is None:
+        args.format = "parquet" if suffix == "parquet" else "pkl"
+    elif suffix in TRIPLET_FORMATS and suffix != args.format:
+        parser.error(f"--output {args.output} names a .{suffix} file, but --format is {args.format}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
         info(f"➖ {excluded:,} triplets dropped: their query is one of the {len(held_out):,} queries of "
              f"{', '.join(map(str, args.exclude_queries))}")
     path = args.output if args.output is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
-                                                                          ".pkl")
+                                                                          f".{args.format}")
     try:
         metadata = {
             "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
             "dataset_config": args.dataset_config if not args.dataset_path else None,
             "negative_strategy": args.negatives if args.mode == "queries" else "random (other passages)",
-            "seed": args.seed, "max_samples": args.max_samples,
+            "seed": args.seed, "max_samples": args.max_samples, "format": args.format,
             "num_triplets": len(triplets), "num_queries": len(set(triplets.query_ids)),
             "triplets_made": made, "triplets_excluded": excluded,
             "excluded_queries": [str(p) for p in args.exclude_queries],
