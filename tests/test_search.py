@@ -249,13 +249,14 @@ def test_a_missing_faiss_is_named_or_searched_around(search_setup, monkeypatch, 
     assert hits_by_system(captured.out)["two-tower"] == [["p2"]]
 
 
-def test_help_describes_both_commands(capsys):
-    for command in ([], ["index"], ["query"]):
+def test_help_describes_every_command(capsys):
+    for command in ([], ["index"], ["query"], ["serve"]):
         with pytest.raises(SystemExit) as exit_status:
             search_main(*command, "--help")
         assert exit_status.value.code == 0
     out = capsys.readouterr().out
-    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query}" in out
+    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query,serve}" in out
+    assert "--host" in out and "--port" in out
     assert "--fusion-weight" in out and "--fusion-depth" in out and "--weight " not in out and "--depth " not in out
 
 
