@@ -1,7 +1,8 @@
 """General file I/O: atomic writes, a kind and format version in each file the project writes, safe loading.
 
 Loading never runs code from a file: ``torch.load`` always uses ``weights_only=True`` and pickles go through
-an unpickler that refuses every global, so only plain lists, dicts, strings and numbers come out.
+an unpickler that refuses every global, so only plain lists, dicts, strings and numbers come out. Parquet
+tables (the Hugging Face world's format) carry their kind and format version in the schema's metadata.
 """
 
 from __future__ import annotations
@@ -301,6 +302,54 @@ def load_pickle(path: str | Path, kind: str) -> dict[str, Any]:
         raise PipelineError(f"truncated or corrupt pickle ({type(error).__name__}: {first_line(error, 80)})",
                             path) from error
     return check_kind(data, path, kind)
+
+
+PARQUET_HEADER_KEY = b"msmarco_search"  # schema metadata key of a parquet file the project wrote
+_PARQUET_MAGIC = b"PAR1"
+
+
+def save_parquet(columns: dict[str, list[Any]], path: str | Path, kind: str, metadata: dict[str, Any]) -> Path:
+    """A parquet table of ``columns`` (in their order), tagged in its schema metadata with ``kind``, the format
+    version and ``metadata``, written atomically. Plain parquet: ``datasets`` and pandas read it as it is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header = {"kind": kind, "format_version": FORMAT_VERSION, "metadata": metadata}
+    table = pa.table(columns).replace_schema_metadata({PARQUET_HEADER_KEY: json.dumps(header, default=str)})
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def is_parquet(path: str | Path) -> bool:
+    path = Path(path)
+    return path.suffix.lower() == ".parquet" or (path.is_file() and _read_magic(path) == _PARQUET_MAGIC)
+
+
+def load_parquet(path: str | Path, kind: str) -> tuple[Any, dict[str, Any] | None]:
+    """A parquet file's table (``pyarrow.Table``) and, when the project wrote it, its header (checked to be of
+    ``kind`` and a format version this program reads); a parquet file from elsewhere has no header (None)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _existing_file(path)
+    if _read_magic(path) != _PARQUET_MAGIC:
+        raise PipelineError(f"not a parquet file (it does not start with PAR1; expected a {kind} .parquet file)",
+                            path)
+    try:
+        table = pq.read_table(path)
+    except OSError as error:
+        if getattr(error, "errno", None) is not None:
+            raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+        raise PipelineError(f"truncated or corrupt parquet file ({first_line(error, 100)})", path) from error
+    except (pa.ArrowException, ValueError) as error:
+        raise PipelineError(f"truncated or corrupt parquet file ({first_line(error, 100)})", path) from error
+    stored = (table.schema.metadata or {}).get(PARQUET_HEADER_KEY)
+    if stored is None:
+        return table, None
+    try:
+        header = json.loads(stored)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PipelineError("its msmarco_search schema metadata is not valid JSON", path) from error
+    return table, check_kind(header, path, kind)
 
 
 def _safe_unpickle(path: Path) -> Any:

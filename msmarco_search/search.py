@@ -1,4 +1,5 @@
-"""Searching a built index: the retrievers a search session uses, and how hits are shown.
+"""Searching a built index: the retrievers a search session uses, a session that answers one query at a time
+(the search page's), and how hits are shown.
 
 The retrievers themselves are ``msmarco_search.retrieval``'s (the ones evaluation scores); the index is
 ``msmarco_search.index``'s. This module only picks and configures them for an index and a model.
@@ -6,7 +7,9 @@ The retrievers themselves are ``msmarco_search.retrieval``'s (the ones evaluatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 from .index import PassageIndex, faiss_available
 from .report import warn
@@ -18,6 +21,7 @@ from .retrieval import (
     bm25_for_index,
 )
 from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K
+from .vocab import UNK_ID
 
 SYSTEMS = ("two-tower", "bm25", "hybrid")
 SEARCH_MODES = ("auto", "exact", "faiss")
@@ -69,9 +73,74 @@ def make_retrievers(systems: list[str], index: PassageIndex, model, model_path, 
     return chosen
 
 
+def known_words(searcher: Retriever, query: str) -> bool:
+    """Whether a dense searcher's model knows any word of ``query``: a query of unknown words alone is one
+    vector (the <unk> word's) for every such query, so its hits would say nothing about the query."""
+    model = getattr(searcher, "model", None)
+    if model is None:
+        return True
+    ids = model.vocab.encode(query)
+    return any(token != UNK_ID for token in ids)
+
+
 def snippet(text: str, width: int) -> str:
     """The start of ``text`` on one line, cut at ``width`` characters (0: all of it)."""
     text = " ".join(text.split())
     if width and len(text) > width:
         return text[:max(width - 1, 0)].rstrip() + "…"
     return text
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+
+
+@dataclass
+class SearchResult:
+    query: str
+    system: str
+    took_ms: float
+    hits: list[Hit] = field(default_factory=list)
+    note: str | None = None  # why there are no hits, when the system could not rank the query at all
+
+    def to_json(self) -> dict:
+        result = {"query": self.query, "system": self.system, "took_ms": round(self.took_ms, 3),
+                  "hits": [{"id": h.id, "score": h.score, "text": h.text} for h in self.hits]}
+        return result | ({"note": self.note} if self.note else {})
+
+
+UNKNOWN_WORDS_NOTE = "no known words in the query: the model has never seen any of them"
+
+
+class SearchSession:
+    """Prepared retrievers over one index, answering one query at a time from any thread.
+
+    The retrievers are ``make_retrievers``'s, the ones ``search/search.py query`` uses, so a query gets the
+    same ranking here as on the command line. Searches are serialised by a lock: the index reads hit texts
+    through one shared file handle (seek, then read), and two threads interleaving there would swap texts.
+    """
+
+    def __init__(self, index: PassageIndex, retrievers: list[Retriever]):
+        self.index = index
+        self.retrievers = {retriever.name: retriever for retriever in retrievers}
+        self._lock = threading.Lock()
+
+    @property
+    def systems(self) -> list[str]:
+        return list(self.retrievers)
+
+    def search(self, query: str, system: str, k: int) -> SearchResult:
+        retriever = self.retrievers[system]
+        with self._lock:
+            started = time.perf_counter()
+            if not known_words(retriever, query):
+                return SearchResult(query, system, (time.perf_counter() - started) * 1000, [], UNKNOWN_WORDS_NOTE)
+            hits = [Hit(self.index.pid(position), score, self.index.text(position))
+                    for position, score in retriever.search([query], k)[0]]
+            return SearchResult(query, system, (time.perf_counter() - started) * 1000, hits)
+
+    def close(self) -> None:
+        self.index.close()

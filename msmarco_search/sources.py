@@ -23,12 +23,14 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import PipelineError, first_line, short
-from .fileio import file_identity
+from .fileio import atomic_write, file_identity, save_json
+from .report import info, progress
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
@@ -293,12 +295,19 @@ class DatasetsDiskSource(Source):
 
 
 class HubSource(Source):
-    """``microsoft/ms_marco`` from the Hugging Face hub, cached under ``data_dir``."""
+    """``microsoft/ms_marco`` from the Hugging Face hub, cached under ``data_dir``.
+
+    Without ``max_samples`` the whole split is downloaded and prepared by ``datasets`` (and cached there).
+    With it, and no full copy cached, the first ``max_samples`` rows are streamed (``streaming=True``: v2.1's
+    train split is 808K rows, its download gigabytes, where 1,000 rows are a few MB) and kept in
+    ``data_dir/<dataset>_stream/<config>/<split>.jsonl``, which serves any later run asking for as many rows or
+    fewer, without the network. Either way the records are the split's first rows, in its order.
+    """
 
     def __init__(self, config: str, split: str, data_dir: Path):
         if config not in HUB_CONFIGS:
             raise PipelineError(f"unknown MS MARCO config {config!r} (use one of {', '.join(HUB_CONFIGS)})")
-        self.config, self.split, self.data_dir = config, split, data_dir
+        self.config, self.split, self.data_dir = config, split, Path(data_dir)
         self.description = f"{HUB_DATASET} {config} [{split}] (hub, cached in {data_dir})"
 
     def identity(self) -> str:
@@ -306,6 +315,9 @@ class HubSource(Source):
 
     def records(self, max_samples: int | None = None) -> Iterator[QueryRecord]:
         _check_max_samples(max_samples)
+        if max_samples is not None and not self.cached():
+            yield from RowFileSource([self._streamed_rows(max_samples)]).records(max_samples)
+            return
         rows = ((row, f"{HUB_DATASET} {self.config} {self.split} (row {number})")
                 for number, row in enumerate(self._load(), 1))
         yield from _records_from_rows(rows, max_samples)
@@ -314,21 +326,86 @@ class HubSource(Source):
         """Whether ``datasets`` has a copy of this config in ``data_dir`` (usable with HF_HUB_OFFLINE=1)."""
         return (self.data_dir / HUB_DATASET.replace("/", "___") / self.config).is_dir()
 
+    @property
+    def stream_cache(self) -> Path:
+        """The first rows of the split read by streaming, as JSON lines (``<split>.json`` describes them)."""
+        return self.data_dir / f"{HUB_DATASET.replace('/', '___')}_stream" / self.config / f"{self.split}.jsonl"
+
+    def _stream_cache_rows(self) -> tuple[int, bool]:
+        """(rows in the stream cache, whether they are the whole split); (0, False) when there is none."""
+        manifest = self.stream_cache.with_suffix(".json")
+        if not (manifest.is_file() and self.stream_cache.is_file()):
+            return 0, False
+        try:
+            info = json.loads(manifest.read_text())
+            rows, complete = int(info["rows"]), bool(info["complete"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, False  # a damaged description: stream again, which rewrites both
+        if info.get("source") != self.identity() or info.get("size") != self.stream_cache.stat().st_size:
+            return 0, False
+        return rows, complete
+
+    def _streamed_rows(self, max_samples: int) -> Path:
+        """The stream cache, holding at least the split's first ``max_samples`` rows (streamed if it did not)."""
+        rows, complete = self._stream_cache_rows()
+        if rows >= max_samples or complete:
+            return self.stream_cache
+        offline = offline_mode_variable()
+        if offline is not None:
+            have = f"; {rows:,} are, in {self.stream_cache}" if rows else ""
+            raise PipelineError(f"{offline} is set (no network) and {HUB_DATASET} {self.config} is not cached in "
+                                f"{self.data_dir} (nor the first {max_samples:,} rows of its {self.split} split"
+                                f"{have}); "
+                                "use --dataset-path with local files (row .jsonl/.parquet or the official TSVs) "
+                                "instead")
+        self._check_reachable()
+        import datasets
+
+        count = 0
+
+        def write(tmp: Path) -> None:
+            nonlocal count
+            with self._hub_errors():
+                stream = datasets.load_dataset(HUB_DATASET, self.config, split=self.split, streaming=True)
+                bar = progress(stream, desc=f"Streaming {HUB_DATASET} {self.config} {self.split}",
+                               total=max_samples, unit="row")
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    for row in bar:
+                        handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                        count += 1
+                        if count == max_samples:
+                            break
+                bar.close()
+
+        atomic_write(self.stream_cache, write)
+        save_json({"source": self.identity(), "rows": count, "complete": count < max_samples,
+                   "size": self.stream_cache.stat().st_size}, self.stream_cache.with_suffix(".json"))
+        info(f"Streamed the first {count:,} rows of {HUB_DATASET} {self.config} [{self.split}] into "
+             f"{self.stream_cache}")
+        return self.stream_cache
+
     def _load(self) -> Iterable[dict[str, Any]]:
         self._check_reachable()
         import datasets
 
-        try:
+        with self._hub_errors():
             return datasets.load_dataset(HUB_DATASET, self.config, split=self.split, cache_dir=str(self.data_dir))
-        except Exception as error:  # datasets raises many types when offline; name the remedy in one line
+
+    @contextmanager
+    def _hub_errors(self) -> Iterator[None]:
+        """``datasets``' many error types (while loading or while streaming) as one line naming the remedy."""
+        try:
+            yield
+        except PipelineError:
+            raise
+        except Exception as error:  # datasets raises many types when offline
             if _looks_offline(error):
                 raise PipelineError(
                     f"cannot reach the Hugging Face hub to download {HUB_DATASET} ({type(error).__name__}); "
                     "use --dataset-path with local files (row .jsonl/.parquet or the official TSVs) instead"
                 ) from error
             raise PipelineError(f"cannot load {HUB_DATASET} {self.config} [{self.split}]: "
-                                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
-
+                                f"{first_line(error)}") from error
 
     def _check_reachable(self) -> None:
         """Fail in seconds, with the remedy, where ``datasets`` would retry for ~25 s and print a traceback."""

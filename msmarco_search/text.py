@@ -30,3 +30,17 @@ def tokenize_many(texts: list[str]) -> list[str]:
     if joined.count(TEXT_BREAK) != len(texts) - 1:  # a text holds line breaks: they only separate tokens
         joined = TEXT_BREAK.join(text.replace(TEXT_BREAK, " ") for text in texts)
     return _TOKEN_OR_BREAK.findall(joined.lower() + TEXT_BREAK)
+
+
+# the same runs, found in the text as written (not lower-cased first), so their positions are the text's own
+_TOKEN_AS_WRITTEN = re.compile(r"[A-Za-z0-9]+")
+
+
+def token_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, token)`` of each token of ``text`` at its place in ``text``: what a display marks.
+
+    The tokens are ``tokenize``'s: runs of ASCII letters and digits, lower-cased. Lower-casing first (as
+    ``tokenize`` does) can change a text's length ("İ" is two characters lower-cased), which would shift the
+    positions, so the runs are found in the text as written and lower-cased one by one.
+    """
+    return [(m.start(), m.end(), m.group().lower()) for m in _TOKEN_AS_WRITTEN.finditer(text)]

@@ -1,8 +1,8 @@
 """What stage 3 trains on: a triplets file read into token arrays, a held-out validation set, and some texts.
 
-Two inputs: a triplets ``.pkl`` from stage 2 (read whole, so some queries can be held out for validation), or
-the official triples TSV (``query<TAB>positive<TAB>negative``, streamed in chunks into memory-mapped token
-arrays: a 39M-line file is never held as strings, and its lines carry no query ids to hold out by).
+Two inputs: a triplets ``.pkl`` or ``.parquet`` from stage 2 (read whole, so some queries can be held out for
+validation), or the official triples TSV (``query<TAB>positive<TAB>negative``, streamed in chunks into
+memory-mapped token arrays: a 39M-line file is never held as strings, and its lines carry no query ids to hold out by).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ class TrainingData:
 
 
 class TripletsFile:
-    """A training input, checked when opened: a triplets ``.pkl`` is read at once (a bad file fails before the
-    embeddings load), a triples TSV (``.tsv``) only once the vocabulary is known, by ``training_data``."""
+    """A training input, checked when opened: a triplets ``.pkl`` or ``.parquet`` is read at once (a bad file
+    fails before the embeddings load), a triples TSV (``.tsv``) only once the vocabulary is known, by
+    ``training_data``."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

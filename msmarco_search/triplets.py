@@ -9,8 +9,11 @@ Lee et al. 2019, "Latent Retrieval for Weakly Supervised Open Domain QA"): a sen
 span, when the passage is one sentence) becomes the query, the rest of the passage its positive, and
 another passage the negative.
 
-The file is a pickle of plain lists of strings (columns), so it loads through ``checkpoints.load_pickle``,
-which refuses every global.
+The file is a pickle of plain lists of strings (columns), so it loads through ``fileio.load_pickle``,
+which refuses every global; or (``.parquet``) a parquet table with the columns the Hugging Face world names
+them by, ``anchor``, ``positive``, ``negative`` (what sentence-transformers' losses take, in that order), then
+``query_id``, ``positive_id``, ``negative_id``, which ``datasets.load_dataset("parquet", ...)`` reads as it is.
+A parquet file from elsewhere needs only the three text columns: missing ids are derived from the texts.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineError
-from .fileio import KIND_TRIPLETS, load_pickle, save_pickle
+from .fileio import KIND_TRIPLETS, is_parquet, load_parquet, load_pickle, save_parquet, save_pickle
 from .report import progress
-from .sources import Passage, QueryRecord
+from .sources import Passage, QueryRecord, text_id
 
 NEGATIVE_STRATEGIES = ("hard", "random", "mixed")
 COLUMNS = ("query_ids", "queries", "positive_ids", "positives", "negative_ids", "negatives")
+TRIPLET_FORMATS = ("pkl", "parquet")
+# parquet column -> Triplets field: the three texts first (sentence-transformers' order), then the ids
+PARQUET_TEXTS = {"anchor": "queries", "positive": "positives", "negative": "negatives"}
+PARQUET_IDS = {"query_id": "query_ids", "positive_id": "positive_ids", "negative_id": "negative_ids"}
 
 
 @dataclass
@@ -237,10 +244,17 @@ def metadata_path(triplets_path: str | Path) -> Path:
 
 
 def save_triplets(triplets: Triplets, path: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write ``triplets`` atomically: a parquet table when ``path`` ends in ``.parquet``, else the pickle."""
+    if Path(path).suffix.lower() == ".parquet":
+        columns = {name: getattr(triplets, field) for name, field in (PARQUET_TEXTS | PARQUET_IDS).items()}
+        return save_parquet(columns, path, KIND_TRIPLETS, metadata)
     return save_pickle({**triplets.columns(), "metadata": metadata}, path, KIND_TRIPLETS)
 
 
 def load_triplets(path: str | Path) -> Triplets:
+    """Read a triplets ``.pkl`` or ``.parquet`` (by suffix or content), checked column by column."""
+    if is_parquet(path):
+        return _check_columns(_parquet_columns(path), path)
     data = load_pickle(path, KIND_TRIPLETS)
     columns = {}
     for name in COLUMNS:
@@ -248,8 +262,39 @@ def load_triplets(path: str | Path) -> Triplets:
         if not isinstance(column, list) or not all(isinstance(x, str) for x in column):
             raise PipelineError(f"triplets file has no list of strings {name!r}", path)
         columns[name] = column
+    return _check_columns(columns, path)
+
+
+def _check_columns(columns: dict[str, list[str]], path: str | Path) -> Triplets:
     if len({len(c) for c in columns.values()}) != 1:
         raise PipelineError("triplets file columns differ in length", path)
     if not columns["queries"]:
         raise PipelineError("triplets file holds no triplets", path)
     return Triplets(**columns)
+
+
+def _parquet_columns(path: str | Path) -> dict[str, list[str]]:
+    import pyarrow as pa
+
+    table, _ = load_parquet(path, KIND_TRIPLETS)
+    missing = [name for name in PARQUET_TEXTS if name not in table.column_names]
+    if missing:
+        raise PipelineError(f"parquet triplets need the columns anchor, positive, negative; missing "
+                            f"{', '.join(missing)} (it has {', '.join(table.column_names) or 'none'})", path)
+    columns: dict[str, list[str]] = {}
+    for name, field_name in (PARQUET_TEXTS | PARQUET_IDS).items():
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        kind = column.type
+        if name in PARQUET_IDS and pa.types.is_integer(kind):  # numeric ids (MS MARCO's are) read as text
+            column = column.cast(pa.string())
+        elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise PipelineError(f"parquet column {name!r} holds {kind}, not strings", path)
+        if column.null_count:
+            raise PipelineError(f"parquet column {name!r} has {column.null_count:,} empty (null) values", path)
+        columns[field_name] = column.to_pylist()
+    for ids, texts in zip(PARQUET_IDS.values(), PARQUET_TEXTS.values(), strict=True):
+        if ids not in columns:  # a file from elsewhere: ids from the texts, so equal texts share one
+            columns[ids] = [text_id(text) for text in columns[texts]]
+    return {name: columns[name] for name in COLUMNS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
 CBOW_SCRIPT = "text_embeddings/train_text_embeddings_cbow_msmarco.py"
 TRIPLETS_SCRIPT = "preprocessing/generate_triplets.py"
 TRAIN_SCRIPT = "training/train_two_tower_from_triplets.py"
+SEARCH_SCRIPT = "search/search.py"
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +138,56 @@ def trained_pipeline(tmp_path_factory, rows_file) -> dict[str, Path]:
     model = next((work / "checkpoints").glob("two_tower_model_*.pt"))
     return {"work": work, "embeddings": work / "checkpoints" / "msmarco_word2vec.pt", "triplets": triplets,
             "model": model, "rows": rows_file}
+
+
+@pytest.fixture(scope="session")
+def search_setup(tmp_path_factory, trained_pipeline) -> dict:
+    """A collection where each topic of the training corpus has exactly one passage (``p<topic>``), among
+    filler-only distractors, indexed through the command line beside a copy of the trained model.
+
+    Queries: ``q*`` are the corpus's own queries (topic words a query uses, never seen in passages: only a
+    trained two-tower links them to ``p<topic>``), ``s*`` six of ``p<topic>``'s topic words (BM25 finds it), and
+    ``m*`` both together (every system should find it).
+    """
+    folder = tmp_path_factory.mktemp("search")
+    corpus = make_corpus()
+    rng = random.Random(5)
+    passages: dict[int, str] = {}
+    for _, text, topic in corpus.passages:
+        passages.setdefault(topic, text)
+    lines = [f"p{topic}\t{text}" for topic, text in sorted(passages.items())]
+    lines += [f"f{i}\t" + " ".join(rng.choices(FILLER, k=14)).capitalize() + "." for i in range(40)]
+    (folder / "collection.tsv").write_text("\n".join(lines) + "\n")
+    queries, qrels = {}, {}
+    for qid, query, topic in corpus.queries:
+        queries[f"q{qid}"], qrels[f"q{qid}"] = query, f"p{topic}"
+    for topic, text in passages.items():
+        # the passage's own topic words (not its filler), so the query is about this passage and no distractor
+        span = " ".join([w for w in text.rstrip(".").split() if w.lower() not in FILLER][:6])
+        ask = next(query for _, query, t in corpus.queries if t == topic)
+        queries[f"s{topic}"], qrels[f"s{topic}"] = span, f"p{topic}"
+        queries[f"m{topic}"], qrels[f"m{topic}"] = f"{ask} {span}", f"p{topic}"
+    (folder / "queries.tsv").write_text("".join(f"{qid}\t{text}\n" for qid, text in queries.items()))
+    (folder / "qrels.txt").write_text("".join(f"{qid} 0 {pid} 1\n" for qid, pid in qrels.items()))
+    model = folder / "model.pt"
+    shutil.copy(trained_pipeline["model"], model)
+    indexed = run_script(SEARCH_SCRIPT, "index", model, "--dataset-path", folder / "collection.tsv",
+                         "--faiss", "flat", "--batch-size", "16", cwd=folder)
+    return {"folder": folder, "model": model, "index": folder / "model_index", "queries": queries, "qrels": qrels,
+            "passages": passages, "index_stdout": indexed.stdout, "lines": lines}
+
+
+def hits_by_system(stdout: str) -> dict[str, list[list[str]]]:
+    """``{system: [[pid, ...] per query block]}`` from the printed hit lists."""
+    blocks: dict[str, list[list[str]]] = {}
+    current = None
+    for line in stdout.splitlines():
+        if line.startswith("["):
+            current = []
+            blocks.setdefault(line[1:line.index("]")], []).append(current)
+        elif current is not None and line.strip() and line.split()[0].isdigit():
+            current.append(line.split()[1])
+    return blocks
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import ir_measures
 import numpy as np
 import pytest
 import torch
-from conftest import FILLER, ROOT, make_corpus, run_script
+from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, run_script
 
 from msmarco_search.driver.search import main as search_command
 from msmarco_search.errors import PipelineError
@@ -24,62 +23,10 @@ from msmarco_search.retrieval import BM25Retriever, HybridRetriever, TwoTowerRet
 from msmarco_search.runs import linear_fusion, reciprocal_rank_fusion
 from msmarco_search.sources import text_id
 
-SEARCH_SCRIPT = "search/search.py"
-
-
-@pytest.fixture(scope="session")
-def search_setup(tmp_path_factory, trained_pipeline) -> dict:
-    """A collection where each topic of the training corpus has exactly one passage (``p<topic>``), among
-    filler-only distractors, indexed through the command line beside a copy of the trained model.
-
-    Queries: ``q*`` are the corpus's own queries (topic words a query uses, never seen in passages: only a
-    trained two-tower links them to ``p<topic>``), ``s*`` six of ``p<topic>``'s topic words (BM25 finds it), and
-    ``m*`` both together (every system should find it).
-    """
-    folder = tmp_path_factory.mktemp("search")
-    corpus = make_corpus()
-    rng = random.Random(5)
-    passages: dict[int, str] = {}
-    for _, text, topic in corpus.passages:
-        passages.setdefault(topic, text)
-    lines = [f"p{topic}\t{text}" for topic, text in sorted(passages.items())]
-    lines += [f"f{i}\t" + " ".join(rng.choices(FILLER, k=14)).capitalize() + "." for i in range(40)]
-    (folder / "collection.tsv").write_text("\n".join(lines) + "\n")
-    queries, qrels = {}, {}
-    for qid, query, topic in corpus.queries:
-        queries[f"q{qid}"], qrels[f"q{qid}"] = query, f"p{topic}"
-    for topic, text in passages.items():
-        # the passage's own topic words (not its filler), so the query is about this passage and no distractor
-        span = " ".join([w for w in text.rstrip(".").split() if w.lower() not in FILLER][:6])
-        ask = next(query for _, query, t in corpus.queries if t == topic)
-        queries[f"s{topic}"], qrels[f"s{topic}"] = span, f"p{topic}"
-        queries[f"m{topic}"], qrels[f"m{topic}"] = f"{ask} {span}", f"p{topic}"
-    (folder / "queries.tsv").write_text("".join(f"{qid}\t{text}\n" for qid, text in queries.items()))
-    (folder / "qrels.txt").write_text("".join(f"{qid} 0 {pid} 1\n" for qid, pid in qrels.items()))
-    model = folder / "model.pt"
-    shutil.copy(trained_pipeline["model"], model)
-    indexed = run_script(SEARCH_SCRIPT, "index", model, "--dataset-path", folder / "collection.tsv",
-                         "--faiss", "flat", "--batch-size", "16", cwd=folder)
-    return {"folder": folder, "model": model, "index": folder / "model_index", "queries": queries, "qrels": qrels,
-            "passages": passages, "index_stdout": indexed.stdout, "lines": lines}
-
 
 def search_main(*args: object) -> int:
     """The search command's ``main``, in this process (no interpreter start-up), with string arguments."""
     return search_command([str(a) for a in args])
-
-
-def hits_by_system(stdout: str) -> dict[str, list[list[str]]]:
-    """``{system: [[pid, ...] per query block]}`` from the printed hit lists."""
-    blocks: dict[str, list[list[str]]] = {}
-    current = None
-    for line in stdout.splitlines():
-        if line.startswith("["):
-            current = []
-            blocks.setdefault(line[1:line.index("]")], []).append(current)
-        elif current is not None and line.strip() and line.split()[0].isdigit():
-            current.append(line.split()[1])
-    return blocks
 
 
 def test_index_is_written_beside_the_model_and_reads_back(search_setup):
@@ -302,13 +249,14 @@ def test_a_missing_faiss_is_named_or_searched_around(search_setup, monkeypatch, 
     assert hits_by_system(captured.out)["two-tower"] == [["p2"]]
 
 
-def test_help_describes_both_commands(capsys):
-    for command in ([], ["index"], ["query"]):
+def test_help_describes_every_command(capsys):
+    for command in ([], ["index"], ["query"], ["serve"]):
         with pytest.raises(SystemExit) as exit_status:
             search_main(*command, "--help")
         assert exit_status.value.code == 0
     out = capsys.readouterr().out
-    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query}" in out
+    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query,serve}" in out
+    assert "--host" in out and "--port" in out
     assert "--fusion-weight" in out and "--fusion-depth" in out and "--weight " not in out and "--depth " not in out
 
 

@@ -4,17 +4,21 @@
          (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, manifest.json [, faiss.index])
   query  top-k passages for a query on the command line, for each line read from stdin (interactive or
          a pipe), or for each query of a queries TSV (qid<TAB>text), optionally written as a TREC run
+  serve  a search page and a JSON API (GET /api/search?q=...&system=...&k=...) over the index, on
+         http://127.0.0.1:8000/ by default (needs the serve extra: uv sync --extra serve)
 
 Examples:
   uv run search/search.py index checkpoints/two_tower_model_X.pt --dataset-path ../shared/data/cacm/collection.tsv
   uv run search/search.py query checkpoints/two_tower_model_X.pt "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --system all "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --queries queries.tsv --run-file run.trec
+  uv run --extra serve search/search.py serve checkpoints/two_tower_model_X.pt --port 8000
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from pathlib import Path
@@ -38,14 +42,52 @@ from msmarco_search.index import (
 from msmarco_search.model import load_model
 from msmarco_search.report import info
 from msmarco_search.runs import check_trec_ids, write_trec_run
-from msmarco_search.search import SYSTEMS, SearchOptions, make_retrievers, snippet
+from msmarco_search.search import SYSTEMS, SearchOptions, SearchSession, known_words, make_retrievers, snippet
 from msmarco_search.sources import read_queries
-from msmarco_search.vocab import UNK_ID
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port: 0 (any free port, printed at start) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return port
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the systems search: the flags ``query`` and ``serve`` share."""
+    parser.add_argument("--search", choices=("auto", "exact", "faiss"), default="auto",
+                        help="two-tower search: exact inner product on the memory-mapped matrix, or the index's "
+                             "faiss index (auto: faiss when the index has one)")
+    parser.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
+    parser.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_bm25_arguments(parser, saved=True)
+    add_fusion_arguments(parser, several=False)
+    parser.add_argument("--chunk-rows", type=positive_int, default=65536,
+                        help="exact search: passage rows scored at once (65536)")
+
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="a search page and JSON API over an index",
+                                description="Serve a search page (GET /) and a JSON API (GET /api/search?q=..."
+                                            "&system=two-tower|bm25|hybrid&k=10) over a model's index, with the "
+                                            "rankings of `query`. Needs the serve extra (uv sync --extra serve).")
+    serve.add_argument("model", type=Path, help="the two-tower model the index was built with")
+    serve.add_argument("--index-dir", type=Path, default=None,
+                       help="the index (default: <model stem>_index/ beside the model)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port (8000; 0: any free one, printed)")
+    add_search_arguments(serve)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
 
     index = commands.add_parser("index", help="encode a passage collection and save its index",
                                 description="Encode a passage collection with the model's passage tower.")
@@ -84,20 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="hits shown (or written to the run) per query (10)")
     query.add_argument("--system", choices=[*SYSTEMS, "all"], default="two-tower",
                        help="two-tower (default), bm25, hybrid, or all three one after the other")
-    query.add_argument("--search", choices=("auto", "exact", "faiss"), default="auto",
-                       help="two-tower search: exact inner product on the memory-mapped matrix, or the index's "
-                            "faiss index (auto: faiss when the index has one)")
-    query.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
-    query.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
     query.add_argument("--snippet", type=non_negative_int, default=120,
                        help="characters of passage text shown (120; 0: all)")
     query.add_argument("--batch-size", type=positive_int, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
-    query.add_argument("--device", default="auto", help=DEVICE_HELP)
-    add_bm25_arguments(query, saved=True)
-    add_fusion_arguments(query, several=False)
-    query.add_argument("--chunk-rows", type=positive_int, default=65536,
-                       help="exact search: passage rows scored at once (65536)")
+    add_search_arguments(query)
+    add_serve_parser(commands)
     # argparse cannot match query words that come after options ("query MODEL -k 5 what is x") to the
     # positional; take them from the leftovers, and refuse anything that looks like a flag.
     args, extra = parser.parse_known_args(argv)
@@ -140,16 +174,6 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list
                             rrf_k=args.rrf_k, fusion_depth=args.fusion_depth, bm25_k1=args.bm25_k1,
                             bm25_b=args.bm25_b, bm25_stemmer=args.bm25_stemmer)
     return make_retrievers(systems, index, model, args.model, options)
-
-
-def known_words(searcher, query: str) -> bool:
-    """Whether a dense searcher's model knows any word of ``query``: a query of unknown words alone is one
-    vector (the <unk> word's) for every such query, so its hits would say nothing about the query."""
-    model = getattr(searcher, "model", None)
-    if model is None:
-        return True
-    ids = model.vocab.encode(query)
-    return any(token != UNK_ID for token in ids)
 
 
 def print_hits(index: PassageIndex, searcher, query: str, hits, width: int) -> None:
@@ -250,9 +274,58 @@ def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (before the model loads and before uvicorn starts, so a port in use or
+    a host that is not this machine's is one line, not uvicorn's log and exit 1)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)  # now: a client that connects before uvicorn is up waits in the backlog, not refused
+    except OSError as error:
+        raise PipelineError(f"cannot listen on {host} port {port}: {error.strerror or error}") from error
+    return sock
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from msmarco_search.server import create_app
+    except ImportError as error:
+        raise PipelineError(f"the search page needs FastAPI and uvicorn ({error.name} is missing): "
+                            "uv sync --extra serve") from error
+    sock = listening_socket(args.host, args.port)
+    index_dir = args.index_dir or default_index_dir(args.model)
+    model = load_model(args.model, pick_device(args.device))
+    index = load_index(index_dir, model, args.model)
+    args.system = "all"
+    session = SearchSession(index, make_searchers(args, index, model))
+    try:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        info(f"Index: {len(index):,} passages in {index_dir}; "
+             + "; ".join(f"{s.name}: {s.description}" for s in session.retrievers.values()))
+        info(f"Serving the search page on http://{shown}:{port}/ (API: /api/search?q=...); Ctrl-C stops")
+        # h11 refuses a request line over 16 KiB with a bare 400 before the app sees it; 256 KiB lets a
+        # 100 KB query reach the app, which answers it with its JSON error
+        config = uvicorn.Config(create_app(session), http="h11", log_level="warning", access_log=False,
+                                h11_max_incomplete_event_size=256 * 1024)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the way a server ends
+            info("Stopped.")
+    finally:
+        session.close()
+        sock.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_index(args) if args.command == "index" else run_query(args)
+    commands = {"index": run_index, "query": run_query, "serve": run_serve}
+    return commands[args.command](args)
 
 
 

@@ -5,7 +5,8 @@ loadable with torch.load(..., weights_only=True)), ..._training_log.json and a p
 (..._training_log.png) beside it, then ranks a few queries' candidates as a quick similarity test. A held-out
 slice of the queries is scored (MRR@10) after every epoch; the best model is the one saved.
 
-The triplets file is a .pkl from preprocessing/generate_triplets.py, or the official triples TSV
+The triplets file is a .pkl or .parquet from preprocessing/generate_triplets.py (a parquet file from elsewhere
+needs only the columns anchor, positive, negative), or the official triples TSV
 (query<TAB>positive<TAB>negative, e.g. triples.train.small.tsv), which is tokenised in chunks into
 memory-mapped arrays (no 39M-string pickle).
 
@@ -54,7 +55,7 @@ LOSSES = ("softmax", "triplet")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("triplets_file", type=Path,
-                        help="triplets .pkl from preprocessing/generate_triplets.py, or a triples TSV "
+                        help="triplets .pkl or .parquet from preprocessing/generate_triplets.py, or a triples TSV "
                              "(query<TAB>positive<TAB>negative, as triples.train.small.tsv)")
     parser.add_argument("--epochs", type=positive_int, default=1, help="training epochs (1)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="triplets per batch (32)")

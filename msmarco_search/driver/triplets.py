@@ -3,7 +3,9 @@
 Writes {output_dir}/msmarco_triplets_<N>k_<timestamp>.pkl (N: queries read, in thousands, rounded, at least
 1; the exact count is in the metadata), or exactly --output FILE, holding plain lists of strings (loaded by
 the project with an unpickler that refuses every global), and beside it <name>_metadata.json (source, split,
-counts, strategy, seed, arguments, time).
+counts, strategy, seed, arguments, time). --format parquet writes a .parquet table instead: columns anchor,
+positive, negative, query_id, positive_id, negative_id, read by datasets.load_dataset("parquet", ...) and
+sentence-transformers' trainer as they are (and by the training script, like the .pkl).
 
 --mode ict needs no queries: from bare passages (a collection.tsv, or the passages of rows; several
 --dataset-path sources are read one after the other) it makes inverse-cloze triplets: a sentence or span of a
@@ -27,6 +29,7 @@ from ..report import info
 from ..sources import open_source, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
+    TRIPLET_FORMATS,
     ClozeStats,
     Triplets,
     TripletStats,
@@ -57,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="write the triplets exactly to FILE (an earlier triplets file there is replaced; any "
                             "other file is refused) and the metadata beside it as <stem>_metadata.json, instead "
                             "of a timestamped name in --output-dir")
+    parser.add_argument("--format", choices=TRIPLET_FORMATS, default=None,
+                        help="pkl: the project's pickle (default); parquet: anchor, positive, negative (+ ids) for "
+                             "datasets and sentence-transformers (default with --output: from its suffix)")
     parser.add_argument("--include", type=Path, nargs="+", default=[], metavar="FILE",
                         help="add the triplets of these earlier triplets files to the output")
     parser.add_argument("--exclude-queries", type=Path, nargs="+", default=[], metavar="FILE",
@@ -72,7 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cloze.add_argument("--ict-keep-query", type=float, default=0.1,
                        help="probability that the pseudo-query stays in its positive passage (0.1)")
     add_source_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    suffix = None if args.output is None else args.output.suffix.lower().lstrip(".")
+    if args.format is None:
+        args.format = "parquet" if suffix == "parquet" else "pkl"
+    elif suffix in TRIPLET_FORMATS and suffix != args.format:
+        parser.error(f"--output {args.output} names a .{suffix} file, but --format is {args.format}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
         info(f"➖ {excluded:,} triplets dropped: their query is one of the {len(held_out):,} queries of "
              f"{', '.join(map(str, args.exclude_queries))}")
     path = args.output if args.output is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
-                                                                          ".pkl")
+                                                                          f".{args.format}")
     try:
         metadata = {
             "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
             "dataset_config": args.dataset_config if not args.dataset_path else None,
             "negative_strategy": args.negatives if args.mode == "queries" else "random (other passages)",
-            "seed": args.seed, "max_samples": args.max_samples,
+            "seed": args.seed, "max_samples": args.max_samples, "format": args.format,
             "num_triplets": len(triplets), "num_queries": len(set(triplets.query_ids)),
             "triplets_made": made, "triplets_excluded": excluded,
             "excluded_queries": [str(p) for p in args.exclude_queries],
@@ -145,21 +157,22 @@ def check_output(args: argparse.Namespace) -> None:
     if args.output.is_dir():
         raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)",
                             args.output)
-    if args.output.is_file() and not _is_pickle(args.output):
+    if args.output.is_file() and not _is_triplets_file(args.output):
         # --output replaces an earlier triplets file; anything else there is someone's data (often this run's
         # own --dataset-path, which would be lost under the pickle)
-        raise PipelineError("exists and is not a triplets file (a pickle); --output replaces only an earlier "
-                            "triplets file, so choose another name", args.output)
+        raise PipelineError("exists and is not a triplets file (a pickle or parquet); --output replaces only an "
+                            "earlier triplets file, so choose another name", args.output)
     ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."))
 
 
-def _is_pickle(path: Path) -> bool:
-    """Whether ``path`` starts like a pickle of protocol 2 or later (what ``save_triplets`` writes)."""
+def _is_triplets_file(path: Path) -> bool:
+    """Whether ``path`` starts like what ``save_triplets`` writes: a pickle of protocol 2 or later, or parquet."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(1) == b"\x80"
+            start = handle.read(4)
     except OSError:
         return False
+    return start[:1] == b"\x80" or start == b"PAR1"
 
 
 def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Triplets, TripletStats, str, str, int]:
