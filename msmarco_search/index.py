@@ -389,9 +389,8 @@ def _finish(build: _Build, staging: Path, index_dir: Path, model_path: str | Pat
     if build.world_size == 1:
         files = [VECTORS, IDS, OFFSETS]
         shard_entries = None
-    else:
-        files = [f"{shard_name(rank, build.world_size)}/{name}" for rank in range(build.world_size)
-                 for name in (VECTORS, IDS, OFFSETS, SHARD_RECORD)]
+    else:  # each shard's record lists its own files, checked with its identity when the index is loaded
+        files = []
         shard_entries = [{"name": shard_name(rank, build.world_size), "start": record["start"],
                           "stop": record["stop"]} for rank, record in enumerate(shards)]
     faiss_info = None
