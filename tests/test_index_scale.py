@@ -21,6 +21,7 @@ from conftest import FILLER, ROOT, run_script
 from msmarco_search.bm25 import BM25Index, BM25Settings, build_streamed
 from msmarco_search.driver.search import main as search_command
 from msmarco_search.errors import PipelineError
+from msmarco_search.fileio import StagedFolder
 from msmarco_search.index import load_index
 from msmarco_search.model import load_model
 
@@ -211,3 +212,18 @@ def test_a_bad_shard_ends_search_with_one_line_and_exit_2(sharded, tmp_path):
                         check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ") and "0-of-2: shard missing" in result.stderr
+
+
+def test_a_second_build_at_once_and_a_bad_pq_m_are_refused_before_any_work(tmp_path, trained_pipeline):
+    model = tmp_path / "model.pt"
+    shutil.copy(trained_pipeline["model"], model)
+    small = _collection(tmp_path / "collection_small.tsv", 30)
+    running = StagedFolder(tmp_path / "model_index")
+    running.acquire()  # another build holds the index
+    with pytest.raises(PipelineError, match="another build is writing this folder now"):
+        search_command(["index", str(model), "--dataset-path", str(small)])
+    assert running.staging.is_dir()  # the refused build left the running one's folder alone
+    running.release()
+    with pytest.raises(PipelineError, match="--pq-m 7 does not divide the model's 32 dimensions"):
+        search_command(["index", str(model), "--dataset-path", str(small), "--faiss", "ivfpq", "--pq-m", "7"])
+    assert not list((tmp_path / ".model_index.new").iterdir())  # nothing was encoded
