@@ -19,7 +19,6 @@ if [ ! -f "$COLLECTION" ]; then
   uv run --project "$ROOT" python - "$DATA/msmarco-trec-dl-2019/collection.tsv" "$COLLECTION" "$N" <<'PY'
 import sys
 from pathlib import Path
-sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent) if sys.argv[0] else ".")
 from msmarco_search.index import iter_collection
 from msmarco_search.fileio import atomic_write
 source, target, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])

@@ -41,7 +41,8 @@ from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
 
 Hits = list[tuple[int, float]]  # (row position, score), best first
 DEFAULT_FUSION_DEPTH = 1000
-# IVF-PQ candidates per hit, re-scored exactly (docs/benchmarks.md: recall@10 0.95 needs ~10x at 8.8M)
+# IVF-PQ candidates per hit, re-scored exactly on the index's vectors (docs/benchmarks.md, "Full scale":
+# recall@10 0.824 at nprobe 16 on 1M passages; neither knob has been swept yet)
 DEFAULT_REFINE = 10
 
 
