@@ -7,12 +7,14 @@ tables (the Hugging Face world's format) carry their kind and format version in 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
@@ -104,6 +106,63 @@ class PendingFile:
     def abort(self) -> None:
         self.handle.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class StagedFolder:
+    """A folder (an index) rebuilt beside the one in use and swapped in whole, so the old one keeps answering
+    until the new one is complete; the folder counterpart of ``atomic_write``.
+
+    ``acquire()`` takes an exclusive lock (``.NAME.lock``, an ``flock``: the kernel drops it when a build is
+    killed, so a SIGKILLed build never blocks the next one), puts back an old folder that a swap killed
+    half-way left aside, and returns the staging folder ``.NAME.new``. A killed build's staging folder is
+    kept for the next build, which reuses what it can prove complete and removes the rest. ``commit()``
+    swaps the staging folder in (two renames; the old folder is removed after), ``discard()`` removes it,
+    ``release()`` drops the lock.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.staging = self.path.with_name(f".{self.path.name}.new")
+        self.old = self.path.with_name(f".{self.path.name}.old")
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._lock: IO[str] | None = None
+
+    def acquire(self) -> Path:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.lock_path, "a")
+        except OSError as error:
+            raise PipelineError(f"cannot write here ({error.strerror or error})", self.path.parent) from error
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._lock.close()
+            self._lock = None
+            raise PipelineError("another build is writing this folder now; wait for it to finish",
+                                self.path) from error
+        if not self.path.exists() and self.old.is_dir():
+            os.replace(self.old, self.path)  # killed between the two renames of a swap: the old one is whole
+        shutil.rmtree(self.old, ignore_errors=True)
+        self.staging.mkdir(exist_ok=True)
+        return self.staging
+
+    def commit(self) -> None:
+        try:
+            if self.path.exists():
+                os.replace(self.path, self.old)
+            os.replace(self.staging, self.path)
+        except OSError as error:
+            raise PipelineError(f"cannot put the new folder in place ({error.strerror or error})", self.path) from error
+        shutil.rmtree(self.old, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self.lock_path.unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
 
 
 def file_identity(path: str | Path) -> str:

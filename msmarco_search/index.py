@@ -19,6 +19,8 @@ Only building and loading live here; searching an index is ``msmarco_search.retr
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import time
 from array import array
 from collections.abc import Iterator, Sequence
@@ -30,9 +32,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .arrays import save_npy
-from .bm25 import BM25Index, BM25Settings
-from .errors import PipelineError, first_line
-from .fileio import atomic_write, load_json, save_json
+from .bm25 import BM25Settings, build_streamed
+from .distributed import DistributedContext
+from .errors import PipelineError, first_line, short
+from .fileio import StagedFolder, atomic_write, load_json, save_json
 from .model import TwoTowerModel
 from .report import info, progress
 from .sources import Source, TsvSource, read_collection
@@ -40,11 +43,18 @@ from .text import TOKENIZER_VERSION
 from .vocab import vocabulary_fingerprint
 
 KIND_INDEX = "two-tower-index"
-INDEX_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+KIND_SHARD = "two-tower-index-shard"
+INDEX_FORMAT_VERSION = 2  # 2: sharded layout (shards/), built in a staging folder
+MANIFEST, SHARD_RECORD, SHARDS_DIR = "manifest.json", "shard.json", "shards"
 VECTORS, IDS, OFFSETS, PASSAGES, FAISS_FILE = "vectors.npy", "ids.npy", "offsets.npy", "passages.tsv", "faiss.index"
-FAISS_KINDS = ("flat", "hnsw", "ivf")
+FAISS_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 VECTOR_DTYPES = {"float32": np.float32, "float16": np.float16}
+DTYPE_AUTO = "auto"
+# float16 from 1M passages: there the float32 matrix (1.1 GB at 300 dimensions; 10.6 GB at 8.8M) stops
+# fitting comfortably in the page cache next to other work, exact search reads half the bytes, and the
+# ranking barely moves (benchmarks/float16_agreement.py: top-10 overlap with float32 0.9998 on 1,000 dev
+# queries over the DL 2019 pool). Below it the file is small either way, so float32 stays exact.
+FLOAT16_FROM = 1_000_000
 BM25_DIR = "bm25"  # the saved BM25 index, a folder inside the index
 
 
@@ -104,36 +114,34 @@ def source_collection(source: Source) -> Path | None:
 @dataclass
 class IndexSettings:
     batch_size: int = 1024
-    dtype: str = "float32"
+    dtype: str = DTYPE_AUTO  # "auto": float16 from FLOAT16_FROM passages, else float32
     faiss: str | None = None  # None, or one of FAISS_KINDS
     hnsw_m: int = 32
     ivf_lists: int = 0  # 0: about 4 * sqrt(count)
+    pq_m: int = 0  # IVF-PQ sub-quantisers; 0: the divisor of the dimension nearest dim / 6
     max_passages: int | None = None
 
 
+def vector_dtype(setting: str, count: int) -> str:
+    """The stored vector type: ``auto`` is float16 from ``FLOAT16_FROM`` passages (see its comment)."""
+    if setting == DTYPE_AUTO:
+        return "float16" if count >= FLOAT16_FROM else "float32"
+    return setting
+
+
 def _check_settings(settings: IndexSettings) -> None:
-    if settings.dtype not in VECTOR_DTYPES:
-        raise PipelineError(f"unknown vector type {settings.dtype!r} (use {', '.join(VECTOR_DTYPES)})")
+    if settings.dtype != DTYPE_AUTO and settings.dtype not in VECTOR_DTYPES:
+        raise PipelineError(f"unknown vector type {settings.dtype!r} (use auto, {', '.join(VECTOR_DTYPES)})")
     if settings.faiss is not None and settings.faiss not in FAISS_KINDS:
         raise PipelineError(f"unknown faiss index {settings.faiss!r} (use {', '.join(FAISS_KINDS)})")
     if settings.faiss is not None:
         import_faiss()  # fail before the long encoding, not after it
 
 
-def _prepare_folder(index_dir: Path) -> None:
-    try:
-        index_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PipelineError(f"cannot create the index folder ({error.strerror or error})", index_dir) from error
-    # An old manifest would vouch for files this build is about to replace: drop it first, so an
-    # interrupted rebuild leaves an index that is refused as incomplete rather than a mixed one.
-    (index_dir / MANIFEST).unlink(missing_ok=True)
-
-
-def _collection_of(source: Source, index_dir: Path, settings: IndexSettings) -> Path:
+def _collection_of(source: Source, staging: Path, settings: IndexSettings) -> Path:
     collection = source_collection(source)
     if collection is None:
-        collection = index_dir / PASSAGES
+        collection = staging / PASSAGES
         written = write_source_passages(source, collection, settings.max_passages)
         info(f"Wrote {written:,} distinct passages of {source.description} to {collection}")
     return collection
@@ -188,10 +196,13 @@ class _VectorWriter:
         return np.concatenate([chunk.astype(f"S{width}") for chunk in self.id_chunks])
 
 
-def _encode_collection(model: TwoTowerModel, collection: Path, count: int, index_dir: Path,
-                       settings: IndexSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Writes ``vectors.npy`` (atomically); returns the ids and byte offsets of its rows."""
-    dtype = VECTOR_DTYPES[settings.dtype]
+def _encode_collection(model: TwoTowerModel, collection: Path, rows: tuple[int, int], folder: Path,
+                       settings: IndexSettings, dtype_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Writes ``vectors.npy`` (atomically) for passages ``rows = (start, stop)`` of the collection; returns
+    the ids and byte offsets of its rows."""
+    dtype = VECTOR_DTYPES[dtype_name]
+    start, stop = rows
+    count = stop - start
     offsets = array("q")
     writers: list[_VectorWriter] = []
 
@@ -205,71 +216,232 @@ def _encode_collection(model: TwoTowerModel, collection: Path, count: int, index
             handle.seek(data_start)
             writer = _VectorWriter(model, handle, dtype, settings.batch_size)
             writers.append(writer)
-            lines = iter_collection(collection)
+            # a shard skips the passages before its own (parsing a line is ~1 us: seconds for 4M lines)
+            lines = itertools.islice(iter_collection(collection), start, stop)
             for offset, pid, text in progress(lines, desc="Encoding passages", total=count, unit="passage",
                                               mininterval=1.0):
                 offsets.append(offset)
                 writer.add(pid, text)
-                if len(offsets) == count:
-                    break
-            rows = writer.finish()
-        if rows != count:
-            raise PipelineError(f"the collection changed while it was indexed ({rows:,} passages, expected "
-                                f"{count:,})", collection)
+            encoded = writer.finish()
+        if encoded != count:
+            raise PipelineError(f"the collection changed while it was indexed ({start + encoded:,} passages, "
+                                f"expected {stop:,})", collection)
 
-    atomic_write(index_dir / VECTORS, encode_into)
+    atomic_write(folder / VECTORS, encode_into)
     return writers[-1].ids(), np.frombuffer(offsets, dtype=np.int64)
 
 
-def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, index_dir: str | Path,
-                settings: IndexSettings) -> dict[str, Any]:
-    """Encode every passage of ``source`` with the passage tower and write the index; returns its manifest.
+@dataclass
+class _Build:
+    """What every process of one build agrees on: the collection, the rows, the vector type, the model."""
 
-    A source with a ``collection.tsv`` is indexed in place; any other source first has its passages written
-    to ``passages.tsv`` in the index folder. Either way the collection is streamed: vectors go batch by batch
-    into a memory-mapped ``.npy`` under a temporary name, renamed into place when complete.
-    """
-    _check_settings(settings)
-    index_dir = Path(index_dir)
-    _prepare_folder(index_dir)
-    collection = _collection_of(source, index_dir, settings)
-    count = _passages_to_index(collection, settings)
-    dim = model.config.output_dim
-    info(f"Indexing {count:,} passages of {collection} ({dim} dimensions, {settings.dtype})")
+    collection: Path
+    final_collection: str  # the collection's path as the finished index records it
+    count: int
+    dtype: str
+    dim: int
+    model_id: Any
+    vocabulary: str
+    world_size: int
+
+    def identity(self) -> dict[str, Any]:
+        """What a shard must have been built with to be reused or joined."""
+        return {"model_id": self.model_id, "vocabulary_fingerprint": self.vocabulary, "tokenizer": TOKENIZER_VERSION,
+                "collection": self.final_collection, "collection_size": self.collection.stat().st_size,
+                "count": self.count, "dtype": self.dtype, "dim": self.dim, "shards": self.world_size}
+
+    def rows(self, rank: int) -> tuple[int, int]:
+        return rank * self.count // self.world_size, (rank + 1) * self.count // self.world_size
+
+    def folder(self, staging: Path, rank: int) -> Path:
+        return staging if self.world_size == 1 else staging / shard_name(rank, self.world_size)
+
+
+def shard_name(rank: int, world_size: int) -> str:
+    return f"{SHARDS_DIR}/{rank}-of-{world_size}"
+
+
+_SHARD_MISMATCH = {"model_id": "another model", "vocabulary_fingerprint": "another vocabulary",
+                   "collection": "another collection", "collection_size": "another collection"}
+
+
+def _check_shard(folder: Path, identity: dict[str, Any], rows: tuple[int, int]) -> dict[str, Any]:
+    """The record of a complete shard built with ``identity`` for ``rows``; a one-line error otherwise."""
+    path = folder / SHARD_RECORD
+    if not folder.is_dir():
+        raise PipelineError("shard missing; rebuild the index", folder)
+    if not path.is_file():
+        raise PipelineError(f"half-written shard (no {SHARD_RECORD}: its build never finished); rebuild the index",
+                            folder)
+    record = load_json(path)
+    if not isinstance(record, dict) or record.get("kind") != KIND_SHARD:
+        raise PipelineError(f"not a {KIND_SHARD} record", path)
+    for key, wanted in identity.items():
+        if record.get(key) != wanted:
+            what = _SHARD_MISMATCH.get(key, f"another {key}")
+            raise PipelineError(f"shard built by {what} ({key} {short(record.get(key), 40)}, this index: "
+                                f"{short(wanted, 40)}); rebuild the index", path)
+    if (record.get("start"), record.get("stop")) != rows:
+        raise PipelineError(f"shard holds passages {record.get('start')}-{record.get('stop')}, expected "
+                            f"{rows[0]}-{rows[1]}; rebuild the index", path)
+    _check_file_sizes(folder, dict(record.get("files", {})))
+    return record
+
+
+def _encode_shard(model: TwoTowerModel, build: _Build, staging: Path, rank: int, settings: IndexSettings) -> None:
+    """Encode this process's shard into its folder, or reuse it when an interrupted build finished it."""
+    folder, rows = build.folder(staging, rank), build.rows(rank)
+    try:
+        _check_shard(folder, build.identity(), rows)
+        info(f"Reusing {folder.name if build.world_size > 1 else 'the vectors'} (passages {rows[0]:,}-{rows[1]:,}), "
+             "finished by an interrupted build")
+        return
+    except PipelineError:
+        pass
+    if build.world_size > 1:
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in (SHARD_RECORD, VECTORS, IDS, OFFSETS):
+        (folder / name).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    info(f"Indexing passages {rows[0]:,}-{rows[1]:,} of {build.collection} ({build.dim} dimensions, {build.dtype})")
     started = time.perf_counter()
-    ids, offsets = _encode_collection(model, collection, count, index_dir, settings)
+    ids, offsets = _encode_collection(model, build.collection, rows, folder, settings, build.dtype)
     seconds = time.perf_counter() - started
-    save_npy(index_dir / IDS, ids)
-    save_npy(index_dir / OFFSETS, offsets)
+    save_npy(folder / IDS, ids)
+    save_npy(folder / OFFSETS, offsets)
+    count = rows[1] - rows[0]
     info(f"Encoded {count:,} passages in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} passages/s)")
+    save_json({"kind": KIND_SHARD, **build.identity(), "start": rows[0], "stop": rows[1],
+               "encode_seconds": round(seconds, 3),
+               "files": {name: (folder / name).stat().st_size for name in (VECTORS, IDS, OFFSETS)}},
+              folder / SHARD_RECORD)
 
-    files = [VECTORS, IDS, OFFSETS]
-    faiss_info = None
-    if settings.faiss is not None:
-        vectors = np.load(index_dir / VECTORS, mmap_mode="r")
-        faiss_info = build_faiss_index(vectors, settings.faiss, index_dir / FAISS_FILE, settings.hnsw_m,
-                                       settings.ivf_lists)
-        files.append(FAISS_FILE)
-    inside = collection.resolve().parent == index_dir.resolve()
-    if inside:
-        files.append(collection.name)
-    manifest = {
-        "kind": KIND_INDEX, "format_version": INDEX_FORMAT_VERSION,
-        "model_id": model.metadata.get("model_id"), "model_path": str(Path(model_path).resolve()),
-        "vocabulary_fingerprint": vocabulary_fingerprint(model.vocab), "tokenizer": TOKENIZER_VERSION,
-        "dim": dim, "count": count, "dtype": settings.dtype, "id_width": ids.dtype.itemsize,
-        "collection": collection.name if inside else str(collection.resolve()),
-        "collection_size": collection.stat().st_size, "source": source.description,
-        "faiss": faiss_info, "encode_seconds": round(seconds, 3),
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "files": {name: (index_dir / name).stat().st_size for name in files},
-    }
-    save_json(manifest, index_dir / MANIFEST)
+
+def _clean_staging(staging: Path, world_size: int) -> None:
+    """Remove what an interrupted build left in the staging folder, except shards it may have finished
+    (``_encode_shard`` checks and reuses those) and the source's passages file (rewritten anyway)."""
+    keep = {SHARDS_DIR, PASSAGES} if world_size > 1 else {VECTORS, IDS, OFFSETS, SHARD_RECORD, PASSAGES}
+    for path in staging.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    shards = staging / SHARDS_DIR
+    if world_size > 1 and shards.is_dir():
+        wanted = {shard_name(rank, world_size).split("/")[1] for rank in range(world_size)}
+        for path in shards.iterdir():
+            if path.name not in wanted:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _final_collection(collection: Path, staging: Path) -> str:
+    return collection.name if collection.resolve().parent == staging.resolve() else str(collection.resolve())
+
+
+def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, index_dir: str | Path,
+                settings: IndexSettings, bm25: BM25Settings | None = None,
+                context: DistributedContext | None = None) -> dict[str, Any] | None:
+    """Encode every passage of ``source`` with the passage tower and write the index (and, given ``bm25``,
+    its BM25 index); returns its manifest (``None`` on the processes of a sharded build other than rank 0).
+
+    The index is built in ``.NAME.new`` beside ``index_dir`` and swapped in when complete, so the old index
+    keeps answering until then; a killed build's finished shards are reused by the next build, the rest
+    removed. Under ``torchrun`` (``context`` with several processes) each process encodes its share of the
+    collection into ``shards/RANK-of-WORLD/``, and rank 0 joins them with one manifest. A source with a
+    ``collection.tsv`` is indexed in place; any other source first has its passages written to
+    ``passages.tsv`` in the index folder. Either way the collection is streamed.
+    """
+    context = context or DistributedContext()
+    _check_settings(settings)
+    if settings.faiss == "ivfpq":
+        pq_subquantizers(model.config.output_dim, settings.pq_m)  # a bad --pq-m fails before the encoding
+    index_dir = Path(index_dir)
+    folder = StagedFolder(index_dir)
+    staging = folder.staging
+    if context.is_main:
+        folder.acquire()  # outside the try: a refused second build must not discard the running one's folder
+    try:
+        if context.is_main:
+            _clean_staging(staging, context.world_size)
+            collection = _collection_of(source, staging, settings)
+        context.barrier()
+        if not context.is_main:
+            collection = source_collection(source) or staging / PASSAGES
+        count = _passages_to_index(collection, settings)
+        build = _Build(collection, _final_collection(collection, staging), count,
+                       vector_dtype(settings.dtype, count), model.config.output_dim, model.metadata.get("model_id"),
+                       vocabulary_fingerprint(model.vocab), context.world_size)
+        _encode_shard(model, build, staging, context.rank, settings)
+        context.barrier()
+        if not context.is_main:
+            return None
+        manifest = _finish(build, staging, index_dir, model_path, source, settings, bm25)
+        folder.commit()
+    except PipelineError:
+        if context.is_main:
+            folder.discard()
+        raise
+    finally:
+        folder.release()
     return manifest
 
 
+def _finish(build: _Build, staging: Path, index_dir: Path, model_path: str | Path, source: Source,
+            settings: IndexSettings, bm25: BM25Settings | None) -> dict[str, Any]:
+    """Rank 0, once every shard is written: check and join the shards, build faiss and BM25, write the
+    manifest (last: a folder without one is refused)."""
+    shards = [_check_shard(build.folder(staging, rank), build.identity(), build.rows(rank))
+              for rank in range(build.world_size)]
+    if build.world_size == 1:
+        files = [VECTORS, IDS, OFFSETS]
+        shard_entries = None
+    else:  # each shard's record lists its own files, checked with its identity when the index is loaded
+        files = []
+        shard_entries = [{"name": shard_name(rank, build.world_size), "start": record["start"],
+                          "stop": record["stop"]} for rank, record in enumerate(shards)]
+    faiss_info = None
+    if settings.faiss is not None:
+        vectors = _joined_vectors(staging, shard_entries)
+        faiss_info = build_faiss_index(vectors, settings.faiss, staging / FAISS_FILE, settings.hnsw_m,
+                                       settings.ivf_lists, settings.pq_m)
+        files.append(FAISS_FILE)
+    inside = build.final_collection == build.collection.name
+    if inside:
+        files.append(build.collection.name)
+    ids_width = max(_load_array(build.folder(staging, rank) / IDS).dtype.itemsize
+                    for rank in range(build.world_size))
+    manifest = {
+        "kind": KIND_INDEX, "format_version": INDEX_FORMAT_VERSION,
+        "model_id": build.model_id, "model_path": str(Path(model_path).resolve()),
+        "vocabulary_fingerprint": build.vocabulary, "tokenizer": TOKENIZER_VERSION,
+        "dim": build.dim, "count": build.count, "dtype": build.dtype, "id_width": ids_width,
+        "collection": build.final_collection,
+        "collection_size": build.collection.stat().st_size, "source": source.description,
+        "shards": shard_entries, "faiss": faiss_info,
+        "encode_seconds": round(sum(record["encode_seconds"] for record in shards), 3),
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "files": {name: (staging / name).stat().st_size for name in files},
+    }
+    if bm25 is not None:
+        manifest["bm25"] = _build_bm25(build, staging, index_dir, bm25)
+    save_json(manifest, staging / MANIFEST)
+    return manifest
+
+
+def _build_bm25(build: _Build, staging: Path, index_dir: Path, settings: BM25Settings) -> dict[str, Any]:
+    """BM25 over the index's passages, streamed into ``bm25/`` (see ``bm25.build_streamed``)."""
+    started = time.perf_counter()
+    final = Path(build.final_collection)
+    identity = {"collection": str(final if final.is_absolute() else (index_dir / final).resolve()),
+                "collection_size": build.collection.stat().st_size, "count": build.count}
+    texts = (text for _, _, text in itertools.islice(iter_collection(build.collection), build.count))
+    record = build_streamed(texts, build.count, settings, staging / BM25_DIR, identity)
+    seconds = time.perf_counter() - started
+    info(f"Built BM25 ({settings.describe()}) over {build.count:,} passages in {seconds:.1f} s "
+         f"({record['postings']:,} postings)")
+    return {**{key: record[key] for key in ("k1", "b", "stemmer", "tokenizer", "count")}, "seconds": round(seconds, 3)}
+
+
 def update_manifest(index_dir: str | Path, **entries: Any) -> dict[str, Any]:
-    """Add entries (e.g. a BM25 index's record) to a complete index's manifest, rewritten atomically."""
+    """Add entries (e.g. faiss's measured recall) to a complete index's manifest, rewritten atomically."""
     path = Path(index_dir) / MANIFEST
     manifest = load_json(path)
     manifest.update(entries)
@@ -298,22 +470,6 @@ def collection_identity(collection: str | Path, count: int) -> dict[str, Any]:
     passages indexed from it; a run over anything else is refused."""
     collection = Path(collection).resolve()
     return {"collection": str(collection), "collection_size": collection.stat().st_size, "count": count}
-
-
-def bm25_identity(index: PassageIndex) -> dict[str, Any]:
-    return collection_identity(index.collection, len(index))
-
-
-def build_bm25_index(index: PassageIndex, settings: BM25Settings) -> dict[str, Any]:
-    """BM25 over the index's passages, saved in ``bm25/`` inside it and recorded in its manifest."""
-    started = time.perf_counter()
-    bm25 = BM25Index(PassageIds(index), index.texts(), settings.k1, settings.b, settings.stemmer)
-    record = bm25.save(index.directory / BM25_DIR, bm25_identity(index))
-    seconds = time.perf_counter() - started
-    entry = {key: record[key] for key in ("k1", "b", "stemmer", "tokenizer", "count")}
-    index.manifest = update_manifest(index.directory, bm25={**entry, "seconds": round(seconds, 3)})
-    info(f"Built BM25 ({settings.describe()}) over {len(index):,} passages in {seconds:.1f} s")
-    return record
 
 
 def saved_bm25_settings(index: PassageIndex) -> BM25Settings | None:
@@ -349,39 +505,114 @@ def faiss_available() -> bool:
     return True
 
 
-def _faiss_ivf(faiss: Any, vectors: np.ndarray, ivf_lists: int) -> tuple[Any, int]:
-    count, dim = vectors.shape
+def _ivf_lists(count: int, ivf_lists: int) -> int:
     # faiss wants ~39+ training points per list; default to about 4 * sqrt(n) lists
     lists = ivf_lists or int(4 * np.sqrt(count))
-    lists = max(1, min(lists, count // 39 or 1))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-    # k-means cost grows with sample x lists: 64 points per list is within faiss's advice (39-256)
-    sample = min(count, 64 * lists)
-    rows = np.sort(np.random.default_rng(0).choice(count, size=sample, replace=False))
+    return max(1, min(lists, count // 39 or 1))
+
+
+def _train(index: Any, vectors: np.ndarray, sample: int) -> None:
+    count = len(vectors)
+    rows = np.sort(np.random.default_rng(0).choice(count, size=min(count, sample), replace=False))
     index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
-    return index, lists
 
 
-def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 32, ivf_lists: int = 0,
-                      chunk_rows: int = 65536) -> dict[str, Any]:
-    """An inner-product faiss index over the rows of ``vectors`` (fed in chunks), written to ``path``."""
-    faiss = import_faiss()
+def pq_subquantizers(dim: int, wanted: int = 0) -> int:
+    """IVF-PQ's sub-quantisers: ``wanted`` (it must divide ``dim``), else the divisor of ``dim`` nearest
+    ``dim / 6`` (6 dimensions per byte: 50 bytes a vector at 300 dimensions, 440 MB for 8.8M passages)."""
+    if wanted:
+        if dim % wanted:
+            raise PipelineError(f"--pq-m {wanted} does not divide the model's {dim} dimensions")
+        return wanted
+    return min((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: (abs(m - dim / 6), m))
+
+
+def _faiss_structure(faiss: Any, vectors: np.ndarray, kind: str, hnsw_m: int, ivf_lists: int,
+                     pq_m: int) -> tuple[Any, dict[str, Any]]:
     count, dim = vectors.shape
     params: dict[str, Any] = {"type": kind}
     if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexFlatIP(dim), params
+    if kind == "hnsw":
         params["m"] = hnsw_m
-    else:
-        index, params["lists"] = _faiss_ivf(faiss, vectors, ivf_lists)
+        return faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT), params
+    lists = params["lists"] = _ivf_lists(count, ivf_lists)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        # k-means cost grows with sample x lists: 64 points per list is within faiss's advice (39-256)
+        _train(index, vectors, 64 * lists)
+        return index, params
+    m = params["pq_m"] = pq_subquantizers(dim, pq_m)
+    # 8-bit codes (256 centroids per sub-quantiser) need ~10K training points; fewer bits on tiny collections
+    bits = params["pq_bits"] = int(min(8, max(1, np.log2(max(count, 2) / 39))))
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, m, bits, faiss.METRIC_INNER_PRODUCT)
+    _train(index, vectors, max(64 * lists, 64 * 2**bits))
+    return index, params
+
+
+def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 32, ivf_lists: int = 0,
+                      pq_m: int = 0, chunk_rows: int = 65536) -> dict[str, Any]:
+    """An inner-product faiss index over the rows of ``vectors`` (fed in chunks), written to ``path``; returns
+    what it is (``type`` and its parameters), for the manifest."""
+    faiss = import_faiss()
+    count = len(vectors)
+    started = time.perf_counter()
+    index, params = _faiss_structure(faiss, vectors, kind, hnsw_m, ivf_lists, pq_m)
     for start in progress(range(0, count, chunk_rows), desc=f"Building faiss {kind}", unit="chunk",
                           total=-(-count // chunk_rows)):
         index.add(np.ascontiguousarray(vectors[start:start + chunk_rows], dtype=np.float32))
     if index.ntotal != count:
         raise PipelineError(f"faiss index holds {index.ntotal} vectors, expected {count}", path)
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    params["seconds"] = round(time.perf_counter() - started, 3)
+    info(f"Built faiss {kind} over {count:,} vectors in {params['seconds']:.1f} s "
+         f"({path.stat().st_size / 2**20:,.1f} MiB)")
     return params
+
+
+class JoinedRows:
+    """The vectors of several shards read as one ``(count, dim)`` matrix: row slices and row lists, the two
+    reads search makes (chunks for exact search, candidates for re-ranking), each shard memory-mapped."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(p) for p in parts)])
+        self.dtype = parts[0].dtype
+        self.shape = (int(self.starts[-1]), parts[0].shape[1])
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            pieces = [part[max(start - first, 0):max(stop - first, 0)]
+                      for part, first in zip(self.parts, self.starts, strict=False)]
+            return np.concatenate([p for p in pieces if len(p)] or [self.parts[0][:0]])
+        rows = np.asarray(key, dtype=np.int64)
+        if rows.ndim == 0:
+            return self[int(rows):int(rows) + 1][0]
+        rows = np.where(rows < 0, rows + len(self), rows)
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        owner = np.searchsorted(self.starts, rows, side="right") - 1
+        for number, part in enumerate(self.parts):
+            mine = owner == number
+            if mine.any():
+                out[mine] = part[rows[mine] - self.starts[number]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[0:len(self)]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _joined_vectors(directory: Path, shards: list[dict[str, Any]] | None) -> Any:
+    if not shards:
+        return _load_array(directory / VECTORS)
+    return JoinedRows([_load_array(directory / shard["name"] / VECTORS) for shard in shards])
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -512,9 +743,13 @@ def _check_file_sizes(index_dir: Path, files: dict[str, int]) -> None:
                                 f"{size:,}); rebuild the index", path)
 
 
-def _load_arrays(index_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _load_arrays(index_dir: Path, manifest: dict[str, Any]) -> tuple[Any, np.ndarray, np.ndarray]:
     count, dim, dtype = manifest["count"], manifest["dim"], VECTOR_DTYPES[manifest["dtype"]]
-    vectors, ids, offsets = (_load_array(index_dir / name) for name in (VECTORS, IDS, OFFSETS))
+    shards = manifest.get("shards")
+    if shards:
+        vectors, ids, offsets = _load_shards(index_dir, manifest, shards)
+    else:
+        vectors, ids, offsets = (_load_array(index_dir / name) for name in (VECTORS, IDS, OFFSETS))
     if vectors.shape != (count, dim) or vectors.dtype != dtype:
         raise PipelineError(f"holds {vectors.shape} {vectors.dtype}, the manifest says ({count}, {dim}) "
                             f"{np.dtype(dtype)}; rebuild the index", index_dir / VECTORS)
@@ -529,6 +764,27 @@ def _load_arrays(index_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray,
         raise PipelineError(f"holds offsets outside the collection's {manifest['collection_size']:,} bytes; rebuild "
                             "the index", index_dir / OFFSETS)
     return vectors, ids, offsets
+
+
+def _load_shards(index_dir: Path, manifest: dict[str, Any], shards: Any) -> tuple[JoinedRows, np.ndarray, np.ndarray]:
+    """A sharded index's shards, each checked against the manifest (its model, collection, rows and files),
+    read as one: vectors joined lazily, ids and offsets (small) concatenated."""
+    try:
+        entries = [(str(shard["name"]), int(shard["start"]), int(shard["stop"])) for shard in shards]
+    except (KeyError, TypeError, ValueError) as error:
+        raise PipelineError(f"manifest's shard list is incomplete ({error})", index_dir / MANIFEST) from error
+    identity = {key: manifest.get(key) for key in ("model_id", "vocabulary_fingerprint", "tokenizer", "collection",
+                                                   "collection_size", "count", "dtype", "dim")}
+    identity["shards"] = len(entries)
+    vectors, ids, offsets = [], [], []
+    for name, start, stop in entries:
+        folder = index_dir / name
+        _check_shard(folder, identity, (start, stop))
+        vectors.append(_load_array(folder / VECTORS))
+        ids.append(np.asarray(_load_array(folder / IDS)))
+        offsets.append(np.asarray(_load_array(folder / OFFSETS)))
+    width = max(chunk.dtype.itemsize for chunk in ids)
+    return JoinedRows(vectors), np.concatenate([c.astype(f"S{width}") for c in ids]), np.concatenate(offsets)
 
 
 def _indexed_collection(index_dir: Path, manifest: dict[str, Any]) -> Path:

@@ -41,6 +41,9 @@ from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
 
 Hits = list[tuple[int, float]]  # (row position, score), best first
 DEFAULT_FUSION_DEPTH = 1000
+# IVF-PQ candidates per hit, re-scored exactly on the index's vectors (docs/benchmarks.md, "Full scale":
+# recall@10 0.824 at nprobe 16 on 1M passages; neither knob has been swept yet)
+DEFAULT_REFINE = 10
 
 
 class Collection(Protocol):
@@ -274,11 +277,11 @@ class TwoTowerRetriever(ModelRetriever):
     uses_index = True
 
     def __init__(self, model: Any, name: str = "two-tower", path: str | Path | None = None, use_faiss: bool = False,
-                 nprobe: int = 16, ef_search: int = 128, chunk_rows: int = 65536):
+                 nprobe: int = 16, ef_search: int = 128, chunk_rows: int = 65536, refine: int = DEFAULT_REFINE):
         super().__init__(model, name, chunk_rows)
         self.path = None if path is None else Path(path)
         self.metadata = model.metadata
-        self.use_faiss, self.nprobe, self.ef_search = use_faiss, nprobe, ef_search
+        self.use_faiss, self.nprobe, self.ef_search, self.refine = use_faiss, nprobe, ef_search, refine
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "two-tower", device: torch.device | str = "cpu",
@@ -302,16 +305,66 @@ class TwoTowerRetriever(ModelRetriever):
         kind = self.collection.manifest["faiss"]["type"]
         if kind == "hnsw":
             faiss_index.hnsw.efSearch = max(self.ef_search, k)
-        elif kind == "ivf":
+        elif kind in ("ivf", "ivfpq"):
             faiss_index.nprobe = self.nprobe
         vectors = np.ascontiguousarray(self.query_vectors(queries).numpy(), dtype=np.float32)
-        scores, rows = faiss_index.search(vectors, min(k, len(self.collection)))
+        depth = min(k * (self.refine if kind == "ivfpq" else 1), len(self.collection))
+        scores, rows = faiss_index.search(vectors, depth)
+        if kind == "ivfpq":
+            scores, rows = self._rescore(vectors, rows, min(k, len(self.collection)))
         return [ranked(self.collection, row[row >= 0], score[row >= 0])
                 for row, score in zip(rows, scores, strict=True)]
+
+    def _rescore(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """IVF-PQ's candidates scored exactly on the index's own (memory-mapped) vectors, top ``k`` kept: PQ's
+        codes rank coarsely, so it fetches ``refine`` x k candidates and the exact inner product orders them."""
+        valid = rows >= 0
+        found = np.asarray(self.vectors[np.where(valid, rows, 0).ravel()], dtype=np.float32)
+        exact = np.einsum("qcd,qd->qc", found.reshape(*rows.shape, -1), queries)
+        exact[~valid] = -np.inf
+        top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        rows, exact = np.take_along_axis(rows, top, 1), np.take_along_axis(exact, top, 1)
+        rows[~np.isfinite(exact)] = -1
+        return exact, rows
 
     def settings(self) -> dict[str, Any]:
         return {"model": None if self.path is None else str(self.path), "model_id": self.metadata.get("model_id"),
                 "config": self.metadata.get("config"), "search": self.description}
+
+
+def faiss_recall(index: PassageIndex, model: Any, queries: Sequence[str] | None = None, k: int = 10,
+                 sample: int = 200, **options: Any) -> dict[str, Any]:
+    """The index's faiss search against exact search: recall@``k`` and queries/s on ``queries`` (default:
+    ``sample`` pseudo-queries, the first 8 words of passages drawn at random, through the query tower).
+
+    A faiss hit counts when its exact score reaches the exact k-th score: in a collection with copies of a
+    passage (the cycled benchmark collection) any of the tied copies is as good as the one exact search
+    lists, so counting ids would call correct answers misses.
+    """
+    if queries is None:
+        rng = np.random.default_rng(0)
+        positions = rng.choice(len(index), size=min(sample, len(index)), replace=False)
+        queries = [" ".join(index.text(int(p)).split()[:8]) or "the" for p in positions]
+    exact = TwoTowerRetriever(model, use_faiss=False)
+    approx = TwoTowerRetriever(model, use_faiss=True, **options)
+    exact.prepare(index)
+    approx.prepare(index)
+    truth = exact.search(queries, k)
+    started = time.perf_counter()
+    found = approx.search(queries, k)
+    seconds = time.perf_counter() - started
+    vectors = exact.query_vectors(queries).numpy()
+    recalls = []
+    for query, best, hits in zip(vectors, truth, found, strict=True):
+        if not best:
+            continue
+        kth = best[-1][1]
+        rows = np.array([position for position, _ in hits], dtype=np.int64)
+        true_scores = np.asarray(index.vectors[rows], dtype=np.float32) @ query if len(rows) else np.zeros(0)
+        recalls.append(float(np.sum(true_scores >= kth - 1e-4)) / len(best))
+    return {f"recall@{k}": round(float(np.mean(recalls)) if recalls else 0.0, 4), "queries": len(queries),
+            "queries_per_s": round(len(queries) / max(seconds, 1e-9), 1), "search": approx.description,
+            **{key: value for key, value in options.items()}}
 
 
 class CbowRetriever(DenseRetriever):

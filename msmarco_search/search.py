@@ -15,6 +15,7 @@ from .index import PassageIndex, faiss_available
 from .report import warn
 from .retrieval import (
     DEFAULT_FUSION_DEPTH,
+    DEFAULT_REFINE,
     HybridRetriever,
     Retriever,
     TwoTowerRetriever,
@@ -32,6 +33,7 @@ class SearchOptions:
     search: str = "auto"  # one of SEARCH_MODES
     nprobe: int = 16
     ef_search: int = 128
+    refine: int = DEFAULT_REFINE
     chunk_rows: int = 65536
     # BM25 settings; None: the saved BM25 index's own (or the defaults when the index has none)
     bm25_k1: float | None = None
@@ -58,7 +60,8 @@ def make_retrievers(systems: list[str], index: PassageIndex, model, model_path, 
     dense = bm25 = None
     if {"two-tower", "hybrid"} & set(systems):
         dense = TwoTowerRetriever(model, "two-tower", model_path, use_faiss=_use_faiss(index, options.search),
-                                  nprobe=options.nprobe, ef_search=options.ef_search, chunk_rows=options.chunk_rows)
+                                  nprobe=options.nprobe, ef_search=options.ef_search, chunk_rows=options.chunk_rows,
+                                  refine=options.refine)
     if {"bm25", "hybrid"} & set(systems):
         bm25 = bm25_for_index(index, options.bm25_k1, options.bm25_b, options.bm25_stemmer)
     chosen: list[Retriever] = []

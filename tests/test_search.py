@@ -35,7 +35,10 @@ def test_index_is_written_beside_the_model_and_reads_back(search_setup):
     manifest = json.loads((index_dir / "manifest.json").read_text())
     model = load_model(search_setup["model"])
     assert manifest["model_id"] == model.metadata["model_id"] and manifest["count"] == 52
-    assert manifest["dim"] == model.config.output_dim and manifest["faiss"] == {"type": "flat"}
+    assert manifest["dim"] == model.config.output_dim and manifest["faiss"]["type"] == "flat"
+    assert manifest["faiss"]["measured"]["recall@10"] == 1.0  # flat is exact; measured at build time
+    assert "faiss flat: recall@10 1.000 against exact search" in search_setup["index_stdout"]
+    assert manifest["dtype"] == "float32" and manifest["shards"] is None  # auto: float16 only at scale
     index = load_index(index_dir, model)
     assert index.vectors.shape == (52, model.config.output_dim) and index.vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)

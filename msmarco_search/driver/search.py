@@ -1,7 +1,8 @@
 """Search passages with a trained two-tower model, BM25, or a hybrid of the two.
 
   index  encode a collection with the model's passage tower and save the index beside the model
-         (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, manifest.json [, faiss.index])
+         (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, bm25/, manifest.json [, faiss.index]);
+         built in .<name>.new and swapped in when complete; under torchrun each process encodes a shard
   query  top-k passages for a query on the command line, for each line read from stdin (interactive or
          a pipe), or for each query of a queries TSV (qid<TAB>text), optionally written as a TREC run
   serve  a search page and a JSON API (GET /api/search?q=...&system=...&k=...) over the index, on
@@ -9,6 +10,8 @@
 
 Examples:
   uv run search/search.py index checkpoints/two_tower_model_X.pt --dataset-path ../shared/data/cacm/collection.tsv
+  uv run python -m torch.distributed.run --standalone --nproc-per-node 2 search/search.py index \
+      checkpoints/two_tower_model_X.pt --dataset-path collection.tsv
   uv run search/search.py query checkpoints/two_tower_model_X.pt "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --system all "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --queries queries.tsv --run-file run.trec
@@ -26,21 +29,25 @@ from pathlib import Path
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
+from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.fileio import ensure_writable_dir
 from msmarco_search.index import (
+    BM25_DIR,
     FAISS_KINDS,
+    FLOAT16_FROM,
     VECTOR_DTYPES,
     IndexSettings,
     PassageIndex,
-    build_bm25_index,
     build_index,
     default_index_dir,
     load_index,
+    update_manifest,
 )
 from msmarco_search.model import load_model
 from msmarco_search.report import info
+from msmarco_search.retrieval import DEFAULT_REFINE, faiss_recall
 from msmarco_search.runs import check_trec_ids, write_trec_run
 from msmarco_search.search import SYSTEMS, SearchOptions, SearchSession, known_words, make_retrievers, snippet
 from msmarco_search.sources import read_queries
@@ -62,8 +69,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", choices=("auto", "exact", "faiss"), default="auto",
                         help="two-tower search: exact inner product on the memory-mapped matrix, or the index's "
                              "faiss index (auto: faiss when the index has one)")
-    parser.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
-    parser.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
+    add_faiss_search_arguments(parser)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_bm25_arguments(parser, saved=True)
     add_fusion_arguments(parser, several=False)
@@ -85,6 +91,13 @@ def add_serve_parser(commands) -> None:
     add_search_arguments(serve)
 
 
+def add_faiss_search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
+    parser.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
+    parser.add_argument("--refine", type=positive_int, default=DEFAULT_REFINE,
+                        help=f"faiss IVF-PQ candidates per hit, re-scored exactly ({DEFAULT_REFINE})")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
@@ -97,13 +110,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     index.add_argument("--max-passages", type=positive_int, default=None,
                        help="index only the first N passages")
     index.add_argument("--batch-size", type=positive_int, default=1024, help="passages encoded at once (1024)")
-    index.add_argument("--dtype", choices=sorted(VECTOR_DTYPES), default="float32",
-                       help="stored vector type; float16 halves the file (float32)")
+    index.add_argument("--dtype", choices=["auto", *sorted(VECTOR_DTYPES)], default="auto",
+                       help=f"stored vector type; float16 halves the file (auto: float16 from {FLOAT16_FROM:,} "
+                            "passages, else float32)")
     index.add_argument("--faiss", choices=FAISS_KINDS, default=None,
-                       help="also build a faiss index: flat (exact), hnsw (graph) or ivf (clustered)")
+                       help="also build a faiss index: flat (exact), hnsw (graph), ivf (clustered) or ivfpq "
+                            "(clustered, product-quantised: the one that fits 8.8M passages in memory); its "
+                            "recall against exact search is measured and printed")
     index.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
     index.add_argument("--ivf-lists", type=positive_int, default=None,
                        help="IVF clusters (default: about 4 x sqrt(passages))")
+    index.add_argument("--pq-m", type=positive_int, default=None,
+                       help="IVF-PQ bytes per vector; must divide the dimensions (default: about dimensions / 6)")
+    index.add_argument("--recall-queries", type=Path, default=None,
+                       help="queries TSV for the faiss recall measurement (default: 200 pseudo-queries made "
+                            "from sampled passages)")
+    add_faiss_search_arguments(index)
     index.add_argument("--device", default="auto", help=DEVICE_HELP)
     index.add_argument("--no-bm25", action="store_true",
                        help="do not build and save the BM25 index (search then builds BM25 in memory when asked)")
@@ -148,20 +170,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
-    model = load_model(args.model, device)
-    index_dir = args.index_dir or default_index_dir(args.model)
-    source = source_from_args(args)
-    settings = IndexSettings(batch_size=args.batch_size, dtype=args.dtype, faiss=args.faiss, hnsw_m=args.hnsw_m,
-                             ivf_lists=args.ivf_lists or 0, max_passages=args.max_passages)
-    bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
-    manifest = build_index(model, args.model, source, index_dir, settings)
-    total = sum(manifest["files"].values())
-    extras = f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else ""
-    if bm25 is not None:
+    context = context_from_environment()
+    device = init_distributed(context, pick_device(args.device))
+    try:
+        model = load_model(args.model, device)
+        index_dir = args.index_dir or default_index_dir(args.model)
+        source = source_from_args(args)
+        settings = IndexSettings(batch_size=args.batch_size, dtype=args.dtype, faiss=args.faiss, hnsw_m=args.hnsw_m,
+                                 ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0, max_passages=args.max_passages)
+        bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
+        recall_queries = None if args.recall_queries is None else list(read_queries(args.recall_queries).values())
+        manifest = build_index(model, args.model, source, index_dir, settings, bm25, context)
+    finally:
+        shutdown_distributed(context)
+    if manifest is None:  # a sharded build's other processes: rank 0 joins and reports
+        return 0
+    if manifest["faiss"]:
         index = load_index(index_dir, model, args.model)
-        record = build_bm25_index(index, bm25)
-        total += sum(record["files"].values())
+        try:
+            measured = faiss_recall(index, model, recall_queries, nprobe=args.nprobe, ef_search=args.ef_search,
+                                    refine=args.refine)
+        finally:
+            index.close()
+        manifest = update_manifest(index_dir, faiss={**manifest["faiss"], "measured": measured})
+        info(f"faiss {manifest['faiss']['type']}: recall@10 {measured['recall@10']:.3f} against exact search on "
+             f"{measured['queries']} {'queries' if recall_queries else 'sampled pseudo-queries'}, "
+             f"{measured['queries_per_s']:,.0f} queries/s ({measured['search']})")
+    total = sum(manifest["files"].values())
+    extras = f", {manifest['dtype']}" + (f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else "")
+    if manifest["shards"]:
+        extras += f", {len(manifest['shards'])} shards"
+    if bm25 is not None:
+        total += sum(p.stat().st_size for p in (Path(index_dir) / BM25_DIR).iterdir())
         extras += f", BM25 ({bm25.describe()})"
     info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{extras})")
     return 0
@@ -169,7 +209,7 @@ def run_index(args: argparse.Namespace) -> int:
 
 def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list:
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
-    options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search,
+    options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search, refine=args.refine,
                             chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.fusion_weight,
                             rrf_k=args.rrf_k, fusion_depth=args.fusion_depth, bm25_k1=args.bm25_k1,
                             bm25_b=args.bm25_b, bm25_stemmer=args.bm25_stemmer)
