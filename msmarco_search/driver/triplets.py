@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         triplets, stats, description, identity, sample_size = inverse_cloze(args)
         prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_ict_")
     elif args.mode == "pseudo-labels":
-        triplets, stats, description, identity, sample_size = pseudo_labels(args, held_out)
+        triplets, stats, description, identity, sample_size = pseudo_labels(args, held_out, bool(included))
         prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_pseudo_")
     else:
         triplets, stats, description, identity, sample_size = query_triplets(args, bool(included))
@@ -210,7 +210,8 @@ def all_passages(sources: list[Source], max_passages: int | None) -> Iterator[tu
             yield (pid if len(sources) == 1 else f"{number}:{pid}"), text
 
 
-def pseudo_labels(args: argparse.Namespace, held_out: list[str]) -> tuple[Triplets, Any, str, str, int]:
+def pseudo_labels(args: argparse.Namespace, held_out: list[str],
+                  have_included: bool) -> tuple[Triplets, Any, str, str, int]:
     """Self-training triplets: --queries labelled over the passages by --label-model fused with BM25."""
     from ..device import pick_device
     from ..mining import pseudo_label_triplets
@@ -238,7 +239,7 @@ def pseudo_labels(args: argparse.Namespace, held_out: list[str]) -> tuple[Triple
     triplets, stats = pseudo_label_triplets(queries, PassagePool(ids, texts), model, BM25Retriever(),
                                             agree_depth=args.pseudo_agree_depth, negative_ranks=(first, last),
                                             seed=args.seed)
-    if len(triplets) == 0:
+    if len(triplets) == 0 and not have_included:
         raise PipelineError(f"no query could be labelled: of {stats.queries_read:,}, "
                             f"{stats.queries_without_agreement:,} had no passage that the model and BM25 both "
                             f"rank in their top {args.pseudo_agree_depth}", args.label_model)
