@@ -214,7 +214,7 @@ fi
 if want levers; then
   [[ -f $EMBEDDINGS ]] || cbow "$WORK/cbow" --window "$CBOW_WINDOW" --epochs "$CBOW_EPOCHS" --no-word-benchmarks
   [[ -d $split/dev ]] || split_dl21
-  held_out=(--exclude-queries "$DL19/queries.dl19.tsv" "$DL21/queries.dl21.tsv")
+  held_out=(--exclude-queries "$DL19/queries.dl19.tsv" "$split/dev/queries.dl21.tsv")
   pools=("$DL19/collection.tsv" "$DL21/collection.tsv")
   if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-recipe" '*.pkl' 2>/dev/null) ]]; then
     rm -rf "$WORK/triplets/lever-"*

@@ -12,9 +12,12 @@ passes the next one the exact file it wrote (``--output``), never a search for t
 3. triplets: the training source's judged pairs (grade >= 2, hard negatives where the source has candidates),
    plus, for local passage collections, 4 inverse-cloze pseudo-queries per passage of the training and the
    evaluation collections (no labels), less any triplet whose query is an evaluation query;
-4. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 2 epochs),
+4. with ``--label-queries`` (self-training): a first two-tower model (the first seed's) trained on those
+   triplets, which, fused with BM25, labels the queries over the same passages (``mining.py``: kept where the
+   model and BM25 both rank the hybrid's first passage in their top 3); those pairs join the triplets;
+5. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 2 epochs),
    and the average of their weights;
-5. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
+6. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
 
 The settings are those chosen on TREC DL 2021 (``benchmarks/quality_dl19.sh select``); the benchmark's recipe
 run calls this same workflow.
