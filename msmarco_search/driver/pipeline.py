@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-queries", nargs="+", type=Path, default=[], metavar="FILE",
                         help="self-training: queries TSVs without judgments (e.g. the MS MARCO train queries) "
                              "that a first model (the first seed's) and BM25 label over the passages; the "
-                             "labelled pairs they agree on join the triplets of the final models")
+                             "labelled pairs they agree on join the triplets of the final models (not in the "
+                             "recipe: on DL 2021 it cost the two-tower 0.036 nDCG@10; docs/benchmarks.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     args = parser.parse_args(argv)
     try:
