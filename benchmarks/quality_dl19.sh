@@ -3,7 +3,8 @@
 # BM25, zero-shot CBOW, the trained two-tower and the hybrids, plus an ablation of the training choices.
 #
 #   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers train evaluate ablation
-#                                                   (default all; about 1 h 30 min on 2 shared cores;
+#                                                   (default all; about 1 h 40 min on 2 shared cores, the
+#                                                   levers step ~11 min of it;
 #                                                   REUSE=1 keeps the vectors and models already made)
 #
 # Training never sees a DL 2019 judgment or query: CBOW learns from all other real text in ../shared/data
