@@ -2,8 +2,9 @@
 # Quality on TREC DL 2019 (full ranking over its 28.6K-passage pool, 43 queries, graded NIST qrels):
 # BM25, zero-shot CBOW, the trained two-tower and the hybrids, plus an ablation of the training choices.
 #
-#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select train evaluate ablation
-#                                                   (default all; about 1 h 30 min on 2 shared cores;
+#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers train evaluate ablation
+#                                                   (default all; about 1 h 40 min on 2 shared cores, the
+#                                                   levers step ~11 min of it;
 #                                                   REUSE=1 keeps the vectors and models already made)
 #
 # Training never sees a DL 2019 judgment or query: CBOW learns from all other real text in ../shared/data
@@ -23,7 +24,7 @@ CBOW_WINDOW=${CBOW_WINDOW:-20}
 EPOCHS=${EPOCHS:-2}
 export MSMARCO_SEARCH_NO_PROGRESS=${MSMARCO_SEARCH_NO_PROGRESS:-1}
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets select train evaluate ablation)
+[[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets select levers train evaluate ablation)
 mkdir -p "$WORK"
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 newest() { find "$1" -maxdepth 1 -name "$2" -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-; }
@@ -132,6 +133,22 @@ with_seeds() {
   models+=(--model "$name-soup=$(model "select/$name-soup")")
 }
 
+# split_dl21: judged pairs of half the DL 2021 queries train; the other half (every second query id, sorted)
+# is evaluated over the DL 2021 pool ($split/train and $split/dev, each a TSV folder)
+split=$WORK/dl21-split
+split_dl21() {
+  rm -rf "$split" && mkdir -p "$split/train" "$split/dev"
+  LC_ALL=C sort "$DL21/queries.dl21.tsv" | awk -F'\t' -v dir="$split" \
+    '{ print > (dir "/" (NR % 2 ? "train" : "dev") "/queries.dl21.tsv") }'
+  for half in train dev; do
+    ln -s "$(realpath "$DL21/collection.tsv")" "$split/$half/collection.tsv"
+    awk -F'\t' 'NR == FNR { keep[$1] = 1; next } $1 in keep' "$split/$half/queries.dl21.tsv" \
+      "$DL21/top100.bm25.dl21.tsv" > "$split/$half/top100.bm25.dl21.tsv"
+    awk 'NR == FNR { split($0, f, "\t"); keep[f[1]] = 1; next } $1 in keep' "$split/$half/queries.dl21.tsv" \
+      "$DL21/qrels.dl21-passage.in-collection.txt" > "$split/$half/qrels.dl21-passage.in-collection.txt"
+  done
+}
+
 if want select; then
   W5=$WORK/cbow-w5/msmarco_word2vec.pt
   # Settings are chosen on DL 2021, never on DL 2019, in the order below, the first two with gensim's default
@@ -153,16 +170,7 @@ if want select; then
   # How much of the DL 2021 judged pairs to mix in: none, once or four times, with the best inverse-cloze
   # setting. Judged pairs of half the DL 2021 queries train; the other half (every second query id, sorted) is
   # evaluated over the DL 2021 pool.
-  split=$WORK/dl21-split && rm -rf "$split" && mkdir -p "$split/train" "$split/dev"
-  LC_ALL=C sort "$DL21/queries.dl21.tsv" | awk -F'\t' -v dir="$split" \
-    '{ print > (dir "/" (NR % 2 ? "train" : "dev") "/queries.dl21.tsv") }'
-  for half in train dev; do
-    ln -s "$(realpath "$DL21/collection.tsv")" "$split/$half/collection.tsv"
-    awk -F'\t' 'NR == FNR { keep[$1] = 1; next } $1 in keep' "$split/$half/queries.dl21.tsv" \
-      "$DL21/top100.bm25.dl21.tsv" > "$split/$half/top100.bm25.dl21.tsv"
-    awk 'NR == FNR { split($0, f, "\t"); keep[f[1]] = 1; next } $1 in keep' "$split/$half/queries.dl21.tsv" \
-      "$DL21/qrels.dl21-passage.in-collection.txt" > "$split/$half/qrels.dl21-passage.in-collection.txt"
-  done
+  split_dl21
   rm -rf "$WORK/triplets/half-"*
   uv run preprocessing/generate_triplets.py --dataset-path "$split/train" --split dl21 --min-relevance 2 \
     --negatives hard --output-dir "$WORK/triplets/half-judged"
@@ -198,6 +206,39 @@ if want select; then
   uv run evaluation/evaluate.py "${DL21_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
     --output-dir "$WORK/eval_select_window" --overwrite
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_select_window/evaluation.json"
+fi
+
+# Issue 13's levers, each against the recipe on the DL 2021 split (split_dl21; 3 seeds each, with the recipe's
+# CBOW vectors): the recipe's training data there (judged pairs of the train half + 4 inverse-cloze
+# pseudo-queries per passage of both pools) against the same plus self-training pairs: the 50K MS MARCO train
+# queries labelled over both pools by the recipe's seed-42 model fused with BM25 (mining.py).
+if want levers; then
+  [[ -f $EMBEDDINGS ]] || cbow "$WORK/cbow" --window "$CBOW_WINDOW" --epochs "$CBOW_EPOCHS" --no-word-benchmarks
+  [[ -d $split/dev ]] || split_dl21
+  held_out=(--exclude-queries "$DL19/queries.dl19.tsv" "$split/dev/queries.dl21.tsv")
+  pools=("$DL19/collection.tsv" "$DL21/collection.tsv")
+  if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-recipe" '*.pkl' 2>/dev/null) ]]; then
+    rm -rf "$WORK/triplets/lever-"*
+    uv run preprocessing/generate_triplets.py --dataset-path "$split/train" --split dl21 --min-relevance 2 \
+      --negatives hard --output-dir "$WORK/triplets/lever-judged"
+    uv run preprocessing/generate_triplets.py --mode ict --dataset-path "${pools[@]}" --ict-per-passage 4 \
+      --include "$(newest "$WORK/triplets/lever-judged" 'msmarco_triplets_*.pkl')" "${held_out[@]}" \
+      --output-dir "$WORK/triplets/lever-recipe"
+  fi
+  models=()
+  with_seeds lever-recipe 2 lever-recipe "$EMBEDDINGS"
+  if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-selftrain" '*.pkl' 2>/dev/null) ]]; then
+    uv run preprocessing/generate_triplets.py --mode pseudo-labels --dataset-path "${pools[@]}" \
+      --queries "$DATA"/msmarco-queries/queries.train.*.tsv --label-model "$(model select/lever-recipe-s42)" \
+      --include "$(newest "$WORK/triplets/lever-recipe" 'msmarco_triplets_*.pkl')" "${held_out[@]}" \
+      --output-dir "$WORK/triplets/lever-selftrain"
+  fi
+  with_seeds lever-selftrain 2 lever-selftrain "$EMBEDDINGS"
+  echo "== levers: trained with the judged pairs of half the DL 2021 queries, evaluated on the other half"
+  uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
+    --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
+    --output-dir "$WORK/eval_levers"
+  uv run benchmarks/mean_over_seeds.py "$WORK/eval_levers/evaluation.json"
 fi
 
 if want train; then

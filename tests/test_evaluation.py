@@ -232,6 +232,35 @@ def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, tra
     assert triplets.queries[-included:] == load_triplets(trained_pipeline["triplets"]).queries
 
 
+def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_path, tsv_folder, trained_pipeline,
+                                                                            corpus):
+    passages = {pid: (text, topic) for pid, text, topic in corpus.passages}
+    # queries in the passages' own words (so BM25 finds them), one query kept for evaluation, one of no known word
+    queries = [(f"q{pid}", " ".join(text.lower().rstrip(".").split()[:8])) for pid, (text, _) in passages.items()]
+    queries_file = tmp_path / "queries.train.tsv"
+    queries_file.write_text("".join(f"{qid}\t{text}\n" for qid, text in queries) + "nowhere\tzzqx wwvy\n")
+    held_out = tmp_path / "queries.eval.tsv"
+    held_out.write_text(f"e1\t{queries[0][1].upper()}\n")
+    out = tmp_path / "labelled.pkl"
+    run_script(TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", tsv_folder / "collection.tsv",
+               "--queries", queries_file, "--label-model", trained_pipeline["model"], "--pseudo-agree-depth", "9",
+               "--pseudo-negative-ranks", "10", "30", "--exclude-queries", held_out, "--output", out, cwd=tmp_path)
+    triplets, metadata = load_triplets(out), json.loads(metadata_path(out).read_text())
+    assert metadata["mode"] == "pseudo-labels" and metadata["queries_read"] == len(queries)  # held out: not read
+    assert 0 < metadata["pseudo_labelled"] == len(triplets) <= len(queries) - 1
+    asked = dict(queries)
+    for qid, query, pid, positive, nid, negative in zip(*triplets.columns().values(), strict=True):
+        assert qid.startswith("pl:") and asked[qid[3:]] == query and qid != f"pl:{queries[0][0]}"
+        assert positive == passages[pid][0] and negative == passages[nid][0] and nid != pid
+    # the hybrid's first passage of a query cut from a passage is mostly that passage's topic
+    same = sum(passages[pid][1] == passages[qid[4:]][1] for qid, pid in zip(triplets.query_ids,
+                                                                           triplets.positive_ids, strict=True))
+    assert same >= 0.8 * len(triplets)
+    bad = run_script(TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", tsv_folder / "collection.tsv",
+                     "--queries", queries_file, cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "--label-model" in bad.stderr
+
+
 def test_word_benchmarks_through_gensim():
     # athens:greece :: baghdad:iraq holds exactly in these vectors, in both directions
     words = ["athens", "greece", "baghdad", "iraq", "zzzfiller"]

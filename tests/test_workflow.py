@@ -27,18 +27,28 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
     held_out = Corpus(corpus.queries[1::2], corpus.passages)
     evaluation = write_tsv_folder(held_out, tmp_path / "dl", split="dev", candidates=False)
+    # self-training queries without judgments, in the passages' words so that the labeller and BM25 can agree
+    unjudged = tmp_path / "queries.unjudged.tsv"
+    unjudged.write_text("".join(f"u{pid}\t{' '.join(text.lower().rstrip('.').split()[:8])}\n"
+                                for pid, text, _ in corpus.passages))
     result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
                           "--seeds", "1,2", "--epochs", "3", "--cbow-epochs", "2", "--vector-size", "16",
                           "--min-count", "1", "--ict-per-passage", "1", "--min-relevance", "1",
+                          "--label-queries", unjudged,
                           "--output-dir", tmp_path / "checkpoints", "--data-dir", tmp_path / "data", cwd=tmp_path)
     out = result.stdout + result.stderr
-    for stage in ("CBOW word vectors", "triplets: judged pairs", "two-tower, seed 1", "two-tower, seed 2",
+    for stage in ("CBOW word vectors", "triplets: judged pairs", "two-tower that labels the --label-queries, seed 1",
+                  "triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
+                  "two-tower, seed 1", "two-tower, seed 2",
                   "the average of the 2 seeds' weights", "index the evaluation collection", "evaluate against BM25"):
         assert f"== {stage}" in out
+    # the final models trained on the self-training pairs as well
+    labelled = next((tmp_path / "data").glob("msmarco_triplets_selftrain_*_metadata.json"))
+    assert json.loads(labelled.read_text())["pseudo_labelled"] > 0
     # the commands are printed as a user would run them
     assert "$ uv run training/train_two_tower_from_triplets.py" in out
 
-    models = sorted((tmp_path / "checkpoints").glob("two_tower_model_*.pt"))
+    models = sorted(m for m in (tmp_path / "checkpoints").glob("two_tower_model_*.pt") if "_labeller" not in m.name)
     final = [m for m in models if "_seed" not in m.name]
     assert len(final) == 1 and len(models) == 3
     model = load_model(final[0])

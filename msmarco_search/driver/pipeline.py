@@ -12,9 +12,12 @@ passes the next one the exact file it wrote (``--output``), never a search for t
 3. triplets: the training source's judged pairs (grade >= 2, hard negatives where the source has candidates),
    plus, for local passage collections, 4 inverse-cloze pseudo-queries per passage of the training and the
    evaluation collections (no labels), less any triplet whose query is an evaluation query;
-4. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 2 epochs),
+4. with ``--label-queries`` (self-training): a first two-tower model (the first seed's) trained on those
+   triplets, which, fused with BM25, labels the queries over the same passages (``mining.py``: kept where the
+   model and BM25 both rank the hybrid's first passage in their top 3); those pairs join the triplets;
+5. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 2 epochs),
    and the average of their weights;
-5. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
+6. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
 
 The settings are those chosen on TREC DL 2021 (``benchmarks/quality_dl19.sh select``); the benchmark's recipe
 run calls this same workflow.
@@ -84,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-count", type=positive_int, default=3, help="CBOW: rarer words are dropped (3)")
     parser.add_argument("--ict-per-passage", type=positive_int, default=4,
                         help="inverse-cloze pseudo-queries per passage (4; local collections only)")
+    parser.add_argument("--label-queries", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="self-training: queries TSVs without judgments (e.g. the MS MARCO train queries) "
+                             "that a first model (the first seed's) and BM25 label over the passages; the "
+                             "labelled pairs they agree on join the triplets of the final models (not in the "
+                             "recipe: on DL 2021 it cost the two-tower 0.036 nDCG@10; docs/benchmarks.md)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     args = parser.parse_args(argv)
     try:
@@ -193,15 +201,39 @@ def make_triplets(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
     return both
 
 
+def train_one(workflow: Workflow, stage: str, triplets: Path, embeddings: Path, seed: int, model: Path) -> None:
+    args = workflow.args
+    workflow.run(stage, TRAIN_SCRIPT, triplets, "--embeddings", embeddings, "--epochs", args.epochs,
+                 "--batch-size", args.batch_size, *RECIPE, "--seed", seed, "--device", args.device,
+                 "--data-dir", args.data_dir, "--output", model)
+
+
+def self_training_triplets(workflow: Workflow, triplets: Path, embeddings: Path,
+                           evaluation: TsvFiles | None) -> Path:
+    """The triplets plus --label-queries labelled over the pools by a first model (the first seed's) and BM25."""
+    args, data = workflow.args, workflow.data_dir
+    collections = [c for c in (local_collection(workflow.source), evaluation and evaluation.collection) if c]
+    if not args.label_queries or not collections:
+        return triplets
+    labeller = workflow.output_dir / f"two_tower_model_{workflow.stamp}_labeller.pt"
+    train_one(workflow, f"two-tower that labels the --label-queries, seed {args.seed_list[0]}", triplets,
+              embeddings, args.seed_list[0], labeller)
+    labelled = data / f"msmarco_triplets_selftrain_{workflow.stamp}.pkl"
+    held_out = ["--exclude-queries", evaluation.queries] if evaluation is not None else []
+    workflow.run("triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
+                 TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", *collections, "--queries",
+                 *args.label_queries, "--label-model", labeller, "--include", triplets, *held_out, "--device",
+                 args.device, "--data-dir", data, "--output", labelled)
+    return labelled
+
+
 def train_models(workflow: Workflow, triplets: Path, embeddings: Path) -> Path:
     args = workflow.args
     final = workflow.output_dir / f"two_tower_model_{workflow.stamp}.pt"
     seeds = args.seed_list
     models = [final if len(seeds) == 1 else final.with_name(f"{final.stem}_seed{seed}.pt") for seed in seeds]
     for seed, model in zip(seeds, models, strict=True):
-        workflow.run(f"two-tower, seed {seed}", TRAIN_SCRIPT, triplets, "--embeddings", embeddings, "--epochs",
-                     args.epochs, "--batch-size", args.batch_size, *RECIPE, "--seed", seed, "--device",
-                     args.device, "--data-dir", args.data_dir, "--output", model)
+        train_one(workflow, f"two-tower, seed {seed}", triplets, embeddings, seed, model)
     if len(models) > 1:
         workflow.run(f"the average of the {len(models)} seeds' weights", AVERAGE_SCRIPT, *models, "--output", final)
     return final
@@ -229,9 +261,10 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    for path in args.extra_text:
-        if not path.is_file():
-            raise PipelineError("--extra-text file not found", path)
+    for flag, paths in (("--extra-text", args.extra_text), ("--label-queries", args.label_queries)):
+        for path in paths:
+            if not path.is_file():
+                raise PipelineError(f"{flag} file not found", path)
     source = source_from_args(args)
     evaluation = evaluation_files(args)
     ensure_writable_dir(args.output_dir)
@@ -245,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--vector-size", args.vector_size, "--window", args.cbow_window, "--min-count", args.min_count,
                  "--epochs", args.cbow_epochs, "--no-word-benchmarks")
     embeddings = workflow.output_dir / "msmarco_word2vec.pt"
-    triplets = make_triplets(workflow, evaluation)
+    triplets = self_training_triplets(workflow, make_triplets(workflow, evaluation), embeddings, evaluation)
     model = train_models(workflow, triplets, embeddings)
     evaluate(workflow, model, embeddings, evaluation)
     info("\n== time per stage")

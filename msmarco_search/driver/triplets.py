@@ -11,6 +11,12 @@ sentence-transformers' trainer as they are (and by the training script, like the
 --dataset-path sources are read one after the other) it makes inverse-cloze triplets: a sentence or span of a
 passage is the query, the rest of the passage the positive, another passage the negative. --include adds the
 triplets of earlier files (e.g. judged pairs) to the output, to train on both.
+
+--mode pseudo-labels (self-training) labels real queries that have no judgments (--queries, e.g. the MS MARCO
+train queries) over the passages of --dataset-path with a trained model (--label-model) fused with BM25: the
+hybrid's first passage is the positive where the model and BM25 both rank it in their top
+--pseudo-agree-depth (other queries are dropped), a passage of hybrid ranks --pseudo-negative-ranks the
+negative (never a near-duplicate of the positive).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from ..arguments import add_source_arguments, positive_int, seed_int, source_fro
 from ..errors import PipelineError, run_cli
 from ..fileio import ensure_writable_dir, release, save_json, timestamped_path
 from ..report import info
-from ..sources import open_source, read_queries
+from ..sources import Source, open_source, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
     TRIPLET_FORMATS,
@@ -44,9 +50,10 @@ from ..triplets import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("queries", "ict"), default="queries",
+    parser.add_argument("--mode", choices=("queries", "ict", "pseudo-labels"), default="queries",
                         help="queries: judged queries and their passages (default); ict: inverse-cloze "
-                             "pseudo-queries cut from bare passages")
+                             "pseudo-queries cut from bare passages; pseudo-labels: unjudged --queries "
+                             "labelled over the passages by --label-model and BM25 (self-training)")
     parser.add_argument("--max-samples", type=positive_int, default=50000,
                         help="number of queries to read (default 50000); --mode ict: passages per source")
     parser.add_argument("--negatives", choices=NEGATIVE_STRATEGIES, default="hard",
@@ -77,6 +84,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="passages shorter than this many words are skipped (8)")
     cloze.add_argument("--ict-keep-query", type=float, default=0.1,
                        help="probability that the pseudo-query stays in its positive passage (0.1)")
+    labels = parser.add_argument_group("self-training (--mode pseudo-labels)")
+    labels.add_argument("--queries", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="queries TSVs (qid<TAB>text) to label, at most --max-samples of them in all")
+    labels.add_argument("--label-model", type=Path, default=None, metavar="MODEL",
+                        help="the trained two-tower model whose ranking, fused with BM25's, labels them")
+    labels.add_argument("--pseudo-agree-depth", type=positive_int, default=3,
+                        help="keep a query only when the model and BM25 both rank the hybrid's first passage "
+                             "in their top this many (3)")
+    labels.add_argument("--pseudo-negative-ranks", type=positive_int, nargs=2, default=[10, 50],
+                        metavar=("FIRST", "LAST"), help="hybrid ranks the negative is drawn from (10 50)")
+    labels.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     add_source_arguments(parser)
     args = parser.parse_args(argv)
     suffix = None if args.output is None else args.output.suffix.lower().lstrip(".")
@@ -84,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.format = "parquet" if suffix == "parquet" else "pkl"
     elif suffix in TRIPLET_FORMATS and suffix != args.format:
         parser.error(f"--output {args.output} names a .{suffix} file, but --format is {args.format}")
+    if args.mode == "pseudo-labels" and (not args.queries or args.label_model is None or not args.dataset_path):
+        parser.error("--mode pseudo-labels needs --queries, --label-model and --dataset-path (the passages)")
+    first, last = args.pseudo_negative_ranks
+    if not args.pseudo_agree_depth < first <= last:
+        parser.error("--pseudo-negative-ranks: need --pseudo-agree-depth < FIRST <= LAST")
     return args
 
 
@@ -109,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "ict":
         triplets, stats, description, identity, sample_size = inverse_cloze(args)
         prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_ict_")
+    elif args.mode == "pseudo-labels":
+        triplets, stats, description, identity, sample_size = pseudo_labels(args, held_out, bool(included))
+        prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_pseudo_")
     else:
         triplets, stats, description, identity, sample_size = query_triplets(args, bool(included))
         prefix = triplets_prefix(sample_size)
@@ -127,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         metadata = {
             "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
             "dataset_config": args.dataset_config if not args.dataset_path else None,
-            "negative_strategy": args.negatives if args.mode == "queries" else "random (other passages)",
+            "negative_strategy": {"queries": args.negatives, "ict": "random (other passages)"}.get(
+                args.mode, "hybrid ranks (mined with the label model)"),
             "seed": args.seed, "max_samples": args.max_samples, "format": args.format,
             "num_triplets": len(triplets), "num_queries": len(set(triplets.query_ids)),
             "triplets_made": made, "triplets_excluded": excluded,
@@ -193,18 +220,71 @@ def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Tripl
     return triplets, stats, source.description, source.identity(), min(args.max_samples, stats.queries_read)
 
 
-def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, str, int]:
-    """Inverse-cloze triplets from every source named (each --dataset-path on its own, or the hub)."""
+def passage_sources(args: argparse.Namespace) -> list[Source]:
+    """Every source named, each --dataset-path on its own (or the hub)."""
     sources = ([open_source([path], args.dataset_config, args.split, args.data_dir, args.min_relevance)
                 for path in args.dataset_path] if args.dataset_path else [source_from_args(args)])
     for source in sources:
         info(f"Passages from: {source.description}")
+    return sources
+
+
+def all_passages(sources: list[Source], max_passages: int | None) -> Iterator[tuple[str, str]]:
+    """``(pid, text)`` of every source in turn; with several sources, ids become ``<number>:<pid>``."""
+    for number, source in enumerate(sources):
+        for pid, text in source.passages(max_passages):
+            # ids of different collections may collide; keep them apart
+            yield (pid if len(sources) == 1 else f"{number}:{pid}"), text
+
+
+def pseudo_labels(args: argparse.Namespace, held_out: list[str],
+                  have_included: bool) -> tuple[Triplets, Any, str, str, int]:
+    """Self-training triplets: --queries labelled over the passages by --label-model fused with BM25."""
+    from ..device import pick_device
+    from ..mining import pseudo_label_triplets
+    from ..provenance import query_fingerprint
+    from ..retrieval import BM25Retriever, PassagePool, TwoTowerRetriever
+
+    sources = passage_sources(args)
+    ids, texts = [], []
+    for pid, text in all_passages(sources, None):
+        ids.append(pid)
+        texts.append(text)
+    excluded = {query_fingerprint(text) for text in held_out}
+    queries: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for path in args.queries:
+        for qid, text in read_queries(path).items():
+            fingerprint = query_fingerprint(text)
+            # a query kept for evaluation is never labelled; a query repeated across files is labelled once
+            if fingerprint not in excluded and fingerprint not in seen and len(queries) < args.max_samples:
+                seen.add(fingerprint)
+                queries.append((qid, text))
+    model = TwoTowerRetriever.from_file(args.label_model, device=pick_device(args.device))
+    info(f"Labelling {len(queries):,} queries over {len(ids):,} passages with {args.label_model} and BM25")
+    first, last = args.pseudo_negative_ranks
+    triplets, stats = pseudo_label_triplets(queries, PassagePool(ids, texts), model, BM25Retriever(),
+                                            agree_depth=args.pseudo_agree_depth, negative_ranks=(first, last),
+                                            seed=args.seed)
+    if len(triplets) == 0 and not have_included:
+        raise PipelineError(f"no query could be labelled: of {stats.queries_read:,}, "
+                            f"{stats.queries_without_agreement:,} had no passage that the model and BM25 both "
+                            f"rank in their top {args.pseudo_agree_depth}", args.label_model)
+    info(f"✅ {len(triplets):,} pseudo-labelled triplets from {stats.queries_read:,} queries "
+         f"({stats.queries_without_agreement:,} without agreement, {stats.queries_without_negative:,} without "
+         "a negative)")
+    description = (f"{', '.join(map(str, args.queries))} labelled by {args.label_model} + BM25 over "
+                   + "; ".join(s.description for s in sources))
+    identity = "|".join([str(args.label_model), *(s.identity() for s in sources)])
+    return triplets, stats, description, identity, stats.queries_read
+
+
+def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, str, int]:
+    """Inverse-cloze triplets from every source named (each --dataset-path on its own, or the hub)."""
+    sources = passage_sources(args)
 
     def passages() -> Iterator[tuple[str, str]]:
-        for number, source in enumerate(sources):
-            for pid, text in source.passages(args.max_samples):
-                # ids of different collections may collide; keep them apart
-                yield (pid if len(sources) == 1 else f"{number}:{pid}"), text
+        return all_passages(sources, args.max_samples)
 
     triplets, stats = inverse_cloze_triplets(passages(), seed=args.seed, per_passage=args.ict_per_passage,
                                              max_query_words=args.ict_max_query_words,

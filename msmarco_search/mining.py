@@ -1,0 +1,85 @@
+"""Self-training data: real queries without judgments, labelled by a trained model and BM25 over a pool.
+
+Inverse cloze teaches the towers passage-to-passage matching, never the style of real queries (short,
+keyword-like questions). MS MARCO's train queries are real but come without passages here. Labelling them
+over a passage pool with the hybrid (the model's ranking fused with BM25's, ``runs.fuse``) gives pairs in
+real query style (self-training, as in e.g. Xie et al. 2020, "Self-training with Noisy Student"):
+
+- the positive is the hybrid's first passage, kept only when the dense and the lexical ranking *agree*: it is
+  in the top ``agree_depth`` of both. Most train queries have no answer in a pool made for other queries, and
+  agreement of two very different rankers is what separates the few that have one from the rest;
+- the negative is a passage the hybrid ranks lower (ranks ``negative_ranks``), so it is topically close (a
+  hard negative mined with the model, as ANCE does), never a near-duplicate of the positive (token-set
+  Jaccard at least ``duplicate_jaccard``), which would be a false negative.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .retrieval import PassagePool, Retriever
+from .runs import DEFAULT_FUSION_WEIGHT, fuse
+from .text import tokenize
+from .triplets import Triplets
+
+QUERY_BATCH = 2048  # queries ranked at once: bounds the memory of the hit lists
+
+
+@dataclass
+class PseudoLabelStats:
+    queries_read: int = 0
+    queries_without_agreement: int = 0
+    queries_without_negative: int = 0
+    pseudo_labelled: int = 0
+
+
+def jaccard(a: str, b: str) -> float:
+    """Token-set Jaccard similarity of two texts (1.0 for two texts without tokens)."""
+    left, right = set(tokenize(a)), set(tokenize(b))
+    union = left | right
+    return len(left & right) / len(union) if union else 1.0
+
+
+def pseudo_label_triplets(queries: Sequence[tuple[str, str]], pool: PassagePool, dense: Retriever,
+                          lexical: Retriever, agree_depth: int = 3, negative_ranks: tuple[int, int] = (10, 50),
+                          duplicate_jaccard: float = 0.6, weight: float = DEFAULT_FUSION_WEIGHT,
+                          seed: int = 42) -> tuple[Triplets, PseudoLabelStats]:
+    """Triplets of ``queries`` (``(qid, text)``) labelled over ``pool`` (see the module docstring).
+
+    ``negative_ranks``: the 1-based hybrid ranks ``[first, last]`` a negative is drawn from.
+    """
+    first, last = negative_ranks
+    if not 1 <= agree_depth < first <= last:
+        raise ValueError(f"need 1 <= agree_depth ({agree_depth}) < first negative rank ({first}) <= last ({last})")
+    dense.prepare(pool)
+    lexical.prepare(pool)
+    rng = random.Random(seed)
+    stats, triplets = PseudoLabelStats(), Triplets()
+    depth = max(last, 100)
+    for start in range(0, len(queries), QUERY_BATCH):
+        batch = queries[start:start + QUERY_BATCH]
+        texts = [text for _, text in batch]
+        for (qid, query), dense_hits, lexical_hits in zip(batch, dense.search(texts, depth),
+                                                          lexical.search(texts, depth), strict=True):
+            stats.queries_read += 1
+            dense_run = {pool.pid(p): s for p, s in dense_hits}
+            lexical_run = {pool.pid(p): s for p, s in lexical_hits}
+            fused = [pid for pid, _ in fuse(dense_run, lexical_run, "linear", weight, limit=last)]
+            agreed = {pool.pid(p) for p, _ in dense_hits[:agree_depth]} & {
+                pool.pid(p) for p, _ in lexical_hits[:agree_depth]}
+            if not fused or fused[0] not in agreed:
+                stats.queries_without_agreement += 1
+                continue
+            positive = pool.texts_[pool.position[fused[0]]]
+            candidates = fused[first - 1:last]
+            rng.shuffle(candidates)
+            negative = next((pid for pid in candidates
+                             if jaccard(pool.texts_[pool.position[pid]], positive) < duplicate_jaccard), None)
+            if negative is None:
+                stats.queries_without_negative += 1
+                continue
+            triplets.add(f"pl:{qid}", query, fused[0], positive, negative, pool.texts_[pool.position[negative]])
+            stats.pseudo_labelled += 1
+    return triplets, stats
