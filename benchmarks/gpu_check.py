@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU = {"lines": 400_000, "batches": (1024, 8192), "steps": 20, "warmup": 5, "passages": 1_000_000,
+GPU = {"lines": 520_000, "batches": (1024, 8192), "steps": 20, "warmup": 5, "passages": 1_000_000,
        "queries": 1000, "ddp_lines": 100_000, "ddp_batch": 1024, "ddp_steps": 30}
 SMOKE = {"lines": 6_000, "batches": (64, 128), "steps": 5, "warmup": 2, "passages": 12_000,
          "queries": 100, "ddp_lines": 2_000, "ddp_batch": 32, "ddp_steps": 5}
