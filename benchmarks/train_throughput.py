@@ -32,9 +32,11 @@ Without ``--embeddings`` the word vectors are random, over the words of the trip
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,7 +124,7 @@ def _sentence_transformers(args: argparse.Namespace, texts, matrix, words: list[
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     from msmarco_search.export import static_embedding
     from msmarco_search.model import TwoTowerConfig, TwoTowerModel
@@ -133,7 +135,8 @@ def _sentence_transformers(args: argparse.Namespace, texts, matrix, words: list[
                           vocab, matrix).query_tower
     model = SentenceTransformer(modules=[static_embedding(tower, vocab, 128)], device=args.device)
     dataset = Dataset.from_dict({"anchor": list(texts[0]), "positive": list(texts[1]), "negative": list(texts[2])})
-    output = tempfile.mkdtemp(prefix="st_throughput_")
+    output = tempfile.mkdtemp(prefix="st_throughput_")  # nothing is saved there (save_strategy "no")
+    atexit.register(shutil.rmtree, output, True)
     total = args.warmup + args.steps
     training = SentenceTransformerTrainingArguments(
         output_dir=output, per_device_train_batch_size=args.batch_size, max_steps=total, learning_rate=1e-2,
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=300, help="dimension of the random vectors (300)")
     parser.add_argument("--json", type=Path, help="also write the rates here")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MSMARCO_SEARCH_NO_PROGRESS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")
     if "before" in args.systems and not args.before:
