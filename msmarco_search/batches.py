@@ -39,6 +39,13 @@ class TokenBatch:
         flat = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=sum(lengths))
         return cls(torch.from_numpy(flat), torch.from_numpy(offsets))
 
+    @classmethod
+    def concatenate(cls, batches: list[TokenBatch]) -> TokenBatch:
+        """One batch of every row of ``batches``, in order (offsets shifted past the earlier batches' ids)."""
+        starts = np.cumsum([0] + [len(b.ids) for b in batches[:-1]])
+        return cls(torch.cat([b.ids for b in batches]),
+                   torch.cat([b.offsets + int(start) for b, start in zip(batches, starts, strict=True)]))
+
     def __len__(self) -> int:
         return len(self.offsets)
 

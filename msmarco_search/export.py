@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .errors import PipelineError, first_line
-from .model import MeanPoolTower, TwoTowerModel, load_model
+from .model import TOKEN_WEIGHT_CLAMP, MeanPoolTower, TwoTowerModel, load_model
 from .text import TOKENIZER_VERSION
 from .vocab import PAD_ID, UNK, Vocabulary
 
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 TOKEN_PATTERNS = {"lower-alnum-v1": r"[a-z0-9]+"}
 # The project clamps the log word weights to [-10, 10] (MeanPoolTower), so a weight is at least exp(-10), and so
 # is the mean weight of a non-empty text: this gate constant makes 1 - K * mean <= -1 < 0 for every such text.
-TOKEN_WEIGHT_CLAMP = 10.0
 GATE_SCALE = 2.0 * math.exp(TOKEN_WEIGHT_CLAMP)
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -79,6 +79,23 @@ def _head(in_dim: int, out_dim: int) -> nn.Linear:
     return head
 
 
+@dataclass
+class GatheredRows:
+    """The distinct rows ``rows`` of a word table that one training batch reads, copied into a dense leaf.
+
+    The towers pool from ``values``, so backward leaves the gradient of exactly those rows in ``values.grad``:
+    the coalesced gradient, without a sparse tensor. ``RowAdam.update_rows`` then writes the updated rows back
+    into ``table``. (``TwoTowerModel.forward_rows``; the loop in ``train.Trainer.step``.)
+    """
+
+    table: nn.Parameter
+    rows: torch.Tensor
+    values: torch.Tensor
+
+
+TOKEN_WEIGHT_CLAMP = 10.0  # log word weights are clamped to +-10 (exp: 4.5e-5 .. 22,026)
+
+
 class MeanPoolTower(nn.Module):
     def __init__(self, config: TwoTowerConfig, embeddings: torch.Tensor | None = None):
         super().__init__()
@@ -92,24 +109,65 @@ class MeanPoolTower(nn.Module):
         self.head = _head(config.embedding_dim, config.output_dim)
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
-        ids, offsets = batch.ids, batch.offsets
         # Look each distinct word of the batch up once, then pool from that small table: the sparse gradient
         # of the big table then has one row per distinct word (not one per token), which makes backward and
-        # SparseAdam's coalescing several times cheaper; the pooled values are the same.
-        unique, inverse = torch.unique(ids, return_inverse=True)
+        # the optimiser's coalescing several times cheaper; the pooled values are the same.
         table = self.embedding.weight
+        unique, inverse = distinct_ids(batch.ids, len(table))
         vectors = F.embedding(unique, table, sparse=self.embedding.sparse and table.requires_grad)
+        log_weights = None
         if self.token_weight is not None:
-            word_weights = self.token_weight(unique).squeeze(-1).clamp(-10, 10).exp()
-            weights = word_weights[inverse]
-        else:
-            weights = torch.ones(len(ids), device=ids.device, dtype=table.dtype)
-        weights = weights * (ids != PAD_ID)
-        summed = F.embedding_bag(inverse, vectors, offsets, mode="sum", per_sample_weights=weights)
-        rows = torch.repeat_interleave(torch.arange(len(offsets), device=ids.device), batch.lengths())
-        total = torch.zeros(len(offsets), device=ids.device, dtype=weights.dtype).index_add_(0, rows, weights)
-        pooled = summed / total.clamp_min(1e-6).unsqueeze(-1)
+            log_weights = F.embedding(unique, self.token_weight.weight,
+                                      sparse=self.token_weight.sparse and self.token_weight.weight.requires_grad)
+        return self.pool(batch.offsets, unique, inverse, vectors, log_weights)
+
+    def forward_rows(self, batch: TokenBatch, gathered: list[GatheredRows]) -> torch.Tensor:
+        """``forward`` for training with row updates: the batch's distinct rows of each trainable table are
+        copied into dense leaves (appended to ``gathered``) instead of being looked up through autograd."""
+        unique, inverse = distinct_ids(batch.ids, len(self.embedding.weight))
+        vectors = _gather_rows(self.embedding.weight, unique, gathered)
+        log_weights = None if self.token_weight is None else _gather_rows(self.token_weight.weight, unique, gathered)
+        return self.pool(batch.offsets, unique, inverse, vectors, log_weights)
+
+    def pool(self, offsets: torch.Tensor, unique: torch.Tensor, inverse: torch.Tensor, vectors: torch.Tensor,
+             log_weights: torch.Tensor | None) -> torch.Tensor:
+        """The tower's vectors of texts whose tokens are ``unique[inverse]`` (``offsets``: where each text
+        starts), from the distinct words' ``vectors`` and log word weights."""
+        weights = (unique != PAD_ID).to(vectors.dtype)
+        if log_weights is not None:
+            weights = weights * log_weights.squeeze(-1).clamp(-TOKEN_WEIGHT_CLAMP, TOKEN_WEIGHT_CLAMP).exp()
+        # the weighted vectors and the weight side by side: one sum-bag gives each text's weighted sum and its
+        # total weight (backward: a row scatter and two [U, d] products instead of per-token weights' dot
+        # product per token; measured no faster nor slower, docs/benchmarks.md, and one expression for both
+        # the autograd and the row-update paths)
+        rows = torch.cat([vectors * weights.unsqueeze(-1), weights.unsqueeze(-1)], dim=1)
+        summed, total = F.embedding_bag(inverse, rows, offsets, mode="sum").split([vectors.shape[1], 1], dim=1)
+        pooled = summed / total.clamp_min(1e-6)  # split, not two slices: its backward is one cat, not two fills
         return F.normalize(self.head(pooled), dim=-1)
+
+
+def distinct_ids(ids: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)``: the sorted distinct ids and each id's place among them.
+
+    A batch's tokens number about as many as the vocabulary's words, and marking a vocabulary-sized table is
+    then 12x faster than ``torch.unique``'s sort (1.5 against 17 ms for 30K tokens of a 31K vocabulary, one
+    thread, ``docs/benchmarks.md``); a few tokens (one query at search time) keep the sort, and so does MPS
+    (whose integer ``cumsum`` depends on the macOS version).
+    """
+    if len(ids) * 4 < vocab_size or ids.device.type == "mps":
+        return torch.unique(ids, return_inverse=True)
+    mark = torch.zeros(vocab_size, dtype=torch.long, device=ids.device)
+    mark[ids] = 1
+    unique = mark.nonzero().squeeze(1)
+    return unique, mark.cumsum_(0).sub_(1)[ids]
+
+
+def _gather_rows(table: nn.Parameter, rows: torch.Tensor, gathered: list[GatheredRows]) -> torch.Tensor:
+    values = table.detach().index_select(0, rows)
+    if table.requires_grad:
+        values.requires_grad_()
+        gathered.append(GatheredRows(table, rows, values))
+    return values
 
 
 class GRUTower(nn.Module):
@@ -168,6 +226,30 @@ class TwoTowerModel(nn.Module):
                 negatives: TokenBatch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return (self.query_vectors(queries), self.passage_vectors(positives),
                 None if negatives is None else self.passage_vectors(negatives))
+
+    @property
+    def row_updates_work(self) -> bool:
+        """Whether ``forward_rows`` works for these towers (mean towers; the GRU's lookups stay in autograd)."""
+        return self.config.tower == "mean"
+
+    def forward_rows(self, queries: TokenBatch, positives: TokenBatch, negatives: TokenBatch | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[GatheredRows]]:
+        """``forward`` for one process's training step with row updates (``Trainer.step``): the same vectors,
+        and the rows of the word tables the batch read, as ``GatheredRows`` whose leaves hold the gradient
+        after backward. Each tower gathers once: positives and negatives (and, with shared towers, queries
+        too) go through it as one batch, so each table row appears once, as its coalesced gradient would."""
+        gathered: list[GatheredRows] = []
+        sides = [queries, positives] + ([] if negatives is None else [negatives])
+        if self.config.shared_towers:
+            vectors = self.query_tower.forward_rows(TokenBatch.concatenate(sides), gathered)
+            q, passages = vectors[:len(queries)], vectors[len(queries):]
+        else:
+            q = self.query_tower.forward_rows(queries, gathered)
+            passages = self.passage_tower.forward_rows(TokenBatch.concatenate(sides[1:]), gathered)
+        p, n = passages, None
+        if negatives is not None:  # split, not slices: one cat in backward
+            p, n = passages.split([len(positives), len(negatives)])
+        return q, p, n, gathered
 
     def configure_optimizers(self, learning_rate: float, embedding_learning_rate: float,
                              weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:

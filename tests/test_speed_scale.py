@@ -15,12 +15,13 @@ import pytest
 import torch
 from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, run_script
 
+from msmarco_search import optim
 from msmarco_search.arrays import TokenArrays, TokenArrayWriter
 from msmarco_search.batches import TripletArrays, tokenise_triplets
 from msmarco_search.cbow import load_embeddings
 from msmarco_search.fileio import KIND_TRAINING_STATE, load_torch
 from msmarco_search.losses import InBatchSoftmaxLoss
-from msmarco_search.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.model import TwoTowerConfig, TwoTowerModel, distinct_ids
 from msmarco_search.optim import RowAdam
 from msmarco_search.streaming import read_tsv_chunks, triples_tsv_arrays
 from msmarco_search.train import (
@@ -47,18 +48,66 @@ def test_encode_chunk_is_encode_per_text():
     assert many.ids.tolist() == [t for text in texts * 3 for t in vocab.encode(text, 2)]
 
 
-def test_row_adam_is_sparse_adam():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "plain-ops"])
+def test_row_adam_is_sparse_adam(monkeypatch, fused):
+    """Both ways into RowAdam (a sparse gradient through step(), gathered rows through update_rows), with
+    torch's fused kernel (CPU, CUDA) and with the plain ops (MPS), give SparseAdam's weights."""
+    if not fused:
+        monkeypatch.setattr(optim, "FUSED_DEVICES", ())
     torch.manual_seed(0)
     ours = torch.nn.Parameter(torch.randn(50, 6))
+    by_rows = torch.nn.Parameter(ours.detach().clone())
     reference = torch.nn.Parameter(ours.detach().clone())
-    row_adam, sparse_adam = RowAdam([ours], lr=0.05), torch.optim.SparseAdam([reference], lr=0.05)
-    for _ in range(6):
+    row_adam, rows_adam = RowAdam([ours], lr=0.05), RowAdam([by_rows], lr=0.05)
+    sparse_adam = torch.optim.SparseAdam([reference], lr=0.05)
+    start, touched = ours.detach().clone(), []
+    for step in range(6):
         rows = torch.randint(0, 50, (20,))  # repeated rows: the gradient is uncoalesced, as from an embedding
-        grad = torch.sparse_coo_tensor(rows[None], torch.randn(20, 6), (50, 6), check_invariants=True)
+        scale = 10.0 ** -(step % 4)  # gradients as small as eps matters at, and as large as 1
+        grad = torch.sparse_coo_tensor(rows[None], scale * torch.randn(20, 6), (50, 6), check_invariants=True)
         ours.grad, reference.grad = grad.clone(), grad.clone()
         row_adam.step()
         sparse_adam.step()
+        coalesced = grad.coalesce()
+        distinct = coalesced.indices()[0]
+        touched.append(distinct)
+        rows_adam.update_rows(by_rows, distinct, by_rows.detach()[distinct].clone(), coalesced.values())
     torch.testing.assert_close(ours.detach(), reference.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(by_rows.detach(), reference.detach(), rtol=0, atol=1e-6)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[torch.cat(touched)] = False
+    assert untouched.any() and torch.equal(by_rows.detach()[untouched], start[untouched])  # lazy: not moved
+    assert row_adam.state[ours]["moments"].shape == (2, 50, 6)  # exp_avg and exp_avg_sq in one buffer
+
+
+def test_distinct_ids_is_torch_unique():
+    generator = torch.Generator().manual_seed(0)
+    for vocab_size, tokens in ((100, 1000), (31, 31), (1000, 10), (50, 0), (7, 3)):  # marking, and the sort
+        ids = torch.randint(0, vocab_size, (tokens,), generator=generator)
+        for mine, reference in zip(distinct_ids(ids, vocab_size), torch.unique(ids, return_inverse=True),
+                                   strict=True):
+            assert torch.equal(mine, reference)
+
+
+def test_row_adam_resumes_a_state_saved_with_two_moment_tensors():
+    """Training states written before the [2, rows, dim] buffer hold exp_avg and exp_avg_sq apart."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(8, 3))
+    reference = torch.nn.Parameter(param.detach().clone())
+    sparse_adam = torch.optim.SparseAdam([reference], lr=0.1)
+    grad = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.randn(2, 3), (8, 3), check_invariants=True)
+    reference.grad = grad.clone()
+    sparse_adam.step()
+    param.data.copy_(reference.detach())
+    old = sparse_adam.state_dict()  # the old layout: step, exp_avg, exp_avg_sq
+    assert set(old["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    row_adam = RowAdam([param], lr=0.1)
+    row_adam.load_state_dict(old)
+    grad = torch.sparse_coo_tensor(torch.tensor([[4, 6]]), torch.randn(2, 3), (8, 3), check_invariants=True)
+    param.grad, reference.grad = grad.clone(), grad.clone()
+    row_adam.step()
+    sparse_adam.step()
+    torch.testing.assert_close(param.detach(), reference.detach(), rtol=0, atol=1e-6)
 
 
 def test_token_arrays_concatenate_keeps_sequences():
@@ -165,21 +214,27 @@ def test_resume_after_a_signal_gives_the_same_weights(tmp_path, small_setup):
                         resume=load_training_state(state_path))
 
 
-def test_dense_embedding_gradients_train_like_sparse_ones(small_setup):
-    """MPS and DDP on CUDA use dense gradients for the word vectors: the same optimiser, the same result."""
+@pytest.mark.parametrize("shared_towers", [False, True], ids=["two-towers", "shared-tower"])
+def test_row_updates_train_like_sparse_and_dense_gradients(small_setup, shared_towers):
+    """One process updates the gathered rows in place; DDP keeps the tables in autograd (sparse gradients on
+    gloo, dense ones under NCCL and on MPS): the same optimiser, the same result."""
     vocab, data, embeddings = small_setup
     models = []
-    for sparse in (True, False):
-        config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16, sparse_embeddings=sparse)
+    for sparse, row_updates in ((True, True), (True, False), (False, False)):
+        config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=16, sparse_embeddings=sparse,
+                                shared_towers=shared_towers)
         model = TwoTowerModel(config, vocab, embeddings)
-        train_two_tower(model, data, InBatchSoftmaxLoss(), TrainSettings(batch_size=32, learning_rate=3e-3),
-                        torch.device("cpu"))
+        train_two_tower(model, data, InBatchSoftmaxLoss(), TrainSettings(
+            batch_size=32, learning_rate=3e-3, row_updates=row_updates), torch.device("cpu"))
         models.append(model.state_dict())
-    for name, value in models[0].items():
-        torch.testing.assert_close(models[1][name], value, rtol=1e-4, atol=1e-5)
+    for other in models[1:]:
+        for name, value in models[0].items():
+            torch.testing.assert_close(other[name], value, rtol=1e-4, atol=1e-5)
     start = embeddings.clone()
     start[0] = 0.0  # <pad>
-    assert not torch.allclose(models[1]["passage_tower.embedding.weight"], start)  # the dense path learned
+    for state in models:  # every path learned
+        assert not torch.allclose(state["passage_tower.embedding.weight"], start)
+        assert state["passage_tower.token_weight.weight"].abs().sum() > 0
 
 
 class _NaNAfter(InBatchSoftmaxLoss):
