@@ -400,7 +400,8 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
     assert broken.returncode == 2 and "queries.dev.tsv" in broken.stderr and "Traceback" not in broken.stderr
 
 
-def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus):
+def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus, capsys,
+                                                              monkeypatch):
     from msmarco_search.model import load_model
 
     work = trained_pipeline["work"]
@@ -426,13 +427,17 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
     assert _report(tmp_path / "eval")["tasks"]["full"]["metrics"]["two-tower"]["nDCG@10"] > 0.5
 
     # models of other settings are refused in one line, naming the file
-    wide = tmp_path / "wide"
-    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--max-steps", "1", "--validation-fraction", "0",
-               "--output-dim", "16", "--output-dir", wide, cwd=work)  # its weights do not matter, its shape does
-    refused = run_script(AVERAGE_SCRIPT, trained_pipeline["model"], next(wide.glob("two_tower_model_*.pt")),
-                         "--output-dir", tmp_path / "soup2", cwd=work, check=False)
-    assert refused.returncode == 2 and "settings differ" in refused.stderr and "wide" in refused.stderr
-    assert "Traceback" not in refused.stderr and not list((tmp_path / "soup2").glob("*.pt"))
+    # (through the scripts' main in this process: a fresh interpreter costs seconds of imports)
+    from test_reliability import cli
+
+    monkeypatch.chdir(work)  # where the scripts ran: its checkpoints/ and data/ are the defaults
+    wide = tmp_path / "wide"  # a model whose weights do not matter, only its shape
+    assert cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--max-steps", "1", "--validation-fraction", "0",
+               "--output-dim", "16", "--output-dir", wide)[0] == 0
+    status, _, err = cli(capsys, AVERAGE_SCRIPT, trained_pipeline["model"], next(wide.glob("two_tower_model_*.pt")),
+                         "--output-dir", tmp_path / "soup2")
+    assert status == 2 and "settings differ" in err and "wide" in err
+    assert "Traceback" not in err and not list((tmp_path / "soup2").glob("*.pt"))
 
 
 def test_evaluation_flags_have_one_name_per_meaning(capsys, monkeypatch):

@@ -319,32 +319,38 @@ def test_refuses_bad_output_folders(trained_pipeline, tmp_path):
             locked.chmod(0o755)
 
 
-def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path, offline):
+def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path, offline, capsys):
+    from types import SimpleNamespace
+
     from sentence_transformers import SentenceTransformer
+    from test_reliability import cli
+
+    def export(*args):  # the script's main in this process (the fixture exports through a fresh interpreter)
+        status, out, err = cli(capsys, EXPORT_SCRIPT, *args)
+        return SimpleNamespace(returncode=status, stdout=out, stderr=err)
 
     model = trained_pipeline["model"]
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", out, cwd=tmp_path, check=False))
+    line = _error(export(model, "--output-dir", out))
     assert "not empty" in line and "--overwrite" in line
     assert [path.name for path in out.iterdir()] == ["keep.txt"]
 
     # --overwrite replaces an earlier export only: a folder of other files (here the user's; it might be the
     # checkpoints folder) is never removed, nor one that holds the model being exported
-    line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", out, "--overwrite", cwd=tmp_path, check=False))
+    line = _error(export(model, "--output-dir", out, "--overwrite"))
     assert "not an earlier sentence-transformers export" in line and "keep.txt" in line
     (out / "model.pt").write_bytes(model.read_bytes())
-    line = _error(run_script(EXPORT_SCRIPT, out / "model.pt", "--output-dir", out, "--overwrite", cwd=tmp_path,
-                             check=False))
+    line = _error(export(out / "model.pt", "--output-dir", out, "--overwrite"))
     assert "holds the model being exported" in line
     assert sorted(path.name for path in out.iterdir()) == ["keep.txt", "model.pt"]
     (out / "keep.txt").unlink()
     (out / "model.pt").unlink()
 
-    run_script(EXPORT_SCRIPT, model, "--output-dir", out, cwd=tmp_path)
+    assert export(model, "--output-dir", out).returncode == 0
     (out / "extra.txt").write_text("left by the earlier export's user")
-    run_script(EXPORT_SCRIPT, model, "--output-dir", out, "--overwrite", cwd=tmp_path)
+    assert export(model, "--output-dir", out, "--overwrite").returncode == 0
     assert not (out / "extra.txt").exists() and (out / "modules.json").exists()
     _no_temp_left(tmp_path, "out")
     texts = ["what is ask1x2", "Doc1y3 doc1y4."]

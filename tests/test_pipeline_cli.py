@@ -177,7 +177,12 @@ def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_path):
+def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_path, capsys, monkeypatch):
+    # the first run goes through the command line; the others run the same script's main in this process
+    # (the refusals come before any work, and each fresh interpreter costs seconds of start-up)
+    from test_reliability import cli
+
+    monkeypatch.chdir(tmp_path)
     quick = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "2",
              "--validation-fraction", "0", "--data-dir", trained_pipeline["work"] / "data"]
     target = tmp_path / "models" / "mine.pt"
@@ -189,9 +194,9 @@ def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_pa
     first_id = load_model(target).metadata["model_id"]
 
     def refused(*args: object, words: str) -> None:
-        result = run_script(TRAIN_SCRIPT, *quick, *args, cwd=tmp_path, check=False)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+        status, _, err = cli(capsys, TRAIN_SCRIPT, *quick, *args)
+        assert status == 2 and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1 and words in err, err
         assert load_model(target).metadata["model_id"] == first_id  # untouched
 
     refused("--output", target, words=f"{target}: already exists; pass --overwrite")
@@ -202,15 +207,15 @@ def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_pa
     state = target.with_name("mine_training_state.pt")  # an interrupted run's state is never overwritten
     state.write_bytes(b"not really a state")
     target.unlink()
-    refused_state = run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path, check=False)
-    assert refused_state.returncode == 2 and f"continue it with --resume {state}" in refused_state.stderr
+    status, _, err = cli(capsys, TRAIN_SCRIPT, *quick, "--output", target)
+    assert status == 2 and f"continue it with --resume {state}" in err
     assert state.read_bytes() == b"not really a state" and not target.exists()
     state.unlink()
-    refused_flags = run_script(TRAIN_SCRIPT, *quick, "--output", target, "--no-save", cwd=tmp_path, check=False)
-    assert refused_flags.returncode == 2 and "--output and --no-save" in refused_flags.stderr
+    status, _, err = cli(capsys, TRAIN_SCRIPT, *quick, "--output", target, "--no-save")
+    assert status == 2 and "--output and --no-save" in err
 
-    run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
-    run_script(TRAIN_SCRIPT, *quick, "--output", target, "--overwrite", "--seed", "7", cwd=tmp_path)
+    assert cli(capsys, TRAIN_SCRIPT, *quick, "--output", target)[0] == 0
+    assert cli(capsys, TRAIN_SCRIPT, *quick, "--output", target, "--overwrite", "--seed", "7")[0] == 0
     assert load_model(target).metadata["training"]["arguments"]["seed"] == 7
     assert not list(target.parent.glob(".*"))  # no claim markers or temporary files left
 
@@ -227,11 +232,16 @@ def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["soup.pt"]
 
 
-def test_scripts_have_help(tmp_path):
-    for script in (CBOW_SCRIPT, TRIPLETS_SCRIPT, TRAIN_SCRIPT, "training/average_two_tower_models.py",
+def test_scripts_have_help(tmp_path, capsys):
+    from test_reliability import cli
+
+    # one script through a fresh interpreter, the others through their main in this process (the same file
+    # and argv; each interpreter costs seconds of imports)
+    assert "usage:" in run_script(CBOW_SCRIPT, "--help", cwd=tmp_path).stdout
+    for script in (TRIPLETS_SCRIPT, TRAIN_SCRIPT, "training/average_two_tower_models.py",
                    "benchmarks/mean_over_seeds.py"):
-        result = run_script(script, "--help", cwd=tmp_path)
-        assert "usage:" in result.stdout
+        status, out, _ = cli(capsys, script, "--help")
+        assert status == 0 and "usage:" in out, script
 
 
 @pytest.mark.real_data
