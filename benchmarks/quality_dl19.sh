@@ -2,7 +2,7 @@
 # Quality on TREC DL 2019 (full ranking over its 28.6K-passage pool, 43 queries, graded NIST qrels):
 # BM25, zero-shot CBOW, the trained two-tower and the hybrids, plus an ablation of the training choices.
 #
-#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers train evaluate ablation
+#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers fusion train evaluate ablation
 #                                                   (default all; about 1 h 40 min on 2 shared cores, the
 #                                                   levers step ~11 min of it;
 #                                                   REUSE=1 keeps the vectors and models already made)
@@ -24,7 +24,7 @@ CBOW_WINDOW=${CBOW_WINDOW:-20}
 EPOCHS=${EPOCHS:-2}
 export MSMARCO_SEARCH_NO_PROGRESS=${MSMARCO_SEARCH_NO_PROGRESS:-1}
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets select levers train evaluate ablation)
+[[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets select levers fusion train evaluate ablation)
 mkdir -p "$WORK"
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 newest() { find "$1" -maxdepth 1 -name "$2" -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-; }
@@ -239,6 +239,21 @@ if want levers; then
     --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
     --output-dir "$WORK/eval_levers"
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_levers/evaluation.json"
+fi
+
+if want fusion; then
+  # The hybrid's --fusion-weight (the two-tower's share), chosen on the DL 2021 split with the levers step's
+  # recipe seeds (its models must exist: run levers first); DL 2019 is not looked at here.
+  [[ -d $split/dev ]] || split_dl21
+  models=()
+  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "select/lever-recipe-s$seed")"); done
+  for weight in 0.3 0.4 0.5 0.6 0.7 0.8; do
+    echo "== fusion weight $weight on the DL 2021 split"
+    uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
+      --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems hybrid \
+      --fusion linear,rrf --fusion-weight "$weight" --output-dir "$WORK/eval_fusion_w$weight" --overwrite \
+      | sed -n '/mean over seeds/,$p'
+  done
 fi
 
 if want train; then
