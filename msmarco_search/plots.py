@@ -33,7 +33,8 @@ def plot_training_log(record: Mapping[str, Any], path: str | Path) -> Path:
         loss_axes.plot(*zip(*points, strict=True), "o-", label="epoch mean loss")
     loss_axes.set(xlabel="step", ylabel="training loss", title="Training loss")
     loss_axes.grid(alpha=0.3)
-    loss_axes.legend()
+    if steps or points:  # a run shorter than --log-every logged nothing: no legend to draw
+        loss_axes.legend()
     if validation:
         metric = record["validation"].get("metric", "MRR@10")
         inner = [v for v in validation if not v["end_of_epoch"]]

@@ -270,3 +270,34 @@ def test_headless_chromium_searches_and_shows_the_hits(live_server, search_setup
     finally:
         driver.quit()
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_a_failing_search_is_a_500_that_shows_no_traceback_and_no_path(search_setup, monkeypatch):
+    """Whatever breaks inside a search (here a read error naming a file of the index), the client gets the fixed
+    message; the details stay in the server's log."""
+    model = load_model(search_setup["model"])
+    index = load_index(search_setup["index"], model, search_setup["model"])
+    session = SearchSession(index, make_retrievers(["bm25"], index, model, search_setup["model"], SearchOptions()))
+    secret = f"{search_setup['index']}/vectors.npy: Input/output error"
+
+    def broken(*args, **kwargs):
+        raise OSError(secret)
+
+    monkeypatch.setattr(session, "search", broken)
+    try:
+        with TestClient(create_app(session), raise_server_exceptions=False) as test_client:
+            response = test_client.get("/api/search", params={"q": "what is doc0y1", "system": "bm25"})
+    finally:
+        session.close()
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error: the search failed; the server's log has the details"}
+    assert str(search_setup["index"]) not in response.text and "Traceback" not in response.text
+
+
+def test_serve_without_the_serve_extra_says_how_to_install_it(search_setup, capsys, monkeypatch):
+    from test_reliability import assert_one_line_error, cli
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed: import fails
+    result = cli(capsys, SEARCH_SCRIPT, "serve", search_setup["model"], "--port", "0")
+    assert_one_line_error(result, "the search page needs FastAPI and uvicorn (uvicorn is missing)",
+                          "uv sync --extra serve")
