@@ -16,23 +16,10 @@ export MSMARCO_SEARCH_NO_PROGRESS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$WORK"
 COLLECTION=$WORK/collection_$N.tsv
 if [ ! -f "$COLLECTION" ]; then
-  uv run --project "$ROOT" python - "$DATA/msmarco-trec-dl-2019/collection.tsv" "$COLLECTION" "$N" <<'PY'
-import sys
-from pathlib import Path
-from msmarco_search.index import iter_collection
-from msmarco_search.fileio import atomic_write
-source, target, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as handle:
-        written = 0
-        while written < count:
-            for _, _, text in iter_collection(source):
-                handle.write(f"{written}\t{text}\n")
-                written += 1
-                if written == count:
-                    return
-atomic_write(target, write)
-PY
+  # the cycled collection of the search benchmark (bench_search.py's grow_collection), written atomically
+  uv run --project "$ROOT" python -c "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);
+from bench_search import grow_collection; grow_collection(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))" \
+    "$ROOT/benchmarks" "$DATA/msmarco-trec-dl-2019/collection.tsv" "$COLLECTION" "$N"
 fi
 head -n 1000 "$DATA/msmarco-queries/queries.dev.small.tsv" > "$WORK/dev1000.tsv"
 INDEX=$WORK/index_$N
