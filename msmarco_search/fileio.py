@@ -226,7 +226,7 @@ def load_torch(path: str | Path, kind: str, map_location: str | torch.device = "
     if magic != _ZIP_MAGIC:
         # save_torch always writes torch's zip format; anything else is another kind of file. A pickle this
         # project wrote (triplets) is recognised so the message can say what it is.
-        other = _safe_unpickle_or_none(path) if magic[:1] == b"\x80" else None
+        other = _safe_unpickle_or_none(path) if magic[:1] == _PICKLE_MAGIC else None
         if isinstance(other, dict) and isinstance(other.get("kind"), str):
             raise PipelineError(f"this is a {short(other['kind'])} file (a pickle), expected a {kind} .pt file",
                                 path)
@@ -378,6 +378,16 @@ def save_parquet(columns: dict[str, list[Any]], path: str | Path, kind: str, met
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def starts_as_pickle_or_parquet(path: str | Path) -> bool:
+    """Whether ``path`` begins as ``save_pickle`` (protocol 2 or later) or ``save_parquet`` files do; False when
+    it cannot be read."""
+    try:
+        magic = _read_magic(Path(path))
+    except PipelineError:
+        return False
+    return magic[:1] == _PICKLE_MAGIC or magic == _PARQUET_MAGIC
+
+
 def is_parquet(path: str | Path) -> bool:
     path = Path(path)
     return path.suffix.lower() == ".parquet" or (path.is_file() and _read_magic(path) == _PARQUET_MAGIC)
@@ -424,6 +434,7 @@ def _safe_unpickle_or_none(path: Path) -> Any:
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"  # the PROTO opcode that starts every pickle of protocol 2 or later
 
 
 def _read_magic(path: Path) -> bytes:

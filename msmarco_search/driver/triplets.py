@@ -30,7 +30,7 @@ from typing import Any
 
 from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
-from ..fileio import ensure_writable_dir, release, save_json, timestamped_path
+from ..fileio import ensure_writable_dir, release, save_json, starts_as_pickle_or_parquet, timestamped_path
 from ..report import info
 from ..sources import Source, open_source, read_queries
 from ..triplets import (
@@ -184,22 +184,12 @@ def check_output(args: argparse.Namespace) -> None:
     if args.output.is_dir():
         raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)",
                             args.output)
-    if args.output.is_file() and not _is_triplets_file(args.output):
+    if args.output.is_file() and not starts_as_pickle_or_parquet(args.output):
         # --output replaces an earlier triplets file; anything else there is someone's data (often this run's
         # own --dataset-path, which would be lost under the pickle)
         raise PipelineError("exists and is not a triplets file (a pickle or parquet); --output replaces only an "
                             "earlier triplets file, so choose another name", args.output)
     ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."))
-
-
-def _is_triplets_file(path: Path) -> bool:
-    """Whether ``path`` starts like what ``save_triplets`` writes: a pickle of protocol 2 or later, or parquet."""
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(4)
-    except OSError:
-        return False
-    return start[:1] == b"\x80" or start == b"PAR1"
 
 
 def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Triplets, TripletStats, str, str, int]:
