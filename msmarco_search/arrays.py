@@ -8,6 +8,7 @@ over tokens: the flat ids plus per-sequence offsets feed ``nn.EmbeddingBag`` dir
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,12 +72,40 @@ class TokenArrays:
             raise PipelineError("token arrays have the wrong type or shape", where)
         if int(offsets[0]) != 0 or int(offsets[-1]) != len(ids):
             raise PipelineError("token arrays do not match their offsets (truncated?)", where)
-        if len(offsets) > 1 and bool((np.diff(offsets) < 0).any()):
-            raise PipelineError("token array offsets decrease (corrupt)", where)
-        if vocab_size is not None and len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-            raise PipelineError(f"token ids fall outside the vocabulary of {vocab_size} words (corrupt, or made "
-                                "with another vocabulary)", where)
+        previous = 0
+        for part in _chunks(offsets, directory / f"{name}.offsets.npy"):
+            if previous > int(part[0]) or bool((np.diff(part) < 0).any()):
+                raise PipelineError("token array offsets decrease (corrupt)", where)
+            previous = int(part[-1])
+        if vocab_size is not None:
+            for part in _chunks(ids, directory / f"{name}.ids.npy"):
+                if int(part.min()) < 0 or int(part.max()) >= vocab_size:
+                    raise PipelineError(f"token ids fall outside the vocabulary of {vocab_size} words (corrupt, or "
+                                        "made with another vocabulary)", where)
         return cls(ids, offsets)
+
+
+_CHECK_CHUNK = 1 << 22  # elements per read while checking: 16-32 MiB
+
+
+def _chunks(array: np.ndarray, path: Path) -> Iterator[np.ndarray]:
+    """The non-empty chunks of ``array``, a memory map of ``path`` read through a plain file handle.
+
+    Why not slice the map: every page of a map that is touched stays in the process's resident memory until the
+    map goes, so checking 10M triplets' 5 GB of token ids through it peaked at 5.1 GB RSS. Read into one
+    reused chunk buffer, the check costs one chunk (the pages stay in the kernel's reclaimable cache).
+    """
+    if not isinstance(array, np.memmap):
+        for start in range(0, len(array), _CHECK_CHUNK):
+            yield array[start:start + _CHECK_CHUNK]
+        return
+    with open(path, "rb") as handle:
+        handle.seek(array.offset)
+        for start in range(0, len(array), _CHECK_CHUNK):
+            part = np.fromfile(handle, dtype=array.dtype, count=min(_CHECK_CHUNK, len(array) - start))
+            if len(part) == 0:
+                raise PipelineError("token arrays are shorter than their header says (truncated?)", path)
+            yield part
 
 
 _HEADER_BYTES = 128  # a .npy v1.0 header padded to a fixed size, so the shape can be patched in at the end

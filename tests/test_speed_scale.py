@@ -19,6 +19,7 @@ from msmarco_search import optim
 from msmarco_search.arrays import TokenArrays, TokenArrayWriter
 from msmarco_search.batches import TripletArrays, tokenise_triplets
 from msmarco_search.cbow import load_embeddings
+from msmarco_search.errors import PipelineError
 from msmarco_search.fileio import KIND_TRAINING_STATE, load_torch
 from msmarco_search.losses import InBatchSoftmaxLoss
 from msmarco_search.model import TwoTowerConfig, TwoTowerModel, distinct_ids
@@ -116,6 +117,28 @@ def test_token_arrays_concatenate_keeps_sequences():
              TokenArrays(np.array([4], np.int32), np.array([0, 1]))]
     joined = TokenArrays.concatenate(parts)
     assert joined.ids.tolist() == [1, 2, 3, 4] and joined.offsets.tolist() == [0, 1, 3, 3, 4]
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_token_arrays_are_checked_chunk_by_chunk(tmp_path, monkeypatch, mmap):
+    """The load's checks read the arrays a chunk at a time (flat memory at any size): a fault in a later chunk,
+    or an offset that decreases across a chunk boundary, is still found."""
+    from msmarco_search import arrays as arrays_module
+
+    monkeypatch.setattr(arrays_module, "_CHECK_CHUNK", 3)
+    good = TokenArrays(np.arange(10, dtype=np.int32) % 5, np.array([0, 2, 2, 5, 6, 9, 10], np.int64))
+    good.save(tmp_path, "good")
+    loaded = TokenArrays.load(tmp_path, "good", mmap=mmap, vocab_size=5)
+    assert np.array_equal(loaded.ids, good.ids) and isinstance(loaded.ids, np.memmap) == mmap
+    # offsets 0 2 2 | 6 5 ... : the decrease sits across the first chunk boundary
+    TokenArrays(good.ids, np.array([0, 2, 6, 5, 6, 9, 10], np.int64)).save(tmp_path, "down")
+    with pytest.raises(PipelineError, match="offsets decrease"):
+        TokenArrays.load(tmp_path, "down", mmap=mmap)
+    late = good.ids.copy()
+    late[-1] = 7  # outside the 5-word vocabulary, in the last chunk
+    TokenArrays(late, good.offsets).save(tmp_path, "late")
+    with pytest.raises(PipelineError, match="outside the vocabulary"):
+        TokenArrays.load(tmp_path, "late", mmap=mmap, vocab_size=5)
 
 
 def test_token_array_writer_streams_chunks_into_npy(tmp_path):
