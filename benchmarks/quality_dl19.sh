@@ -227,6 +227,9 @@ if want levers; then
   fi
   models=()
   with_seeds lever-recipe 2 lever-recipe "$EMBEDDINGS"
+  # SELF_TRAINING=0: the recipe row alone (a lever that changes the code, such as the tokeniser, is this row
+  # run again at the new commit, into another WORK)
+  if [[ ${SELF_TRAINING:-1} == 1 ]]; then
   if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-selftrain" '*.pkl' 2>/dev/null) ]]; then
     uv run preprocessing/generate_triplets.py --mode pseudo-labels --dataset-path "${pools[@]}" \
       --queries "$DATA"/msmarco-queries/queries.train.*.tsv --label-model "$(model select/lever-recipe-s42)" \
@@ -234,6 +237,7 @@ if want levers; then
       --output-dir "$WORK/triplets/lever-selftrain"
   fi
   with_seeds lever-selftrain 2 lever-selftrain "$EMBEDDINGS"
+  fi
   echo "== levers: trained with the judged pairs of half the DL 2021 queries, evaluated on the other half"
   uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
     --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
