@@ -16,7 +16,7 @@ for the rows ``r_t`` of its table, a plain mean. How the tower becomes modules, 
   ``m = (1/n) [S, E]`` with ``S = sum_t e_t v_t``. A linear map with weight ``[W | b]`` and no bias gives
   ``W S / n + b E / n = (E / n) (W p + b)``: the tower's vector times ``E / n > 0``, which ``Normalize`` removes.
   Exact, for every text with at least one token.
-- A text with no token at all (empty, punctuation, non-Latin script: the project's tokens are ASCII ``[a-z0-9]+``)
+- A text with no token at all (empty, punctuation, symbols: the project's tokens are runs of letters and digits)
   has ``p = 0`` in the project, so its vector is ``normalize(b)``; the mean of an empty bag is ``m = 0`` and
   ``[W | b] m = 0``. A gate restores it with built-in modules only: ``Dense`` with ReLU computes
   ``[relu(h), relu(-h), relu(1 - K m_E)]`` with ``h = [W | b] m`` and ``m_E = E / n`` the weight column, then a
@@ -25,8 +25,12 @@ for the rows ``r_t`` of its table, a plain mean. How the tower becomes modules, 
   the output is ``h``, as above; an empty text has ``g = 1`` and the output is ``b``. Exact in both cases.
 
 The cut at ``max_query_length`` / ``max_passage_length`` tokens is the tokenizer's truncation, and the tokens are the
-project's (lower-case, runs of ASCII letters and digits, everything else dropped, unknown words -> ``<unk>``) through
-a ``tokenizers`` ``Lowercase`` normalizer and a ``Split`` pre-tokenizer that keeps the pattern's matches only.
+project's (``msmarco_search.text``: NFKC, lower-case, accents folded, runs of letters and digits of any script, unknown
+words -> ``<unk>``) through ``tokenizers`` normalizers (``NFKC``, ``Lowercase``, ``NFD``, ``StripAccents``, ``NFC``)
+and a ``Split`` pre-tokenizer that keeps the pattern's matches only. The project also repairs mojibake before
+tokenising (``text.repair``), which no ``tokenizers`` module does: the export gives the project's vectors for every
+text that repair leaves unchanged (ASCII and correctly encoded text), and raw MS MARCO v1 passages should be
+repaired before they are encoded.
 
 Separate towers become a ``Router`` with a ``query`` and a ``document`` route (``encode_query`` /
 ``encode_document``; plain ``encode`` takes the document route). Shared towers are one stack, except when the two
@@ -60,7 +64,7 @@ if TYPE_CHECKING:
 
 # The token pattern of each tokeniser version this export reproduces (msmarco_search.text). A new version must be
 # added here, checked against text.tokenize by the tests, before models made with it can be exported.
-TOKEN_PATTERNS = {"lower-alnum-v1": r"[a-z0-9]+"}
+TOKEN_PATTERNS = {"unicode-v2": r"[\p{L}\p{N}]+"}
 # The project clamps the log word weights to [-10, 10] (MeanPoolTower), so a weight is at least exp(-10), and so
 # is the mean weight of a non-empty text: this gate constant makes 1 - K * mean <= -1 < 0 for every such text.
 GATE_SCALE = 2.0 * math.exp(TOKEN_WEIGHT_CLAMP)
@@ -89,10 +93,12 @@ def build_tokenizer(vocab: Vocabulary, max_length: int | None) -> Tokenizer:
     if pattern is None:
         raise PipelineError(f"the export does not know the token rules {TOKENIZER_VERSION!r} of msmarco_search.text")
     tokenizer = Tokenizer(WordLevel(dict(vocab.word_to_index), unk_token=UNK))
-    # Python's str.lower() and the Lowercase normalizer both apply Unicode's full lower-case mapping (İ -> i + dot)
-    tokenizer.normalizer = normalizers.Lowercase()
+    # text.normalize's steps in its order. Python's str.lower() and the Lowercase normalizer both apply Unicode's
+    # full lower-case mapping (İ -> i + dot), and StripAccents drops every combining mark, as text's \p{M} does.
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(), normalizers.NFD(),
+                                                 normalizers.StripAccents(), normalizers.NFC()])
     # invert=True: the pattern describes the tokens, not the separators; "removed" drops everything between
-    # them (spaces, punctuation, accented and non-Latin letters), as re.findall does.
+    # them (spaces, punctuation, symbols), as findall does.
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True)
     if max_length:  # the project keeps every token when the length is 0
         tokenizer.enable_truncation(max_length=max_length)
@@ -277,8 +283,9 @@ def model_card(model: TwoTowerModel, model_path: str | Path, layout: str) -> str
                      ("word vector size", config.embedding_dim), ("output size", config.output_dim),
                      ("max query tokens", config.max_query_length or "all"),
                      ("max passage tokens", config.max_passage_length or "all"),
-                     ("tokens", f"`{TOKENIZER_VERSION}`: lower-case, runs of `[a-z0-9]`, others dropped; unknown "
-                                "words -> `<unk>`"),
+                     ("tokens", f"`{TOKENIZER_VERSION}`: NFKC, lower-case, accents folded, runs of letters and digits "
+                                "of any script, others dropped; unknown words -> `<unk>`; mojibake is not repaired "
+                                "(`msmarco_search.text.repair` does it)"),
                      ("CBOW embeddings", f"`{meta.get('embeddings_file')}`")])
     if meta.get("averaged_from"):
         lines += ["", f"The weights are the mean of {len(meta['averaged_from'])} models (a model soup): "

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from html import escape
 
 from .search import SearchResult
-from .text import token_spans, tokenize
+from .text import repair, token_spans, tokenize
 
 ALL_SYSTEMS = "all"
 SYSTEM_LABELS = {"two-tower": "Two-tower", "bm25": "BM25", "hybrid": "Hybrid", ALL_SYSTEMS: "All three, side by side"}
@@ -31,12 +31,14 @@ mark { background: #fde68a; }
 def highlight(text: str, query: str) -> str:
     """``text`` as HTML with each of its tokens that is a token of ``query`` in ``<mark>``.
 
-    Tokens are the project's (``msmarco_search.text``): the words the two-tower and BM25 match on.
+    Tokens are the project's (``msmarco_search.text``): the words the two-tower and BM25 match on. The text is
+    shown repaired (MS MARCO v1's mojibake undone), as the tokens see it.
     """
+    text = repair(text)
     words = set(tokenize(query))
     parts, last = [], 0
-    for start, end, token in token_spans(text):
-        if token in words:
+    for start, end, tokens in token_spans(text):
+        if words.intersection(tokens):
             parts.append(f"{escape(text[last:start])}<mark>{escape(text[start:end])}</mark>")
             last = end
     parts.append(escape(text[last:]))
