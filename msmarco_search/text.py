@@ -17,12 +17,16 @@ that path skips the Unicode work (most texts are ASCII).
 
 ``msmarco_search.export`` rebuilds steps 2-4 and the token pattern from ``tokenizers`` modules; step 1 has no
 such module, so an exported model sees mojibake as written (repair such text first with ``repair``).
+
+Stemming is a setting on top of the tokens, not part of them: BM25 stems by default (``--bm25-stemmer``), and
+word vectors and the towers can (``--stemmer``, recorded in the vocabulary). Both go through ``load_stemmer``.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
 import ftfy
 import regex
@@ -31,6 +35,7 @@ import regex
 TOKENIZER_VERSION = "unicode-v2"
 TOKEN_PATTERN = r"[\p{L}\p{N}]+"  # letters and digits of every script (the regex module's Unicode classes)
 TEXT_BREAK = "\n"
+STEMMERS = ("english", "none")  # PyStemmer's Snowball English stemmer (the one bm25s supports), or none
 _TOKEN = regex.compile(TOKEN_PATTERN)
 # the same tokens, plus the line breaks that separate the texts of a chunk (tokenize_many)
 _TOKEN_OR_BREAK = regex.compile(TOKEN_PATTERN + r"|\n")
@@ -83,13 +88,13 @@ def tokenize_many(texts: list[str]) -> list[str]:
     if not texts:
         return []
     joined = TEXT_BREAK.join(texts)
-    if joined.count(TEXT_BREAK) != len(texts) - 1:  # a text holds line breaks: they only separate tokens
-        texts = [text.replace(TEXT_BREAK, " ") for text in texts]
-        joined = TEXT_BREAK.join(texts)
     if joined.isascii():
+        if joined.count(TEXT_BREAK) != len(texts) - 1:  # a text holds line breaks: they only separate tokens
+            joined = TEXT_BREAK.join(text.replace(TEXT_BREAK, " ") for text in texts)
         return _ASCII_TOKEN_OR_BREAK.findall(joined.lower() + TEXT_BREAK)
-    # normalize never makes a line break, so the breaks still separate the texts
-    joined = TEXT_BREAK.join(normalize(text) for text in texts)
+    # A text's own line breaks become spaces only after it is normalised: repair reads the text as written
+    # (ftfy takes "Â" + space for a damaged no-break space, but not "Â" + line break).
+    joined = TEXT_BREAK.join(normalize(text).replace(TEXT_BREAK, " ") for text in texts)
     return _TOKEN_OR_BREAK.findall(joined + TEXT_BREAK)
 
 
@@ -102,3 +107,14 @@ def token_spans(text: str) -> list[tuple[int, int, list[str]]]:
     the text as written and normalised one by one.
     """
     return [(m.start(), m.end(), tokenize(m.group())) for m in _WORD_AS_WRITTEN.finditer(text)]
+
+
+def load_stemmer(name: str) -> Any:
+    """PyStemmer's Snowball stemmer of ``name`` (``stemWord``, ``stemWords``), or None for ``none``."""
+    if name not in STEMMERS:
+        raise ValueError(f"unknown stemmer {name!r} (use {', '.join(STEMMERS)})")
+    if name == "none":
+        return None
+    import Stemmer  # PyStemmer
+
+    return Stemmer.Stemmer(name)

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from msmarco_search.text import normalize, repair, token_spans, tokenize, tokenize_many
+from msmarco_search.vocab import Vocabulary
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
@@ -43,7 +44,8 @@ def test_correct_text_is_not_repaired():
         assert repair(text) == text
 
 
-_PIECES = ["hello", "World", "café", "CAFÉ", "42", "İ", "\u212a", " ", ",", "日本", "\n", "ß", "Ã©", "â\x80\x99", "ﬁ"]
+_PIECES = ["hello", "World", "café", "CAFÉ", "42", "İ", "\u212a", " ", ",", "日本", "\n", "ß", "Ã©", "â\x80\x99", "ﬁ",
+           "Â", "running", "Runs"]
 
 
 @FAST
@@ -59,6 +61,18 @@ def test_tokens_have_no_separator_and_normalising_twice_changes_nothing_more(tex
     tokens = tokenize(text)
     assert all(token and not re.search(r"\s", token) for token in tokens)
     assert tokenize(" ".join(tokens)) == tokens
+
+
+_STEMMED = Vocabulary.from_words(["hello", "world", "cafe", "run", "runner", "日本", "42"], stemmer="english")
+
+
+@FAST
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=8).map("".join), max_size=8))
+def test_a_stemmed_vocabulary_encodes_a_chunk_as_each_text(texts):
+    arrays = _STEMMED.encode_chunk(texts)
+    assert [arrays.ids[a:b].tolist() for a, b in zip(arrays.offsets[:-1], arrays.offsets[1:], strict=True)] == [
+        _STEMMED.encode(text) for text in texts]
+    assert _STEMMED.encode("Running runs") == [_STEMMED.word_to_index["run"]] * 2
 
 
 def test_word_spans_are_the_texts_own_positions():
