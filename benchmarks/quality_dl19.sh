@@ -2,7 +2,7 @@
 # Quality on TREC DL 2019 (full ranking over its 28.6K-passage pool, 43 queries, graded NIST qrels):
 # BM25, zero-shot CBOW, the trained two-tower and the hybrids, plus an ablation of the training choices.
 #
-#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers fusion train evaluate ablation
+#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers sweep fusion train evaluate ablation
 #                                                   (default all; about 1 h 40 min on 2 shared cores, the
 #                                                   levers step ~11 min of it;
 #                                                   REUSE=1 keeps the vectors and models already made)
@@ -243,6 +243,40 @@ if want levers; then
     --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
     --output-dir "$WORK/eval_levers"
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_levers/evaluation.json"
+fi
+
+# Training settings against the recipe, on the same DL 2021 split, data and CBOW vectors as the levers step (run
+# it first): the softmax's inverse temperature and the batch (more in-batch negatives). Each setting's flags
+# come after the recipe's, so they win; 3 seeds each, and their soup. STEM=1 adds stemmed towers: CBOW vectors
+# of Snowball stems (--stemmer english), the two-tower trained on them the recipe's way.
+SWEEP=${SWEEP:-"scale-40 --scale 40;batch-1024 --batch-size 1024"}
+if want sweep; then
+  [[ -d $split/dev ]] || split_dl21
+  models=()
+  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "select/lever-recipe-s$seed")"); done
+  models+=(--model "recipe-soup=$(model select/lever-recipe-soup)")
+  IFS=';' read -r -a sweep <<< "$SWEEP"
+  for setting in "${sweep[@]}"; do
+    read -r name flags <<< "$setting"
+    parts=()
+    for seed in "${SEEDS[@]}"; do
+      # shellcheck disable=SC2086 # the setting's flags are words
+      train "select/sweep-$name-s$seed" 2 lever-recipe "$EMBEDDINGS" "${RECIPE[@]}" $flags --seed "$seed"
+      models+=(--model "$name-s$seed=$(model "select/sweep-$name-s$seed")")
+      parts+=("select/sweep-$name-s$seed")
+    done
+    average "select/sweep-$name-soup" "${parts[@]}"
+    models+=(--model "$name-soup=$(model "select/sweep-$name-soup")")
+  done
+  if [[ ${STEM:-1} == 1 ]]; then
+    cbow "$WORK/cbow-stem" --window "$CBOW_WINDOW" --epochs "$CBOW_EPOCHS" --no-word-benchmarks --stemmer english
+    with_seeds stemmed 2 lever-recipe "$WORK/cbow-stem/msmarco_word2vec.pt"
+  fi
+  echo "== sweep: training settings on the DL 2021 split, against the recipe"
+  uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
+    --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
+    --output-dir "$WORK/eval_sweep" --overwrite
+  uv run benchmarks/mean_over_seeds.py "$WORK/eval_sweep/evaluation.json"
 fi
 
 if want fusion; then

@@ -3,7 +3,7 @@
 The lexical baseline that evaluation compares against and that search and the hybrid use.
 Defaults k1 = 0.9, b = 0.4 (Anserini's MS MARCO settings). Stemming (PyStemmer's Snowball stemmer, the one
 bm25s supports) is applied to the tokens of ``msmarco_search.text.tokenize``, so BM25 sees the same words as
-the towers, only stemmed; the towers' own tokens are never stemmed.
+the towers, only stemmed (the towers' vocabulary has its own stemmer setting, ``--stemmer``, off by default).
 
 A built index can be saved to a folder (bm25s's numpy arrays and JSON vocabulary, read back memory-mapped,
 never unpickled) with a ``bm25.json`` record of its settings and collection, so a later run reuses it and a
@@ -27,9 +27,8 @@ import numpy as np
 from .errors import PipelineError, first_line
 from .fileio import load_json, save_json
 from .report import progress
-from .text import TEXT_BREAK, TOKENIZER_VERSION, tokenize, tokenize_many
+from .text import STEMMERS, TEXT_BREAK, TOKENIZER_VERSION, load_stemmer, tokenize, tokenize_many
 
-STEMMERS = ("english", "none")
 DEFAULT_STEMMER = "english"
 RECORD = "bm25.json"
 KIND_BM25 = "bm25-index"
@@ -50,19 +49,11 @@ class BM25Settings:
         return f"bm25s, k1 {self.k1}, b {self.b}, {stem}"
 
 
-def _stemmer(name: str) -> Any:
-    if name == "none":
-        return None
-    import Stemmer  # PyStemmer
-
-    return Stemmer.Stemmer(name)
-
-
 class BM25Tokenizer:
     """The project's tokens, Snowball-stemmed unless the stemmer is ``none``."""
 
     def __init__(self, stemmer: str = DEFAULT_STEMMER):
-        self._stemmer = _stemmer(stemmer)
+        self._stemmer = load_stemmer(stemmer)
 
     def __call__(self, text: str) -> list[str]:
         tokens = tokenize(text)
@@ -247,7 +238,7 @@ class _TermIds(dict):
 
     def __init__(self, stemmer: str):
         super().__init__({TEXT_BREAK: -1})
-        self._stemmer = _stemmer(stemmer)
+        self._stemmer = load_stemmer(stemmer)
         self.terms: dict[str, int] = {}
 
     def __missing__(self, token: str) -> int:

@@ -34,8 +34,8 @@ from .fileio import (
 )
 from .report import info, progress, warn
 from .sources import Source
-from .text import TOKENIZER_VERSION, tokenize
-from .vocab import PAD_ID, UNK_ID, Vocabulary, vocabulary_fingerprint
+from .text import TOKENIZER_VERSION
+from .vocab import PAD_ID, UNK_ID, Vocabulary, read_stemmer, vocabulary_fingerprint
 
 EMBEDDINGS_FILENAME = "msmarco_word2vec.pt"
 GENSIM_FILENAME = "msmarco_word2vec.gensim"
@@ -56,8 +56,8 @@ class CbowSettings:
         return self.workers or multiprocessing.cpu_count()
 
 
-def corpus_cache_path(source: Source, data_dir: str | Path, max_samples: int | None) -> Path:
-    key = cache_key(source.identity(), max_samples, TOKENIZER_VERSION)
+def corpus_cache_path(source: Source, data_dir: str | Path, max_samples: int | None, stemmer: str = "none") -> Path:
+    key = cache_key(source.identity(), max_samples, TOKENIZER_VERSION, stemmer)
     return Path(data_dir) / f"cbow_corpus_{key}.txt"
 
 
@@ -84,9 +84,12 @@ def _cached_corpus_count(path: Path) -> int | None:
     return count
 
 
-def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None) -> tuple[Path, int]:
-    """The tokenised corpus file for ``source`` (built once, then reused) and its number of texts."""
-    path = corpus_cache_path(source, data_dir, max_samples)
+def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None, stemmer: str = "none"
+                   ) -> tuple[Path, int]:
+    """The tokenised corpus file for ``source`` (built once, then reused) and its number of texts; with a
+    ``stemmer``, its words are stems (``Vocabulary.tokens``), and so are the vectors' words."""
+    path = corpus_cache_path(source, data_dir, max_samples, stemmer)
+    words = Vocabulary.from_words([], stemmer).tokens
     cached = _cached_corpus_count(path)
     if cached is not None:
         info(f"📦 Loading cached processed texts from {path}...")
@@ -101,7 +104,7 @@ def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None
         nonlocal count
         with open(tmp, "w", encoding="utf-8") as out:
             for text in progress(source.corpus_texts(max_samples), desc="Tokenising corpus", unit="text"):
-                tokens = tokenize(text)
+                tokens = words(text)
                 if tokens:
                     out.write(" ".join(tokens))
                     out.write("\n")
@@ -112,7 +115,8 @@ def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None
         path.unlink(missing_ok=True)
         raise PipelineError(f"no text with any word was read from {source.description}")
     save_json({"texts": count, "bytes": path.stat().st_size, "source": source.description,
-               "max_samples": max_samples, "tokenizer": TOKENIZER_VERSION}, _corpus_record_path(path))
+               "max_samples": max_samples, "tokenizer": TOKENIZER_VERSION, "stemmer": stemmer},
+              _corpus_record_path(path))
     info(f"✅ Processed and cached {count:,} text documents in {path}")
     return path, count
 
@@ -423,20 +427,21 @@ def _check_tables(model: Any, count: int, path: Path) -> None:
         raise PipelineError("gensim model's weights hold NaN or infinite values", path)
 
 
-def embeddings_from_gensim(model: Any) -> tuple[torch.Tensor, Vocabulary]:
-    """The embedding matrix with ``<pad>`` (zeros) at 0 and ``<unk>`` (the mean vector) at 1."""
+def embeddings_from_gensim(model: Any, stemmer: str = "none") -> tuple[torch.Tensor, Vocabulary]:
+    """The embedding matrix with ``<pad>`` (zeros) at 0 and ``<unk>`` (the mean vector) at 1; ``stemmer``: the
+    one the corpus was stemmed with (the vocabulary then stems the text it encodes)."""
     vectors = np.asarray(model.wv.vectors, dtype=np.float32)
     matrix = np.zeros((len(vectors) + 2, vectors.shape[1]), dtype=np.float32)
     matrix[UNK_ID] = vectors.mean(axis=0)
     matrix[2:] = vectors
     matrix[PAD_ID] = 0.0
-    return torch.from_numpy(matrix), Vocabulary.from_words(model.wv.index_to_key)
+    return torch.from_numpy(matrix), Vocabulary.from_words(model.wv.index_to_key, stemmer)
 
 
 def save_embeddings(path: Path, matrix: torch.Tensor, vocab: Vocabulary, metadata: dict[str, Any]) -> Path:
     return save_torch(
         {"embeddings": matrix, "word_to_index": vocab.word_to_index, "index_to_word": vocab.index_to_word,
-         "vocabulary_fingerprint": vocabulary_fingerprint(vocab), "metadata": metadata},
+         "stemmer": vocab.stemmer, "vocabulary_fingerprint": vocabulary_fingerprint(vocab), "metadata": metadata},
         path, KIND_EMBEDDINGS,
     )
 
@@ -459,8 +464,8 @@ def load_embeddings(path: str | Path) -> tuple[torch.Tensor, Vocabulary, dict[st
     if not all(isinstance(word, str) for word in words):
         raise PipelineError("embeddings vocabulary holds something other than words", path)
     try:
-        vocab = Vocabulary(words)
-    except ValueError as error:
+        vocab = Vocabulary(words, read_stemmer(data))
+    except (ValueError, TypeError) as error:
         raise PipelineError(str(error), path) from error
     if "vocabulary_fingerprint" in data:  # files from before the fingerprint have none to check
         check_own_vocabulary(data["vocabulary_fingerprint"], vocabulary_fingerprint(vocab), path)

@@ -92,6 +92,8 @@ def build_tokenizer(vocab: Vocabulary, max_length: int | None) -> Tokenizer:
     pattern = TOKEN_PATTERNS.get(TOKENIZER_VERSION)
     if pattern is None:
         raise PipelineError(f"the export does not know the token rules {TOKENIZER_VERSION!r} of msmarco_search.text")
+    if vocab.stemmer != "none":  # check_exportable says it first, naming the file
+        raise PipelineError(_STEMMED)
     tokenizer = Tokenizer(WordLevel(dict(vocab.word_to_index), unk_token=UNK))
     # text.normalize's steps in its order. Python's str.lower() and the Lowercase normalizer both apply Unicode's
     # full lower-case mapping (İ -> i + dot), and StripAccents drops every combining mark, as text's \p{M} does.
@@ -159,7 +161,13 @@ def tower_modules(tower: MeanPoolTower, vocab: Vocabulary, max_length: int | Non
     return [static_embedding(tower, vocab, max_length), *head_modules(tower)]
 
 
+_STEMMED = ("its words are stems (CBOW --stemmer), and a sentence-transformers tokenizer cannot stem; export a "
+            "model trained on unstemmed vectors")
+
+
 def check_exportable(model: TwoTowerModel, path: str | Path) -> None:
+    if model.vocab.stemmer != "none":  # a WordLevel tokenizer looks words up as written; no tokenizers module stems
+        raise PipelineError(_STEMMED, path)
     if model.config.tower != "mean":
         raise PipelineError(f"a {model.config.tower!r} tower cannot be written as static sentence-transformers "
                             "modules (only 'mean' towers can be exported)", path)

@@ -30,7 +30,7 @@ from .fileio import KIND_TWO_TOWER, check_own_vocabulary, check_vocabulary, load
 from .optim import RowAdam
 from .provenance import merge_provenance
 from .report import warn
-from .vocab import PAD_ID, Vocabulary, inverse_document_frequency, vocabulary_fingerprint
+from .vocab import PAD_ID, Vocabulary, inverse_document_frequency, read_stemmer, vocabulary_fingerprint
 
 TOWERS = ("mean", "gru")
 
@@ -342,7 +342,8 @@ def save_two_tower(path: str | Path, model: TwoTowerModel, extra: dict[str, Any]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     vocab = model.vocab
     return save_torch({"model_id": uuid.uuid4().hex, "config": asdict(model.config), "state_dict": state,
-                       "index_to_word": vocab.index_to_word, "vocabulary_fingerprint": vocabulary_fingerprint(vocab),
+                       "index_to_word": vocab.index_to_word, "stemmer": vocab.stemmer,
+                       "vocabulary_fingerprint": vocabulary_fingerprint(vocab),
                        **extra}, path, KIND_TWO_TOWER)
 
 
@@ -393,7 +394,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
             value, kind = getattr(config, field.name), kinds.get(str(field.type))
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
                 raise TypeError(f"config field {field.name} is {short(value)}, not {kinds_named[field.type]}")
-        vocab = Vocabulary(words)
+        vocab = Vocabulary(words, read_stemmer(data))
         if len(vocab) != config.vocab_size:
             raise ValueError(f"its vocabulary has {len(vocab)} words but its config says {config.vocab_size}")
         # the shapes the config implies, computed (no memory): a config of absurd sizes is refused here instead

@@ -1,23 +1,44 @@
-"""Word <-> index, with padding at 0 and unknown words at 1, and text -> token-id arrays."""
+"""Word <-> index, with padding at 0 and unknown words at 1, and text -> token-id arrays.
+
+The vocabulary owns how text becomes its words (as sentence-transformers' ``StaticEmbedding`` owns its tokenizer):
+the project's tokens (``msmarco_search.text``), Snowball-stemmed when the vocabulary was made from stemmed text
+(``stemmer``, recorded with the words wherever they are saved, and part of the fingerprint).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice, repeat
+from typing import Any
 
 import numpy as np
 
 from .arrays import TokenArrays
 from .report import progress
-from .text import TEXT_BREAK, tokenize, tokenize_many
+from .text import TEXT_BREAK, load_stemmer, tokenize, tokenize_many
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 
 
+class _StemmedIds(dict):
+    """Raw token -> id of its stem (``UNK_ID`` when the stem is not a word), each distinct token stemmed once;
+    the text break of ``tokenize_many`` maps to -1."""
+
+    def __init__(self, word_to_index: dict[str, int], stemmer: Any):
+        super().__init__({TEXT_BREAK: -1})
+        self._words, self._stem = word_to_index, stemmer.stemWord
+
+    def __missing__(self, token: str) -> int:
+        value = self[token] = self._words.get(self._stem(token), UNK_ID)
+        return value
+
+
 class Vocabulary:
-    def __init__(self, index_to_word: Sequence[str]):
+    def __init__(self, index_to_word: Sequence[str], stemmer: str = "none"):
+        self.stemmer = stemmer
+        self._stemmer = load_stemmer(stemmer)  # ValueError for an unknown name
         if list(index_to_word[:2]) != [PAD, UNK]:
             raise ValueError(f"a vocabulary starts with {PAD!r} and {UNK!r}")
         self.index_to_word = list(index_to_word)
@@ -29,8 +50,19 @@ class Vocabulary:
         self._chunk_lookup: dict[str, int] | None = None
 
     @classmethod
-    def from_words(cls, words: Iterable[str]) -> Vocabulary:
-        return cls([PAD, UNK, *words])
+    def from_words(cls, words: Iterable[str], stemmer: str = "none") -> Vocabulary:
+        return cls([PAD, UNK, *words], stemmer)
+
+    def __getstate__(self) -> dict[str, Any]:  # for DataLoader workers: the PyStemmer object does not pickle
+        return {"index_to_word": self.index_to_word, "stemmer": self.stemmer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["index_to_word"], state["stemmer"])
+
+    def tokens(self, text: str) -> list[str]:
+        """The words of ``text`` as this vocabulary spells them: the project's tokens, stemmed if it stems."""
+        tokens = tokenize(text)
+        return self._stemmer.stemWords(tokens) if self._stemmer is not None and tokens else tokens
 
     def __len__(self) -> int:
         return len(self.index_to_word)
@@ -38,15 +70,21 @@ class Vocabulary:
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         """Token ids of ``text`` (unknown words -> ``UNK_ID``), cut at ``max_length`` tokens."""
         lookup = self.word_to_index.get
-        ids = [lookup(token, UNK_ID) for token in tokenize(text)]
+        ids = [lookup(token, UNK_ID) for token in self.tokens(text)]
         return ids[:max_length] if max_length else ids
 
     def encode_chunk(self, texts: list[str], max_length: int | None = None) -> TokenArrays:
         """``encode`` for a list of texts, vectorised: one regex pass, a C-level dictionary map, numpy cuts."""
-        if self._chunk_lookup is None:
-            self._chunk_lookup = {**self.word_to_index, TEXT_BREAK: -1}
         tokens = tokenize_many(texts)
-        ids = np.fromiter(map(self._chunk_lookup.get, tokens, repeat(UNK_ID)), dtype=np.int32, count=len(tokens))
+        if self._stemmer is not None:
+            if self._chunk_lookup is None:
+                self._chunk_lookup = _StemmedIds(self.word_to_index, self._stemmer)
+            found = map(self._chunk_lookup.__getitem__, tokens)
+        else:
+            if self._chunk_lookup is None:
+                self._chunk_lookup = {**self.word_to_index, TEXT_BREAK: -1}
+            found = map(self._chunk_lookup.get, tokens, repeat(UNK_ID))
+        ids = np.fromiter(found, dtype=np.int32, count=len(tokens))
         breaks = np.flatnonzero(ids < 0)  # one after each text's last token
         starts = np.concatenate([[0], breaks[:-1] + 1])
         lengths = breaks - starts
@@ -78,9 +116,21 @@ class Vocabulary:
         return TokenArrays.concatenate(parts)
 
 
+def read_stemmer(data: dict[str, Any]) -> str:
+    """The ``stemmer`` a saved vocabulary records (files from before it have none: ``none``); TypeError or
+    ValueError for anything but a known name."""
+    stemmer = data.get("stemmer", "none")
+    if not isinstance(stemmer, str):
+        raise TypeError(f"its stemmer is a {type(stemmer).__name__}, not a name")
+    load_stemmer(stemmer)
+    return stemmer
+
+
 def vocabulary_fingerprint(vocab: Vocabulary) -> str:
-    """A short hash of the word list: files made with one vocabulary record it, and another is refused."""
-    digest = hashlib.sha256("\n".join(vocab.index_to_word).encode("utf-8"))
+    """A short hash of the word list (and the stemmer, if any): files made with one vocabulary record it, and
+    another is refused."""
+    text = "\n".join(vocab.index_to_word) + ("" if vocab.stemmer == "none" else f"\n\0stemmer:{vocab.stemmer}")
+    digest = hashlib.sha256(text.encode("utf-8"))
     return digest.hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ from conftest import CBOW_SCRIPT, SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, ru
 from msmarco_search.cbow import load_embeddings
 from msmarco_search.model import TwoTowerConfig, TwoTowerModel, load_model
 from msmarco_search.triplets import load_triplets, metadata_path
+from msmarco_search.vocab import Vocabulary, vocabulary_fingerprint
 
 
 def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_file):
@@ -38,6 +39,39 @@ def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_
                        "--vector-size", "16", "--epochs", "1", "-c", tmp_path / "ckpt", cwd=tmp_path)
     assert "Loading cached processed texts" not in other.stdout
     assert len(list((tmp_path / "data").glob("cbow_corpus_*.txt"))) == 2
+
+
+def test_stemmed_vectors_give_a_model_that_stems_what_it_reads(tmp_path, capsys):
+    """CBOW --stemmer english: the vectors are of stems, and the vocabulary (saved with them, then with the
+    two-tower trained on them) stems every text it encodes, so "running" and "runs" are one word to the model.
+    The export refuses such a model (a sentence-transformers tokenizer cannot stem)."""
+    from test_reliability import assert_one_line_error, cli
+
+    rng = random.Random(0)
+    forms = ["running", "runs", "runner", "cats", "cat", "connected", "connection", "connects", "jumping", "jumped"]
+    lines = [f"d{i}\t" + " ".join(rng.choices(forms, k=12)) for i in range(150)]
+    (tmp_path / "collection.tsv").write_text("\n".join(lines) + "\n")
+    run_script(CBOW_SCRIPT, "--dataset-path", tmp_path / "collection.tsv", "--stemmer", "english", "--min-count",
+               "1", "--vector-size", "16", "--epochs", "1", "--workers", "1", "-c", tmp_path / "ck",
+               "--no-word-benchmarks", cwd=tmp_path)
+    _, vocab, metadata = load_embeddings(tmp_path / "ck" / "msmarco_word2vec.pt")
+    assert vocab.stemmer == metadata["stemmer"] == "english"
+    assert {"run", "cat", "connect", "jump"} <= set(vocab.index_to_word) and "running" not in vocab.word_to_index
+    assert vocab.encode("Running cats") == vocab.encode("runs cat") == [vocab.word_to_index[w] for w in ("run", "cat")]
+    assert vocabulary_fingerprint(vocab) != vocabulary_fingerprint(Vocabulary(vocab.index_to_word))
+
+    status, _, err = cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tmp_path / "collection.tsv",
+                         "--output", tmp_path / "t.pkl", "--data-dir", tmp_path / "data")
+    assert status == 0, err
+    status, _, err = cli(capsys, TRAIN_SCRIPT, tmp_path / "t.pkl", "--embeddings", tmp_path / "ck" /
+                         "msmarco_word2vec.pt", "--epochs", "1", "--output", tmp_path / "m.pt",
+                         "--data-dir", tmp_path / "data")
+    assert status == 0, err
+    model = load_model(tmp_path / "m.pt")
+    assert model.vocab.stemmer == "english"
+    assert np.array_equal(model.encode_queries(["running cats"]), model.encode_queries(["runs cat"]))
+    assert_one_line_error(cli(capsys, "training/export_sentence_transformers.py", tmp_path / "m.pt", "--output-dir",
+                              tmp_path / "st"), "m.pt", "stems")
 
 
 def test_triplets_from_rows_match_their_metadata(trained_pipeline, corpus):

@@ -28,6 +28,7 @@ from msmarco_search.cbow import (
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.fileio import ensure_writable_dir
 from msmarco_search.report import info, warn
+from msmarco_search.text import STEMMERS
 
 
 def _at_most(limit: int, base: Callable[[str], int], why: str) -> Callable[[str], int]:
@@ -63,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="continue training a gensim model saved with --save-gensim-model")
     parser.add_argument("--save-gensim-model", action="store_true",
                         help=f"also save the full gensim model ({GENSIM_FILENAME}) to continue later")
+    parser.add_argument("--stemmer", choices=STEMMERS, default="none",
+                        help="stem the corpus's words (Snowball English) before training, so the vectors, and the "
+                             "two-tower trained on them, are of stems; recorded in the embeddings file (none). "
+                             "With --resume-from, give the stemmer the model was trained with")
     parser.add_argument("--no-word-benchmarks", action="store_true",
                         help="skip the analogy and word-similarity benchmarks printed at the end")
     add_source_arguments(parser)
@@ -120,7 +125,7 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
         resumed = load_gensim_model(args.resume_from)
         _warn_about_ignored_flags(args, resumed)
     source = source_from_args(args)
-    corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples)
+    corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples, args.stemmer)
     info(f"✅ Dataset loaded (cached in: {args.data_dir})")
     settings = CbowSettings(vector_size=args.vector_size, window=args.window, min_count=args.min_count,
                             epochs=args.epochs, workers=args.workers, seed=args.seed)
@@ -132,8 +137,9 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
     model, seconds = train_cbow(corpus_file, settings, model=resumed)
     info(f"Training completed in {seconds:.2f} seconds ({seconds / 60:.2f} minutes)")
 
-    matrix, vocab = embeddings_from_gensim(model)
-    metadata = {"settings": vars(settings), "source": source.description, "max_samples": args.max_samples,
+    matrix, vocab = embeddings_from_gensim(model, args.stemmer)
+    metadata = {"settings": vars(settings), "stemmer": args.stemmer, "source": source.description,
+                "max_samples": args.max_samples,
                 "training_seconds": seconds, "corpus_file": str(corpus_file),
                 "words_in_corpus": int(model.corpus_total_words),
                 "resumed_from": None if args.resume_from is None else str(args.resume_from)}
