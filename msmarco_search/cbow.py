@@ -25,11 +25,11 @@ from .fileio import (
     KIND_EMBEDDINGS,
     atomic_write,
     cache_key,
+    cached_record,
     check_own_vocabulary,
-    load_json,
     load_third_party_pickle,
     load_torch,
-    save_json,
+    save_cache_record,
     save_torch,
 )
 from .report import info, progress, warn
@@ -61,27 +61,15 @@ def corpus_cache_path(source: Source, data_dir: str | Path, max_samples: int | N
     return Path(data_dir) / f"cbow_corpus_{key}.txt"
 
 
-def _corpus_record_path(corpus: Path) -> Path:
-    return corpus.with_suffix(".json")
-
-
 def _cached_corpus_count(path: Path) -> int | None:
     """The text count of a cached corpus, or None when the cache is absent or does not match its record.
 
     The record (written after the corpus) holds the corpus's size: a corpus edited, cut short or replaced
     since is rebuilt, not trained on.
     """
-    record_path = _corpus_record_path(path)
-    if not path.is_file() or not record_path.is_file():
-        return None
-    try:
-        record = load_json(record_path)
-        size, count = record["bytes"], record["texts"]
-    except (PipelineError, KeyError, TypeError):
-        return None
-    if not isinstance(count, int) or count <= 0 or size != path.stat().st_size:
-        return None
-    return count
+    record = cached_record(path)
+    count = None if record is None else record.get("texts")
+    return count if isinstance(count, int) and count > 0 else None
 
 
 def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None, stemmer: str = "none"
@@ -114,9 +102,8 @@ def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None
     if count == 0:
         path.unlink(missing_ok=True)
         raise PipelineError(f"no text with any word was read from {source.description}")
-    save_json({"texts": count, "bytes": path.stat().st_size, "source": source.description,
-               "max_samples": max_samples, "tokenizer": TOKENIZER_VERSION, "stemmer": stemmer},
-              _corpus_record_path(path))
+    save_cache_record(path, texts=count, source=source.description, max_samples=max_samples,
+                      tokenizer=TOKENIZER_VERSION, stemmer=stemmer)
     info(f"✅ Processed and cached {count:,} text documents in {path}")
     return path, count
 

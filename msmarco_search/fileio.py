@@ -196,6 +196,32 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
+def cache_record_path(path: str | Path) -> Path:
+    """Where the record of a cached derived file lies: beside it, ``NAME.json`` for ``NAME.txt``/``NAME.tsv``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_cache_record(path: str | Path, **fields: Any) -> Path:
+    """Record a cached file just written (its size, with ``fields``), after the file itself: a later run trusts
+    the cache only while the record is there and the size still matches (``cached_record``)."""
+    return save_json({**fields, "bytes": Path(path).stat().st_size}, cache_record_path(path))
+
+
+def cached_record(path: str | Path) -> dict[str, Any] | None:
+    """The record of the cached file at ``path``, or None when the file or its record is missing, or the record
+    is damaged or does not match the file (cut short, edited, replaced): then the cache is rebuilt, not used."""
+    path, record_path = Path(path), cache_record_path(path)
+    if not path.is_file() or not record_path.is_file():
+        return None
+    try:
+        record = load_json(record_path)
+    except PipelineError:
+        return None
+    if not isinstance(record, dict) or record.get("bytes") != path.stat().st_size:
+        return None
+    return record
+
+
 def save_json(data: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 

@@ -117,3 +117,21 @@ def test_the_cbow_corpus_drops_evaluation_queries_however_they_are_written(tmp_p
     evaluation = TsvFiles(collection=tmp_path / "collection.tsv", queries=tmp_path / "queries.tsv")
     assert list(corpus_lines(source, evaluation, [extra])) == [
         "a training text", "A lobster roll is a sandwich.", "causes of anemia in dogs"]
+
+
+def test_a_damaged_cached_cbow_corpus_is_rebuilt_not_reused(tmp_path, capsys):
+    """The workflow reuses its CBOW corpus only while the file matches the record written after it."""
+    from types import SimpleNamespace
+
+    from msmarco_search.driver.pipeline import write_corpus
+
+    source = SimpleNamespace(corpus_texts=lambda: iter(["first text", "second  text"]), identity=lambda: "fixture")
+    workflow = SimpleNamespace(args=SimpleNamespace(extra_text=[]), source=source, data_dir=tmp_path)
+    path = write_corpus(workflow, None)
+    assert path.read_text() == "t0\tfirst text\nt1\tsecond text\n"
+    assert json.loads(path.with_suffix(".json").read_text())["texts"] == 2
+    assert write_corpus(workflow, None) == path and "corpus: reusing" in capsys.readouterr().out
+    path.write_text("t0\tfirst text\n")  # cut short (a killed copy, a full disk)
+    write_corpus(workflow, None)
+    assert "does not match its record" in capsys.readouterr().err
+    assert path.read_text() == "t0\tfirst text\nt1\tsecond text\n"

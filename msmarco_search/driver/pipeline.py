@@ -35,9 +35,9 @@ from pathlib import Path
 
 from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
-from ..fileio import atomic_write, cache_key, ensure_writable_dir, file_identity
+from ..fileio import atomic_write, cache_key, cached_record, ensure_writable_dir, file_identity, save_cache_record
 from ..provenance import query_fingerprint
-from ..report import info
+from ..report import info, warn
 from ..sources import Source, TsvFiles, TsvSource, read_collection, read_queries, tsv_files_from
 from ..text import TOKENIZER_VERSION
 
@@ -163,16 +163,21 @@ def write_corpus(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
     key = cache_key("pipeline-corpus-v2", TOKENIZER_VERSION, workflow.source.identity(), evaluated,
                     *(file_identity(path) for path in args.extra_text))
     path = workflow.data_dir / f"pipeline_corpus_{key}" / "collection.tsv"
-    if path.is_file():
+    if cached_record(path) is not None:
         info(f"\n== corpus: reusing {path}")
         return path
+    if path.exists():
+        warn(f"{path}: cached corpus does not match its record (damaged, or from an older version); rebuilding it")
+    lines = 0
 
     def write(tmp: Path) -> None:
+        nonlocal lines
         with open(tmp, "w", encoding="utf-8") as handle:
-            for number, line in enumerate(corpus_lines(workflow.source, evaluation, args.extra_text)):
-                handle.write(f"t{number}\t{line}\n")
+            for lines, line in enumerate(corpus_lines(workflow.source, evaluation, args.extra_text), start=1):
+                handle.write(f"t{lines - 1}\t{line}\n")
 
     atomic_write(path, write)
+    save_cache_record(path, texts=lines, tokenizer=TOKENIZER_VERSION)
     info(f"\n== corpus: wrote {path}")
     return path
 
