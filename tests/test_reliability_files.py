@@ -213,6 +213,21 @@ def test_a_word_listed_twice_in_a_model_or_embeddings_file_is_refused(work, caps
         assert_one_line_error(cli(capsys, script, *args), "dup.pt", f"lists the word {word!r} twice")
 
 
+@pytest.mark.parametrize("stemmer", [3, "porter", None])
+def test_a_model_or_embeddings_file_with_a_bad_stemmer_is_refused(work, capsys, trained_pipeline, stemmer):
+    """The stemmer a vocabulary records (CBOW --stemmer) decides how every text is encoded: one that is not a
+    known name is refused in one line, not guessed."""
+    import torch
+
+    for source, script, args in ((trained_pipeline["model"], SEARCH, ("query", work / "stem.pt", "what is x")),
+                                 (trained_pipeline["embeddings"], TRAIN_SCRIPT,
+                                  (trained_pipeline["triplets"], "--embeddings", work / "stem.pt", "--no-save"))):
+        data = torch.load(source, weights_only=True)
+        data["stemmer"] = stemmer
+        torch.save(data, work / "stem.pt")
+        assert_one_line_error(cli(capsys, script, *args), "stem.pt", "stemmer")
+
+
 def test_training_never_writes_its_model_over_its_own_input(work, capsys, trained_pipeline):
     triplets = work / "t.pkl"
     shutil.copy(trained_pipeline["triplets"], triplets)
