@@ -129,8 +129,7 @@ class BM25Index:
             self._retriever.save(str(tmp), show_progress=False)
             record = {"kind": KIND_BM25, **asdict(self.settings), "tokenizer": TOKENIZER_VERSION,
                       "count": len(self), "collection": collection,
-                      "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())},
-                      "digests": {p.name: _digest(p) for p in sorted(tmp.glob("*.json"))}}
+                      **_file_record(tmp)}
             save_json(record, tmp / RECORD)
             shutil.rmtree(directory, ignore_errors=True)
             os.replace(tmp, directory)
@@ -161,9 +160,21 @@ class BM25Index:
         return index
 
 
+def _file_record(directory: Path) -> dict[str, dict[str, Any]]:
+    """Each file of a saved index: its size, SHA-256 and modification time (``files``, ``digests``, ``stamps``).
+
+    An edit that keeps the size (two words' ids swapped in the vocabulary, scores or rows rewritten in place)
+    would otherwise pass the size check and score the wrong passages. The arrays are the index's bulk (1.4 GB
+    at 2M passages), so a load hashes them only when a file's modification time is not the one recorded (edited,
+    or copied without its times): an unchanged index loads without reading them.
+    """
+    files = sorted(p for p in directory.iterdir() if p.name != RECORD)
+    return {"files": {p.name: p.stat().st_size for p in files}, "digests": {p.name: _digest(p) for p in files},
+            "stamps": {p.name: p.stat().st_mtime_ns for p in files}}
+
+
 def _digest(path: Path) -> str:
-    """SHA-256 of a small file of the saved index (its JSON: the vocabulary and parameters). An edit that keeps
-    the size (two words' ids swapped) would otherwise pass the size check and score the wrong words."""
+    """SHA-256 of a file of the saved index."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -209,14 +220,16 @@ def check_saved(directory: Path, settings: BM25Settings, collection: dict[str, A
     if record.get("collection") != collection or record.get("count") != count:
         raise PipelineError(f"BM25 index was built over another collection ({record.get('collection')}, "
                             f"{record.get('count')} passages), not {collection} ({count} passages); rebuild it", path)
-    files, digests = record.get("files", {}), record.get("digests", {})  # no digests: an index of an older version
-    if not isinstance(files, dict) or not isinstance(digests, dict):
-        raise PipelineError("BM25 index record is damaged (files or digests not a mapping); rebuild it", path)
+    # no digests or stamps: an index of an older version (its JSON files were hashed, its arrays not)
+    files, digests, stamps = record.get("files", {}), record.get("digests", {}), record.get("stamps", {})
+    if not all(isinstance(part, dict) for part in (files, digests, stamps)):
+        raise PipelineError("BM25 index record is damaged (files, digests or stamps not a mapping); rebuild it", path)
     for name, size in files.items():
         file = directory / str(name)
         if not file.is_file() or file.stat().st_size != size:
             raise PipelineError("missing or changed since the BM25 index was built; rebuild it", file)
-        if name in digests and _digest(file) != digests[name]:
+        untouched = name in stamps and stamps[name] == file.stat().st_mtime_ns
+        if name in digests and not untouched and _digest(file) != digests[name]:
             raise PipelineError("changed since the BM25 index was built (its content differs); rebuild it", file)
     return record
 
@@ -412,7 +425,6 @@ def build_streamed(texts: Iterable[str], count: int, settings: BM25Settings, dir
     (directory / _PARAMS).write_text(json.dumps(params, indent=4))
     record = {"kind": KIND_BM25, **asdict(settings), "tokenizer": TOKENIZER_VERSION, "count": passages,
               "postings": postings, "collection": collection,
-              "files": {p.name: p.stat().st_size for p in sorted(directory.iterdir())},
-              "digests": {p.name: _digest(p) for p in sorted(directory.glob("*.json"))}}
+              **_file_record(directory)}
     save_json(record, directory / RECORD)
     return record
