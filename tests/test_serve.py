@@ -147,6 +147,15 @@ def test_page_escapes_the_query_and_the_passages(client):
     assert bad.status_code == 400 and "k must be" in bad.text and "<form" in bad.text
 
 
+def test_the_page_marks_words_beyond_ascii_and_shows_mojibake_repaired():
+    """The marks follow the tokens: an accented word matches its unaccented query word, and MS MARCO v1's
+    mojibake is shown as the text it was (as the tokens see it), not as Latin-1 debris."""
+    assert highlight("Café au lait — İstanbul", "cafe istanbul") == (
+        "<mark>Café</mark> au lait — <mark>İstanbul</mark>")
+    assert highlight("donâ\x80\x99t stop", "dont") == "don’t stop"
+    assert highlight("EncyclopÃ¦dia Britannica", "encyclopædia") == "<mark>Encyclopædia</mark> Britannica"
+
+
 def test_serve_refuses_a_port_in_use_in_one_line(search_setup):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
