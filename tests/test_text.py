@@ -81,3 +81,14 @@ def test_word_spans_are_the_texts_own_positions():
     assert [(text[start:end], tokens) for start, end, tokens in spans] == [
         ("İstanbul", ["istanbul"]), ("s", ["s"]), ("CAFÉ", ["cafe"]), ("ﬁne", ["fine"])]
     assert normalize("CAFÉ") == "cafe"
+
+
+def test_every_combining_mark_is_stripped_and_nothing_else():
+    import unicodedata
+
+    from msmarco_search.text import _strip_marks
+
+    every = "".join(chr(code) for code in range(0x110000) if unicodedata.category(chr(code)).startswith("M"))
+    others = "".join(chr(code) for code in range(0x110000) if not unicodedata.category(chr(code)).startswith("M")
+                     and not 0xD800 <= code < 0xE000)
+    assert _strip_marks(every) == "" and _strip_marks(others) == others
