@@ -5,6 +5,7 @@
 #
 #   nice -n 10 bash benchmarks/bench_scale.sh MODEL N WORK_DIR [extra index flags...]
 #   e.g. nice -n 10 bash benchmarks/bench_scale.sh /tmp/scale/model.pt 8841823 /tmp/scale/run
+#   FAISS=none: the dense index and BM25 only (IVF-PQ's k-means alone takes ~20 min at 8.8M on 2 cores)
 #
 # WORK_DIR gets collection_N.tsv (~375 bytes a passage: 3.3 GB at 8.8M; never put it in the repository)
 # and the index. Queries: the 43 judged DL 2019 queries and 1,000 MS MARCO dev queries.
@@ -24,9 +25,12 @@ fi
 head -n 1000 "$DATA/msmarco-queries/queries.dev.small.tsv" > "$WORK/dev1000.tsv"
 INDEX=$WORK/index_$N
 timed() { /usr/bin/time -v "$@" 2> >(grep -E "Elapsed|Maximum resident|User time|System time" >&2); }
-echo "== index $N passages: dense + faiss ivfpq + BM25"
+FAISS=${FAISS:-ivfpq}
+faiss=()
+[[ $FAISS != none ]] && faiss=(--faiss "$FAISS" --recall-queries "$WORK/dev1000.tsv")
+echo "== index $N passages: dense + ${faiss[1]:-no} faiss + BM25"
 timed uv run --project "$ROOT" "$ROOT/search/search.py" index "$MODEL" --dataset-path "$COLLECTION" \
-  --index-dir "$INDEX" --faiss ivfpq --recall-queries "$WORK/dev1000.tsv" "$@"
+  --index-dir "$INDEX" "${faiss[@]}" "$@"
 uv run --project "$ROOT" python -c "import json,sys; m=json.load(open(sys.argv[1])); \
 print({k: m[k] for k in ('count','dtype','encode_seconds')}, m['bm25'], m['faiss'])" "$INDEX/manifest.json"
 du -sh "$INDEX" "$INDEX"/* "$INDEX"/bm25/*
