@@ -115,6 +115,15 @@ def seed_groups(metrics: Mapping[str, Mapping[str, float]]) -> dict[tuple[str, s
     return grouped
 
 
+def seed_mean_per_query(per_query: Mapping[str, Mapping[str, Mapping[str, float]]]
+                        ) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """``{(setting, system): {metric: {qid: mean over the setting's seeds}}}``, grouped as ``seed_groups`` does:
+    what settings are compared on, query by query (``paired_tests``)."""
+    grouped = seed_groups(per_query)
+    return {key: {metric: {query: statistics.mean(run[metric][query] for run in runs) for query in runs[0][metric]}
+                  for metric in runs[0]} for key, runs in grouped.items()}
+
+
 def seed_summary(metrics: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> dict[str, dict]:
     """For each setting evaluated with several seeds: the mean, min and max over its seeds of each metric.
 

@@ -400,6 +400,32 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
     assert broken.returncode == 2 and "queries.dev.tsv" in broken.stderr and "Traceback" not in broken.stderr
 
 
+def test_mean_over_seeds_compares_settings_on_their_seed_means_with_p_values(tmp_path, capsys):
+    """--baseline: the difference of each setting to the baseline setting, query by query on the mean of its
+    seeds, with scipy's paired t-test and Wilcoxon p-values."""
+    from scipy.stats import ttest_rel, wilcoxon
+    from test_reliability import cli
+
+    queries = [f"q{i}" for i in range(8)]
+    a1, a2 = [0.1 * i for i in range(8)], [0.1 * i + 0.02 for i in range(8)]
+    b1, b2 = [0.1 * i + 0.05 * (i % 3) for i in range(8)], [0.1 * i + 0.03 * (i % 2) + 0.01 for i in range(8)]
+    runs = {"two-tower[a-s1]": a1, "two-tower[a-s2]": a2, "two-tower[b-s1]": b1, "two-tower[b-s2]": b2}
+    report = {"tasks": {"full": {
+        "metrics": {name: {"nDCG@10": sum(v) / 8} for name, v in runs.items()},
+        "per_query": {name: {"nDCG@10": dict(zip(queries, v, strict=True))} for name, v in runs.items()}}}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(report))
+    status, out, err = cli(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "evaluation.json", "--metrics",
+                           "nDCG@10", "--baseline", "a")
+    assert status == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("b "))
+    a = [(x + y) / 2 for x, y in zip(a1, a2, strict=True)]
+    b = [(x + y) / 2 for x, y in zip(b1, b2, strict=True)]
+    expected = f"{(sum(b) - sum(a)) / 8:+.4f} ({ttest_rel(b, a).pvalue:.3f} / {wilcoxon(b, a).pvalue:.3f})"
+    assert row.endswith(expected), (row, expected)
+    status, _, err = cli(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "evaluation.json", "--baseline", "c")
+    assert status == 2 and "no setting 'c' (settings: a, b)" in err
+
+
 def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus, capsys,
                                                               monkeypatch):
     from msmarco_search.model import load_model
