@@ -27,14 +27,16 @@ from .fileio import (
     cache_key,
     cached_record,
     check_own_vocabulary,
+    load_json,
     load_third_party_pickle,
     load_torch,
     save_cache_record,
+    save_json,
     save_torch,
 )
 from .report import info, progress, warn
 from .sources import Source
-from .text import TOKENIZER_VERSION
+from .text import STEMMERS, TOKENIZER_VERSION
 from .vocab import PAD_ID, UNK_ID, Vocabulary, read_stemmer, vocabulary_fingerprint
 
 EMBEDDINGS_FILENAME = "msmarco_word2vec.pt"
@@ -183,14 +185,36 @@ def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | No
     return model, time.perf_counter() - start
 
 
-def save_gensim_model(model: Any, path: str | Path) -> Path:
-    """The full gensim model as one pickle, for ``--resume-from``, written atomically.
+def save_gensim_model(model: Any, path: str | Path, stemmer: str = "none") -> Path:
+    """The full gensim model as one pickle, for ``--resume-from``, written atomically, and beside it
+    ``NAME.json`` with the stemmer its words were made with (gensim's own file has no place for it).
 
     One file: gensim would otherwise put arrays above 10M elements (any real MS MARCO vocabulary at 300-d)
     into side files named after the temporary file, which the rename into place does not carry along, so
     the saved model could not be loaded.
     """
-    return atomic_write(path, lambda tmp: model.save(str(tmp), separately=[], sep_limit=2**62))
+    path = atomic_write(path, lambda tmp: model.save(str(tmp), separately=[], sep_limit=2**62))
+    save_json({"kind": "cbow-gensim-model", "stemmer": stemmer}, _gensim_record(path))
+    return path
+
+
+def _gensim_record(path: Path) -> Path:
+    return path.with_name(f"{path.name}.json")
+
+
+def check_resumed_stemmer(path: str | Path, stemmer: str) -> None:
+    """Refuse to continue a gensim model on text stemmed otherwise than the text it was trained on: its words
+    and the new ones would mix in one vocabulary that says it is one or the other."""
+    record_path = _gensim_record(Path(path))
+    saved = "none"  # a model saved before the record: trained on unstemmed words (there was no --stemmer)
+    if record_path.is_file():
+        record = load_json(record_path)
+        saved = record.get("stemmer") if isinstance(record, dict) else None
+        if saved not in STEMMERS:
+            raise PipelineError(f"names no known stemmer ({short(saved)}); save the model again", record_path)
+    if saved != stemmer:
+        raise PipelineError(f"this model was trained with --stemmer {saved}; continue it with --stemmer {saved}, "
+                            f"not {stemmer}", path)
 
 
 def load_gensim_model(path: str | Path) -> Any:

@@ -157,6 +157,11 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
                            gensim_model)
     assert status == 0, err
     assert "Vocabulary size" in out
+    assert json.loads(gensim_model.with_name("msmarco_word2vec.gensim.json").read_text())["stemmer"] == "none"
+    # continued on stemmed text, its words and the stems would mix in one vocabulary that claims to be stems
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                              gensim_model, "--stemmer", "english"), "msmarco_word2vec.gensim",
+                          "trained with --stemmer none; continue it with --stemmer none, not english")
     # a triplets pickle is no gensim model
     triplets = fileio.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",

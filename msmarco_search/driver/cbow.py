@@ -17,6 +17,7 @@ from msmarco_search.cbow import (
     EMBEDDINGS_FILENAME,
     GENSIM_FILENAME,
     CbowSettings,
+    check_resumed_stemmer,
     claim_output_folder,
     embeddings_from_gensim,
     load_gensim_model,
@@ -123,6 +124,7 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
     resumed = None
     if args.resume_from is not None:  # before the corpus: a bad model is refused at once
         resumed = load_gensim_model(args.resume_from)
+        check_resumed_stemmer(args.resume_from, args.stemmer)
         _warn_about_ignored_flags(args, resumed)
     source = source_from_args(args)
     corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples, args.stemmer)
@@ -146,7 +148,7 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
     path = save_embeddings(checkpoint_dir / EMBEDDINGS_FILENAME, matrix, vocab, metadata)
     info(f"💾 Saved embeddings to {path}")
     if args.save_gensim_model:
-        gensim_path = save_gensim_model(model, checkpoint_dir / GENSIM_FILENAME)
+        gensim_path = save_gensim_model(model, checkpoint_dir / GENSIM_FILENAME, args.stemmer)
         info(f"💾 Saved the gensim model to {gensim_path}")
 
     info("\n=== Model Statistics ===")
