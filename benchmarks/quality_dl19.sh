@@ -256,8 +256,10 @@ SWEEP=${SWEEP:-"scale-40 --scale 40;batch-256 --batch-size 256"}
 if want sweep; then
   [[ -d $split/dev ]] || split_dl21
   models=()
-  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "select/lever-recipe-s$seed")"); done
-  models+=(--model "recipe-soup=$(model select/lever-recipe-soup)")
+  # SWEEP_BASE: the models of the recipe row (default the levers step's; sweep-NAME for a setting swept before)
+  base=${SWEEP_BASE:-lever-recipe}
+  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "select/$base-s$seed")"); done
+  models+=(--model "recipe-soup=$(model "select/$base-soup")")
   IFS=';' read -r -a sweep <<< "$SWEEP"
   for setting in "${sweep[@]}"; do
     read -r name flags <<< "$setting"
@@ -278,8 +280,8 @@ if want sweep; then
   echo "== sweep: training settings on the DL 2021 split, against the recipe"
   uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
     --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
-    --output-dir "$WORK/eval_sweep" --overwrite
-  uv run benchmarks/mean_over_seeds.py "$WORK/eval_sweep/evaluation.json"
+    --output-dir "$WORK/eval_sweep${SWEEP_BASE:+-$SWEEP_BASE}" --overwrite
+  uv run benchmarks/mean_over_seeds.py "$WORK/eval_sweep${SWEEP_BASE:+-$SWEEP_BASE}/evaluation.json" --baseline recipe
 fi
 
 if want fusion; then
