@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .arrays import save_npy
+from .arrays import read_rows, save_npy
 from .bm25 import BM25Settings, build_streamed
 from .distributed import DistributedContext
 from .errors import PipelineError, first_line, short
@@ -583,6 +583,13 @@ class JoinedRows:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the joined matrix, each shard's part read through its file (``read_rows``)."""
+        pieces = [read_rows(part, start - first, stop - first) for part, first in zip(self.parts, self.starts,
+                                                                                      strict=False)
+                  if stop > first and start < first + len(part)]
+        return np.concatenate(pieces) if pieces else self.parts[0][:0].copy()
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, slice):

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .arrays import read_rows
 from .bm25 import BM25Index, BM25Settings
 from .errors import PipelineError
-from .index import BM25_DIR, PassageIds, PassageIndex, collection_identity, saved_bm25_settings
+from .index import BM25_DIR, JoinedRows, PassageIds, PassageIndex, collection_identity, saved_bm25_settings
 from .report import info, progress
 from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, check_fusion, fuse
 from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
@@ -188,8 +189,9 @@ def exact_search(vectors: np.ndarray, queries: torch.Tensor, k: int, chunk_rows:
                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` rows of ``vectors`` by inner product with each query: ``(scores, positions)``, each ``(Q, k)``.
 
-    Reads ``vectors`` (a memory map is fine) ``chunk_rows`` rows at a time and keeps a running top-k, so
-    memory stays at one chunk plus ``Q x k`` whatever the collection size.
+    Reads ``vectors`` (a memory map is fine: read through its file, ``arrays.read_rows``) ``chunk_rows`` rows
+    at a time and keeps a running top-k, so memory stays at one chunk plus ``Q x k`` whatever the collection
+    size.
     """
     count = len(vectors)
     k = min(k, count)
@@ -200,7 +202,9 @@ def exact_search(vectors: np.ndarray, queries: torch.Tensor, k: int, chunk_rows:
     if len(chunks) > 8:
         chunks = progress(chunks, desc="Searching", unit="chunk", total=len(chunks))
     for start in chunks:
-        block = torch.from_numpy(np.array(vectors[start:start + chunk_rows], dtype=np.float32))  # owned, writable
+        rows = vectors.rows(start, start + chunk_rows) if isinstance(vectors, JoinedRows) else read_rows(
+            vectors, start, start + chunk_rows)
+        block = torch.from_numpy(rows.astype(np.float32, copy=False))  # owned, writable
         scores = queries @ block.to(device).T
         top = scores.topk(min(k, scores.shape[1]), dim=1)
         best_scores = torch.cat([best_scores, top.values], dim=1)

@@ -141,6 +141,31 @@ def test_token_arrays_are_checked_chunk_by_chunk(tmp_path, monkeypatch, mmap):
         TokenArrays.load(tmp_path, "late", mmap=mmap, vocab_size=5)
 
 
+def test_rows_of_a_memory_map_are_read_through_its_file_exactly(tmp_path):
+    """read_rows gives the rows slicing would, for maps (2-D vectors, 1-D ids), views of maps and arrays in
+    memory, and shards joined (JoinedRows.rows); a map cut short is one line, not garbage."""
+    from msmarco_search.arrays import read_rows
+    from msmarco_search.index import JoinedRows
+
+    vectors = np.arange(70 * 3, dtype=np.float16).reshape(70, 3)
+    np.save(tmp_path / "v.npy", vectors)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    for start, stop in ((0, 70), (5, 9), (64, 80), (69, 70), (30, 30), (75, 90)):
+        assert np.array_equal(read_rows(mapped, start, stop), vectors[start:stop])
+        assert np.array_equal(read_rows(mapped[10:], start, stop), vectors[10:][start:stop])  # a view of the map
+        assert np.array_equal(read_rows(vectors, start, stop), vectors[start:stop])
+    ids = np.arange(1000, dtype=np.int32)
+    np.save(tmp_path / "i.npy", ids)
+    assert np.array_equal(read_rows(np.load(tmp_path / "i.npy", mmap_mode="r"), 990, 2000), ids[990:])
+    joined = JoinedRows([mapped[:0], np.load(tmp_path / "v.npy", mmap_mode="r"), vectors[:7]])
+    assert np.array_equal(joined.rows(60, 74), np.concatenate([vectors, vectors[:7]])[60:74])
+    cut = np.load(tmp_path / "v.npy", mmap_mode="r")
+    with open(tmp_path / "v.npy", "r+b") as handle:
+        handle.truncate(cut.offset + 100 * 2)
+    with pytest.raises(PipelineError, match="shorter than its header says"):
+        read_rows(cut, 0, 70)
+
+
 def test_token_array_writer_streams_chunks_into_npy(tmp_path):
     vocab = Vocabulary.from_words(["a", "b", "c"])
     texts = [" ".join("abc"[(i + k) % 3] for k in range(i % 7)) for i in range(100)]
