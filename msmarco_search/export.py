@@ -96,7 +96,7 @@ def build_tokenizer(vocab: Vocabulary, max_length: int | None) -> Tokenizer:
         raise PipelineError(_STEMMED)
     tokenizer = Tokenizer(WordLevel(dict(vocab.word_to_index), unk_token=UNK))
     # text.normalize's steps in its order. Python's str.lower() and the Lowercase normalizer both apply Unicode's
-    # full lower-case mapping (İ -> i + dot), and StripAccents drops every combining mark, as text's \p{M} does.
+    # full lower-case mapping (İ -> i + dot), and StripAccents drops every combining mark (category M), as text does.
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(), normalizers.NFD(),
                                                  normalizers.StripAccents(), normalizers.NFC()])
     # invert=True: the pattern describes the tokens, not the separators; "removed" drops everything between
