@@ -249,7 +249,8 @@ fi
 # Training settings against the recipe, on the same DL 2021 split, data and CBOW vectors as the levers step (run
 # it first): the softmax's inverse temperature and the batch (more in-batch negatives). Each setting's flags
 # come after the recipe's, so they win; 3 seeds each, and their soup. STEM=1 adds stemmed towers: CBOW vectors
-# of Snowball stems (--stemmer english), the two-tower trained on them the recipe's way.
+# of Snowball stems (--stemmer english), the two-tower trained on them the recipe's way. KEYWORDS=SHARE adds
+# keyword-style pseudo-queries (below).
 # (The sweep that chose batch 1,024 ran with the recipe at 256 and SWEEP="scale-40 --scale 40;batch-1024
 # --batch-size 1024"; against today's recipe, the same question is batch-256.)
 SWEEP=${SWEEP:-"scale-40 --scale 40;batch-256 --batch-size 256"}
@@ -273,6 +274,18 @@ if want sweep; then
     average "select/sweep-$name-soup" "${parts[@]}"
     models+=(--model "$name-soup=$(model "select/sweep-$name-soup")")
   done
+  # KEYWORDS=SHARE: that share of the inverse-cloze pseudo-queries keyword-style (--ict-keywords), new triplets
+  if [[ -n ${KEYWORDS:-} ]]; then
+    held_out=(--exclude-queries "$DL19/queries.dl19.tsv" "$split/dev/queries.dl21.tsv")
+    if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-keywords-$KEYWORDS" '*.pkl' 2>/dev/null) ]]; then
+      rm -rf "$WORK/triplets/lever-keywords-$KEYWORDS"
+      uv run preprocessing/generate_triplets.py --mode ict --dataset-path "$DL19/collection.tsv" \
+        "$DL21/collection.tsv" --ict-per-passage 4 --ict-keywords "$KEYWORDS" \
+        --include "$(newest "$WORK/triplets/lever-judged" 'msmarco_triplets_*.pkl')" "${held_out[@]}" \
+        --output-dir "$WORK/triplets/lever-keywords-$KEYWORDS"
+    fi
+    with_seeds "keywords-$KEYWORDS" 2 "lever-keywords-$KEYWORDS" "$EMBEDDINGS"
+  fi
   if [[ ${STEM:-1} == 1 ]]; then
     cbow "$WORK/cbow-stem" --window "$CBOW_WINDOW" --epochs "$CBOW_EPOCHS" --no-word-benchmarks --stemmer english
     with_seeds stemmed 2 lever-recipe "$WORK/cbow-stem/msmarco_word2vec.pt"

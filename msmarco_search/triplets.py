@@ -18,8 +18,10 @@ A parquet file from elsewhere needs only the three text columns: missing ids are
 
 from __future__ import annotations
 
+import math
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from .errors import PipelineError
 from .fileio import KIND_TRIPLETS, is_parquet, load_parquet, load_pickle, save_parquet, save_pickle
 from .report import progress
 from .sources import Passage, QueryRecord, text_id
+from .text import tokenize
 
 NEGATIVE_STRATEGIES = ("hard", "random", "mixed")
 COLUMNS = ("query_ids", "queries", "positive_ids", "positives", "negative_ids", "negatives")
@@ -162,12 +165,13 @@ class ClozeStats:
     passages_too_short: int = 0
     sentence_queries: int = 0
     span_queries: int = 0
+    keyword_queries: int = 0
     queries_kept_in_positive: int = 0
 
 
 def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, per_passage: int = 1,
                            max_query_words: int = 16, min_words: int = 8, keep_query_probability: float = 0.1,
-                           total: int | None = None) -> tuple[Triplets, ClozeStats]:
+                           total: int | None = None, keyword_share: float = 0.0) -> tuple[Triplets, ClozeStats]:
     """Triplets from bare passages by the inverse cloze task (see the module docstring).
 
     The pseudo-query is a random sentence of the passage (a window of at most ``max_query_words`` words of
@@ -175,10 +179,16 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
     positive is the passage without that sentence or span, except with probability
     ``keep_query_probability``, where it stays in (Lee et al. keep 10 %, so the model still learns that
     shared words matter). The negative is another passage, never one with the same text.
+
+    With probability ``keyword_share`` a pseudo-query is instead keyword-style, as real search queries are:
+    3 to 6 distinct words of the passage drawn with weights ``log(N / df)`` over the passages read (rare,
+    telling words first), in the passage's order, and the positive is the whole passage.
     """
     if not 0.0 <= keep_query_probability <= 1.0:
         raise PipelineError(f"the probability of keeping the query in its passage must lie in [0, 1], got "
                             f"{keep_query_probability}")
+    if not 0.0 <= keyword_share <= 1.0:
+        raise PipelineError(f"the share of keyword pseudo-queries must lie in [0, 1], got {keyword_share}")
     if max_query_words < 3:
         raise PipelineError(f"pseudo-queries need room for at least 3 words, got {max_query_words}")
     stats = ClozeStats()
@@ -193,14 +203,20 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
     if len(kept) < 2:
         return triplets, stats
     rng = random.Random(seed)
+    idf = _word_idf([text for _, text in kept]) if keyword_share > 0 else {}
     for index, (pid, text) in enumerate(progress(kept, desc="Cutting pseudo-queries", unit="passage")):
         for copy in range(per_passage):
-            query, rest, from_sentence = _cloze_split(text, rng, max_query_words)
-            if rng.random() < keep_query_probability:
-                rest = text
-                stats.queries_kept_in_positive += 1
-            stats.sentence_queries += int(from_sentence)
-            stats.span_queries += int(not from_sentence)
+            keywords = _keyword_query(text, idf, rng) if keyword_share and rng.random() < keyword_share else None
+            if keywords is not None:
+                query, rest = keywords, text
+                stats.keyword_queries += 1
+            else:
+                query, rest, from_sentence = _cloze_split(text, rng, max_query_words)
+                if rng.random() < keep_query_probability:
+                    rest = text
+                    stats.queries_kept_in_positive += 1
+                stats.sentence_queries += int(from_sentence)
+                stats.span_queries += int(not from_sentence)
             own = _normalised(text)
             for _ in range(20):
                 other = rng.randrange(len(kept) - 1)
@@ -209,6 +225,26 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
                     break
             triplets.add(f"ict:{pid}:{copy}", query, pid, rest, kept[other][0], kept[other][1])
     return triplets, stats
+
+
+def _word_idf(texts: list[str]) -> dict[str, float]:
+    """``log(N / df)`` of every token over ``texts`` (the project's tokens, each counted once a text)."""
+    frequency = Counter(token for text in texts for token in set(tokenize(text)))
+    return {token: math.log(len(texts) / count) for token, count in frequency.items()}
+
+
+def _keyword_query(text: str, idf: dict[str, float], rng: random.Random) -> str | None:
+    """3 to 6 distinct words of ``text`` drawn by IDF weight, in the text's order; None if it has too few."""
+    words = list(dict.fromkeys(tokenize(text)))
+    weights = [idf.get(word, 0.0) for word in words]
+    usable = sum(weight > 0 for weight in weights)
+    if usable < 3:
+        return None
+    count = rng.randint(3, min(6, usable))
+    chosen: set[str] = set()
+    while len(chosen) < count:  # weighted draws without replacement (a passage has tens of words)
+        chosen.add(rng.choices(words, weights)[0])
+    return " ".join(word for word in words if word in chosen)
 
 
 def _cloze_split(text: str, rng: random.Random, max_query_words: int) -> tuple[str, str, bool]:

@@ -232,6 +232,34 @@ def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, tra
     assert triplets.queries[-included:] == load_triplets(trained_pipeline["triplets"]).queries
 
 
+def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_folder, corpus, capsys):
+    """--ict-keywords SHARE: that share of pseudo-queries is 3-6 distinct words of the passage, drawn by IDF (so
+    the passages' topic words, never the filler every passage shares), and the positive is the whole passage."""
+    from test_reliability import assert_one_line_error, cli
+
+    from msmarco_search.text import tokenize
+
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder / "collection.tsv",
+                           "--ict-keywords", "1", "--ict-per-passage", "2", "--output", tmp_path / "k.pkl",
+                           "--data-dir", tmp_path / "data")
+    assert status == 0 and "0 span and 240 keyword pseudo-queries" in out, (out, err)
+    triplets = load_triplets(tmp_path / "k.pkl")
+    passages = {pid: text for pid, text, _ in corpus.passages}
+    assert len(triplets) == 2 * len(passages)
+    drawn, uniform = [], []
+    for query, pid, positive in zip(triplets.queries, triplets.positive_ids, triplets.positives, strict=True):
+        words, own = query.split(), list(dict.fromkeys(tokenize(passages[pid])))
+        assert positive == passages[pid] and 3 <= len(words) <= 6 and len(set(words)) == len(words)
+        assert words == [w for w in own if w in words]  # the passage's own words, in its order
+        drawn.append(sum(word.startswith("doc") for word in words) / len(words))
+        uniform.append(sum(word.startswith("doc") for word in own) / len(own))
+    # the topic words (each in a twelfth of the passages) are drawn more often than a uniform draw would
+    assert sum(drawn) / len(drawn) > sum(uniform) / len(uniform) + 0.1
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder /
+                              "collection.tsv", "--ict-keywords", "1.5", "--output", tmp_path / "x.pkl"),
+                          "keyword pseudo-queries must lie in [0, 1], got 1.5")
+
+
 def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_path, tsv_folder, trained_pipeline,
                                                                             corpus):
     passages = {pid: (text, topic) for pid, text, topic in corpus.passages}

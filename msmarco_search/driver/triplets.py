@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="passages shorter than this many words are skipped (8)")
     cloze.add_argument("--ict-keep-query", type=float, default=0.1,
                        help="probability that the pseudo-query stays in its positive passage (0.1)")
+    cloze.add_argument("--ict-keywords", type=float, default=0.0, metavar="SHARE",
+                       help="share of pseudo-queries that are keyword-style instead: 3-6 of the passage's rarest "
+                            "words, drawn by IDF (0)")
     labels = parser.add_argument_group("self-training (--mode pseudo-labels)")
     labels.add_argument("--queries", type=Path, nargs="+", default=[], metavar="FILE",
                         help="queries TSVs (qid<TAB>text) to label, at most --max-samples of them in all")
@@ -279,14 +282,15 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     triplets, stats = inverse_cloze_triplets(passages(), seed=args.seed, per_passage=args.ict_per_passage,
                                              max_query_words=args.ict_max_query_words,
                                              min_words=args.ict_min_words,
-                                             keep_query_probability=args.ict_keep_query)
+                                             keep_query_probability=args.ict_keep_query,
+                                             keyword_share=args.ict_keywords)
     if len(triplets) == 0:
         raise PipelineError(f"no inverse-cloze triplets could be made: {stats.passages_read} passages read, "
                             f"{stats.passages_too_short} shorter than --ict-min-words {args.ict_min_words} "
                             "(at least two usable passages are needed)")
     info(f"✅ {len(triplets):,} inverse-cloze triplets from {stats.passages_read:,} passages "
-         f"({stats.passages_too_short:,} too short; {stats.sentence_queries:,} sentence and "
-         f"{stats.span_queries:,} span pseudo-queries)")
+         f"({stats.passages_too_short:,} too short; {stats.sentence_queries:,} sentence, "
+         f"{stats.span_queries:,} span and {stats.keyword_queries:,} keyword pseudo-queries)")
     return (triplets, stats, "; ".join(s.description for s in sources), "|".join(s.identity() for s in sources),
             stats.passages_read)
 
