@@ -253,7 +253,7 @@ fi
 # keyword-style pseudo-queries (below).
 # (The sweep that chose batch 1,024 ran with the recipe at 256 and SWEEP="scale-40 --scale 40;batch-1024
 # --batch-size 1024"; against today's recipe, the same question is batch-256.)
-SWEEP=${SWEEP:-"scale-40 --scale 40;batch-256 --batch-size 256"}
+SWEEP=${SWEEP-"scale-40 --scale 40;batch-256 --batch-size 256"}  # SWEEP="": none
 if want sweep; then
   [[ -d $split/dev ]] || split_dl21
   models=()
