@@ -23,6 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 VOCAB = 100_000
 
 
+def positive_int(text: str) -> int:
+    value = int(text) if text.strip().lstrip("+").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
 def _peak_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -45,9 +52,10 @@ def _load(directory: str, method: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=500_000_000)
-    parser.add_argument("--dir", default="/tmp/token_check")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=positive_int, default=500_000_000,
+                        help="token ids to write (500,000,000: 1.86 GiB; the files stay in --dir afterwards)")
+    parser.add_argument("--dir", default="/tmp/token_check", help="where the arrays are written (/tmp/token_check)")
     parser.add_argument("--load", choices=["chunked", "map"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None, metavar="NAME",
                         help="also print each setting's difference to setting NAME, with paired p-values")
     args = parser.parse_args(argv)
+    if not args.evaluation.is_file():
+        print(f"error: {args.evaluation}: file not found", file=sys.stderr)
+        return 2
     try:
         report = json.loads(args.evaluation.read_text())
         metrics_by_system = report["tasks"][args.task]["metrics"]
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.evaluation}: not an evaluation.json with task {args.task!r} ({error})", file=sys.stderr)
         return 2
     metrics = args.metrics.split(",")
+    known = sorted({metric for values in metrics_by_system.values() for metric in values})
+    if unknown := [metric for metric in metrics if metric not in known]:
+        print(f"error: {args.evaluation}: no metric {unknown[0]!r} in it (it has {', '.join(known)})", file=sys.stderr)
+        return 2
     grouped = seed_groups(metrics_by_system)
     means = seed_mean_per_query(per_query)
     if args.baseline and not any(setting == args.baseline for setting, _ in means):
@@ -56,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{statistics.mean(values):.4f} ({min(values):.3f}-{max(values):.3f})".rjust(24))
         base = means.get((args.baseline, system))
         for metric in metrics if args.baseline else []:
+            baseline_row = setting == args.baseline
             test = paired_tests(means[setting, system][metric], base[metric]) if base and setting else None
+            if baseline_row:
+                cells.append("(baseline)".rjust(24))
+                continue
             cells.append((f"{test['difference']:+.4f} ({test['t_test_p']:.3f} / {test['wilcoxon_p']:.3f})"
                           if test else "").rjust(24))
         print(f"{setting or '-':<28} {system:<14} {len(runs):>5} " + " ".join(cells))

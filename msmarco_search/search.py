@@ -78,8 +78,9 @@ def make_retrievers(systems: list[str], index: PassageIndex, model, model_path, 
 
 def known_words(searcher: Retriever, query: str) -> bool:
     """Whether a dense searcher's model knows any word of ``query``: a query of unknown words alone is one
-    vector (the <unk> word's) for every such query, so its hits would say nothing about the query."""
-    model = getattr(searcher, "model", None)
+    vector (the <unk> word's) for every such query, so its hits would say nothing about the query. A hybrid
+    is asked about its dense half: fused with that ranking, its hits would say as little."""
+    model = getattr(searcher, "model", None) or getattr(getattr(searcher, "dense", None), "model", None)
     if model is None:
         return True
     ids = model.vocab.encode(query)

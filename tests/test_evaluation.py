@@ -257,7 +257,7 @@ def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_fo
     assert sum(drawn) / len(drawn) > sum(uniform) / len(uniform) + 0.1
     assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder /
                               "collection.tsv", "--ict-keywords", "1.5", "--output", tmp_path / "x.pkl"),
-                          "keyword pseudo-queries must lie in [0, 1], got 1.5")
+                          "--ict-keywords is the share of keyword pseudo-queries, in [0, 1]; got 1.5")
 
 
 def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_path, tsv_folder, trained_pipeline,
@@ -450,8 +450,14 @@ def test_mean_over_seeds_compares_settings_on_their_seed_means_with_p_values(tmp
     b = [(x + y) / 2 for x, y in zip(b1, b2, strict=True)]
     expected = f"{(sum(b) - sum(a)) / 8:+.4f} ({ttest_rel(b, a).pvalue:.3f} / {wilcoxon(b, a).pvalue:.3f})"
     assert row.endswith(expected), (row, expected)
-    status, _, err = cli(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "evaluation.json", "--baseline", "c")
+    assert "(baseline)" in next(line for line in out.splitlines() if line.startswith("a "))
+    status, _, err = cli(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "evaluation.json", "--metrics",
+                         "nDCG@10", "--baseline", "c")
     assert status == 2 and "no setting 'c' (settings: a, b)" in err
+    status, _, err = cli(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "evaluation.json", "--metrics", "ndcg@10")
+    assert status == 2 and "no metric 'ndcg@10' in it (it has nDCG@10)" in err
+    status, _, err = cli(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "missing.json")
+    assert status == 2 and err.strip() == f"error: {tmp_path / 'missing.json'}: file not found"
 
 
 def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus, capsys,

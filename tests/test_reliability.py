@@ -162,6 +162,11 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
                               gensim_model, "--stemmer", "english"), "msmarco_word2vec.gensim",
                           "trained with --stemmer none; continue it with --stemmer none, not english")
+    # copied without its record: the stemmer cannot be told, so the run says so and takes the one given
+    gensim_model.with_name("msmarco_word2vec.gensim.json").unlink()
+    status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
+                         gensim_model, "--stemmer", "english")
+    assert status == 0 and "no msmarco_word2vec.gensim.json beside it to say which --stemmer" in err
     # a triplets pickle is no gensim model
     triplets = fileio.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",

@@ -382,6 +382,12 @@ def test_a_query_of_unknown_words_says_so_instead_of_arbitrary_hits(search_setup
     result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "all", "zqxj wvkp",
                         cwd=search_setup["folder"])
     blocks = result.stdout.split("[")
-    dense = next(b for b in blocks if b.startswith("two-tower]"))
-    assert "(no known words in the query: the model has never seen any of them)" in dense
-    assert not any(line.strip()[:1].isdigit() for line in dense.splitlines()[1:])
+    for system in ("two-tower]", "hybrid]"):  # the hybrid would fuse the dense half's arbitrary ranking
+        block = next(b for b in blocks if b.startswith(system))
+        assert "(no known words in the query: the model has never seen any of them)" in block
+        assert not any(line.strip()[:1].isdigit() for line in block.splitlines()[1:])
+    # a batch of queries prints the same note (the query id before the query once counted as one of its words)
+    (search_setup["folder"] / "unknown.tsv").write_text("q1\tzqxj wvkp\n")
+    batch = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "two-tower", "--queries",
+                       search_setup["folder"] / "unknown.tsv", cwd=search_setup["folder"]).stdout
+    assert "[two-tower] q1: zqxj wvkp\n   (no known words in the query" in batch

@@ -10,7 +10,7 @@
 
 Examples:
   uv run search/search.py index checkpoints/two_tower_model_X.pt --dataset-path ../shared/data/cacm/collection.tsv
-  uv run python -m torch.distributed.run --standalone --nproc-per-node 2 search/search.py index \
+  uv run python -m torch.distributed.run --standalone --nproc-per-node 2 search/search.py index \\
       checkpoints/two_tower_model_X.pt --dataset-path collection.tsv
   uv run search/search.py query checkpoints/two_tower_model_X.pt "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --system all "what is a compiler"
@@ -216,8 +216,8 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list
     return make_retrievers(systems, index, model, args.model, options)
 
 
-def print_hits(index: PassageIndex, searcher, query: str, hits, width: int) -> None:
-    info(f"[{searcher.name}] {query}")
+def print_hits(index: PassageIndex, searcher, query: str, hits, width: int, label: str = "") -> None:
+    info(f"[{searcher.name}] {label}{query}")
     if not known_words(searcher, query):
         info("   (no known words in the query: the model has never seen any of them)")
         return
@@ -244,7 +244,7 @@ def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list) -
             for qid, query, hits in zip(qids[start:start + args.batch_size], chunk,
                                         searcher.search(chunk, args.top_k), strict=True):
                 if args.run_file is None:
-                    print_hits(index, searcher, f"{qid}: {query}", hits, args.snippet)
+                    print_hits(index, searcher, query, hits, args.snippet, label=f"{qid}: ")
                 results.append((qid, [(index.pid(position), score) for position, score in hits]))
         seconds = time.perf_counter() - started
         info(f"{searcher.name}: {len(texts):,} queries in {seconds:.2f} s "

@@ -279,6 +279,9 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     def passages() -> Iterator[tuple[str, str]]:
         return all_passages(sources, args.max_samples)
 
+    if not 0.0 <= args.ict_keywords <= 1.0:  # before the passages are read (nan fails here too)
+        raise PipelineError(f"--ict-keywords is the share of keyword pseudo-queries, in [0, 1]; got "
+                            f"{args.ict_keywords}")
     triplets, stats = inverse_cloze_triplets(passages(), seed=args.seed, per_passage=args.ict_per_passage,
                                              max_query_words=args.ict_max_query_words,
                                              min_words=args.ict_min_words,
