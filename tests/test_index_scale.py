@@ -92,8 +92,11 @@ def test_a_killed_build_leaves_the_old_index_answering_and_the_next_build_cleans
     assert json.loads((index / "manifest.json").read_text()) == before
     capsys.readouterr()
     assert search_command(["query", str(model), "--system", "all", "-k", "3", "w1", "w2", "cats"]) == 0
-    hits = re.findall(r"^ +[1-3]  d\d+ ", capsys.readouterr().out, flags=re.M)
-    assert len(hits) >= 6  # three from BM25 and three from the hybrid (the toy model may not know the words)
+    out = capsys.readouterr().out
+    hits = re.findall(r"^ +[1-3]  d\d+ ", out, flags=re.M)
+    # three from BM25, and three from each dense system unless the toy model knows none of the words (then the
+    # two-tower and the hybrid say so instead: tests/test_search.py)
+    assert len(hits) >= 3 and (len(hits) == 9 or out.count("(no known words in the query") == 2), out
 
     # the next build succeeds and leaves nothing behind
     assert search_command(["index", str(model), "--dataset-path", str(small), "--batch-size", "16",
