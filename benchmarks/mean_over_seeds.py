@@ -63,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{statistics.mean(values):.4f} ({min(values):.3f}-{max(values):.3f})".rjust(24))
         base = means.get((args.baseline, system))
         for metric in metrics if args.baseline else []:
-            baseline_row = setting == args.baseline
-            test = paired_tests(means[setting, system][metric], base[metric]) if base and setting else None
-            if baseline_row:
+            if setting == args.baseline:
                 cells.append("(baseline)".rjust(24))
                 continue
+            test = paired_tests(means[setting, system][metric], base[metric]) if base and setting else None
             cells.append((f"{test['difference']:+.4f} ({test['t_test_p']:.3f} / {test['wilcoxon_p']:.3f})"
                           if test else "").rjust(24))
         print(f"{setting or '-':<28} {system:<14} {len(runs):>5} " + " ".join(cells))

@@ -226,9 +226,10 @@ def check_saved(directory: Path, settings: BM25Settings, collection: dict[str, A
         raise PipelineError("BM25 index record is damaged (files, digests or stamps not a mapping); rebuild it", path)
     for name, size in files.items():
         file = directory / str(name)
-        if not file.is_file() or file.stat().st_size != size:
+        stat = file.stat() if file.is_file() else None
+        if stat is None or stat.st_size != size:
             raise PipelineError("missing or changed since the BM25 index was built; rebuild it", file)
-        untouched = name in stamps and stamps[name] == file.stat().st_mtime_ns
+        untouched = name in stamps and stamps[name] == stat.st_mtime_ns
         if name in digests and not untouched and _digest(file) != digests[name]:
             raise PipelineError("changed since the BM25 index was built (its content differs); rebuild it", file)
     return record

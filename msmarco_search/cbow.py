@@ -206,16 +206,14 @@ def check_resumed_stemmer(path: str | Path, stemmer: str) -> None:
     """Refuse to continue a gensim model on text stemmed otherwise than the text it was trained on: its words
     and the new ones would mix in one vocabulary that says it is one or the other."""
     record_path = _gensim_record(Path(path))
-    saved = "none"  # a model saved before the record: trained on unstemmed words (there was no --stemmer)
-    if not record_path.is_file():
+    if not record_path.is_file():  # saved before the record existed, or copied without it
         warn(f"{path}: no {record_path.name} beside it to say which --stemmer it was trained with (saved before "
              f"the record existed, or copied without it); taking it as {stemmer}: give the stemmer it was trained with")
         return
-    if record_path.is_file():
-        record = load_json(record_path)
-        saved = record.get("stemmer") if isinstance(record, dict) else None
-        if saved not in STEMMERS:
-            raise PipelineError(f"names no known stemmer ({short(saved)}); save the model again", record_path)
+    record = load_json(record_path)
+    saved = record.get("stemmer") if isinstance(record, dict) else None
+    if saved not in STEMMERS:
+        raise PipelineError(f"names no known stemmer ({short(saved)}); save the model again", record_path)
     if saved != stemmer:
         raise PipelineError(f"this model was trained with --stemmer {saved}; continue it with --stemmer {saved}, "
                             f"not {stemmer}", path)

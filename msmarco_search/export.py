@@ -55,7 +55,7 @@ from torch import nn
 
 from .errors import PipelineError, first_line
 from .model import TOKEN_WEIGHT_CLAMP, MeanPoolTower, TwoTowerModel, load_model
-from .text import TOKENIZER_VERSION
+from .text import TOKEN_PATTERN, TOKENIZER_VERSION
 from .vocab import PAD_ID, UNK, Vocabulary
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 # The token pattern of each tokeniser version this export reproduces (msmarco_search.text). A new version must be
 # added here, checked against text.tokenize by the tests, before models made with it can be exported.
-TOKEN_PATTERNS = {"unicode-v2": r"[\p{L}\p{N}]+"}
+TOKEN_PATTERNS = {"unicode-v2": TOKEN_PATTERN}
 # The project clamps the log word weights to [-10, 10] (MeanPoolTower), so a weight is at least exp(-10), and so
 # is the mean weight of a non-empty text: this gate constant makes 1 - K * mean <= -1 < 0 for every such text.
 GATE_SCALE = 2.0 * math.exp(TOKEN_WEIGHT_CLAMP)
