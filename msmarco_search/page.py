@@ -13,7 +13,8 @@ from .search import SearchResult
 from .text import repair, token_spans, tokenize
 
 ALL_SYSTEMS = "all"
-SYSTEM_LABELS = {"two-tower": "Two-tower", "bm25": "BM25", "hybrid": "Hybrid", ALL_SYSTEMS: "All three, side by side"}
+SYSTEM_LABELS = {"two-tower": "Two-tower", "bm25": "BM25", "hybrid": "Hybrid", "two-tower-prf": "Two-tower + feedback",
+                 "hybrid-prf": "Hybrid + feedback", ALL_SYSTEMS: "All, side by side"}
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }

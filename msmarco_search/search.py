@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from .index import PassageIndex, faiss_available
 from .report import warn
 from .retrieval import (
+    DEFAULT_FEEDBACK_DEPTH,
+    DEFAULT_FEEDBACK_WEIGHT,
     DEFAULT_FUSION_DEPTH,
     DEFAULT_REFINE,
+    FeedbackRetriever,
     HybridRetriever,
     Retriever,
     TwoTowerRetriever,
@@ -24,7 +27,7 @@ from .retrieval import (
 from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K
 from .vocab import UNK_ID
 
-SYSTEMS = ("two-tower", "bm25", "hybrid")
+SYSTEMS = ("two-tower", "bm25", "hybrid", "two-tower-prf", "hybrid-prf")
 SEARCH_MODES = ("auto", "exact", "faiss")
 
 
@@ -43,6 +46,8 @@ class SearchOptions:
     fusion_weight: float = DEFAULT_FUSION_WEIGHT
     rrf_k: int = DEFAULT_RRF_K
     fusion_depth: int = DEFAULT_FUSION_DEPTH
+    feedback_depth: int = DEFAULT_FEEDBACK_DEPTH
+    feedback_weight: float = DEFAULT_FEEDBACK_WEIGHT
 
 
 def _use_faiss(index: PassageIndex, mode: str) -> bool:
@@ -57,20 +62,24 @@ def _use_faiss(index: PassageIndex, mode: str) -> bool:
 def make_retrievers(systems: list[str], index: PassageIndex, model, model_path, options: SearchOptions
                     ) -> list[Retriever]:
     """The retrievers for ``systems`` (names of ``SYSTEMS``) over ``index``, prepared; the hybrid shares them."""
-    dense = bm25 = None
-    if {"two-tower", "hybrid"} & set(systems):
+    dense = bm25 = hybrid = None
+    if set(systems) - {"bm25"}:
         dense = TwoTowerRetriever(model, "two-tower", model_path, use_faiss=_use_faiss(index, options.search),
                                   nprobe=options.nprobe, ef_search=options.ef_search, chunk_rows=options.chunk_rows,
                                   refine=options.refine)
-    if {"bm25", "hybrid"} & set(systems):
+    if {"bm25", "hybrid", "hybrid-prf"} & set(systems):
         bm25 = bm25_for_index(index, options.bm25_k1, options.bm25_b, options.bm25_stemmer)
+    if {"hybrid", "hybrid-prf"} & set(systems):
+        hybrid = HybridRetriever(dense, bm25, options.fusion, options.fusion_weight, options.rrf_k,
+                                 options.fusion_depth, name="hybrid")
+    feedback = {"dense": dense, "hybrid": hybrid}
     chosen: list[Retriever] = []
     for system in systems:
-        if system == "hybrid":
-            chosen.append(HybridRetriever(dense, bm25, options.fusion, options.fusion_weight, options.rrf_k,
-                                          options.fusion_depth, name="hybrid"))
+        if system.endswith("-prf"):
+            source = feedback["hybrid" if system == "hybrid-prf" else "dense"]
+            chosen.append(FeedbackRetriever(dense, source, options.feedback_depth, options.feedback_weight, system))
         else:
-            chosen.append(dense if system == "two-tower" else bm25)
+            chosen.append({"two-tower": dense, "bm25": bm25, "hybrid": hybrid}[system])
     for retriever in chosen:
         retriever.prepare(index)
     return chosen

@@ -1,6 +1,6 @@
 """The search page and its JSON API, as a FastAPI app over a :class:`~msmarco_search.search.SearchSession`.
 
-- ``GET /``: the page (``msmarco_search.page``): a query box, the system (or all three side by side), k;
+- ``GET /``: the page (``msmarco_search.page``): a query box, the system (or all side by side), k;
 - ``GET /api/search?q=...&system=two-tower|bm25|hybrid&k=10``: ``{"query", "system", "took_ms", "hits": [{"id",
   "score", "text"}]}``, the ranking ``search/search.py query`` prints (the session's retrievers are its).
 

@@ -110,7 +110,8 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     assert "=== rerank:" in result.stdout and "=== full:" in result.stdout and "random" in result.stdout
     report = _report(out)
     rerank, full = report["tasks"]["rerank"], report["tasks"]["full"]
-    systems = {"two-tower", "bm25", "cbow-mean", "cbow-idf", "hybrid-rrf", "hybrid-linear"}
+    systems = {"two-tower", "bm25", "cbow-mean", "cbow-idf", "hybrid-rrf", "hybrid-linear", "two-tower-prf",
+               "hybrid-rrf-prf", "hybrid-linear-prf"}
     assert set(rerank["metrics"]) == systems | {"random", "first-stage"} and set(full["metrics"]) == systems
     assert rerank["baseline"] == "first-stage" and full["baseline"] == "bm25"
     assert set(full["significance"]) == systems - {"bm25"}
@@ -119,6 +120,8 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     assert rerank["queries"] == full["queries"] == 120 and rerank["relevance_threshold"] == 1
     assert report["systems"]["bm25"] == {"kind": "BM25Retriever", "k1": 0.9, "b": 0.4,
                                         "stemmer": "english"}
+    assert report["systems"]["hybrid-linear-prf"] == {"kind": "FeedbackRetriever", "dense": "two-tower",
+                                                      "source": "hybrid-linear", "depth": 10, "weight": 2.0}
     # the fixture's queries share no word with their passages: only the trained model can find them
     assert rerank["metrics"]["two-tower"]["MRR@10"] > 0.9 > rerank["metrics"]["random"]["MRR@10"] + 0.3
     assert full["metrics"]["two-tower"]["nDCG@10"] > full["metrics"]["cbow-idf"]["nDCG@10"] + 0.3

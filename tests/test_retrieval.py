@@ -47,9 +47,11 @@ def test_search_and_evaluation_rank_the_dl19_pool_the_same_way(tmp_path):
     run_script("search/search.py", "index", model, "--dataset-path", DL19 / "collection.tsv", cwd=tmp_path)
     run_script("search/search.py", "query", model, "--queries", DL19 / "queries.dl19.tsv", "--run-file",
                tmp_path / "search.trec", "--system", "all", "-k", "1000", cwd=tmp_path)
-    run_script("evaluation/evaluate.py", "--model", model, *files, "--systems", "two-tower,bm25,hybrid",
-               "--fusion", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
-    for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf")]:
+    run_script("evaluation/evaluate.py", "--model", model, *files, "--systems",
+               "two-tower,bm25,hybrid,two-tower-prf,hybrid-prf", "--fusion", "rrf", "--output-dir", tmp_path / "eval",
+               cwd=tmp_path)
+    for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf"),
+                              ("two-tower-prf", "two-tower-prf"), ("hybrid-prf", "hybrid-rrf-prf")]:
         scored = _ranking(tmp_path / "eval" / f"run.full.{evaluated}.trec")
         searched = _ranking(tmp_path / f"search.{system}.trec")
         assert len(scored) == 43 and set(scored) <= set(searched)

@@ -19,8 +19,18 @@ from msmarco_search.driver.search import main as search_command
 from msmarco_search.errors import PipelineError
 from msmarco_search.index import FAISS_FILE, build_faiss_index, import_faiss, load_index
 from msmarco_search.model import TwoTowerModel, load_model, save_two_tower
-from msmarco_search.retrieval import BM25Retriever, HybridRetriever, TwoTowerRetriever, exact_search
+from msmarco_search.retrieval import (
+    BM25Retriever,
+    DenseRetriever,
+    FeedbackRetriever,
+    HybridRetriever,
+    PassagePool,
+    Retriever,
+    TwoTowerRetriever,
+    exact_search,
+)
 from msmarco_search.runs import linear_fusion, reciprocal_rank_fusion
+from msmarco_search.search import SYSTEMS
 from msmarco_search.sources import text_id
 
 
@@ -50,10 +60,12 @@ def test_index_is_written_beside_the_model_and_reads_back(search_setup):
 
 def test_query_on_the_command_line_prints_each_systems_hits(search_setup):
     query = search_setup["queries"]["m3"]
+    # feedback from the first hit alone: on 52 toy passages, the default 10 would pull the query toward a fifth of
+    # the collection, and the point here is each system's output, not feedback's quality
     result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], *query.split(), "--system", "all", "-k", "3",
-                        cwd=search_setup["folder"])
+                        "--feedback-depth", "1", cwd=search_setup["folder"])
     blocks = hits_by_system(result.stdout)
-    assert set(blocks) == {"two-tower", "bm25", "hybrid"}
+    assert set(blocks) == set(SYSTEMS)
     for system, (hits,) in blocks.items():
         assert hits[0] == "p3", (system, result.stdout)
         assert len(hits) == 3
@@ -223,6 +235,77 @@ def test_linear_hybrid_and_faiss_kinds_agree_with_exact_search(search_setup):
         assert (found[:, 0] == rows[:, 0].numpy()).mean() >= 0.9
 
 
+class _Vectors(DenseRetriever):
+    """A dense retriever of given vectors: passage text ``p<i>`` is row i of ``passages``, query ``q<i>`` row i
+    of ``queries``."""
+
+    def __init__(self, passages: np.ndarray, queries: np.ndarray):
+        super().__init__("fixed")
+        self.rows = {"passage": passages, "query": queries}
+
+    def encode(self, texts, side):
+        return torch.from_numpy(self.rows[side][[int(text[1:]) for text in texts]].copy())
+
+
+class _Given(Retriever):
+    """A first ranking given in advance: query ``q<i>`` gets ``hits[i]``."""
+
+    name = "given"
+
+    def __init__(self, hits: list[list[int]]):
+        super().__init__()
+        self.hits = hits
+
+    def _prepare(self, collection):
+        pass
+
+    def search(self, queries, k):
+        return [[(row, 1.0) for row in self.hits[int(q[1:])][:k]] for q in queries]
+
+    def rerank(self, queries, candidates):
+        raise NotImplementedError
+
+
+def test_feedback_moves_the_query_toward_its_first_hits_then_ranks_again():
+    """Rocchio in vector space: q' = normalise(q + weight x mean of the first ranking's top-depth vectors), from
+    the dense retriever's own ranking or from another's; search and re-ranking both score with q'."""
+    rng = np.random.default_rng(3)
+    passages = rng.standard_normal((60, 8)).astype(np.float32)
+    passages /= np.linalg.norm(passages, axis=1, keepdims=True)
+    queries = rng.standard_normal((4, 8)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    pool = PassagePool([f"d{i}" for i in range(60)], [f"p{i}" for i in range(60)])
+    dense = _Vectors(passages, queries)
+    texts = [f"q{i}" for i in range(4)]
+
+    def expected(first: list[list[int]], weight: float) -> np.ndarray:
+        moved = queries + weight * np.stack([passages[rows].mean(axis=0) for rows in first])
+        return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+    own = FeedbackRetriever(dense, depth=3, weight=2.0)
+    own.prepare(pool)
+    assert own.name == "fixed-prf"
+    first = [np.argsort(-(passages @ q), kind="stable")[:3].tolist() for q in queries]
+    for moved, hits in zip(expected(first, 2.0), own.search(texts, 5), strict=True):
+        scores = passages @ moved
+        assert [row for row, _ in hits] == np.argsort(-scores, kind="stable")[:5].tolist()
+        assert [score for _, score in hits] == pytest.approx(scores[[row for row, _ in hits]], abs=1e-5)
+    # another first ranking: the far passages it names pull the query, so they (and their neighbours) rise
+    far = [np.argsort(passages @ q, kind="stable")[:2].tolist() for q in queries]  # each query's two worst
+    given = FeedbackRetriever(dense, _Given(far), depth=2, weight=4.0, name="moved")
+    given.prepare(pool)
+    moved = expected(far, 4.0)
+    for q, hits, rows in zip(moved, given.search(texts, 60), far, strict=True):
+        ranks = {row: rank for rank, (row, _) in enumerate(hits)}
+        assert all(ranks[row] < 20 for row in rows)  # from the last two places into the top third
+        assert hits[0][0] == int(np.argmax(passages @ q))
+    candidates = [np.array([5, 1, 7]), np.array([0, 59])] * 2
+    for q, scores, rows in zip(moved, given.rerank(texts, candidates), candidates, strict=True):
+        assert scores == pytest.approx(passages[rows] @ q, abs=1e-5)
+    with pytest.raises(PipelineError, match="depth of at least 1"):
+        FeedbackRetriever(dense, depth=0)
+
+
 def test_fusion_functions_match_hand_computation():
     dense = {"a": 0.9, "b": 0.5, "c": 0.1}
     lexical = {"c": 12.0, "a": 3.0, "d": 1.0}
@@ -276,9 +359,10 @@ def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path):
                tmp_path / "search.trec", "--system", "all", "--search", "exact", "-k", depth, cwd=folder)
     run_script("evaluation/evaluate.py", "--model", search_setup["model"], "--collection",
                folder / "collection.tsv", "--queries", folder / "queries.tsv", "--qrels", folder / "qrels.txt",
-               "--systems", "two-tower,bm25,hybrid",
+               "--systems", "two-tower,bm25,hybrid,two-tower-prf,hybrid-prf",
                "--fusion", "rrf", "--run-depth", depth, "--output-dir", tmp_path / "eval", cwd=folder)
-    for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf")]:
+    for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf"),
+                              ("two-tower-prf", "two-tower-prf"), ("hybrid-prf", "hybrid-rrf-prf")]:
         searched = _ranking(tmp_path / f"search.{system}.trec")
         scored = _ranking(tmp_path / "eval" / f"run.full.{evaluated}.trec")
         assert searched == scored, system

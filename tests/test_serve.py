@@ -125,11 +125,14 @@ def test_page_has_the_form_and_shows_each_systems_hits_with_the_words_marked(cli
     query = search_setup["queries"]["m3"]
     page = client.get("/", params={"q": query, "system": "all", "k": 3})
     assert page.status_code == 200
-    assert page.text.count('<section class="system"') == 3 and 'id="took-ms"' in page.text
+    assert page.text.count('<section class="system"') == len(SYSTEMS) and 'id="took-ms"' in page.text
     for system in SYSTEMS:
         section = page.text.split(f'data-system="{system}"', 1)[1].split("</section>", 1)[0]
         assert section.count('<li class="hit"') == 3
-        assert '<li class="hit" data-id="p3">' in section.split("</li>", 1)[0], system  # p3 first
+        first = client.get("/api/search", params={"q": query, "system": system, "k": 3}).json()["hits"][0]["id"]
+        assert f'<li class="hit" data-id="{first}">' in section.split("</li>", 1)[0], system  # the API's first
+        # p3 first (with feedback from the top 10 of 52 toy passages, the moved query may rank another first)
+        assert first == "p3" or system.endswith("-prf"), system
     span_word = search_setup["queries"]["s3"].split()[0]
     assert f"<mark>{span_word}</mark>".lower() in page.text.lower()
     assert f'value="{query}"' in page.text  # the form keeps the query

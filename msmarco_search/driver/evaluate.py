@@ -1,4 +1,4 @@
-"""Evaluate retrieval systems side by side: two-tower model(s), BM25, zero-shot CBOW and hybrids.
+"""Evaluate retrieval systems side by side: two-tower model(s), BM25, zero-shot CBOW, hybrids, and feedback.
 
 Official files (--collection --queries --qrels [--candidates]): full ranking over the collection, or
 re-ranking of the candidates (top1000 layout). Otherwise the row layout (the hub's microsoft/ms_marco, or
@@ -19,7 +19,7 @@ from pathlib import Path
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
-from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
+from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.evaluate import (
     DEFAULT_RUN_DEPTH,
@@ -38,6 +38,7 @@ from msmarco_search.report import info, warn
 from msmarco_search.retrieval import (
     BM25Retriever,
     CbowRetriever,
+    FeedbackRetriever,
     HybridRetriever,
     Retriever,
     TwoTowerRetriever,
@@ -47,7 +48,10 @@ from msmarco_search.vocab import vocabulary_fingerprint
 
 DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
 
-SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid")
+SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid", "two-tower-prf", "hybrid-prf")
+# what each system needs beside it: the -prf rows move the two-tower's query by a first ranking (its own, or
+# the hybrids')
+NEEDS = {"hybrid": ("two-tower", "bm25"), "two-tower-prf": ("two-tower",), "hybrid-prf": ("hybrid",)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tuning.add_argument("--device", default="auto", help=f"device for the two-tower models: {DEVICE_HELP}")
     add_bm25_arguments(parser)
     add_fusion_arguments(parser, several=True)
+    add_feedback_arguments(parser)
     add_source_arguments(parser)
     _row_layout_defaults(parser)
     return parser.parse_args(argv)
@@ -177,17 +182,16 @@ def choose_systems(args: argparse.Namespace) -> list[str]:
         if args.embeddings.is_file():
             chosen.append("cbow")
         if args.model:
-            chosen = ["two-tower", *chosen, "hybrid"]
+            chosen = ["two-tower", *chosen, "hybrid", "two-tower-prf", "hybrid-prf"]
         return chosen
     if args.systems.strip() == "none":
         return []
     chosen = _split(args.systems, SYSTEMS, "--systems")
-    if ("two-tower" in chosen or "hybrid" in chosen) and not args.model:
-        raise PipelineError("--systems two-tower/hybrid need at least one --model")
-    if "hybrid" in chosen and "two-tower" not in chosen:
-        chosen.append("two-tower")
-    if "hybrid" in chosen and "bm25" not in chosen:
-        chosen.append("bm25")
+    if {"two-tower", "hybrid", "two-tower-prf", "hybrid-prf"} & set(chosen) and not args.model:
+        raise PipelineError("--systems two-tower/hybrid/two-tower-prf/hybrid-prf need at least one --model")
+    for system in ("hybrid-prf", "hybrid", "two-tower-prf"):  # hybrid-prf first: it adds hybrid, which adds more
+        if system in chosen:
+            chosen += [need for need in NEEDS[system] if need not in chosen]
     return chosen
 
 
@@ -231,10 +235,17 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever
         if embeddings_match(args, towers, vocabulary_fingerprint(vocab)):
             systems += [CbowRetriever(matrix, vocab, "mean", embeddings_path=args.embeddings),
                         CbowRetriever(matrix, vocab, "idf", embeddings_path=args.embeddings)]
+    hybrids: list[Retriever] = []
     if "hybrid" in chosen:
         for method in _split(args.fusion, FUSIONS, "--fusion"):
-            systems += [HybridRetriever(tower, bm25, method, args.fusion_weight, args.rrf_k, args.fusion_depth,
+            hybrids += [HybridRetriever(tower, bm25, method, args.fusion_weight, args.rrf_k, args.fusion_depth,
                                         hybrid_name(method, tower.name)) for tower in towers]
+        systems += hybrids
+    if "two-tower-prf" in chosen:
+        systems += [FeedbackRetriever(tower, tower, args.feedback_depth, args.feedback_weight) for tower in towers]
+    if "hybrid-prf" in chosen:
+        systems += [FeedbackRetriever(hybrid.dense, hybrid, args.feedback_depth, args.feedback_weight)
+                    for hybrid in hybrids]
     return systems
 
 

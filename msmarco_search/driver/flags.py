@@ -7,7 +7,7 @@ from typing import Any
 
 from ..arguments import non_negative_float, positive_int
 from ..bm25 import STEMMERS, BM25Settings
-from ..retrieval import DEFAULT_FUSION_DEPTH
+from ..retrieval import DEFAULT_FEEDBACK_DEPTH, DEFAULT_FEEDBACK_WEIGHT, DEFAULT_FUSION_DEPTH
 from ..runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, FUSIONS
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU; the default), cpu, cuda, cuda:N, mps"
@@ -42,6 +42,17 @@ def add_fusion_arguments(parser: Any, several: bool) -> None:
                        help=f"rrf: the k in 1 / (k + rank) ({DEFAULT_RRF_K})")
     group.add_argument("--fusion-depth", type=positive_int, default=DEFAULT_FUSION_DEPTH,
                        help=f"candidates of each system that are fused ({DEFAULT_FUSION_DEPTH})")
+
+
+def add_feedback_arguments(parser: Any) -> None:
+    """``--feedback-depth``, ``--feedback-weight``: the pseudo-relevance feedback of the ``-prf`` systems."""
+    group = parser.add_argument_group("feedback (the -prf systems: two-tower-prf, hybrid-prf)")
+    group.add_argument("--feedback-depth", type=positive_int, default=DEFAULT_FEEDBACK_DEPTH,
+                       help="first hits whose passage vectors move the query vector (Rocchio) before the "
+                            f"two-tower ranks again ({DEFAULT_FEEDBACK_DEPTH})")
+    group.add_argument("--feedback-weight", type=non_negative_float, default=DEFAULT_FEEDBACK_WEIGHT,
+                       help="their mean's weight against the query's own vector, 1 "
+                            f"({DEFAULT_FEEDBACK_WEIGHT:g})")
 
 
 def add_bm25_arguments(parser: Any, saved: bool = False) -> None:

@@ -30,7 +30,7 @@ from msmarco_search.arguments import add_source_arguments, non_negative_int, pos
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
-from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_fusion_arguments
+from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.fileio import ensure_writable_dir
 from msmarco_search.index import (
@@ -73,6 +73,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_bm25_arguments(parser, saved=True)
     add_fusion_arguments(parser, several=False)
+    add_feedback_arguments(parser)
     parser.add_argument("--chunk-rows", type=positive_int, default=65536,
                         help="exact search: passage rows scored at once (65536)")
 
@@ -80,8 +81,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 def add_serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="a search page and JSON API over an index",
                                 description="Serve a search page (GET /) and a JSON API (GET /api/search?q=..."
-                                            "&system=two-tower|bm25|hybrid&k=10) over a model's index, with the "
-                                            "rankings of `query`. Needs the serve extra (uv sync --extra serve).")
+                                            "&system=two-tower|bm25|hybrid|two-tower-prf|hybrid-prf&k=10) over a "
+                                            "model's index, with the rankings of `query`. Needs the serve extra "
+                                            "(uv sync --extra serve).")
     serve.add_argument("model", type=Path, help="the two-tower model the index was built with")
     serve.add_argument("--index-dir", type=Path, default=None,
                        help="the index (default: <model stem>_index/ beside the model)")
@@ -147,7 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     query.add_argument("-k", "--top-k", type=positive_int, default=10,
                        help="hits shown (or written to the run) per query (10)")
     query.add_argument("--system", choices=[*SYSTEMS, "all"], default="two-tower",
-                       help="two-tower (default), bm25, hybrid, or all three one after the other")
+                       help="two-tower (default), bm25, hybrid, two-tower-prf or hybrid-prf (the two-tower "
+                            "again after feedback from its own or the hybrid's first hits), or all one after "
+                            "the other")
     query.add_argument("--snippet", type=non_negative_int, default=120,
                        help="characters of passage text shown (120; 0: all)")
     query.add_argument("--batch-size", type=positive_int, default=1024,
@@ -212,7 +216,8 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list
     options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search, refine=args.refine,
                             chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.fusion_weight,
                             rrf_k=args.rrf_k, fusion_depth=args.fusion_depth, bm25_k1=args.bm25_k1,
-                            bm25_b=args.bm25_b, bm25_stemmer=args.bm25_stemmer)
+                            bm25_b=args.bm25_b, bm25_stemmer=args.bm25_stemmer,
+                            feedback_depth=args.feedback_depth, feedback_weight=args.feedback_weight)
     return make_retrievers(systems, index, model, args.model, options)
 
 
