@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     columns = [f"{m} mean (min-max)" for m in metrics]
     columns += [f"{m} vs {args.baseline} (t / W p)" for m in metrics] if args.baseline else []
-    header = f"{'setting':<28} {'system':<14} {'seeds':>5} " + " ".join(f"{c:>24}" for c in columns)
+    header = f"{'setting':<28} {'system':<18} {'seeds':>5} " + " ".join(f"{c:>24}" for c in columns)
     print(header)
     print("-" * len(header))
     for (setting, system), runs in sorted(grouped.items()):
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             test = paired_tests(means[setting, system][metric], base[metric]) if base and setting else None
             cells.append((f"{test['difference']:+.4f} ({test['t_test_p']:.3f} / {test['wilcoxon_p']:.3f})"
                           if test else "").rjust(24))
-        print(f"{setting or '-':<28} {system:<14} {len(runs):>5} " + " ".join(cells))
+        print(f"{setting or '-':<28} {system:<18} {len(runs):>5} " + " ".join(cells))
     bm25 = report.get("systems", {}).get("bm25") if isinstance(report.get("systems"), dict) else None
     if isinstance(bm25, dict) and "k1" in bm25:  # name the BM25 variant (an old file may not say its stemmer)
         print(f"bm25: k1 {bm25['k1']}, b {bm25['b']}, stemmer {bm25.get('stemmer', 'none (not recorded)')}")

@@ -2,7 +2,8 @@
 # Quality on TREC DL 2019 (full ranking over its 28.6K-passage pool, 43 queries, graded NIST qrels):
 # BM25, zero-shot CBOW, the trained two-tower and the hybrids, plus an ablation of the training choices.
 #
-#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers sweep fusion train evaluate ablation
+#   bash benchmarks/quality_dl19.sh [STEP...]      steps: corpus cbow triplets select levers sweep fusion feedback train
+#                                                   evaluate ablation
 #                                                   (default all; about 1 h 40 min on 2 shared cores, the
 #                                                   levers step ~11 min of it;
 #                                                   REUSE=1 keeps the vectors and models already made)
@@ -21,10 +22,15 @@ DL19=$DATA/msmarco-trec-dl-2019
 DL21=$DATA/msmarco-v2-trec-dl-2021
 CBOW_EPOCHS=${CBOW_EPOCHS:-20}
 CBOW_WINDOW=${CBOW_WINDOW:-20}
-EPOCHS=${EPOCHS:-2}
+# the recipe's inverse-cloze pseudo-queries per passage and two-tower epochs: 8 fresh cuts of each passage seen
+# once, chosen on DL 2021 (the x8-e1 row of docs/benchmarks.md) over 4 cuts seen twice (RECIPE_ICT=4
+# RECIPE_EPOCHS=2 gives the rows measured before it)
+RECIPE_ICT=${RECIPE_ICT:-8}
+RECIPE_EPOCHS=${RECIPE_EPOCHS:-1}
+EPOCHS=${EPOCHS:-$RECIPE_EPOCHS}
 export MSMARCO_SEARCH_NO_PROGRESS=${MSMARCO_SEARCH_NO_PROGRESS:-1}
 steps=("$@")
-[[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets select levers fusion train evaluate ablation)
+[[ ${#steps[@]} -eq 0 ]] && steps=(corpus cbow triplets select levers fusion feedback train evaluate ablation)
 mkdir -p "$WORK"
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 newest() { find "$1" -maxdepth 1 -name "$2" -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-; }
@@ -76,16 +82,16 @@ if want triplets; then
   ict ict4 --ict-per-passage 4
   ict ict2-mixed --ict-max-query-words 8 --seed 43 --include "$(newest "$WORK/triplets/ict1" '*.pkl')"
   # the recipe's training data (4 pseudo-queries per passage) and the previous recipe's (1), with the judged pairs
-  ict both --ict-per-passage 4 --include "$judged"
+  ict both --ict-per-passage "$RECIPE_ICT" --include "$judged"
   ict both1 --include "$judged"
 fi
 
 # The recipe: CBOW vectors with a 20-word window, shared towers, word weights starting at the IDF, in-batch
 # softmax (scale 20), word vectors and weights fine-tuned with sparse updates at 1e-2, the dense head at 1e-4,
-# batch 1,024 (256 until the sweep step chose 1,024 on DL 2021), 4 pseudo-queries per passage for 2 epochs,
-# and the average of the weights of 3 such models trained with other seeds (the window, the pseudo-queries
-# and the averaging were chosen on DL 2021 by the select step); the held-out 5 % of the queries pick each
-# model's best epoch.
+# batch 1,024 (256 until the sweep step chose 1,024 on DL 2021), 8 pseudo-queries per passage for 1 epoch
+# (4 for 2 epochs until the sweep step's x8-e1 row), and the average of the weights of 3 such models trained
+# with other seeds (the window, the pseudo-queries and the averaging were chosen on DL 2021 by the select
+# step); with more than one epoch, the held-out 5 % of the queries pick each model's best epoch.
 RECIPE=(--shared-towers --init-token-weights idf --loss softmax --scale 20 --learning-rate 1e-4
         --embedding-learning-rate 1e-2 --batch-size 1024)
 # One thread: on a loaded machine, torch's spinning worker threads slow training several times over.
@@ -120,6 +126,8 @@ DL19_FILES=(--collection "$DL19/collection.tsv" --queries "$DL19/queries.dl19.ts
 DL21_FILES=(--collection "$DL21/collection.tsv" --queries "$DL21/queries.dl21.tsv"
             --qrels "$DL21/qrels.dl21-passage.in-collection.txt")
 SEEDS=(42 1 2)
+# the rows of the levers, sweep and evaluate steps: with the feedback systems (the select step's rows came first)
+SYSTEMS=${SYSTEMS:-two-tower,bm25,hybrid,two-tower-prf,hybrid-prf}
 
 # with_seeds NAME EPOCHS TRIPLETS_DIR EMBEDDINGS: models select/NAME-s<SEED> for every seed and their average
 # select/NAME-soup, all added to the array models (for one evaluate.py call)
@@ -222,12 +230,12 @@ if want levers; then
     rm -rf "$WORK/triplets/lever-"*
     uv run preprocessing/generate_triplets.py --dataset-path "$split/train" --split dl21 --min-relevance 2 \
       --negatives hard --output-dir "$WORK/triplets/lever-judged"
-    uv run preprocessing/generate_triplets.py --mode ict --dataset-path "${pools[@]}" --ict-per-passage 4 \
+    uv run preprocessing/generate_triplets.py --mode ict --dataset-path "${pools[@]}" --ict-per-passage "$RECIPE_ICT" \
       --include "$(newest "$WORK/triplets/lever-judged" 'msmarco_triplets_*.pkl')" "${held_out[@]}" \
       --output-dir "$WORK/triplets/lever-recipe"
   fi
   models=()
-  with_seeds lever-recipe 2 lever-recipe "$EMBEDDINGS"
+  with_seeds lever-recipe "$RECIPE_EPOCHS" lever-recipe "$EMBEDDINGS"
   # SELF_TRAINING=0: the recipe row alone (a lever that changes the code, such as the tokeniser, is this row
   # run again at the new commit, into another WORK)
   if [[ ${SELF_TRAINING:-1} == 1 ]]; then
@@ -237,11 +245,11 @@ if want levers; then
       --include "$(newest "$WORK/triplets/lever-recipe" 'msmarco_triplets_*.pkl')" "${held_out[@]}" \
       --output-dir "$WORK/triplets/lever-selftrain"
   fi
-  with_seeds lever-selftrain 2 lever-selftrain "$EMBEDDINGS"
+  with_seeds lever-selftrain "$RECIPE_EPOCHS" lever-selftrain "$EMBEDDINGS"
   fi
   echo "== levers: trained with the judged pairs of half the DL 2021 queries, evaluated on the other half"
   uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
-    --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
+    --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems "$SYSTEMS" \
     --output-dir "$WORK/eval_levers"
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_levers/evaluation.json"
 fi
@@ -257,7 +265,9 @@ SWEEP=${SWEEP-"scale-40 --scale 40;batch-256 --batch-size 256"}  # SWEEP="": non
 if want sweep; then
   [[ -d $split/dev ]] || split_dl21
   models=()
-  # SWEEP_BASE: the models of the recipe row (default the levers step's; sweep-NAME for a setting swept before)
+  # SWEEP_BASE: the models of the recipe row (default the levers step's; sweep-NAME for a setting swept before,
+  # or an ICT_SWEEP setting's NAME), SWEEP_TRIPLETS and SWEEP_EPOCHS the data and epochs each SWEEP setting
+  # trains with (default lever-recipe, the levers step's, and the recipe's; lever-NAME for an ICT_SWEEP setting's)
   base=${SWEEP_BASE:-lever-recipe}
   for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "select/$base-s$seed")"); done
   models+=(--model "recipe-soup=$(model "select/$base-soup")")
@@ -267,32 +277,40 @@ if want sweep; then
     parts=()
     for seed in "${SEEDS[@]}"; do
       # shellcheck disable=SC2086 # the setting's flags are words
-      train "select/sweep-$name-s$seed" 2 lever-recipe "$EMBEDDINGS" "${RECIPE[@]}" $flags --seed "$seed"
+      train "select/sweep-$name-s$seed" "${SWEEP_EPOCHS:-$RECIPE_EPOCHS}" "${SWEEP_TRIPLETS:-lever-recipe}" "$EMBEDDINGS" \
+        "${RECIPE[@]}" $flags --seed "$seed"
       models+=(--model "$name-s$seed=$(model "select/sweep-$name-s$seed")")
       parts+=("select/sweep-$name-s$seed")
     done
     average "select/sweep-$name-soup" "${parts[@]}"
     models+=(--model "$name-soup=$(model "select/sweep-$name-soup")")
   done
-  # KEYWORDS=SHARE: that share of the inverse-cloze pseudo-queries keyword-style (--ict-keywords), new triplets
-  if [[ -n ${KEYWORDS:-} ]]; then
+  # ICT_SWEEP="NAME EPOCHS FLAGS;...": other inverse-cloze triplets (the recipe's generate_triplets.py flags, then
+  # FLAGS, which win), each trained the recipe's way for EPOCHS epochs; KEYWORDS=SHARE is
+  # ICT_SWEEP="keywords-SHARE 2 --ict-keywords SHARE" (keyword-style pseudo-queries, --ict-keywords)
+  ict_sweep=${ICT_SWEEP:-}
+  [[ -n ${KEYWORDS:-} ]] && ict_sweep+="${ict_sweep:+;}keywords-$KEYWORDS 2 --ict-keywords $KEYWORDS"
+  IFS=';' read -r -a ict_settings <<< "$ict_sweep"
+  for setting in "${ict_settings[@]}"; do
+    read -r name epochs flags <<< "$setting"
     held_out=(--exclude-queries "$DL19/queries.dl19.tsv" "$split/dev/queries.dl21.tsv")
-    if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-keywords-$KEYWORDS" '*.pkl' 2>/dev/null) ]]; then
-      rm -rf "$WORK/triplets/lever-keywords-$KEYWORDS"
+    if [[ ${REUSE:-0} != 1 || -z $(newest "$WORK/triplets/lever-$name" '*.pkl' 2>/dev/null) ]]; then
+      rm -rf "$WORK/triplets/lever-$name"
+      # shellcheck disable=SC2086 # the setting's flags are words
       uv run preprocessing/generate_triplets.py --mode ict --dataset-path "$DL19/collection.tsv" \
-        "$DL21/collection.tsv" --ict-per-passage 4 --ict-keywords "$KEYWORDS" \
+        "$DL21/collection.tsv" --ict-per-passage "$RECIPE_ICT" $flags \
         --include "$(newest "$WORK/triplets/lever-judged" 'msmarco_triplets_*.pkl')" "${held_out[@]}" \
-        --output-dir "$WORK/triplets/lever-keywords-$KEYWORDS"
+        --output-dir "$WORK/triplets/lever-$name"
     fi
-    with_seeds "keywords-$KEYWORDS" 2 "lever-keywords-$KEYWORDS" "$EMBEDDINGS"
-  fi
+    with_seeds "$name" "$epochs" "lever-$name" "$EMBEDDINGS"
+  done
   if [[ ${STEM:-1} == 1 ]]; then
     cbow "$WORK/cbow-stem" --window "$CBOW_WINDOW" --epochs "$CBOW_EPOCHS" --no-word-benchmarks --stemmer english
-    with_seeds stemmed 2 lever-recipe "$WORK/cbow-stem/msmarco_word2vec.pt"
+    with_seeds stemmed "$RECIPE_EPOCHS" lever-recipe "$WORK/cbow-stem/msmarco_word2vec.pt"
   fi
   echo "== sweep: training settings on the DL 2021 split, against the recipe"
   uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
-    --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower,bm25,hybrid \
+    --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems "$SYSTEMS" \
     --output-dir "$WORK/eval_sweep${SWEEP_BASE:+-$SWEEP_BASE}" --overwrite
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_sweep${SWEEP_BASE:+-$SWEEP_BASE}/evaluation.json" --baseline recipe
 fi
@@ -309,6 +327,24 @@ if want fusion; then
       --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems hybrid \
       --fusion linear,rrf --fusion-weight "$weight" --output-dir "$WORK/eval_fusion_w$weight" --overwrite \
       | sed -n '/mean over seeds/,$p'
+  done
+fi
+
+if want feedback; then
+  # The -prf systems' feedback depth and weight (msmarco_search.retrieval.FeedbackRetriever), chosen on the DL 2021
+  # split with the levers step's recipe seeds (SWEEP_BASE: another row's models); DL 2019 is not looked at here.
+  # The choice: the best mean of the two-tower-prf and hybrid-linear-prf nDCG@10 means over the seeds.
+  [[ -d $split/dev ]] || split_dl21
+  models=()
+  for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(model "select/${SWEEP_BASE:-lever-recipe}-s$seed")"); done
+  for depth in 3 5 10 20; do
+    for weight in 0.5 1 2 4; do
+      echo "== feedback depth $depth, weight $weight on the DL 2021 split"
+      uv run evaluation/evaluate.py --collection "$DL21/collection.tsv" --queries "$split/dev/queries.dl21.tsv" \
+        --qrels "$split/dev/qrels.dl21-passage.in-collection.txt" "${models[@]}" --systems two-tower-prf,hybrid-prf \
+        --fusion linear --feedback-depth "$depth" --feedback-weight "$weight" \
+        --output-dir "$WORK/eval_feedback_d${depth}_w$weight" --overwrite | sed -n '/mean over seeds/,$p'
+    done
   done
 fi
 
@@ -331,7 +367,7 @@ if want evaluate; then
   echo "== the recipe's 3 seeds alone and averaged, on DL 2019"
   models=(--model "recipe-soup=$(main_model)")
   for seed in "${SEEDS[@]}"; do models+=(--model "recipe-s$seed=$(seed_model "$seed")"); done
-  uv run evaluation/evaluate.py "${DL19_FILES[@]}" "${models[@]}" --systems two-tower,bm25,hybrid \
+  uv run evaluation/evaluate.py "${DL19_FILES[@]}" "${models[@]}" --systems "$SYSTEMS" \
     --output-dir "$WORK/eval_seeds"
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_seeds/evaluation.json"
 fi
