@@ -475,10 +475,10 @@ class HybridRetriever(Retriever):
 
 # ------------------------------------------------------------------------------------------- feedback
 
-# Chosen on the DL 2021 split (3 seeds, docs/benchmarks.md "Feedback"): the best mean nDCG@10 of the two
-# feedback rows over depths 3-20 and weights 0.5-4; weights 2 and 4 at depth 10 tied (0.5086, 0.5088), and
-# the smaller one was taken
-DEFAULT_FEEDBACK_DEPTH = 10
+# Chosen on the DL 2021 split with the recipe's models (3 seeds; benchmarks/quality_dl19.sh feedback,
+# docs/benchmarks.md): the best mean of the two-tower-prf and hybrid-linear-prf nDCG@10 over depths 3, 5, 10,
+# 20 and weights 0.5, 1, 2, 4 (0.5356 at 3 and 2; next 0.5348 at 3 and 1; 0.5290 at 10 and 2)
+DEFAULT_FEEDBACK_DEPTH = 3
 DEFAULT_FEEDBACK_WEIGHT = 2.0
 
 

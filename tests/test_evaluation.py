@@ -121,7 +121,7 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     assert report["systems"]["bm25"] == {"kind": "BM25Retriever", "k1": 0.9, "b": 0.4,
                                         "stemmer": "english"}
     assert report["systems"]["hybrid-linear-prf"] == {"kind": "FeedbackRetriever", "dense": "two-tower",
-                                                      "source": "hybrid-linear", "depth": 10, "weight": 2.0}
+                                                      "source": "hybrid-linear", "depth": 3, "weight": 2.0}
     # the fixture's queries share no word with their passages: only the trained model can find them
     assert rerank["metrics"]["two-tower"]["MRR@10"] > 0.9 > rerank["metrics"]["random"]["MRR@10"] + 0.3
     assert full["metrics"]["two-tower"]["nDCG@10"] > full["metrics"]["cbow-idf"]["nDCG@10"] + 0.3

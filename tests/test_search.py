@@ -60,8 +60,8 @@ def test_index_is_written_beside_the_model_and_reads_back(search_setup):
 
 def test_query_on_the_command_line_prints_each_systems_hits(search_setup):
     query = search_setup["queries"]["m3"]
-    # feedback from the first hit alone: on 52 toy passages, the default 10 would pull the query toward a fifth of
-    # the collection, and the point here is each system's output, not feedback's quality
+    # feedback from the first hit alone: on 52 toy passages the default 3 may pull the query toward other topics,
+    # and the point here is each system's output, not feedback's quality
     result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], *query.split(), "--system", "all", "-k", "3",
                         "--feedback-depth", "1", cwd=search_setup["folder"])
     blocks = hits_by_system(result.stdout)

@@ -131,7 +131,7 @@ def test_page_has_the_form_and_shows_each_systems_hits_with_the_words_marked(cli
         assert section.count('<li class="hit"') == 3
         first = client.get("/api/search", params={"q": query, "system": system, "k": 3}).json()["hits"][0]["id"]
         assert f'<li class="hit" data-id="{first}">' in section.split("</li>", 1)[0], system  # the API's first
-        # p3 first (with feedback from the top 10 of 52 toy passages, the moved query may rank another first)
+        # p3 first (with feedback from the top 3 of 52 toy passages, the moved query may rank another first)
         assert first == "p3" or system.endswith("-prf"), system
     span_word = search_setup["queries"]["s3"].split()[0]
     assert f"<mark>{span_word}</mark>".lower() in page.text.lower()
