@@ -81,7 +81,7 @@ if want triplets; then
   ict ict2 --ict-per-passage 2
   ict ict4 --ict-per-passage 4
   ict ict2-mixed --ict-max-query-words 8 --seed 43 --include "$(newest "$WORK/triplets/ict1" '*.pkl')"
-  # the recipe's training data (4 pseudo-queries per passage) and the previous recipe's (1), with the judged pairs
+  # the recipe's training data ($RECIPE_ICT pseudo-queries per passage) and an earlier recipe's (1), with the judged pairs
   ict both --ict-per-passage "$RECIPE_ICT" --include "$judged"
   ict both1 --include "$judged"
 fi
@@ -287,9 +287,9 @@ if want sweep; then
   done
   # ICT_SWEEP="NAME EPOCHS FLAGS;...": other inverse-cloze triplets (the recipe's generate_triplets.py flags, then
   # FLAGS, which win), each trained the recipe's way for EPOCHS epochs; KEYWORDS=SHARE is
-  # ICT_SWEEP="keywords-SHARE 2 --ict-keywords SHARE" (keyword-style pseudo-queries, --ict-keywords)
+  # ICT_SWEEP="keywords-SHARE $RECIPE_EPOCHS --ict-keywords SHARE" (keyword-style pseudo-queries, --ict-keywords)
   ict_sweep=${ICT_SWEEP:-}
-  [[ -n ${KEYWORDS:-} ]] && ict_sweep+="${ict_sweep:+;}keywords-$KEYWORDS 2 --ict-keywords $KEYWORDS"
+  [[ -n ${KEYWORDS:-} ]] && ict_sweep+="${ict_sweep:+;}keywords-$KEYWORDS $RECIPE_EPOCHS --ict-keywords $KEYWORDS"
   IFS=';' read -r -a ict_settings <<< "$ict_sweep"
   for setting in "${ict_settings[@]}"; do
     read -r name epochs flags <<< "$setting"

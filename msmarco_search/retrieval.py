@@ -518,7 +518,10 @@ class FeedbackRetriever(Retriever):
     def query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
         """The moved query vectors (a query without first hits keeps its own)."""
         vectors = self.dense.query_vectors(queries)
-        for position, hits in enumerate(self.source.search(queries, self.depth)):
+        # the two-tower's own first ranking searches the vectors just encoded rather than encoding them again
+        first = (self.dense.search_vectors(vectors, self.depth) if self.source is self.dense
+                 else self.source.search(queries, self.depth))
+        for position, hits in enumerate(first):
             if hits:
                 feedback = self.dense.passage_vectors([row for row, _ in hits]).mean(axis=0)
                 moved = vectors[position] + self.weight * torch.from_numpy(feedback).to(vectors)

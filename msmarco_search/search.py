@@ -72,11 +72,10 @@ def make_retrievers(systems: list[str], index: PassageIndex, model, model_path, 
     if {"hybrid", "hybrid-prf"} & set(systems):
         hybrid = HybridRetriever(dense, bm25, options.fusion, options.fusion_weight, options.rrf_k,
                                  options.fusion_depth, name="hybrid")
-    feedback = {"dense": dense, "hybrid": hybrid}
     chosen: list[Retriever] = []
     for system in systems:
         if system.endswith("-prf"):
-            source = feedback["hybrid" if system == "hybrid-prf" else "dense"]
+            source = hybrid if system == "hybrid-prf" else dense
             chosen.append(FeedbackRetriever(dense, source, options.feedback_depth, options.feedback_weight, system))
         else:
             chosen.append({"two-tower": dense, "bm25": bm25, "hybrid": hybrid}[system])
