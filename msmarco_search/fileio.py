@@ -112,12 +112,12 @@ class StagedFolder:
     """A folder (an index) rebuilt beside the one in use and swapped in whole, so the old one keeps answering
     until the new one is complete; the folder counterpart of ``atomic_write``.
 
-    ``acquire()`` takes an exclusive lock (``.NAME.lock``, an ``flock``: the kernel drops it when a build is
-    killed, so a SIGKILLed build never blocks the next one), puts back an old folder that a swap killed
-    half-way left aside, and returns the staging folder ``.NAME.new``. A killed build's staging folder is
-    kept for the next build, which reuses what it can prove complete and removes the rest. ``commit()``
-    swaps the staging folder in (two renames; the old folder is removed after), ``discard()`` removes it,
-    ``release()`` drops the lock.
+    ``acquire()`` takes an exclusive lock (``lock()`` alone takes just it: ``.NAME.lock``, an ``flock``; the
+    kernel drops it when a build is killed, so a SIGKILLed build never blocks the next one), puts back an
+    old folder that a swap killed half-way left aside, and returns the staging folder ``.NAME.new``. A killed
+    build's staging folder is kept for the next build, which reuses what it can prove complete and removes
+    the rest. ``commit()`` swaps the staging folder in (two renames; the old folder is removed after),
+    ``discard()`` removes it, ``release()`` drops the lock.
     """
 
     def __init__(self, path: str | Path):
@@ -128,6 +128,15 @@ class StagedFolder:
         self._lock: IO[str] | None = None
 
     def acquire(self) -> Path:
+        self.lock()
+        if not self.path.exists() and self.old.is_dir():
+            os.replace(self.old, self.path)  # killed between the two renames of a swap: the old one is whole
+        shutil.rmtree(self.old, ignore_errors=True)
+        self.staging.mkdir(exist_ok=True)
+        return self.staging
+
+    def lock(self) -> None:
+        """The exclusive lock alone, for a change made in place (a faiss index added to a complete folder)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.lock_path, "a")
@@ -140,11 +149,6 @@ class StagedFolder:
             self._lock = None
             raise PipelineError("another build is writing this folder now; wait for it to finish",
                                 self.path) from error
-        if not self.path.exists() and self.old.is_dir():
-            os.replace(self.old, self.path)  # killed between the two renames of a swap: the old one is whole
-        shutil.rmtree(self.old, ignore_errors=True)
-        self.staging.mkdir(exist_ok=True)
-        return self.staging
 
     def commit(self) -> None:
         try:

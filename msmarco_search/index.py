@@ -560,7 +560,7 @@ def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 
     index, params = _faiss_structure(faiss, vectors, kind, hnsw_m, ivf_lists, pq_m)
     for start in progress(range(0, count, chunk_rows), desc=f"Building faiss {kind}", unit="chunk",
                           total=-(-count // chunk_rows)):
-        index.add(np.ascontiguousarray(vectors[start:start + chunk_rows], dtype=np.float32))
+        index.add(np.ascontiguousarray(vector_rows(vectors, start, start + chunk_rows), dtype=np.float32))
     if index.ntotal != count:
         raise PipelineError(f"faiss index holds {index.ntotal} vectors, expected {count}", path)
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
@@ -568,6 +568,39 @@ def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 
     info(f"Built faiss {kind} over {count:,} vectors in {params['seconds']:.1f} s "
          f"({path.stat().st_size / 2**20:,.1f} MiB)")
     return params
+
+
+def add_faiss(index_dir: str | Path, model: TwoTowerModel, model_path: str | Path,
+              settings: IndexSettings) -> dict[str, Any]:
+    """A faiss index (``settings.faiss`` and its parameters) built from a complete index's stored vectors and
+    added to it, or put in place of the one it has; returns the new manifest.
+
+    No passage is encoded again: at 8.8M passages the encoding is minutes and the vectors are already on
+    disk. The folder's build lock is held, so a rebuild cannot swap the folder away meanwhile; the faiss file
+    and then the manifest are each replaced atomically, so searches already running keep their loaded index.
+    """
+    _check_settings(settings)
+    if settings.faiss is None:
+        raise PipelineError(f"name the faiss index to build (one of {', '.join(FAISS_KINDS)})")
+    index_dir = Path(index_dir)
+    folder = StagedFolder(index_dir)
+    folder.lock()
+    try:
+        index = load_index(index_dir, model, model_path)
+        if settings.faiss == "ivfpq":
+            pq_subquantizers(index.vectors.shape[1], settings.pq_m)
+        faiss_info = build_faiss_index(index.vectors, settings.faiss, index_dir / FAISS_FILE, settings.hnsw_m,
+                                       settings.ivf_lists, settings.pq_m)
+        files = {**index.manifest["files"], FAISS_FILE: (index_dir / FAISS_FILE).stat().st_size}
+        return update_manifest(index_dir, faiss=faiss_info, files=files)
+    finally:
+        folder.release()
+
+
+def vector_rows(vectors: Any, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an index's vectors (one file or shards joined), read through the files
+    (``arrays.read_rows``), so a pass over 8.8M vectors costs one chunk of resident memory, not the file."""
+    return vectors.rows(start, stop) if isinstance(vectors, JoinedRows) else read_rows(vectors, start, stop)
 
 
 class JoinedRows:

@@ -34,10 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .arrays import read_rows
 from .bm25 import BM25Index, BM25Settings
 from .errors import PipelineError
-from .index import BM25_DIR, JoinedRows, PassageIds, PassageIndex, collection_identity, saved_bm25_settings
+from .index import BM25_DIR, PassageIds, PassageIndex, collection_identity, saved_bm25_settings, vector_rows
 from .report import info, progress
 from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, check_fusion, fuse
 from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
@@ -204,8 +203,7 @@ def exact_search(vectors: np.ndarray, queries: torch.Tensor, k: int, chunk_rows:
     if len(chunks) > 8:
         chunks = progress(chunks, desc="Searching", unit="chunk", total=len(chunks))
     for start in chunks:
-        rows = vectors.rows(start, start + chunk_rows) if isinstance(vectors, JoinedRows) else read_rows(
-            vectors, start, start + chunk_rows)
+        rows = vector_rows(vectors, start, start + chunk_rows)
         block = torch.from_numpy(rows.astype(np.float32, copy=False))  # owned, writable
         scores = queries @ block.to(device).T
         top = scores.topk(min(k, scores.shape[1]), dim=1)

@@ -234,6 +234,54 @@ def test_a_second_build_at_once_and_a_bad_pq_m_are_refused_before_any_work(tmp_p
     assert not list((tmp_path / ".model_index.new").iterdir())  # nothing was encoded
 
 
+def _trec(path: Path) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        qid, _, docid, _, score, _ = line.split()
+        run.setdefault(qid, {})[docid] = float(score)
+    return run
+
+
+def test_faiss_is_added_to_a_built_index_without_encoding_again(tmp_path, trained_pipeline, capsys):
+    """`search.py faiss` builds faiss from the stored vectors (untouched), records it in the manifest, measures
+    its recall, and replaces it when run again; searches then use it; a running build's lock refuses it."""
+    model = tmp_path / "model.pt"
+    shutil.copy(trained_pipeline["model"], model)
+    collection = _collection(tmp_path / "collection.tsv", 81)
+    assert search_command(["index", str(model), "--dataset-path", str(collection), "--no-bm25"]) == 0
+    index_dir = tmp_path / "model_index"
+    vectors = (index_dir / "vectors.npy").read_bytes()
+    capsys.readouterr()
+    assert search_command(["faiss", str(model), "--faiss", "ivfpq", "--pq-m", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "faiss ivfpq: recall@10 1.000 against exact search on 81 sampled pseudo-queries" in out
+    assert "Added faiss ivfpq to the index of 81 passages" in out
+    assert (index_dir / "vectors.npy").read_bytes() == vectors
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    assert manifest["faiss"]["type"] == "ivfpq" and manifest["faiss"]["measured"]["recall@10"] == 1.0
+    assert manifest["files"]["faiss.index"] == (index_dir / "faiss.index").stat().st_size
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("".join(f"q{i}\t{text}\n" for i, text in enumerate(_texts(6, seed=4)) if text))
+    assert search_command(["faiss", str(model), "--faiss", "flat"]) == 0  # replaces the IVF-PQ one
+    assert json.loads((index_dir / "manifest.json").read_text())["faiss"]["type"] == "flat"
+    for mode in ("exact", "faiss"):
+        assert search_command(["query", str(model), "--queries", str(queries), "--search", mode, "--run-file",
+                               str(tmp_path / f"{mode}.trec"), "--tag", "t"]) == 0
+    assert "two-tower: faiss flat" in capsys.readouterr().out
+    exact, found = _trec(tmp_path / "exact.trec"), _trec(tmp_path / "faiss.trec")
+    assert exact.keys() == found.keys()
+    for qid, hits in exact.items():
+        assert found[qid].keys() == hits.keys() and all(abs(found[qid][d] - s) < 1e-5 for d, s in hits.items())
+    running = StagedFolder(index_dir)
+    running.acquire()
+    with pytest.raises(PipelineError, match="another build is writing this folder now"):
+        search_command(["faiss", str(model), "--faiss", "hnsw"])
+    running.release()
+    result = run_script(SEARCH_SCRIPT, "faiss", model, "--index-dir", tmp_path / "nowhere", "--faiss", "flat",
+                        cwd=tmp_path, check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_ivfpq_is_built_measured_and_its_candidates_rescored_exactly(tmp_path, trained_pipeline, capsys):
     """IVF-PQ through the command line: the manifest says what it is and its measured recall; with the
     re-scored candidates covering the whole (tiny) collection its run is exact search's."""

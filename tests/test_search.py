@@ -341,7 +341,7 @@ def test_help_describes_every_command(capsys):
             search_main(*command, "--help")
         assert exit_status.value.code == 0
     out = capsys.readouterr().out
-    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query,serve}" in out
+    assert "--index-dir" in out and "--run-file" in out and "--faiss" in out and "{index,query,faiss,serve}" in out
     assert "--host" in out and "--port" in out
     assert "--fusion-weight" in out and "--fusion-depth" in out and "--weight " not in out and "--depth " not in out
 

@@ -3,6 +3,8 @@
   index  encode a collection with the model's passage tower and save the index beside the model
          (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, bm25/, manifest.json [, faiss.index]);
          built in .<name>.new and swapped in when complete; under torchrun each process encodes a shard
+  faiss  add a faiss index (flat, hnsw, ivf, ivfpq) to a built index from its stored vectors, no encoding,
+         and measure its recall against exact search
   query  top-k passages for a query on the command line, for each line read from stdin (interactive or
          a pipe), or for each query of a queries TSV (qid<TAB>text), optionally written as a TREC run
   serve  a search page and a JSON API (GET /api/search?q=...&system=...&k=...) over the index, on
@@ -12,6 +14,7 @@ Examples:
   uv run search/search.py index checkpoints/two_tower_model_X.pt --dataset-path ../shared/data/cacm/collection.tsv
   uv run python -m torch.distributed.run --standalone --nproc-per-node 2 search/search.py index \\
       checkpoints/two_tower_model_X.pt --dataset-path collection.tsv
+  uv run search/search.py faiss checkpoints/two_tower_model_X.pt --faiss ivfpq --ivf-lists 4096
   uv run search/search.py query checkpoints/two_tower_model_X.pt "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --system all "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --queries queries.tsv --run-file run.trec
@@ -35,11 +38,13 @@ from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.fileio import ensure_writable_dir
 from msmarco_search.index import (
     BM25_DIR,
+    FAISS_FILE,
     FAISS_KINDS,
     FLOAT16_FROM,
     VECTOR_DTYPES,
     IndexSettings,
     PassageIndex,
+    add_faiss,
     build_index,
     default_index_dir,
     load_index,
@@ -93,6 +98,34 @@ def add_serve_parser(commands) -> None:
     add_search_arguments(serve)
 
 
+def add_faiss_parser(commands) -> None:
+    faiss = commands.add_parser("faiss", help="add a faiss index to a built index (no encoding)",
+                                description="Build a faiss index from a built index's stored vectors, add it to "
+                                            "the index (or replace the one it has) and measure its recall "
+                                            "against exact search. No passage is encoded again.")
+    faiss.add_argument("model", type=Path, help="the two-tower model the index was built with")
+    faiss.add_argument("--index-dir", type=Path, default=None,
+                       help="the index (default: <model stem>_index/ beside the model)")
+    add_faiss_build_arguments(faiss, required=True)
+
+
+def add_faiss_build_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The faiss index to build and how its recall is measured: the flags ``index`` and ``faiss`` share."""
+    parser.add_argument("--faiss", choices=FAISS_KINDS, default=None, required=required,
+                        help=("the" if required else "also build a") + " faiss index: flat (exact), hnsw "
+                             "(graph), ivf (clustered) or ivfpq (clustered, product-quantised: the one that fits "
+                             "8.8M passages in memory); its recall against exact search is measured and printed")
+    parser.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
+    parser.add_argument("--ivf-lists", type=positive_int, default=None,
+                        help="IVF clusters (default: about 4 x sqrt(passages))")
+    parser.add_argument("--pq-m", type=positive_int, default=None,
+                        help="IVF-PQ bytes per vector; must divide the dimensions (default: about dimensions / 6)")
+    parser.add_argument("--recall-queries", type=Path, default=None,
+                        help="queries TSV for the faiss recall measurement (default: 200 pseudo-queries made "
+                             "from sampled passages)")
+    add_faiss_search_arguments(parser)
+
+
 def add_faiss_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nprobe", type=positive_int, default=16, help="faiss IVF clusters visited (16)")
     parser.add_argument("--ef-search", type=positive_int, default=128, help="faiss HNSW search breadth (128)")
@@ -102,7 +135,7 @@ def add_faiss_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,faiss,serve}")
 
     index = commands.add_parser("index", help="encode a passage collection and save its index",
                                 description="Encode a passage collection with the model's passage tower.")
@@ -115,19 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     index.add_argument("--dtype", choices=["auto", *sorted(VECTOR_DTYPES)], default="auto",
                        help=f"stored vector type; float16 halves the file (auto: float16 from {FLOAT16_FROM:,} "
                             "passages, else float32)")
-    index.add_argument("--faiss", choices=FAISS_KINDS, default=None,
-                       help="also build a faiss index: flat (exact), hnsw (graph), ivf (clustered) or ivfpq "
-                            "(clustered, product-quantised: the one that fits 8.8M passages in memory); its "
-                            "recall against exact search is measured and printed")
-    index.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
-    index.add_argument("--ivf-lists", type=positive_int, default=None,
-                       help="IVF clusters (default: about 4 x sqrt(passages))")
-    index.add_argument("--pq-m", type=positive_int, default=None,
-                       help="IVF-PQ bytes per vector; must divide the dimensions (default: about dimensions / 6)")
-    index.add_argument("--recall-queries", type=Path, default=None,
-                       help="queries TSV for the faiss recall measurement (default: 200 pseudo-queries made "
-                            "from sampled passages)")
-    add_faiss_search_arguments(index)
+    add_faiss_build_arguments(index, required=False)
     index.add_argument("--device", default="auto", help=DEVICE_HELP)
     index.add_argument("--no-bm25", action="store_true",
                        help="do not build and save the BM25 index (search then builds BM25 in memory when asked)")
@@ -157,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     query.add_argument("--batch-size", type=positive_int, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
     add_search_arguments(query)
+    add_faiss_parser(commands)
     add_serve_parser(commands)
     # argparse cannot match query words that come after options ("query MODEL -k 5 what is x") to the
     # positional; take them from the leftovers, and refuse anything that looks like a flag.
@@ -180,26 +202,16 @@ def run_index(args: argparse.Namespace) -> int:
         model = load_model(args.model, device)
         index_dir = args.index_dir or default_index_dir(args.model)
         source = source_from_args(args)
-        settings = IndexSettings(batch_size=args.batch_size, dtype=args.dtype, faiss=args.faiss, hnsw_m=args.hnsw_m,
-                                 ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0, max_passages=args.max_passages)
+        settings = index_settings(args)
         bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
-        recall_queries = None if args.recall_queries is None else list(read_queries(args.recall_queries).values())
+        recall_queries(args)  # a bad queries file fails before the encoding
         manifest = build_index(model, args.model, source, index_dir, settings, bm25, context)
     finally:
         shutdown_distributed(context)
     if manifest is None:  # a sharded build's other processes: rank 0 joins and reports
         return 0
     if manifest["faiss"]:
-        index = load_index(index_dir, model, args.model)
-        try:
-            measured = faiss_recall(index, model, recall_queries, nprobe=args.nprobe, ef_search=args.ef_search,
-                                    refine=args.refine)
-        finally:
-            index.close()
-        manifest = update_manifest(index_dir, faiss={**manifest["faiss"], "measured": measured})
-        info(f"faiss {manifest['faiss']['type']}: recall@10 {measured['recall@10']:.3f} against exact search on "
-             f"{measured['queries']} {'queries' if recall_queries else 'sampled pseudo-queries'}, "
-             f"{measured['queries_per_s']:,.0f} queries/s ({measured['search']})")
+        manifest = measure_faiss(args, index_dir, model, manifest)
     total = sum(manifest["files"].values())
     extras = f", {manifest['dtype']}" + (f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else "")
     if manifest["shards"]:
@@ -208,6 +220,44 @@ def run_index(args: argparse.Namespace) -> int:
         total += sum(p.stat().st_size for p in (Path(index_dir) / BM25_DIR).iterdir())
         extras += f", BM25 ({bm25.describe()})"
     info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{extras})")
+    return 0
+
+
+def index_settings(args: argparse.Namespace) -> IndexSettings:
+    return IndexSettings(batch_size=getattr(args, "batch_size", 1024), dtype=getattr(args, "dtype", "auto"),
+                         faiss=args.faiss, hnsw_m=args.hnsw_m, ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0,
+                         max_passages=getattr(args, "max_passages", None))
+
+
+def recall_queries(args: argparse.Namespace) -> list[str] | None:
+    return None if args.recall_queries is None else list(read_queries(args.recall_queries).values())
+
+
+def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: dict) -> dict:
+    """The faiss index's recall@10 against exact search and its speed, printed and added to the manifest."""
+    queries = recall_queries(args)
+    index = load_index(index_dir, model, args.model)
+    try:
+        measured = faiss_recall(index, model, queries, nprobe=args.nprobe, ef_search=args.ef_search,
+                                refine=args.refine)
+    finally:
+        index.close()
+    manifest = update_manifest(index_dir, faiss={**manifest["faiss"], "measured": measured})
+    info(f"faiss {manifest['faiss']['type']}: recall@10 {measured['recall@10']:.3f} against exact search on "
+         f"{measured['queries']} {'queries' if queries else 'sampled pseudo-queries'}, "
+         f"{measured['queries_per_s']:,.0f} queries/s ({measured['search']})")
+    return manifest
+
+
+def run_faiss(args: argparse.Namespace) -> int:
+    index_dir = args.index_dir or default_index_dir(args.model)
+    recall_queries(args)  # a bad queries file fails before the build
+    model = load_model(args.model, pick_device("auto"))
+    manifest = add_faiss(index_dir, model, args.model, index_settings(args))
+    manifest = measure_faiss(args, index_dir, model, manifest)
+    size = manifest["files"][FAISS_FILE]
+    info(f"💾 Added faiss {manifest['faiss']['type']} to the index of {manifest['count']:,} passages in {index_dir} "
+         f"({size / 2**20:,.1f} MiB)")
     return 0
 
 
@@ -369,7 +419,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commands = {"index": run_index, "query": run_query, "serve": run_serve}
+    commands = {"index": run_index, "query": run_query, "faiss": run_faiss, "serve": run_serve}
     return commands[args.command](args)
 
 
