@@ -258,7 +258,7 @@ fi
 # it first): the softmax's inverse temperature and the batch (more in-batch negatives). Each setting's flags
 # come after the recipe's, so they win; 3 seeds each, and their soup. STEM=1 adds stemmed towers: CBOW vectors
 # of Snowball stems (--stemmer english), the two-tower trained on them the recipe's way. KEYWORDS=SHARE adds
-# keyword-style pseudo-queries (below).
+# keyword-style pseudo-queries (below), MINED=1 model-mined negatives for them.
 # (The sweep that chose batch 1,024 ran with the recipe at 256 and SWEEP="scale-40 --scale 40;batch-1024
 # --batch-size 1024"; against today's recipe, the same question is batch-256.)
 SWEEP=${SWEEP-"scale-40 --scale 40;batch-256 --batch-size 256"}  # SWEEP="": none
@@ -290,6 +290,9 @@ if want sweep; then
   # ICT_SWEEP="keywords-SHARE $RECIPE_EPOCHS --ict-keywords SHARE" (keyword-style pseudo-queries, --ict-keywords)
   ict_sweep=${ICT_SWEEP:-}
   [[ -n ${KEYWORDS:-} ]] && ict_sweep+="${ict_sweep:+;}keywords-$KEYWORDS $RECIPE_EPOCHS --ict-keywords $KEYWORDS"
+  # MINED=1: the recipe's pseudo-queries with negatives mined by the recipe row's seed-42 model (its ranks 10-50,
+  # --ict-mine-negatives: one ANCE round), the same cuts (same seed), only the negatives differ
+  [[ ${MINED:-0} == 1 ]] && ict_sweep+="${ict_sweep:+;}mined $RECIPE_EPOCHS --ict-mine-negatives $(model "select/$base-s42")"
   IFS=';' read -r -a ict_settings <<< "$ict_sweep"
   for setting in "${ict_settings[@]}"; do
     read -r name epochs flags <<< "$setting"

@@ -1,4 +1,12 @@
-"""Self-training data: real queries without judgments, labelled by a trained model and BM25 over a pool.
+"""Mined training data: hard negatives found with a trained model, and self-training pairs.
+
+``mine_negatives`` gives existing triplets (e.g. inverse-cloze ones, whose negatives are random passages)
+negatives that a trained model ranks high for their query but that are not their positive's passage: one round
+of ANCE (Xiong et al. 2021, "Approximate Nearest Neighbor Negative Contrastive Learning"), where the model's own
+near misses are the negatives the next model learns from. Random negatives are mostly easy after the first
+epoch; these are the passages the model still confuses.
+
+Self-training data: real queries without judgments, labelled by a trained model and BM25 over a pool.
 
 Inverse cloze teaches the towers passage-to-passage matching, never the style of real queries (short,
 keyword-like questions). MS MARCO's train queries are real but come without passages here. Labelling them
@@ -35,11 +43,62 @@ class PseudoLabelStats:
     pseudo_labelled: int = 0
 
 
-def jaccard(a: str, b: str) -> float:
-    """Token-set Jaccard similarity of two texts (1.0 for two texts without tokens)."""
-    left, right = set(tokenize(a)), set(tokenize(b))
+@dataclass
+class MinedNegativeStats:
+    triplets_mined: int = 0
+    triplets_kept_as_they_were: int = 0
+
+
+def mine_negatives(triplets: Triplets, pool: PassagePool, dense: Retriever, negative_ranks: tuple[int, int] = (10, 50),
+                   duplicate_jaccard: float = 0.6, seed: int = 42) -> tuple[Triplets, MinedNegativeStats]:
+    """``triplets`` with each negative replaced by a passage of ``pool`` that ``dense`` ranks ``negative_ranks``
+    (1-based, ``[first, last]``) for the triplet's query (see the module docstring).
+
+    A candidate is never the positive's own passage (its id in ``pool``) nor a near-duplicate of it (token-set
+    Jaccard at least ``duplicate_jaccard`` with the positive's passage, or with the positive itself when its
+    id is not in ``pool``): those are false negatives. A triplet without such a candidate keeps its negative.
+    """
+    first, last = negative_ranks
+    if not 1 <= first <= last:
+        raise ValueError(f"need 1 <= first negative rank ({first}) <= last ({last})")
+    dense.prepare(pool)
+    rng = random.Random(seed)
+    stats, mined = MinedNegativeStats(), Triplets()
+    token_sets: dict[int, set[str]] = {}
+
+    def tokens_at(position: int) -> set[str]:
+        if position not in token_sets:
+            token_sets[position] = set(tokenize(pool.texts_[position]))
+        return token_sets[position]
+
+    for start in range(0, len(triplets), QUERY_BATCH):
+        batch = range(start, min(start + QUERY_BATCH, len(triplets)))
+        for i, hits in zip(batch, dense.search([triplets.queries[i] for i in batch], last), strict=True):
+            own = pool.position.get(triplets.positive_ids[i])
+            positive = tokens_at(own) if own is not None else set(tokenize(triplets.positives[i]))
+            candidates = [position for position, _ in hits[first - 1:last] if position != own]
+            rng.shuffle(candidates)
+            negative = next((position for position in candidates
+                             if _overlap(tokens_at(position), positive) < duplicate_jaccard), None)
+            if negative is None:
+                stats.triplets_kept_as_they_were += 1
+                negative_id, negative_text = triplets.negative_ids[i], triplets.negatives[i]
+            else:
+                stats.triplets_mined += 1
+                negative_id, negative_text = pool.pid(negative), pool.texts_[negative]
+            mined.add(triplets.query_ids[i], triplets.queries[i], triplets.positive_ids[i], triplets.positives[i],
+                      negative_id, negative_text)
+    return mined, stats
+
+
+def _overlap(left: set[str], right: set[str]) -> float:
     union = left | right
     return len(left & right) / len(union) if union else 1.0
+
+
+def jaccard(a: str, b: str) -> float:
+    """Token-set Jaccard similarity of two texts (1.0 for two texts without tokens)."""
+    return _overlap(set(tokenize(a)), set(tokenize(b)))
 
 
 def pseudo_label_triplets(queries: Sequence[tuple[str, str]], pool: PassagePool, dense: Retriever,

@@ -292,6 +292,42 @@ def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_p
     assert bad.returncode == 2 and "--label-model" in bad.stderr
 
 
+def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_folder, trained_pipeline):
+    """--ict-mine-negatives keeps the pseudo-queries and positives and draws each negative from the model's
+    ranks FIRST-LAST for that pseudo-query, never the positive's own passage."""
+    from msmarco_search.retrieval import PassagePool, TwoTowerRetriever
+    from msmarco_search.sources import read_collection
+
+    collection = tsv_folder / "collection.tsv"
+    plain, mined = tmp_path / "plain.pkl", tmp_path / "mined.pkl"
+    run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-per-passage", "2",
+               "--output", plain, cwd=tmp_path)
+    run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-per-passage", "2",
+               "--ict-mine-negatives", trained_pipeline["model"], "--pseudo-negative-ranks", "2", "6",
+               "--output", mined, cwd=tmp_path)
+    before, after = load_triplets(plain), load_triplets(mined)
+    metadata = json.loads(metadata_path(mined).read_text())
+    assert (after.query_ids, after.queries, after.positives) == (before.query_ids, before.queries, before.positives)
+    assert metadata["triplets_mined"] + metadata["triplets_kept_as_they_were"] == len(after)
+    assert metadata["triplets_mined"] >= 0.9 * len(after) and metadata["negative_strategy"].startswith("mined: ranks 2-6")
+    passages = dict(read_collection(collection))
+    retriever = TwoTowerRetriever.from_file(trained_pipeline["model"])
+    pool = PassagePool(list(passages), list(passages.values()))
+    retriever.prepare(pool)
+    hits = retriever.search(after.queries, 6)
+    changed = 0
+    for i, ranked in enumerate(hits):
+        assert after.negative_ids[i] != after.positive_ids[i]
+        if after.negative_ids[i] != before.negative_ids[i]:
+            changed += 1
+            assert after.negative_ids[i] in {pool.pid(p) for p, _ in ranked[1:6]}, i
+            assert after.negatives[i] == passages[after.negative_ids[i]]
+    assert changed >= 0.8 * len(after)
+    refused = run_script(TRIPLETS_SCRIPT, "--dataset-path", collection, "--ict-mine-negatives",
+                         trained_pipeline["model"], cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "--ict-mine-negatives goes with --mode ict" in refused.stderr
+
+
 def test_word_benchmarks_through_gensim():
     # athens:greece :: baghdad:iraq holds exactly in these vectors, in both directions
     words = ["athens", "greece", "baghdad", "iraq", "zzzfiller"]

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cloze.add_argument("--ict-keywords", type=float, default=0.0, metavar="SHARE",
                        help="share of pseudo-queries that are keyword-style instead: 3-6 of the passage's rarest "
                             "words, drawn by IDF (0)")
+    cloze.add_argument("--ict-mine-negatives", type=Path, default=None, metavar="MODEL",
+                       help="negatives mined with this trained two-tower model instead of random passages: one "
+                            "of its ranks --pseudo-negative-ranks for the pseudo-query over the passages, never "
+                            "the positive's passage or a near-duplicate of it (ANCE-style hard negatives)")
     labels = parser.add_argument_group("self-training (--mode pseudo-labels)")
     labels.add_argument("--queries", type=Path, nargs="+", default=[], metavar="FILE",
                         help="queries TSVs (qid<TAB>text) to label, at most --max-samples of them in all")
@@ -96,7 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep a query only when the model and BM25 both rank the hybrid's first passage "
                              "in their top this many (3)")
     labels.add_argument("--pseudo-negative-ranks", type=positive_int, nargs=2, default=[10, 50],
-                        metavar=("FIRST", "LAST"), help="hybrid ranks the negative is drawn from (10 50)")
+                        metavar=("FIRST", "LAST"),
+                        help="hybrid ranks the negative is drawn from (10 50); with --ict-mine-negatives, the "
+                             "model's ranks")
     labels.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     add_source_arguments(parser)
     args = parser.parse_args(argv)
@@ -105,11 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.format = "parquet" if suffix == "parquet" else "pkl"
     elif suffix in TRIPLET_FORMATS and suffix != args.format:
         parser.error(f"--output {args.output} names a .{suffix} file, but --format is {args.format}")
+    if args.ict_mine_negatives is not None and args.mode != "ict":
+        parser.error("--ict-mine-negatives goes with --mode ict")
     if args.mode == "pseudo-labels" and (not args.queries or args.label_model is None or not args.dataset_path):
         parser.error("--mode pseudo-labels needs --queries, --label-model and --dataset-path (the passages)")
     first, last = args.pseudo_negative_ranks
-    if not args.pseudo_agree_depth < first <= last:
+    if args.mode == "pseudo-labels" and not args.pseudo_agree_depth < first <= last:
         parser.error("--pseudo-negative-ranks: need --pseudo-agree-depth < FIRST <= LAST")
+    if not first <= last:
+        parser.error("--pseudo-negative-ranks: need FIRST <= LAST")
     return args
 
 
@@ -156,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
         metadata = {
             "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
             "dataset_config": args.dataset_config if not args.dataset_path else None,
-            "negative_strategy": {"queries": args.negatives, "ict": "random (other passages)"}.get(
-                args.mode, "hybrid ranks (mined with the label model)"),
+            "negative_strategy": negative_strategy(args),
             "seed": args.seed, "max_samples": args.max_samples, "format": args.format,
             "num_triplets": len(triplets), "num_queries": len(set(triplets.query_ids)),
             "triplets_made": made, "triplets_excluded": excluded,
@@ -177,6 +187,18 @@ def run(args: argparse.Namespace) -> int:
     info(f"💾 Saved triplets to {path}")
     info(f"💾 Saved metadata to {metadata_path(path)}")
     return 0
+
+
+def negative_strategy(args: argparse.Namespace) -> str:
+    """How the negatives were chosen, in words, for the metadata."""
+    first, last = args.pseudo_negative_ranks
+    if args.mode == "ict":
+        if args.ict_mine_negatives is None:
+            return "random (other passages)"
+        return f"mined: ranks {first}-{last} of {args.ict_mine_negatives} (random where none)"
+    if args.mode == "pseudo-labels":
+        return "hybrid ranks (mined with the label model)"
+    return args.negatives
 
 
 def check_output(args: argparse.Namespace) -> None:
@@ -294,8 +316,32 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     info(f"✅ {len(triplets):,} inverse-cloze triplets from {stats.passages_read:,} passages "
          f"({stats.passages_too_short:,} too short; {stats.sentence_queries:,} sentence, "
          f"{stats.span_queries:,} span and {stats.keyword_queries:,} keyword pseudo-queries)")
+    if args.ict_mine_negatives is not None:
+        triplets, mined = mined_negatives(args, triplets, passages())
+        stats = SimpleNamespace(**vars(stats), **vars(mined))  # both counts go to the metadata
     return (triplets, stats, "; ".join(s.description for s in sources), "|".join(s.identity() for s in sources),
             stats.passages_read)
+
+
+def mined_negatives(args: argparse.Namespace, triplets: Triplets,
+                    passages: Iterator[tuple[str, str]]) -> tuple[Triplets, Any]:
+    """The triplets with negatives mined by --ict-mine-negatives over the same passages (``mining``)."""
+    from ..device import pick_device
+    from ..mining import mine_negatives
+    from ..retrieval import PassagePool, TwoTowerRetriever
+
+    ids, texts = [], []
+    for pid, text in passages:
+        ids.append(pid)
+        texts.append(text)
+    model = TwoTowerRetriever.from_file(args.ict_mine_negatives, device=pick_device(args.device))
+    first, last = args.pseudo_negative_ranks
+    info(f"Mining negatives for {len(triplets):,} pseudo-queries over {len(ids):,} passages with "
+         f"{args.ict_mine_negatives} (its ranks {first}-{last})")
+    triplets, stats = mine_negatives(triplets, PassagePool(ids, texts), model, (first, last), seed=args.seed)
+    info(f"✅ {stats.triplets_mined:,} negatives mined ({stats.triplets_kept_as_they_were:,} triplets kept their "
+         "random one: no candidate that is not a near-duplicate of the positive)")
+    return triplets, stats
 
 
 def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
