@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .arrays import read_rows, save_npy
+from .arrays import read_row_list, read_rows, save_npy
 from .bm25 import BM25Settings, build_streamed
 from .distributed import DistributedContext
 from .errors import PipelineError, first_line, short
@@ -514,7 +514,7 @@ def _ivf_lists(count: int, ivf_lists: int) -> int:
 def _train(index: Any, vectors: np.ndarray, sample: int) -> None:
     count = len(vectors)
     rows = np.sort(np.random.default_rng(0).choice(count, size=min(count, sample), replace=False))
-    index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    index.train(np.ascontiguousarray(vector_row_list(vectors, rows), dtype=np.float32))
 
 
 def pq_subquantizers(dim: int, wanted: int = 0) -> int:
@@ -597,6 +597,12 @@ def add_faiss(index_dir: str | Path, model: TwoTowerModel, model_path: str | Pat
         folder.release()
 
 
+def vector_row_list(vectors: Any, rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` of an index's vectors (one file or shards joined), read through the files
+    (``arrays.read_row_list``): a sample of 8.8M vectors costs its own rows of resident memory, not the file."""
+    return vectors.row_list(rows) if isinstance(vectors, JoinedRows) else read_row_list(vectors, rows)
+
+
 def vector_rows(vectors: Any, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of an index's vectors (one file or shards joined), read through the files
     (``arrays.read_rows``), so a pass over 8.8M vectors costs one chunk of resident memory, not the file."""
@@ -635,13 +641,18 @@ class JoinedRows:
         rows = np.asarray(key, dtype=np.int64)
         if rows.ndim == 0:
             return self[int(rows):int(rows) + 1][0]
-        rows = np.where(rows < 0, rows + len(self), rows)
+        return self.row_list(np.where(rows < 0, rows + len(self), rows), through_files=False)
+
+    def row_list(self, rows: np.ndarray, through_files: bool = True) -> np.ndarray:
+        """The rows ``rows`` of the joined matrix; ``through_files``: each shard's read through its file
+        (``arrays.read_row_list``), else through its map."""
         out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
         owner = np.searchsorted(self.starts, rows, side="right") - 1
         for number, part in enumerate(self.parts):
             mine = owner == number
             if mine.any():
-                out[mine] = part[rows[mine] - self.starts[number]]
+                local = rows[mine] - self.starts[number]
+                out[mine] = read_row_list(part, local) if through_files else part[local]
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

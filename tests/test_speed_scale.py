@@ -143,8 +143,9 @@ def test_token_arrays_are_checked_chunk_by_chunk(tmp_path, monkeypatch, mmap):
 
 def test_rows_of_a_memory_map_are_read_through_its_file_exactly(tmp_path):
     """read_rows gives the rows slicing would, for maps (2-D vectors, 1-D ids), views of maps and arrays in
-    memory, and shards joined (JoinedRows.rows); a map cut short is one line, not garbage."""
-    from msmarco_search.arrays import read_rows
+    memory, and shards joined (JoinedRows.rows); read_row_list the rows indexing would; a map cut short is one
+    line, not garbage."""
+    from msmarco_search.arrays import read_row_list, read_rows
     from msmarco_search.index import JoinedRows
 
     vectors = np.arange(70 * 3, dtype=np.float16).reshape(70, 3)
@@ -159,11 +160,20 @@ def test_rows_of_a_memory_map_are_read_through_its_file_exactly(tmp_path):
     assert np.array_equal(read_rows(np.load(tmp_path / "i.npy", mmap_mode="r"), 990, 2000), ids[990:])
     joined = JoinedRows([mapped[:0], np.load(tmp_path / "v.npy", mmap_mode="r"), vectors[:7]])
     assert np.array_equal(joined.rows(60, 74), np.concatenate([vectors, vectors[:7]])[60:74])
+    rows = np.array([69, 0, 5, 5, 33, 68])  # scattered, repeated, unsorted: read_row_list, what a sample takes
+    assert np.array_equal(read_row_list(mapped, rows), vectors[rows])
+    assert np.array_equal(read_row_list(vectors, rows), vectors[rows])
+    scattered = np.array([76, 3, 70, 69])
+    assert np.array_equal(joined.row_list(scattered), np.concatenate([vectors, vectors[:7]])[scattered])
+    with pytest.raises(IndexError):
+        read_row_list(mapped, np.array([70]))
     cut = np.load(tmp_path / "v.npy", mmap_mode="r")
     with open(tmp_path / "v.npy", "r+b") as handle:
         handle.truncate(cut.offset + 100 * 2)
     with pytest.raises(PipelineError, match="shorter than its header says"):
         read_rows(cut, 0, 70)
+    with pytest.raises(PipelineError, match="shorter than its header says"):
+        read_row_list(cut, np.array([1, 60]))
 
 
 def test_token_array_writer_streams_chunks_into_npy(tmp_path):
