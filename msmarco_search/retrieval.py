@@ -346,36 +346,47 @@ class TwoTowerRetriever(ModelRetriever):
                 "config": self.metadata.get("config"), "search": self.description}
 
 
+def sampled_queries(index: PassageIndex, sample: int = 200) -> list[str]:
+    """``sample`` pseudo-queries for a recall measurement: the first 8 words of passages drawn at random."""
+    rng = np.random.default_rng(0)
+    positions = rng.choice(len(index), size=min(sample, len(index)), replace=False)
+    return [" ".join(index.text(int(p)).split()[:8]) or "the" for p in positions]
+
+
+def exact_kth_scores(index: PassageIndex, model: Any, queries: Sequence[str], k: int = 10) -> list[float | None]:
+    """Each query's k-th best exact score over the index (``None``: no hit), what ``faiss_recall`` compares
+    against; computed once, it serves every setting of a sweep."""
+    exact = TwoTowerRetriever(model, use_faiss=False)
+    exact.prepare(index)
+    return [hits[-1][1] if hits else None for hits in exact.search(list(queries), k)]
+
+
 def faiss_recall(index: PassageIndex, model: Any, queries: Sequence[str] | None = None, k: int = 10,
-                 sample: int = 200, **options: Any) -> dict[str, Any]:
+                 sample: int = 200, kth: Sequence[float | None] | None = None, **options: Any) -> dict[str, Any]:
     """The index's faiss search against exact search: recall@``k`` and queries/s on ``queries`` (default:
-    ``sample`` pseudo-queries, the first 8 words of passages drawn at random, through the query tower).
+    ``sample`` pseudo-queries, ``sampled_queries``, through the query tower); ``kth``: the queries'
+    ``exact_kth_scores`` when already known.
 
     A faiss hit counts when its exact score reaches the exact k-th score: in a collection with copies of a
     passage (the cycled benchmark collection) any of the tied copies is as good as the one exact search
     lists, so counting ids would call correct answers misses.
     """
-    if queries is None:
-        rng = np.random.default_rng(0)
-        positions = rng.choice(len(index), size=min(sample, len(index)), replace=False)
-        queries = [" ".join(index.text(int(p)).split()[:8]) or "the" for p in positions]
-    exact = TwoTowerRetriever(model, use_faiss=False)
+    queries = sampled_queries(index, sample) if queries is None else list(queries)
+    if kth is None:
+        kth = exact_kth_scores(index, model, queries, k)
     approx = TwoTowerRetriever(model, use_faiss=True, **options)
-    exact.prepare(index)
     approx.prepare(index)
-    truth = exact.search(queries, k)
     started = time.perf_counter()
     found = approx.search(queries, k)
     seconds = time.perf_counter() - started
-    vectors = exact.query_vectors(queries).numpy()
+    vectors = approx.query_vectors(queries).numpy()
     recalls = []
-    for query, best, hits in zip(vectors, truth, found, strict=True):
-        if not best:
+    for query, best, hits in zip(vectors, kth, found, strict=True):
+        if best is None:
             continue
-        kth = best[-1][1]
         rows = np.array([position for position, _ in hits], dtype=np.int64)
         true_scores = np.asarray(index.vectors[rows], dtype=np.float32) @ query if len(rows) else np.zeros(0)
-        recalls.append(float(np.sum(true_scores >= kth - 1e-4)) / len(best))
+        recalls.append(float(np.sum(true_scores >= best - 1e-4)) / min(k, len(index)))
     return {f"recall@{k}": round(float(np.mean(recalls)) if recalls else 0.0, 4), "queries": len(queries),
             "queries_per_s": round(len(queries) / max(seconds, 1e-9), 1), "search": approx.description,
             **{key: value for key, value in options.items()}}
