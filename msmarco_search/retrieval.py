@@ -36,7 +36,15 @@ import torch.nn.functional as F
 
 from .bm25 import BM25Index, BM25Settings
 from .errors import PipelineError
-from .index import BM25_DIR, PassageIds, PassageIndex, collection_identity, saved_bm25_settings, vector_rows
+from .index import (
+    BM25_DIR,
+    PassageIds,
+    PassageIndex,
+    collection_identity,
+    saved_bm25_settings,
+    vector_row_list,
+    vector_rows,
+)
 from .report import info, progress
 from .runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, check_fusion, fuse
 from .vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
@@ -270,8 +278,11 @@ class DenseRetriever(Retriever):
         return [self.passage_vectors(c) @ v for v, c in zip(vectors.numpy(), candidates, strict=True)]
 
     def passage_vectors(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The collection's vectors of ``rows`` (float32, in the order given)."""
-        return np.asarray(self.vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        """The collection's vectors of ``rows`` (float32, in the order given), read through the index's files,
+        not its map (``arrays.read_row_list``): at 8.8M passages the map's fault-around left the whole 5.3 GB of
+        vectors resident after IVF-PQ's re-scoring (peak 7.1 GB against 2.2 GB), for ~25 % more time at refine
+        40 (docs/benchmarks.md)."""
+        return np.asarray(vector_row_list(self.vectors, np.asarray(rows, dtype=np.int64)), dtype=np.float32)
 
 
 class ModelRetriever(DenseRetriever):
@@ -333,7 +344,7 @@ class TwoTowerRetriever(ModelRetriever):
         """IVF-PQ's candidates scored exactly on the index's own (memory-mapped) vectors, top ``k`` kept: PQ's
         codes rank coarsely, so it fetches ``refine`` x k candidates and the exact inner product orders them."""
         valid = rows >= 0
-        found = np.asarray(self.vectors[np.where(valid, rows, 0).ravel()], dtype=np.float32)
+        found = self.passage_vectors(np.where(valid, rows, 0).ravel())
         exact = np.einsum("qcd,qd->qc", found.reshape(*rows.shape, -1), queries)
         exact[~valid] = -np.inf
         top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
@@ -385,7 +396,7 @@ def faiss_recall(index: PassageIndex, model: Any, queries: Sequence[str] | None 
         if best is None:
             continue
         rows = np.array([position for position, _ in hits], dtype=np.int64)
-        true_scores = np.asarray(index.vectors[rows], dtype=np.float32) @ query if len(rows) else np.zeros(0)
+        true_scores = approx.passage_vectors(rows) @ query if len(rows) else np.zeros(0)
         recalls.append(float(np.sum(true_scores >= best - 1e-4)) / min(k, len(index)))
     return {f"recall@{k}": round(float(np.mean(recalls)) if recalls else 0.0, 4), "queries": len(queries),
             "queries_per_s": round(len(queries) / max(seconds, 1e-9), 1), "search": approx.description,
