@@ -138,6 +138,9 @@ def inverse_document_frequency(vocab: Vocabulary, texts: Sequence[str]) -> np.nd
     """IDF of every vocabulary word over ``texts``, BM25's ``log(1 + (N - df + 0.5) / (df + 0.5))`` (float32)."""
     arrays = vocab.encode_many(texts, desc="Counting words")
     rows = np.repeat(np.arange(len(arrays), dtype=np.int64), arrays.lengths())
-    pairs = np.unique(rows * len(vocab) + np.asarray(arrays.ids, dtype=np.int64))
+    # distinct (text, word) pairs by a sort, not np.unique: numpy 2.4's unique hashes, 8.6 s against 0.2 s
+    # here for the recipe's 8M tokens (166K passages), paid by every seed the main job trains
+    pairs = np.sort(rows * len(vocab) + np.asarray(arrays.ids, dtype=np.int64))
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))] if len(pairs) else pairs
     df = np.bincount(pairs % len(vocab), minlength=len(vocab)).astype(np.float64)
     return np.log1p((len(texts) - df + 0.5) / (df + 0.5)).astype(np.float32)

@@ -424,6 +424,21 @@ def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
     assert "Word-embedding quality" not in skipped.stdout
 
 
+def test_idf_counts_each_word_once_per_text():
+    """BM25's IDF over texts, against a count by hand: a word repeated in a text counts once; empty texts
+    count in N; words never seen get the highest IDF."""
+    from msmarco_search.text import tokenize
+    from msmarco_search.vocab import inverse_document_frequency
+
+    vocab = Vocabulary.from_words(["apple", "pear", "plum", "fig"])
+    texts = ["apple apple pear", "", "pear plum pear", "apple", "!!!"]
+    idf = inverse_document_frequency(vocab, texts)
+    for word in ["apple", "pear", "plum", "fig"]:
+        df = sum(word in tokenize(text) for text in texts)
+        assert idf[vocab.word_to_index[word]] == pytest.approx(math.log1p((len(texts) - df + 0.5) / (df + 0.5)))
+    assert inverse_document_frequency(vocab, []).shape == (len(vocab),)
+
+
 def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
     from msmarco_search.model import load_model
     from msmarco_search.vocab import inverse_document_frequency
