@@ -565,7 +565,8 @@ def build_faiss_index(vectors: np.ndarray, kind: str, path: Path, hnsw_m: int = 
         raise PipelineError(f"faiss index holds {index.ntotal} vectors, expected {count}", path)
     atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
     params["seconds"] = round(time.perf_counter() - started, 3)
-    info(f"Built faiss {kind} over {count:,} vectors in {params['seconds']:.1f} s "
+    shown = ", ".join(f"{key} {value}" for key, value in params.items() if key not in ("type", "seconds"))
+    info(f"Built faiss {kind}{f' ({shown})' if shown else ''} over {count:,} vectors in {params['seconds']:.1f} s "
          f"({path.stat().st_size / 2**20:,.1f} MiB)")
     return params
 
@@ -709,8 +710,8 @@ class PassageIndex:
     def faiss_index(self) -> Any:
         if self._faiss is None:
             if not self.has_faiss:
-                raise PipelineError("this index has no faiss index; build one with `search/search.py index "
-                                    "MODEL --faiss flat|hnsw|ivf`, or use --search exact", self.directory)
+                raise PipelineError("this index has no faiss index; add one with `search/search.py faiss MODEL "
+                                    f"--faiss {'|'.join(FAISS_KINDS)}`, or use --search exact", self.directory)
             faiss = import_faiss()
             path = self.directory / FAISS_FILE
             try:
@@ -745,7 +746,8 @@ class _CollectionTexts(Sequence[str]):
 
 def _read_manifest(index_dir: Path) -> dict[str, Any]:
     if not index_dir.is_dir():
-        raise PipelineError("no index here; build one with `search/search.py index MODEL` (or pass --index-dir)",
+        raise PipelineError("no index here; build one with `search/search.py index MODEL` (without --index-dir "
+                            "it is <model stem>_index/ beside the model)",
                             index_dir)
     path = index_dir / MANIFEST
     if not path.is_file():

@@ -295,6 +295,7 @@ def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_p
 def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_folder, trained_pipeline):
     """--ict-mine-negatives keeps the pseudo-queries and positives and draws each negative from the model's
     ranks FIRST-LAST for that pseudo-query, never the positive's own passage."""
+    from msmarco_search.model import load_model
     from msmarco_search.retrieval import PassagePool, TwoTowerRetriever
     from msmarco_search.sources import read_collection
 
@@ -324,9 +325,18 @@ def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_fold
             assert after.negative_ids[i] in {pool.pid(p) for p, _ in ranked[1:6]}, i
             assert after.negatives[i] == passages[after.negative_ids[i]]
     assert changed >= 0.8 * len(after)
+    assert metadata["negative_model_id"] == load_model(trained_pipeline["model"]).metadata["model_id"]
+    assert metadata["arguments"]["pseudo_negative_ranks"] == [2, 6]
     refused = run_script(TRIPLETS_SCRIPT, "--dataset-path", collection, "--ict-mine-negatives",
                          trained_pipeline["model"], cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "--ict-mine-negatives goes with --mode ict" in refused.stderr
+    for model, ranks, message in ((trained_pipeline["model"], ["900", "990"], "there are only"),
+                                  (tmp_path / "missing.pt", ["2", "6"], "missing.pt")):
+        refused = run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-mine-negatives",
+                             model, "--pseudo-negative-ranks", *ranks, "--output", tmp_path / "x.pkl", cwd=tmp_path,
+                             check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.pkl").exists()
 
 
 def test_word_benchmarks_through_gensim():

@@ -117,7 +117,8 @@ def add_faiss_build_arguments(parser: argparse.ArgumentParser, required: bool) -
                              "8.8M passages in memory); its recall against exact search is measured and printed")
     parser.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
     parser.add_argument("--ivf-lists", type=positive_int, default=None,
-                        help="IVF clusters (default: about 4 x sqrt(passages))")
+                        help="IVF clusters (default: about 4 x sqrt(passages); at most passages / 39, which faiss "
+                             "needs to train them)")
     parser.add_argument("--pq-m", type=positive_int, default=None,
                         help="IVF-PQ bytes per vector; must divide the dimensions (default: about dimensions / 6)")
     parser.add_argument("--recall-queries", type=Path, default=None,

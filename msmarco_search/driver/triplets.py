@@ -304,6 +304,12 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     if not 0.0 <= args.ict_keywords <= 1.0:  # before the passages are read (nan fails here too)
         raise PipelineError(f"--ict-keywords is the share of keyword pseudo-queries, in [0, 1]; got "
                             f"{args.ict_keywords}")
+    miner = None
+    if args.ict_mine_negatives is not None:  # a bad model file fails before the passages are cut
+        from ..device import pick_device
+        from ..retrieval import TwoTowerRetriever
+
+        miner = TwoTowerRetriever.from_file(args.ict_mine_negatives, device=pick_device(args.device))
     triplets, stats = inverse_cloze_triplets(passages(), seed=args.seed, per_passage=args.ict_per_passage,
                                              max_query_words=args.ict_max_query_words,
                                              min_words=args.ict_min_words,
@@ -316,26 +322,29 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     info(f"✅ {len(triplets):,} inverse-cloze triplets from {stats.passages_read:,} passages "
          f"({stats.passages_too_short:,} too short; {stats.sentence_queries:,} sentence, "
          f"{stats.span_queries:,} span and {stats.keyword_queries:,} keyword pseudo-queries)")
-    if args.ict_mine_negatives is not None:
-        triplets, mined = mined_negatives(args, triplets, passages())
-        stats = SimpleNamespace(**vars(stats), **vars(mined))  # both counts go to the metadata
+    if miner is not None:
+        triplets, mined = mined_negatives(args, triplets, passages(), miner)
+        # both counts go to the metadata, and which model mined (its id survives a renamed file)
+        stats = SimpleNamespace(**vars(stats), **vars(mined), negative_model_id=miner.metadata.get("model_id"))
     return (triplets, stats, "; ".join(s.description for s in sources), "|".join(s.identity() for s in sources),
             stats.passages_read)
 
 
-def mined_negatives(args: argparse.Namespace, triplets: Triplets,
-                    passages: Iterator[tuple[str, str]]) -> tuple[Triplets, Any]:
-    """The triplets with negatives mined by --ict-mine-negatives over the same passages (``mining``)."""
-    from ..device import pick_device
+def mined_negatives(args: argparse.Namespace, triplets: Triplets, passages: Iterator[tuple[str, str]],
+                    model: Any) -> tuple[Triplets, Any]:
+    """The triplets with negatives mined by --ict-mine-negatives (``model``, a ``TwoTowerRetriever``) over the
+    same passages (``mining``)."""
     from ..mining import mine_negatives
-    from ..retrieval import PassagePool, TwoTowerRetriever
+    from ..retrieval import PassagePool
 
     ids, texts = [], []
     for pid, text in passages:
         ids.append(pid)
         texts.append(text)
-    model = TwoTowerRetriever.from_file(args.ict_mine_negatives, device=pick_device(args.device))
     first, last = args.pseudo_negative_ranks
+    if first > len(ids):
+        raise PipelineError(f"--pseudo-negative-ranks {first} {last}: there are only {len(ids):,} passages to rank",
+                            args.ict_mine_negatives)
     info(f"Mining negatives for {len(triplets):,} pseudo-queries over {len(ids):,} passages with "
          f"{args.ict_mine_negatives} (its ranks {first}-{last})")
     triplets, stats = mine_negatives(triplets, PassagePool(ids, texts), model, (first, last), seed=args.seed)
@@ -346,8 +355,8 @@ def mined_negatives(args: argparse.Namespace, triplets: Triplets,
 
 def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
     """The arguments as JSON values (paths as text)."""
-    return {key: [str(p) for p in value] if isinstance(value, list) else str(value) if isinstance(value, Path)
-            else value for key, value in arguments.items()}
+    return {key: [str(p) if isinstance(p, Path) else p for p in value] if isinstance(value, list)
+            else str(value) if isinstance(value, Path) else value for key, value in arguments.items()}
 
 
 __all__ = ["main", "parse_args", "run"]
