@@ -588,8 +588,6 @@ def add_faiss(index_dir: str | Path, model: TwoTowerModel, model_path: str | Pat
     folder.lock()
     try:
         index = load_index(index_dir, model, model_path)
-        if settings.faiss == "ivfpq":
-            pq_subquantizers(index.vectors.shape[1], settings.pq_m)
         faiss_info = build_faiss_index(index.vectors, settings.faiss, index_dir / FAISS_FILE, settings.hnsw_m,
                                        settings.ivf_lists, settings.pq_m)
         files = {**index.manifest["files"], FAISS_FILE: (index_dir / FAISS_FILE).stat().st_size}

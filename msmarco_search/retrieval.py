@@ -388,9 +388,10 @@ def faiss_recall(index: PassageIndex, model: Any, queries: Sequence[str] | None 
     approx = TwoTowerRetriever(model, use_faiss=True, **options)
     approx.prepare(index)
     started = time.perf_counter()
-    found = approx.search(queries, k)
+    encoded = approx.query_vectors(queries)  # ``search``'s two steps, so the scoring below reuses the vectors
+    found = approx.search_vectors(encoded, k)
     seconds = time.perf_counter() - started
-    vectors = approx.query_vectors(queries).numpy()
+    vectors = encoded.numpy()
     recalls = []
     for query, best, hits in zip(vectors, kth, found, strict=True):
         if best is None:

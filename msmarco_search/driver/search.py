@@ -27,6 +27,7 @@ import argparse
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
@@ -203,16 +204,17 @@ def run_index(args: argparse.Namespace) -> int:
         model = load_model(args.model, device)
         index_dir = args.index_dir or default_index_dir(args.model)
         source = source_from_args(args)
-        settings = index_settings(args)
+        settings = replace(faiss_settings(args), batch_size=args.batch_size, dtype=args.dtype,
+                           max_passages=args.max_passages)
         bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
-        recall_queries(args)  # a bad queries file fails before the encoding
+        queries = recall_queries(args)  # read before the encoding: a bad file fails first
         manifest = build_index(model, args.model, source, index_dir, settings, bm25, context)
     finally:
         shutdown_distributed(context)
     if manifest is None:  # a sharded build's other processes: rank 0 joins and reports
         return 0
     if manifest["faiss"]:
-        manifest = measure_faiss(args, index_dir, model, manifest)
+        manifest = measure_faiss(args, index_dir, model, manifest, queries)
     total = sum(manifest["files"].values())
     extras = f", {manifest['dtype']}" + (f", faiss {manifest['faiss']['type']}" if manifest["faiss"] else "")
     if manifest["shards"]:
@@ -224,19 +226,19 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def index_settings(args: argparse.Namespace) -> IndexSettings:
-    return IndexSettings(batch_size=getattr(args, "batch_size", 1024), dtype=getattr(args, "dtype", "auto"),
-                         faiss=args.faiss, hnsw_m=args.hnsw_m, ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0,
-                         max_passages=getattr(args, "max_passages", None))
+def faiss_settings(args: argparse.Namespace) -> IndexSettings:
+    """The faiss part of the index settings (``add_faiss_build_arguments``' flags), the rest at their defaults."""
+    return IndexSettings(faiss=args.faiss, hnsw_m=args.hnsw_m, ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0)
 
 
 def recall_queries(args: argparse.Namespace) -> list[str] | None:
     return None if args.recall_queries is None else list(read_queries(args.recall_queries).values())
 
 
-def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: dict) -> dict:
-    """The faiss index's recall@10 against exact search and its speed, printed and added to the manifest."""
-    queries = recall_queries(args)
+def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: dict,
+                  queries: list[str] | None) -> dict:
+    """The faiss index's recall@10 against exact search on ``queries`` (``None``: sampled pseudo-queries) and
+    its speed, printed and added to the manifest."""
     index = load_index(index_dir, model, args.model)
     try:
         measured = faiss_recall(index, model, queries, nprobe=args.nprobe, ef_search=args.ef_search,
@@ -252,10 +254,10 @@ def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: di
 
 def run_faiss(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
-    recall_queries(args)  # a bad queries file fails before the build
+    queries = recall_queries(args)  # read before the build: a bad file fails first
     model = load_model(args.model, pick_device("auto"))
-    manifest = add_faiss(index_dir, model, args.model, index_settings(args))
-    manifest = measure_faiss(args, index_dir, model, manifest)
+    manifest = add_faiss(index_dir, model, args.model, faiss_settings(args))
+    manifest = measure_faiss(args, index_dir, model, manifest, queries)
     size = manifest["files"][FAISS_FILE]
     info(f"💾 Added faiss {manifest['faiss']['type']} to the index of {manifest['count']:,} passages in {index_dir} "
          f"({size / 2**20:,.1f} MiB)")

@@ -252,19 +252,27 @@ def all_passages(sources: list[Source], max_passages: int | None) -> Iterator[tu
             yield (pid if len(sources) == 1 else f"{number}:{pid}"), text
 
 
+def passage_pool(passages: Iterator[tuple[str, str]]) -> Any:
+    """``(pid, text)`` pairs held in memory as one ``retrieval.PassagePool``, for ranking them with a model."""
+    from ..retrieval import PassagePool
+
+    ids, texts = [], []
+    for pid, text in passages:
+        ids.append(pid)
+        texts.append(text)
+    return PassagePool(ids, texts)
+
+
 def pseudo_labels(args: argparse.Namespace, held_out: list[str],
                   have_included: bool) -> tuple[Triplets, Any, str, str, int]:
     """Self-training triplets: --queries labelled over the passages by --label-model fused with BM25."""
     from ..device import pick_device
     from ..mining import pseudo_label_triplets
     from ..provenance import query_fingerprint
-    from ..retrieval import BM25Retriever, PassagePool, TwoTowerRetriever
+    from ..retrieval import BM25Retriever, TwoTowerRetriever
 
     sources = passage_sources(args)
-    ids, texts = [], []
-    for pid, text in all_passages(sources, None):
-        ids.append(pid)
-        texts.append(text)
+    pool = passage_pool(all_passages(sources, None))
     excluded = {query_fingerprint(text) for text in held_out}
     queries: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -276,9 +284,9 @@ def pseudo_labels(args: argparse.Namespace, held_out: list[str],
                 seen.add(fingerprint)
                 queries.append((qid, text))
     model = TwoTowerRetriever.from_file(args.label_model, device=pick_device(args.device))
-    info(f"Labelling {len(queries):,} queries over {len(ids):,} passages with {args.label_model} and BM25")
+    info(f"Labelling {len(queries):,} queries over {len(pool):,} passages with {args.label_model} and BM25")
     first, last = args.pseudo_negative_ranks
-    triplets, stats = pseudo_label_triplets(queries, PassagePool(ids, texts), model, BM25Retriever(),
+    triplets, stats = pseudo_label_triplets(queries, pool, model, BM25Retriever(),
                                             agree_depth=args.pseudo_agree_depth, negative_ranks=(first, last),
                                             seed=args.seed)
     if len(triplets) == 0 and not have_included:
@@ -335,19 +343,15 @@ def mined_negatives(args: argparse.Namespace, triplets: Triplets, passages: Iter
     """The triplets with negatives mined by --ict-mine-negatives (``model``, a ``TwoTowerRetriever``) over the
     same passages (``mining``)."""
     from ..mining import mine_negatives
-    from ..retrieval import PassagePool
 
-    ids, texts = [], []
-    for pid, text in passages:
-        ids.append(pid)
-        texts.append(text)
+    pool = passage_pool(passages)
     first, last = args.pseudo_negative_ranks
-    if first > len(ids):
-        raise PipelineError(f"--pseudo-negative-ranks {first} {last}: there are only {len(ids):,} passages to rank",
+    if first > len(pool):
+        raise PipelineError(f"--pseudo-negative-ranks {first} {last}: there are only {len(pool):,} passages to rank",
                             args.ict_mine_negatives)
-    info(f"Mining negatives for {len(triplets):,} pseudo-queries over {len(ids):,} passages with "
+    info(f"Mining negatives for {len(triplets):,} pseudo-queries over {len(pool):,} passages with "
          f"{args.ict_mine_negatives} (its ranks {first}-{last})")
-    triplets, stats = mine_negatives(triplets, PassagePool(ids, texts), model, (first, last), seed=args.seed)
+    triplets, stats = mine_negatives(triplets, pool, model, (first, last), seed=args.seed)
     info(f"✅ {stats.triplets_mined:,} negatives mined ({stats.triplets_kept_as_they_were:,} triplets kept their "
          "random one: no candidate that is not a near-duplicate of the positive)")
     return triplets, stats
