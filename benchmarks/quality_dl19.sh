@@ -50,13 +50,14 @@ if want corpus; then
   wc -l "$WORK/alltext/collection.tsv"
 fi
 
-# cbow DIR [flags...]: 300-d CBOW vectors of the corpus above into DIR (kept if already there with REUSE=1)
+# cbow DIR [flags...]: 300-d CBOW vectors of the corpus above into DIR (kept if already there with REUSE=1), on one
+# thread as in the main job, so a rerun gives the same vectors (CBOW_WORKERS=0: all cores, faster, not reproducible)
 cbow() {
   local dir=$1
   shift
   if [[ ${REUSE:-0} == 1 && -f $dir/msmarco_word2vec.pt ]]; then echo "== reuse $dir"; return; fi
   uv run text_embeddings/train_text_embeddings_cbow_msmarco.py --dataset-path "$WORK/alltext/collection.tsv" \
-    --vector-size 300 --min-count 3 -c "$dir" --data-dir "$WORK/data" "$@"
+    --vector-size 300 --min-count 3 --workers "${CBOW_WORKERS:-1}" -c "$dir" --data-dir "$WORK/data" "$@"
 }
 
 if want cbow; then

@@ -86,6 +86,41 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     assert torch.load(final[0], weights_only=True)["kind"] == "two-tower-model"
 
 
+def test_the_main_job_gives_the_same_model_and_scores_side_by_side_and_one_stage_at_a_time(tmp_path, corpus):
+    """CBOW on one thread and each seed on one thread: run twice, side by side (CBOW beside the triplets, the
+    seeds beside each other) and one stage at a time, the job writes the same vectors, weights and scores."""
+    train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
+    evaluation = write_tsv_folder(Corpus(corpus.queries[1::2], corpus.passages), tmp_path / "dl", split="dev",
+                                  candidates=False)
+    outputs = {}
+    for jobs in (2, 1):
+        out = tmp_path / f"jobs{jobs}"
+        result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
+                              "--seeds", "1,2", "--cbow-epochs", "2", "--vector-size", "16", "--min-count", "1",
+                              "--ict-per-passage", "1", "--min-relevance", "1", "--jobs", jobs,
+                              "--output-dir", out / "checkpoints", "--data-dir", out / "data", cwd=tmp_path)
+        outputs[jobs] = (out / "checkpoints", result.stdout)
+    side_by_side, one_at_a_time = outputs[2][1], outputs[1][1]
+    # side by side: each heading and output line names its lane; one at a time: plain headings
+    assert "== CBOW word vectors [1]" in side_by_side and "== triplets: judged pairs [2]" in side_by_side
+    assert "== two-tower, seed 1 [1]" in side_by_side and "== two-tower, seed 2 [2]" in side_by_side
+    assert "[2] " in side_by_side and "side by side (wall time)" in side_by_side
+    assert "== CBOW word vectors\n" in one_at_a_time and "side by side" not in one_at_a_time
+
+    def saved(checkpoints: Path) -> tuple[dict, dict, dict]:
+        final = next(m for m in checkpoints.glob("two_tower_model_*.pt") if "_seed" not in m.name)
+        report = json.loads((final.with_name(f"{final.stem}_evaluation") / "evaluation.json").read_text())
+        vectors = torch.load(checkpoints / "msmarco_word2vec.pt", weights_only=True)["embeddings"]
+        return ({"vectors": vectors}, torch.load(final, weights_only=True)["state_dict"],
+                report["tasks"]["full"]["metrics"])
+
+    (vectors_a, weights_a, metrics_a), (vectors_b, weights_b, metrics_b) = saved(outputs[2][0]), saved(outputs[1][0])
+    assert torch.equal(vectors_a["vectors"], vectors_b["vectors"])
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+    assert metrics_a == metrics_b and "two-tower[recipe]" in metrics_a
+
+
 def test_the_main_job_refuses_bad_evaluation_files_before_any_work(tmp_path, corpus):
     train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
     empty = tmp_path / "empty"
@@ -135,3 +170,24 @@ def test_a_damaged_cached_cbow_corpus_is_rebuilt_not_reused(tmp_path, capsys):
     write_corpus(workflow, None)
     assert "does not match its record" in capsys.readouterr().err
     assert path.read_text() == "t0\tfirst text\nt1\tsecond text\n"
+
+
+def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_path, capsys):
+    """The other lane runs to its end; the error names the stage that failed, whose message is above it."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from msmarco_search.driver.pipeline import CBOW_SCRIPT, TRIPLETS_SCRIPT, Stage, Workflow
+    from msmarco_search.errors import PipelineError
+
+    workflow = Workflow(SimpleNamespace(jobs=2, data_dir=tmp_path, output_dir=tmp_path), source=None)
+    missing = tmp_path / "missing.tsv"
+    with pytest.raises(PipelineError, match=r"stage 'CBOW word vectors' failed \(exit status 2\).*after \[1\]"):
+        workflow.run_side_by_side([[Stage("CBOW word vectors", CBOW_SCRIPT, ["--dataset-path", missing])],
+                                   [Stage("triplets: help", TRIPLETS_SCRIPT, ["--help"])]])
+    out = capsys.readouterr().out
+    assert "== CBOW word vectors [1]" in out and "== triplets: help [2]" in out
+    assert any(line.startswith("[1] error: ") and "missing.tsv" in line for line in out.splitlines())
+    assert "[2] usage: generate_triplets.py" in out  # the other lane ran to its end
+    assert [name for name, _ in workflow.timings][-1] == "the 2 lanes above, side by side (wall time)"

@@ -134,8 +134,9 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
     if resumed is not None:  # the metadata records what was trained, not the flags the model overrode
         settings.vector_size, settings.window, settings.min_count = (resumed.vector_size, resumed.window,
                                                                      resumed.min_count)
+    workers = settings.resolved_workers()
     info(f"Training CBOW (sg=0, {settings.vector_size}-d, window {settings.window}, min count "
-         f"{settings.min_count}, {settings.epochs} epochs, {settings.resolved_workers()} workers)...")
+         f"{settings.min_count}, {settings.epochs} epochs, {workers} worker{'s' * (workers != 1)})...")
     model, seconds = train_cbow(corpus_file, settings, model=resumed)
     info(f"Training completed in {seconds:.2f} seconds ({seconds / 60:.2f} minutes)")
 

@@ -21,19 +21,29 @@ passes the next one the exact file it wrote (``--output``), never a search for t
 
 The settings are those chosen on TREC DL 2021 (``benchmarks/quality_dl19.sh select``); the benchmark's recipe
 run calls this same workflow.
+
+Every stage is deterministic, so the same command on the same machine gives the same model and the same
+scores: CBOW trains on one thread (gensim's threads finish their batches in whatever order the scheduler
+picks, which moved DL 2019 nDCG@10 by up to 0.02 from run to run) and each two-tower on one thread. What one
+core cannot share runs side by side instead (``--jobs``): CBOW beside the triplets, which do not need it, and
+the seeds beside each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
+from ..arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
 from ..fileio import atomic_write, cache_key, cached_record, ensure_writable_dir, file_identity, save_cache_record
 from ..provenance import query_fingerprint
@@ -96,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "that a first model (the first seed's) and BM25 label over the passages; the "
                              "labelled pairs they agree on join the triplets of the final models (not in the "
                              "recipe: on DL 2021 it cost the two-tower 0.036 nDCG@10; docs/benchmarks.md)")
+    parser.add_argument("--cbow-workers", type=non_negative_int, default=1,
+                        help="CBOW threads (1: the same vectors every run; 0: one per core, faster, but the vectors "
+                             "and every score after them change from run to run)")
+    parser.add_argument("--jobs", type=positive_int, default=available_cores(),
+                        help="stages run side by side: CBOW beside the triplets, and the seeds (default: the "
+                             f"cores, {available_cores()} here)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     args = parser.parse_args(argv)
     try:
@@ -103,6 +119,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --seeds: {error}")
     return args
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity where the system says, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class Stage:
+    """One command of the workflow: what it does (printed as its heading) and the script with its arguments."""
+
+    name: str
+    script: Path
+    arguments: list[object]
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(self.script), *map(str, self.arguments)]
+
+    def shown(self) -> str:
+        return " ".join(["uv run", str(self.script.relative_to(ROOT)), *map(str, self.arguments)])
 
 
 class Workflow:
@@ -113,16 +149,51 @@ class Workflow:
         self.stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
         self.data_dir, self.output_dir = Path(args.data_dir), Path(args.output_dir)
         self.timings: list[tuple[str, float]] = []
+        self._printing = threading.Lock()
 
-    def run(self, stage: str, script: Path, *arguments: object) -> None:
-        command = [sys.executable, str(script), *map(str, arguments)]
-        shown = " ".join(["uv run", str(script.relative_to(ROOT)), *map(str, arguments)])
-        info(f"\n== {stage}\n$ {shown}")
+    def run(self, stage: Stage) -> None:
+        info(f"\n== {stage.name}\n$ {stage.shown()}")
         started = time.perf_counter()
-        status = subprocess.run(command, check=False).returncode
-        self.timings.append((stage, time.perf_counter() - started))
+        status = subprocess.run(stage.command(), check=False).returncode
+        self.timings.append((stage.name, time.perf_counter() - started))
         if status != 0:
-            raise PipelineError(f"stage '{stage}' failed (exit status {status}); its message is above")
+            raise PipelineError(f"stage '{stage.name}' failed (exit status {status}); its message is above")
+
+    def run_side_by_side(self, lanes: list[list[Stage]]) -> None:
+        """Each lane's stages one after another, up to ``--jobs`` lanes at once (one lane: as ``run``).
+
+        Side by side, a stage's heading ends with its lane's number (``[2]``), each of its output lines starts
+        with it, as they come, and progress bars are off (two bars on one terminal overwrite each other).
+        """
+        lanes = [lane for lane in lanes if lane]
+        if self.args.jobs == 1 or len(lanes) == 1:
+            for stage in (stage for lane in lanes for stage in lane):
+                self.run(stage)
+            return
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+            failures = [f for f in pool.map(self._run_lane, lanes, range(1, len(lanes) + 1)) if f]
+        self.timings.append((f"the {len(lanes)} lanes above, side by side (wall time)", time.perf_counter() - started))
+        if failures:
+            raise PipelineError(failures[0])
+
+    def _run_lane(self, lane: list[Stage], number: int) -> str | None:
+        """Run one lane's stages; returns the first failure's message (the lane stops there), or None."""
+        environment = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+        for stage in lane:
+            with self._printing:
+                info(f"\n== {stage.name} [{number}]\n$ {stage.shown()}")
+            started = time.perf_counter()
+            with subprocess.Popen(stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=environment) as process:
+                for line in process.stdout:
+                    with self._printing:
+                        info(f"[{number}] {line.rstrip()}")
+            self.timings.append((f"  [{number}] {stage.name}", time.perf_counter() - started))
+            if process.returncode != 0:
+                return (f"stage '{stage.name}' failed (exit status {process.returncode}); its message is above, "
+                        f"after [{number}]")
+        return None
 
     def source_flags(self) -> list[str]:
         args = self.args
@@ -190,31 +261,34 @@ def local_collection(source: Source) -> Path | None:
     return source.files.collection if isinstance(source, TsvSource) else None
 
 
-def make_triplets(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
+def triplet_stages(workflow: Workflow, evaluation: TsvFiles | None) -> tuple[list[Stage], Path]:
+    """The stages that write the triplets (they need no word vectors, so they run beside CBOW), and the file
+    the last one writes."""
     args, data = workflow.args, workflow.data_dir
     judged = data / f"msmarco_triplets_judged_{workflow.stamp}.pkl"
     negatives = "hard" if workflow.source.has_candidates else "mixed"
     # the evaluation queries are dropped from every triplet: passages quote some of them (DL 2019 has 3 such
     # queries in its pool), and an inverse-cloze pseudo-query cut from one would train on the evaluation query
     held_out = ["--exclude-queries", evaluation.queries] if evaluation is not None else []
-    workflow.run("triplets: judged pairs", TRIPLETS_SCRIPT, *workflow.source_flags(), "--max-samples",
-                 args.sample_size, "--min-relevance", args.min_relevance, "--negatives", negatives, *held_out,
-                 "--output", judged)
+    stages = [Stage("triplets: judged pairs", TRIPLETS_SCRIPT,
+                    [*workflow.source_flags(), "--max-samples", args.sample_size, "--min-relevance", args.min_relevance,
+                     "--negatives", negatives, *held_out, "--output", judged])]
     collections = [c for c in (local_collection(workflow.source), evaluation and evaluation.collection) if c]
     if not collections:
-        return judged
+        return stages, judged
     both = data / f"msmarco_triplets_recipe_{workflow.stamp}.pkl"
-    workflow.run("triplets: inverse-cloze pseudo-queries plus the judged pairs", TRIPLETS_SCRIPT, "--mode", "ict",
-                 "--dataset-path", *collections, "--max-samples", args.sample_size, "--ict-per-passage",
-                 args.ict_per_passage, "--include", judged, *held_out, "--data-dir", data, "--output", both)
-    return both
+    stages.append(Stage("triplets: inverse-cloze pseudo-queries plus the judged pairs", TRIPLETS_SCRIPT,
+                        ["--mode", "ict", "--dataset-path", *collections, "--max-samples", args.sample_size,
+                         "--ict-per-passage", args.ict_per_passage, "--include", judged, *held_out, "--data-dir", data,
+                         "--output", both]))
+    return stages, both
 
 
-def train_one(workflow: Workflow, stage: str, triplets: Path, embeddings: Path, seed: int, model: Path) -> None:
+def train_stage(workflow: Workflow, name: str, triplets: Path, embeddings: Path, seed: int, model: Path) -> Stage:
     args = workflow.args
-    workflow.run(stage, TRAIN_SCRIPT, triplets, "--embeddings", embeddings, "--epochs", args.epochs,
-                 "--batch-size", args.batch_size, *RECIPE, "--seed", seed, "--device", args.device,
-                 "--data-dir", args.data_dir, "--output", model)
+    return Stage(name, TRAIN_SCRIPT, [triplets, "--embeddings", embeddings, "--epochs", args.epochs, "--batch-size",
+                                      args.batch_size, *RECIPE, "--seed", seed, "--device", args.device,
+                                      "--data-dir", args.data_dir, "--output", model])
 
 
 def self_training_triplets(workflow: Workflow, triplets: Path, embeddings: Path,
@@ -225,14 +299,14 @@ def self_training_triplets(workflow: Workflow, triplets: Path, embeddings: Path,
     if not args.label_queries or not collections:
         return triplets
     labeller = workflow.output_dir / f"two_tower_model_{workflow.stamp}_labeller.pt"
-    train_one(workflow, f"two-tower that labels the --label-queries, seed {args.seed_list[0]}", triplets,
-              embeddings, args.seed_list[0], labeller)
+    workflow.run(train_stage(workflow, f"two-tower that labels the --label-queries, seed {args.seed_list[0]}",
+                             triplets, embeddings, args.seed_list[0], labeller))
     labelled = data / f"msmarco_triplets_selftrain_{workflow.stamp}.pkl"
     held_out = ["--exclude-queries", evaluation.queries] if evaluation is not None else []
-    workflow.run("triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
-                 TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", *collections, "--queries",
-                 *args.label_queries, "--label-model", labeller, "--include", triplets, *held_out, "--device",
-                 args.device, "--data-dir", data, "--output", labelled)
+    workflow.run(Stage("triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
+                       TRIPLETS_SCRIPT, ["--mode", "pseudo-labels", "--dataset-path", *collections, "--queries",
+                                         *args.label_queries, "--label-model", labeller, "--include", triplets,
+                                         *held_out, "--device", args.device, "--data-dir", data, "--output", labelled]))
     return labelled
 
 
@@ -241,10 +315,12 @@ def train_models(workflow: Workflow, triplets: Path, embeddings: Path) -> Path:
     final = workflow.output_dir / f"two_tower_model_{workflow.stamp}.pt"
     seeds = args.seed_list
     models = [final if len(seeds) == 1 else final.with_name(f"{final.stem}_seed{seed}.pt") for seed in seeds]
-    for seed, model in zip(seeds, models, strict=True):
-        train_one(workflow, f"two-tower, seed {seed}", triplets, embeddings, seed, model)
+    # each seed trains on one thread, so the seeds share the cores side by side (the same weights either way)
+    workflow.run_side_by_side([[train_stage(workflow, f"two-tower, seed {seed}", triplets, embeddings, seed, model)]
+                               for seed, model in zip(seeds, models, strict=True)])
     if len(models) > 1:
-        workflow.run(f"the average of the {len(models)} seeds' weights", AVERAGE_SCRIPT, *models, "--output", final)
+        workflow.run(Stage(f"the average of the {len(models)} seeds' weights", AVERAGE_SCRIPT,
+                           [*models, "--output", final]))
     return final
 
 
@@ -254,15 +330,17 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
     common = ["--model", f"recipe={model}", "--embeddings", embeddings, "--device", args.device,
               "--output-dir", report]
     if evaluation is not None:
-        workflow.run("index the evaluation collection", SEARCH_SCRIPT, "index", model, "--dataset-path",
-                     evaluation.collection, "--device", args.device)
-        workflow.run("evaluate against BM25", EVALUATE_SCRIPT, *common, "--collection", evaluation.collection,
-                     "--queries", evaluation.queries, "--qrels", evaluation.qrels)
+        workflow.run(Stage("index the evaluation collection", SEARCH_SCRIPT,
+                           ["index", model, "--dataset-path", evaluation.collection, "--device", args.device]))
+        workflow.run(Stage("evaluate against BM25", EVALUATE_SCRIPT,
+                           [*common, "--collection", evaluation.collection, "--queries", evaluation.queries,
+                            "--qrels", evaluation.qrels]))
         info(f"\nSearch the new index:\n  uv run search/search.py query {model} --system all "
              "\"what is a lobster roll\"")
     elif not args.dataset_path:
-        workflow.run("evaluate on MS MARCO validation", EVALUATE_SCRIPT, *common, "--split", "validation",
-                     "--data-dir", args.data_dir, "--dataset-config", args.dataset_config)
+        workflow.run(Stage("evaluate on MS MARCO validation", EVALUATE_SCRIPT,
+                           [*common, "--split", "validation", "--data-dir", args.data_dir, "--dataset-config",
+                            args.dataset_config]))
     else:
         info("\nNo evaluation: give --evaluate-on with the official files of queries the model never saw.")
 
@@ -283,11 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         corpus = ["--dataset-path", write_corpus(workflow, evaluation), "--data-dir", args.data_dir]
     else:  # the hub's queries and passages, as stage 1 reads them
         corpus = [*workflow.source_flags(), "--max-samples", args.sample_size]
-    workflow.run("CBOW word vectors", CBOW_SCRIPT, *corpus, "-c", args.output_dir,
-                 "--vector-size", args.vector_size, "--window", args.cbow_window, "--min-count", args.min_count,
-                 "--epochs", args.cbow_epochs, "--no-word-benchmarks")
+    cbow = Stage("CBOW word vectors", CBOW_SCRIPT,
+                 [*corpus, "-c", args.output_dir, "--vector-size", args.vector_size, "--window", args.cbow_window,
+                  "--min-count", args.min_count, "--epochs", args.cbow_epochs, "--workers", args.cbow_workers,
+                  "--no-word-benchmarks"])
     embeddings = workflow.output_dir / "msmarco_word2vec.pt"
-    triplets = self_training_triplets(workflow, make_triplets(workflow, evaluation), embeddings, evaluation)
+    making_triplets, triplets = triplet_stages(workflow, evaluation)
+    workflow.run_side_by_side([[cbow], making_triplets])
+    triplets = self_training_triplets(workflow, triplets, embeddings, evaluation)
     model = train_models(workflow, triplets, embeddings)
     evaluate(workflow, model, embeddings, evaluation)
     info("\n== time per stage")
