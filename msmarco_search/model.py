@@ -132,7 +132,12 @@ class MeanPoolTower(nn.Module):
     def pool(self, offsets: torch.Tensor, unique: torch.Tensor, inverse: torch.Tensor, vectors: torch.Tensor,
              log_weights: torch.Tensor | None) -> torch.Tensor:
         """The tower's vectors of texts whose tokens are ``unique[inverse]`` (``offsets``: where each text
-        starts), from the distinct words' ``vectors`` and log word weights."""
+        starts), from the distinct words' ``vectors`` and log word weights: the head of their weighted mean."""
+        return F.normalize(self.head(self.weighted_mean(offsets, unique, inverse, vectors, log_weights)), dim=-1)
+
+    def weighted_mean(self, offsets: torch.Tensor, unique: torch.Tensor, inverse: torch.Tensor, vectors: torch.Tensor,
+                      log_weights: torch.Tensor | None) -> torch.Tensor:
+        """Each text's mean word vector, weighted by ``exp(log weight)`` (1 without word weights)."""
         weights = (unique != PAD_ID).to(vectors.dtype)
         if log_weights is not None:
             weights = weights * log_weights.squeeze(-1).clamp(-TOKEN_WEIGHT_CLAMP, TOKEN_WEIGHT_CLAMP).exp()
@@ -142,8 +147,7 @@ class MeanPoolTower(nn.Module):
         # the autograd and the row-update paths)
         rows = torch.cat([vectors * weights.unsqueeze(-1), weights.unsqueeze(-1)], dim=1)
         summed, total = F.embedding_bag(inverse, rows, offsets, mode="sum").split([vectors.shape[1], 1], dim=1)
-        pooled = summed / total.clamp_min(1e-6)  # split, not two slices: its backward is one cat, not two fills
-        return F.normalize(self.head(pooled), dim=-1)
+        return summed / total.clamp_min(1e-6)  # split, not two slices: its backward is one cat, not two fills
 
 
 def distinct_ids(ids: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:

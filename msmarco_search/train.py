@@ -317,9 +317,31 @@ class Trainer:
                 break
         self._end_epoch()
 
-    def step(self, batch: tuple[TokenBatch, TokenBatch, TokenBatch]) -> torch.Tensor:
-        """One optimisation step on ``batch``; returns its loss."""
-        queries, positives, negatives = (part.to(self.device) for part in batch)
+    def step(self, batch: tuple[TokenBatch, ...]) -> torch.Tensor:
+        """One optimisation step on ``batch`` (its first three parts: queries, positives, negatives); returns its
+        loss."""
+        loss, gathered = self.forward_loss(batch)
+        self._check_finite(loss)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        for rows in gathered:
+            if rows.values.grad is not None:
+                self.row_adam.update_rows(rows.table, rows.rows, rows.values.detach(), rows.values.grad)
+        self.step_count += 1
+        size = len(batch[0]) * self.context.world_size
+        self.epoch_loss += loss.detach().double() * size
+        self.position.epoch_examples += size
+        self.log.examples_seen += size
+        return loss
+
+    def forward_loss(self, batch: tuple[TokenBatch, ...]) -> tuple[torch.Tensor, list[GatheredRows]]:
+        """The loss of ``batch`` and the word-table rows it read (``GatheredRows``, for the row updates; none
+        when the tables stay in autograd). A subclass that trains with another objective overrides this alone
+        (``benchmarks/levers_dl21.py`` adds a distillation term), and the loop around it stays the same."""
+        queries, positives, negatives = (part.to(self.device) for part in batch[:3])
         gathered: list[GatheredRows] = []
         with self.autocast:
             if self.row_updates:
@@ -331,21 +353,7 @@ class Trainer:
                 offset = self.context.rank * len(q)
                 p, n = gather_with_gradients(p), None if n is None else gather_with_gradients(n)
             loss = self.loss_fn(q, p, n, label_offset=offset)
-        self._check_finite(loss)
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in self.optimizers:
-            optimizer.step()
-        for rows in gathered:
-            if rows.values.grad is not None:
-                self.row_adam.update_rows(rows.table, rows.rows, rows.values.detach(), rows.values.grad)
-        self.step_count += 1
-        size = len(queries) * self.context.world_size
-        self.epoch_loss += loss.detach().double() * size
-        self.position.epoch_examples += size
-        self.log.examples_seen += size
-        return loss
+        return loss, gathered
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         """The one finite-loss check: note a NaN/inf loss, and stop now unless on one CUDA device.

@@ -203,10 +203,10 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
     if len(kept) < 2:
         return triplets, stats
     rng = random.Random(seed)
-    idf = _word_idf([text for _, text in kept]) if keyword_share > 0 else {}
+    idf = word_idf([text for _, text in kept]) if keyword_share > 0 else {}
     for index, (pid, text) in enumerate(progress(kept, desc="Cutting pseudo-queries", unit="passage")):
         for copy in range(per_passage):
-            keywords = _keyword_query(text, idf, rng) if keyword_share and rng.random() < keyword_share else None
+            keywords = keyword_query(text, idf, rng) if keyword_share and rng.random() < keyword_share else None
             if keywords is not None:
                 query, rest = keywords, text
                 stats.keyword_queries += 1
@@ -227,13 +227,13 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
     return triplets, stats
 
 
-def _word_idf(texts: list[str]) -> dict[str, float]:
+def word_idf(texts: list[str]) -> dict[str, float]:
     """``log(N / df)`` of every token over ``texts`` (the project's tokens, each counted once a text)."""
     frequency = Counter(token for text in texts for token in set(tokenize(text)))
     return {token: math.log(len(texts) / count) for token, count in frequency.items()}
 
 
-def _keyword_query(text: str, idf: dict[str, float], rng: random.Random) -> str | None:
+def keyword_query(text: str, idf: dict[str, float], rng: random.Random) -> str | None:
     """3 to 6 distinct words of ``text`` drawn by IDF weight, in the text's order; None if it has too few."""
     words = list(dict.fromkeys(tokenize(text)))
     weights = [idf.get(word, 0.0) for word in words]
