@@ -173,21 +173,32 @@ def test_a_damaged_cached_cbow_corpus_is_rebuilt_not_reused(tmp_path, capsys):
 
 
 def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_path, capsys):
-    """The other lane runs to its end; the error names the stage that failed, whose message is above it."""
+    """The first stage to fail stops the other lane's (a CBOW of minutes here) and the error names it; its own
+    message is above, after its lane's number."""
+    import random
     from types import SimpleNamespace
 
     import pytest
 
-    from msmarco_search.driver.pipeline import CBOW_SCRIPT, TRIPLETS_SCRIPT, Stage, Workflow
+    from msmarco_search.driver.pipeline import CBOW_SCRIPT, Stage, Workflow
     from msmarco_search.errors import PipelineError
 
+    words = [f"word{i}" for i in range(200)]
+    rng = random.Random(0)
+    (tmp_path / "collection.tsv").write_text("".join(f"p{i}\t{' '.join(rng.choices(words, k=30))}\n"
+                                                     for i in range(2000)))
+    slow = tmp_path / "slow"
     workflow = Workflow(SimpleNamespace(jobs=2, data_dir=tmp_path, output_dir=tmp_path), source=None)
-    missing = tmp_path / "missing.tsv"
-    with pytest.raises(PipelineError, match=r"stage 'CBOW word vectors' failed \(exit status 2\).*after \[1\]"):
-        workflow.run_side_by_side([[Stage("CBOW word vectors", CBOW_SCRIPT, ["--dataset-path", missing])],
-                                   [Stage("triplets: help", TRIPLETS_SCRIPT, ["--help"])]])
+    with pytest.raises(PipelineError, match=r"stage 'CBOW, a missing file' failed \(exit status 2\).*after \[1\]$"):
+        workflow.run_side_by_side([
+            [Stage("CBOW, a missing file", CBOW_SCRIPT, ["--dataset-path", tmp_path / "missing.tsv"])],
+            [Stage("CBOW of minutes", CBOW_SCRIPT, ["--dataset-path", tmp_path / "collection.tsv", "-c", slow,
+                                                    "--data-dir", tmp_path / "data", "--epochs", 1_000,
+                                                    "--min-count", 1, "--workers", 1, "--no-word-benchmarks"])],
+            [Stage("never started", CBOW_SCRIPT, ["--help"])]])
     out = capsys.readouterr().out
-    assert "== CBOW word vectors [1]" in out and "== triplets: help [2]" in out
+    assert "== CBOW, a missing file [1]" in out and "== CBOW of minutes [2]" in out
     assert any(line.startswith("[1] error: ") and "missing.tsv" in line for line in out.splitlines())
-    assert "[2] usage: generate_triplets.py" in out  # the other lane ran to its end
-    assert [name for name, _ in workflow.timings][-1] == "the 2 lanes above, side by side (wall time)"
+    assert "[2] Training completed" not in out and not (slow / "msmarco_word2vec.pt").exists()  # stopped
+    assert "never started" not in out  # the third lane waited for a job slot and then saw the failure
+    assert [name for name, _ in workflow.timings][-1] == "the 3 lanes above, side by side (wall time)"

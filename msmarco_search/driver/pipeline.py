@@ -152,6 +152,8 @@ class Workflow:
         self.data_dir, self.output_dir = Path(args.data_dir), Path(args.output_dir)
         self.timings: list[tuple[str, float]] = []
         self._printing = threading.Lock()
+        self._failure: str | None = None  # side by side: the first stage's failure, which stops the others
+        self._running: set[subprocess.Popen] = set()
 
     def run(self, stage: Stage) -> None:
         info(f"\n== {stage.name}\n$ {stage.shown()}")
@@ -165,7 +167,8 @@ class Workflow:
         """Each lane's stages one after another, up to ``--jobs`` lanes at once (one lane: as ``run``).
 
         Side by side, a stage's heading ends with its lane's number (``[2]``), each of its output lines starts
-        with it, as they come, and progress bars are off (two bars on one terminal overwrite each other).
+        with it, as they come, and progress bars are off (two bars on one terminal overwrite each other). The
+        first stage to fail stops the others (a job that has failed should not make its user wait for CBOW).
         """
         lanes = [lane for lane in lanes if lane]
         if self.args.jobs == 1 or len(lanes) == 1:
@@ -174,28 +177,36 @@ class Workflow:
             return
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-            failures = [f for f in pool.map(self._run_lane, lanes, range(1, len(lanes) + 1)) if f]
+            list(pool.map(self._run_lane, lanes, range(1, len(lanes) + 1)))
         self.timings.append((f"the {len(lanes)} lanes above, side by side (wall time)", time.perf_counter() - started))
-        if failures:
-            raise PipelineError(failures[0])
+        if self._failure:
+            raise PipelineError(self._failure)
 
-    def _run_lane(self, lane: list[Stage], number: int) -> str | None:
-        """Run one lane's stages; returns the first failure's message (the lane stops there), or None."""
+    def _run_lane(self, lane: list[Stage], number: int) -> None:
+        """Run one lane's stages until one fails or another lane's has; the first failure is kept in
+        ``_failure`` and stops the processes still running (``_running``: both only under ``_printing``)."""
         environment = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
         for stage in lane:
             with self._printing:
+                if self._failure:
+                    return
                 info(f"\n== {stage.name} [{number}]\n$ {stage.shown()}")
-            started = time.perf_counter()
-            with subprocess.Popen(stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  env=environment) as process:
+                started = time.perf_counter()
+                process = subprocess.Popen(stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True, env=environment)
+                self._running.add(process)
+            with process:
                 for line in process.stdout:
                     with self._printing:
                         info(f"[{number}] {line.rstrip()}")
-            self.timings.append((f"  [{number}] {stage.name}", time.perf_counter() - started))
-            if process.returncode != 0:
-                return (f"stage '{stage.name}' failed (exit status {process.returncode}); its message is above, "
-                        f"after [{number}]")
-        return None
+            with self._printing:
+                self._running.discard(process)
+                self.timings.append((f"  [{number}] {stage.name}", time.perf_counter() - started))
+                if process.returncode != 0 and not self._failure:
+                    self._failure = (f"stage '{stage.name}' failed (exit status {process.returncode}); its message "
+                                     f"is above, after [{number}]")
+                    for other in self._running:
+                        other.terminate()
 
     def source_flags(self) -> list[str]:
         args = self.args
