@@ -454,6 +454,22 @@ def fasttext_embeddings(split: Split) -> Path:
     return path
 
 
+def concatenated_embeddings(*levers: str) -> Callable[[Split], Path]:
+    """Word vectors side by side: the given CBOW levers' tables (one vocabulary: the same corpus and min count),
+    one 300-d half each, as one wider table."""
+    def make(split: Split) -> Path:
+        path = split.out / "+".join(levers) / "msmarco_word2vec.pt"
+        if not path.exists():
+            tables = [load_embeddings(LEVERS[lever].embeddings(split)) for lever in levers]
+            if any(vocab.index_to_word != tables[0][1].index_to_word for _, vocab, _ in tables):
+                raise SystemExit(f"{', '.join(levers)}: the vocabularies differ; their tables cannot be joined")
+            save_embeddings(path, torch.cat([matrix for matrix, _, _ in tables], dim=1), tables[0][1],
+                            {**tables[0][2], "concatenated": list(levers)})
+        return path
+
+    return make
+
+
 def cbow_embeddings(name: str, *flags: str) -> Callable[[Split], Path]:
     def make(split: Split) -> Path:
         import subprocess
@@ -553,6 +569,8 @@ LEVERS: dict[str, Lever | None] = {
     "cbow-40-epochs": Lever("CBOW 40 epochs, not 20", embeddings=cbow_embeddings("cbow-40", "--epochs", "40")),
     "cbow-40-epochs-seed-7": Lever("CBOW 40 epochs, seed 7",
                                    embeddings=cbow_embeddings("cbow-40-seed-7", "--epochs", "40", "--seed", "7")),
+    "cbow-40-two-draws-joined": Lever("the two 40-epoch CBOW draws' vectors side by side (600-d)",
+                                      embeddings=concatenated_embeddings("cbow-40-epochs", "cbow-40-epochs-seed-7")),
     "cbow-seed-7": Lever("CBOW 20 epochs again, seed 7",
                          embeddings=cbow_embeddings("cbow-seed-7", "--epochs", "20", "--seed", "7")),
     "keywords-from-sentence": Lever("half the pseudo-queries: 3-6 of their words", triplets=keyword_triplets),
