@@ -77,7 +77,6 @@ class Split:
 
     def __post_init__(self) -> None:
         self.out = self.work / "levers"
-        self.out.mkdir(exist_ok=True)
 
     @property
     def embeddings(self) -> Path:
@@ -565,7 +564,7 @@ LEVERS: dict[str, Lever | None] = {
     "lexical-columns": Lever("256 random columns beside each word's vector", embeddings=lexical_embeddings),
     "bigrams": Lever("word bigrams as tokens", embeddings=bigram_embeddings, rewrite=bigram_rewrite,
                      lengths=(48, 192)),
-    "fasttext": Lever("FastText vectors instead of CBOW's (~14 min to train)", embeddings=fasttext_embeddings),
+    "fasttext": Lever("FastText vectors instead of CBOW's (~15 min to train)", embeddings=fasttext_embeddings),
     "cbow-40-epochs": Lever("CBOW 40 epochs, not 20", embeddings=cbow_embeddings("cbow-40", "--epochs", "40")),
     "cbow-40-epochs-seed-7": Lever("CBOW 40 epochs, seed 7",
                                    embeddings=cbow_embeddings("cbow-40-seed-7", "--epochs", "40", "--seed", "7")),
@@ -602,7 +601,7 @@ ABOUT = {"smoothed-passages": "the control's passage vectors moved toward their 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="the quality script's WORK (its levers step ran)")
+    parser.add_argument("--work", type=Path, help="the quality script's WORK (its levers step ran); needed to measure")
     parser.add_argument("--list", action="store_true", help="list the levers and stop")
     parser.add_argument("levers", nargs="*", help="levers to measure (the control first, once)")
     args = parser.parse_args(argv)
@@ -610,12 +609,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, lever in LEVERS.items():
             print(f"{name:26s} {ABOUT[name] if lever is None else lever.about}")
         return 0
+    if args.work is None:
+        parser.error("--work is needed to measure levers (see --help)")
     unknown = [name for name in args.levers if name not in LEVERS]
     if unknown:
         parser.error(f"unknown lever(s) {', '.join(unknown)} (see --list)")
     split = Split(args.work)
     if not split.dev("queries.dl21.tsv").is_file() or not split.embeddings.is_file():
         parser.error(f"{args.work}: run the quality script's levers step there first (see --help)")
+    split.out.mkdir(exist_ok=True)
     torch.set_num_threads(1)
     for name in dict.fromkeys(["control", *args.levers]):
         measure(split, name, LEVERS[name])

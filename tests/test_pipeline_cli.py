@@ -341,3 +341,17 @@ def test_the_python_api_gives_normalised_float32_arrays_that_rank_like_the_model
     np.testing.assert_allclose(np.linalg.norm(positives, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(queries, model.encode(triplets.queries[:50], "query").numpy())
     assert ((queries * positives).sum(1) > (queries * negatives).sum(1)).mean() >= 0.9
+
+
+def test_the_levers_benchmark_lists_its_levers_and_refuses_a_work_folder_without_the_levers_step(tmp_path, capsys):
+    from test_reliability import cli
+
+    status, out, _ = cli(capsys, "benchmarks/levers_dl21.py", "--list")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert status == 0 and names[0] == "control" and {"cbow-40-epochs", "distill-train-queries"} <= set(names)
+    for argv, message in ((["control"], "--work is needed"), (["--work", tmp_path / "missing", "control"],
+                                                               "missing: run the quality script's levers step"),
+                          (["--work", tmp_path, "no-such-lever"], "unknown lever(s) no-such-lever")):
+        status, _, err = cli(capsys, "benchmarks/levers_dl21.py", *argv)
+        assert status == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written where the step has not run

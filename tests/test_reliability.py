@@ -43,6 +43,7 @@ def _script(path: str):
     if path not in _MODULES:
         spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as importing does: a script's dataclasses look their module up there
         spec.loader.exec_module(module)
         _MODULES[path] = module
     return _MODULES[path]
