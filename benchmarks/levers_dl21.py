@@ -30,11 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ir_measures
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ir_measures import R, nDCG
 from scipy.stats import ttest_rel
 from torch import nn
 
@@ -42,6 +40,7 @@ from msmarco_search.batches import TokenBatch, TripletArrays, tokenise_triplets
 from msmarco_search.cbow import load_embeddings, save_embeddings
 from msmarco_search.fileio import file_identity
 from msmarco_search.losses import InBatchSoftmaxLoss
+from msmarco_search.metrics import score_run_per_query
 from msmarco_search.model import MeanPoolTower, TwoTowerModel, average_two_towers, build_model, save_two_tower
 from msmarco_search.retrieval import (
     BM25Retriever,
@@ -52,6 +51,7 @@ from msmarco_search.retrieval import (
     PassagePool,
     TwoTowerRetriever,
 )
+from msmarco_search.sources import iter_tsv_lines, read_qrels
 from msmarco_search.text import tokenize
 from msmarco_search.train import Trainer, TrainSettings
 from msmarco_search.triplets import Triplets, keyword_query, load_triplets, word_idf
@@ -60,8 +60,7 @@ from msmarco_search.vocab import PAD_ID, Vocabulary
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SEEDS = (42, 1, 2)
 SYSTEMS = ("two-tower", "two-tower-prf")
-MEASURES = (nDCG @ 10, R(rel=2) @ 100)
-LABELS = dict(zip(MEASURES, ("nDCG@10", "R@100"), strict=True))
+MEASURES = ("nDCG@10", "R@100")  # msmarco_search.metrics names: relevant at grade 2, as in the evaluation
 SETTINGS = {"batch_size": 1024, "learning_rate": 1e-4, "embedding_learning_rate": 1e-2, "log_every": 1000}
 
 
@@ -91,8 +90,8 @@ class Split:
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
-    with open(path, encoding="utf-8") as handle:
-        return [tuple(line.rstrip("\n").split("\t", 1)) for line in handle]
+    """(id, text) of each line, through the project's one TSV reader."""
+    return [(key, text) for key, text in iter_tsv_lines(path, 2)]
 
 
 def pools() -> list[Path]:
@@ -104,16 +103,14 @@ def per_query(split: Split, dense: DenseRetriever, rewrite: Callable[[str], str]
     passages = read_tsv(DATA / "msmarco-v2-trec-dl-2021" / "collection.tsv")
     pool = PassagePool([pid for pid, _ in passages], [rewrite(text) for _, text in passages])
     queries = read_tsv(split.dev("queries.dl21.tsv"))
-    qrels = list(ir_measures.read_trec_qrels(str(split.dev("qrels.dl21-passage.in-collection.txt"))))
+    qrels = read_qrels(split.dev("qrels.dl21-passage.in-collection.txt"))
     texts = [rewrite(text) for _, text in queries]
     scores = np.zeros((len(SYSTEMS), len(MEASURES), len(queries)))
     for s, system in enumerate((dense, FeedbackRetriever(dense, depth=3, weight=2.0))):
         system.prepare(pool)
-        run = [ir_measures.ScoredDoc(qid, pool.pid(row), score)
-               for (qid, _), hits in zip(queries, system.search(texts, 1000), strict=True) for row, score in hits]
-        found = collections.defaultdict(dict)
-        for metric in ir_measures.iter_calc(list(MEASURES), qrels, run):
-            found[metric.measure][metric.query_id] = metric.value
+        run = {qid: {pool.pid(row): score for row, score in hits}
+               for (qid, _), hits in zip(queries, system.search(texts, 1000), strict=True)}
+        found = score_run_per_query(qrels, run, metrics=MEASURES)
         for m, measure in enumerate(MEASURES):
             scores[s, m] = [found[measure].get(qid, 0.0) for qid, _ in queries]
     return scores
@@ -127,7 +124,7 @@ def report(split: Split, name: str) -> None:
         cells = []
         for m, measure in enumerate(MEASURES):
             means = mine[:, s, m].mean(axis=1)
-            cell = f"{LABELS[measure]} {means.mean():.4f} ({means.min():.3f}-{means.max():.3f})"
+            cell = f"{measure} {means.mean():.4f} ({means.min():.3f}-{means.max():.3f})"
             if name != "control":
                 a, b = mine[:, s, m].mean(axis=0), control[:, s, m].mean(axis=0)
                 cell += f" {a.mean() - b.mean():+.4f} (p {ttest_rel(a, b).pvalue:.3f})"

@@ -142,6 +142,10 @@ class Stage:
     def shown(self) -> str:
         return " ".join(["uv run", str(self.script.relative_to(ROOT)), *map(str, self.arguments)])
 
+    def failure(self, status: int) -> str:
+        """The job's one-line error when this stage exits with ``status`` (its own message is printed above)."""
+        return f"stage '{self.name}' failed (exit status {status}); its message is above"
+
 
 class Workflow:
     """Runs the stages as commands, prints each command and its time, and keeps the files they wrote."""
@@ -161,7 +165,7 @@ class Workflow:
         status = subprocess.run(stage.command(), check=False).returncode
         self.timings.append((stage.name, time.perf_counter() - started))
         if status != 0:
-            raise PipelineError(f"stage '{stage.name}' failed (exit status {status}); its message is above")
+            raise PipelineError(stage.failure(status))
 
     def run_side_by_side(self, lanes: list[list[Stage]]) -> None:
         """Each lane's stages one after another, up to ``--jobs`` lanes at once (one lane: as ``run``).
@@ -203,8 +207,7 @@ class Workflow:
                 self._running.discard(process)
                 self.timings.append((f"  [{number}] {stage.name}", time.perf_counter() - started))
                 if process.returncode != 0 and not self._failure:
-                    self._failure = (f"stage '{stage.name}' failed (exit status {process.returncode}); its message "
-                                     f"is above, after [{number}]")
+                    self._failure = f"{stage.failure(process.returncode)}, after [{number}]"
                     for other in self._running:
                         other.terminate()
 
