@@ -176,18 +176,20 @@ def file_identity(path: str | Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def content_sample(path: str | Path, block: int = 1 << 20) -> str:
+def content_sample(path: str | Path | IO[bytes], block: int = 1 << 20) -> str:
     """A digest of a file's size and its first and last ``block`` bytes: what it holds, wherever it lies, in
-    milliseconds even for a 27 GB triples TSV (a whole-file hash would cost minutes there)."""
-    path = Path(path)
+    milliseconds even for a 27 GB triples TSV (a whole-file hash would cost minutes there). ``path`` may be an
+    open file, read with ``os.pread`` (its position is left alone)."""
+    if isinstance(path, (str, Path)):
+        with open(path, "rb") as handle:
+            return content_sample(handle, block)
+    descriptor = path.fileno()
+    size = os.fstat(descriptor).st_size
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        digest.update(str(size).encode())
-        digest.update(handle.read(block))
-        if size > block:
-            handle.seek(max(block, size - block))
-            digest.update(handle.read(block))
+    digest.update(str(size).encode())
+    digest.update(os.pread(descriptor, block, 0))
+    if size > block:
+        digest.update(os.pread(descriptor, block, max(block, size - block)))
     return digest.hexdigest()[:16]
 
 
