@@ -38,9 +38,11 @@ from .bm25 import BM25Index, BM25Settings
 from .errors import PipelineError
 from .index import (
     BM25_DIR,
+    FAISS_FILE,
     PassageIds,
     PassageIndex,
     collection_identity,
+    faiss_search_parameters,
     saved_bm25_settings,
     vector_row_list,
     vector_rows,
@@ -155,8 +157,15 @@ class BM25Retriever(Retriever):
         s = self.bm25_settings
         ids = PassageIds(collection) if isinstance(collection, PassageIndex) else collection.ids
         if self.saved is not None:
-            identity = collection_identity(self.collection_file, len(collection))
-            self.index = BM25Index.load(self.saved, ids, s, identity)
+            if isinstance(collection, PassageIndex):
+                # bm25s opens the saved index by name: only while the folder there is the one the search index
+                # opened, before and after, are its files that index's (a rebuild puts a new folder there)
+                collection.check_in_place()
+                self.index = BM25Index.load(self.saved, ids, s, collection.collection_identity())
+                collection.check_in_place()
+            else:
+                self.index = BM25Index.load(self.saved, ids, s, collection_identity(self.collection_file,
+                                                                                    len(collection)))
             self.description = f"{s.describe()}, saved index {self.saved}"
             return
         self.index = BM25Index(ids, collection.texts(), s.k1, s.b, s.stemmer)
@@ -321,6 +330,7 @@ class TwoTowerRetriever(ModelRetriever):
             if not isinstance(collection, PassageIndex):
                 raise PipelineError("faiss search needs a search index (search/search.py index)")
             collection.faiss_index()  # check it loads before the first query
+            faiss_search_parameters(collection.manifest["faiss"]["type"], self.nprobe, self.ef_search)  # and these
             self.description = f"faiss {collection.manifest['faiss']['type']}"
 
     def search_vectors(self, vectors: torch.Tensor, k: int) -> list[Hits]:
@@ -328,13 +338,16 @@ class TwoTowerRetriever(ModelRetriever):
             return super().search_vectors(vectors, k)
         faiss_index = self.collection.faiss_index()
         kind = self.collection.manifest["faiss"]["type"]
-        if kind == "hnsw":
-            faiss_index.hnsw.efSearch = max(self.ef_search, k)
-        elif kind in ("ivf", "ivfpq"):
-            faiss_index.nprobe = self.nprobe
+        params = faiss_search_parameters(kind, self.nprobe, max(self.ef_search, k))
         vectors = np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
         depth = min(k * (self.refine if kind == "ivfpq" else 1), len(self.collection))
-        scores, rows = faiss_index.search(vectors, depth)
+        scores, rows = faiss_index.search(vectors, depth, params=params)
+        if rows.size and (rows.min() < -1 or rows.max() >= len(self.collection)):
+            # the lists' ids are checked when the index is read; this keeps any other answer that is no row (a
+            # faiss index changed in memory, a kind whose ids are not checked) from becoming a hit or an IndexError
+            raise PipelineError(f"the faiss index answered with row {int(rows.max())}, outside the index's "
+                                f"{len(self.collection)} passages; rebuild it (search/search.py faiss)",
+                                self.collection.directory / FAISS_FILE)
         if kind == "ivfpq":
             scores, rows = self._rescore(vectors, rows, min(k, len(self.collection)))
         return [ranked(self.collection, row[row >= 0], score[row >= 0])
