@@ -1,7 +1,8 @@
 """Search passages with a trained two-tower model, BM25, or a hybrid of the two.
 
   index  encode a collection with the model's passage tower and save the index beside the model
-         (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, bm25/, manifest.json [, faiss.index]);
+         (<model stem>_index/: vectors.npy, ids.npy, id_offsets.npy, offsets.npy, bm25/, manifest.json
+         [, faiss.index]);
          built in .<name>.new and swapped in when complete; under torchrun each process encodes a shard
   faiss  add a faiss index (flat, hnsw, ivf, ivfpq) to a built index from its stored vectors, no encoding,
          and measure its recall against exact search
@@ -48,6 +49,7 @@ from msmarco_search.index import (
     add_faiss,
     build_index,
     default_index_dir,
+    faiss_search_parameters,
     load_index,
     update_manifest,
 )
@@ -207,6 +209,7 @@ def run_index(args: argparse.Namespace) -> int:
         settings = replace(faiss_settings(args), batch_size=args.batch_size, dtype=args.dtype,
                            max_passages=args.max_passages)
         bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
+        check_recall_search(args)
         queries = recall_queries(args)  # read before the encoding: a bad file fails first
         manifest = build_index(model, args.model, source, index_dir, settings, bm25, context)
     finally:
@@ -229,6 +232,13 @@ def run_index(args: argparse.Namespace) -> int:
 def faiss_settings(args: argparse.Namespace) -> IndexSettings:
     """The faiss part of the index settings (``add_faiss_build_arguments``' flags), the rest at their defaults."""
     return IndexSettings(faiss=args.faiss, hnsw_m=args.hnsw_m, ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0)
+
+
+def check_recall_search(args: argparse.Namespace) -> None:
+    """The search settings the recall measurement will use (``--nprobe``, ``--ef-search``), checked against what
+    faiss can hold before anything is built: found only after the build, they cost the whole build."""
+    if args.faiss is not None:
+        faiss_search_parameters(args.faiss, args.nprobe, args.ef_search)
 
 
 def recall_queries(args: argparse.Namespace) -> list[str] | None:
@@ -254,6 +264,7 @@ def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: di
 
 def run_faiss(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
+    check_recall_search(args)
     queries = recall_queries(args)  # read before the build: a bad file fails first
     model = load_model(args.model, pick_device("auto"))
     manifest = add_faiss(index_dir, model, args.model, faiss_settings(args))
