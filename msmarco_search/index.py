@@ -28,6 +28,7 @@ Only building and loading live here; searching an index is ``msmarco_search.retr
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
@@ -754,7 +755,8 @@ class _OpenedFolder:
         self.manifest_identity: tuple[int, int] | None = None
         self.files: dict[str, io.FileIO] = {}  # by name inside the folder ("shards/0-of-2/vectors.npy")
         self.collection: io.FileIO | None = None  # the collection, when it lies outside the folder
-        self._closer = weakref.finalize(self, _close_all, self.fd, self.files, [])
+        self._outside: list[io.FileIO] = []
+        self._closer = weakref.finalize(self, _close_all, self.fd, self.files, self._outside)
 
     def open(self, name: str) -> io.FileIO:
         """The regular file ``name`` ('/'-separated, no part of it a link) inside the folder, opened once."""
@@ -770,8 +772,9 @@ class _OpenedFolder:
         except FileNotFoundError as error:
             raise _Missing("missing from the index; rebuild it", self.path / name) from error
         except OSError as error:
-            raise PipelineError(f"cannot read ({error.strerror or error}; an index's files are plain files in its "
-                                "folder, not links)", self.path / name) from error
+            link = "; an index's files are plain files in its folder, not links" if error.errno in (
+                errno.ELOOP, errno.ENOTDIR) else ""
+            raise PipelineError(f"cannot read ({error.strerror or error}{link})", self.path / name) from error
         finally:
             for descriptor_of_folder in opened:
                 os.close(descriptor_of_folder)
@@ -808,9 +811,14 @@ class _OpenedFolder:
             return True
         return self.manifest_identity is not None and (manifest.st_dev, manifest.st_ino) != self.manifest_identity
 
+    def open_outside(self, path: Path) -> io.FileIO:
+        """The file at the absolute ``path`` (the collection), opened and kept with the folder's files."""
+        file = io.FileIO(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+        self._outside.append(file)
+        self.collection = file
+        return file
+
     def close(self) -> None:
-        if self.collection is not None:
-            self.collection.close()
         self._closer()
 
 
@@ -825,18 +833,22 @@ class IdTable:
     ``id_offsets.npy``): row ``i``'s id is ``data[offsets[i]:offsets[i + 1]]``."""
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
-        self.data, self.offsets = data, offsets
+        self.data, self.offsets = np.asarray(data), np.asarray(offsets)
+        # memoryviews of the maps: ranking and fusing look up thousands of ids a query, and a memoryview's slice
+        # and item cost less than a numpy array's (a memmap subclass's, several times more)
+        self._bytes, self._ends = memoryview(self.data), memoryview(self.offsets)
+        self._count = len(self.offsets) - 1
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return self._count
 
     def __getitem__(self, position: int) -> bytes:
         position = int(position)
         if position < 0:
-            position += len(self)
-        if not 0 <= position < len(self):
-            raise IndexError(f"row {position} outside 0-{len(self) - 1}")
-        return bytes(self.data[int(self.offsets[position]):int(self.offsets[position + 1])])
+            position += self._count
+        if not 0 <= position < self._count:
+            raise IndexError(f"row {position} outside 0-{self._count - 1}")
+        return self._bytes[self._ends[position]:self._ends[position + 1]].tobytes()
 
     def tolist(self) -> list[bytes]:
         return [self[position] for position in range(len(self))]
@@ -861,6 +873,7 @@ class PassageIndex:
                  collection: Path, opened: _OpenedFolder):
         self.directory, self.manifest = directory, manifest
         self.vectors, self.ids, self.offsets, self.collection = vectors, ids, offsets, collection
+        self._row_offsets = memoryview(np.asarray(offsets))  # one row's offset as a Python int (see IdTable)
         self._opened = opened
         collection_file = opened.collection or opened.files[manifest["collection"]]
         self._collection = collection_file.fileno()
@@ -878,7 +891,7 @@ class PassageIndex:
 
     def text(self, position: int) -> str:
         """The passage text at row ``position``: its line, read at its offset in the collection."""
-        return self._text_of(position, _read_line(self._collection, int(self.offsets[position])))
+        return self._text_of(position, _read_line(self._collection, self._row_offsets[position]))
 
     def _text_of(self, position: int, line: bytes) -> str:
         pid, _, text = line.rstrip(b"\r\n").partition(b"\t")
@@ -986,7 +999,7 @@ class _CollectionTexts(Sequence[str]):
         index = self.index
         reader = io.BufferedReader(_PositionedReader(index._collection), 1 << 20)
         for position in range(len(self)):
-            reader.seek(int(index.offsets[position]))
+            reader.seek(index._row_offsets[position])
             yield index._text_of(position, reader.readline())
 
 
@@ -1207,14 +1220,13 @@ def _open_collection(folder: _OpenedFolder, manifest: dict[str, Any]) -> Path:
     else:
         path = Path(name)
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            file = folder.open_outside(path)
         except FileNotFoundError as error:
             raise PipelineError("the indexed collection is gone (passage texts are read from it); restore it or "
                                 "rebuild the index", path) from error
         except OSError as error:
             raise PipelineError(f"cannot read the indexed collection ({error.strerror or error})", path) from error
-        file = folder.collection = io.FileIO(descriptor, "rb")
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             raise PipelineError("the indexed collection is not a plain file; rebuild the index", path)
     size = os.fstat(file.fileno()).st_size
     if size != manifest["collection_size"]:
