@@ -142,15 +142,23 @@ class BM25Index:
     @classmethod
     def load(cls, directory: str | Path, passage_ids: Sequence[str], settings: BM25Settings,
              collection: dict[str, Any]) -> BM25Index:
-        """A saved index, memory-mapped; refused (one line) unless its settings and collection are these."""
+        """A saved index, memory-mapped; refused (one line) unless its settings and collection are these.
+
+        The record is checked, then bm25s reads the files, each by name: a folder replaced in between (a search
+        index rebuilt, swapping in a new ``bm25/``) would pair one build's record with another's arrays, so the
+        folder must be the same one before and after."""
         import bm25s
 
         directory = Path(directory)
+        before = _folder_identity(directory)
         record = check_saved(directory, settings, collection, len(passage_ids))
         try:
             retriever = bm25s.BM25.load(str(directory), mmap=True, allow_pickle=False, show_progress=False)
         except (OSError, ValueError, KeyError) as error:
             raise PipelineError(f"not a readable BM25 index ({first_line(error)}); rebuild it", directory) from error
+        if _folder_identity(directory) != before:
+            raise PipelineError("BM25 index was replaced while it was being read (its search index rebuilt?); run "
+                                "the command again", directory)
         if retriever.scores.get("num_docs") != record["count"]:
             raise PipelineError(f"BM25 index holds {retriever.scores.get('num_docs')} passages, its record says "
                                 f"{record['count']}; rebuild it", directory)
@@ -158,6 +166,14 @@ class BM25Index:
         index = cls(passage_ids, None, settings.k1, settings.b, settings.stemmer, retriever=retriever)
         index.directory = directory
         return index
+
+
+def _folder_identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(directory)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _file_record(directory: Path) -> dict[str, dict[str, Any]]:

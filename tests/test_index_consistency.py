@@ -225,6 +225,27 @@ def test_an_index_opened_while_its_faiss_index_is_replaced_is_opened_again(searc
     assert len(calls) == 2  # opened twice
 
 
+def test_a_bm25_index_replaced_while_it_is_read_is_refused(search_setup, work, capsys, monkeypatch):
+    """A rebuild swaps the index folder in after the saved BM25 index's record was checked and before bm25s reads
+    its files by name: one line, never one build's record with the other's arrays."""
+    from msmarco_search import bm25 as bm25_module
+
+    model, index = _copy(search_setup, work)
+    other = _other_collection(work / "collection_b.tsv")
+    assert cli(capsys, SEARCH, "index", model, "--dataset-path", other, "--index-dir", work / "rebuilt")[0] == 0
+    original = bm25_module.check_saved
+
+    def check_then_swap(*args, **kwargs):
+        record = original(*args, **kwargs)
+        os.replace(index, work / ".model_index.old")
+        os.replace(work / "rebuilt", index)
+        return record
+
+    monkeypatch.setattr(bm25_module, "check_saved", check_then_swap)
+    result = _query(capsys, model, index, "what is doc3y1", "--system", "bm25")
+    assert_one_line_error(result, "model_index/bm25: BM25 index was replaced while it was being read")
+
+
 # --------------------------------------------------------------------------------- names in the manifest
 
 
