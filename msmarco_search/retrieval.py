@@ -342,10 +342,11 @@ class TwoTowerRetriever(ModelRetriever):
         vectors = np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
         depth = min(k * (self.refine if kind == "ivfpq" else 1), len(self.collection))
         scores, rows = faiss_index.search(vectors, depth, params=params)
-        if rows.size and (rows.min() < -1 or rows.max() >= len(self.collection)):
+        outside = rows[(rows < -1) | (rows >= len(self.collection))]
+        if outside.size:
             # the lists' ids are checked when the index is read; this keeps any other answer that is no row (a
             # faiss index changed in memory, a kind whose ids are not checked) from becoming a hit or an IndexError
-            raise PipelineError(f"the faiss index answered with row {int(rows.max())}, outside the index's "
+            raise PipelineError(f"the faiss index answered with row {int(outside[0])}, outside the index's "
                                 f"{len(self.collection)} passages; rebuild it (search/search.py faiss)",
                                 self.collection.directory / FAISS_FILE)
         if kind == "ivfpq":
