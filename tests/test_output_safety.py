@@ -441,3 +441,20 @@ def test_a_gensim_model_beside_the_record_of_another_is_not_described_by_it(work
     assert status == 0, err
     assert "msmarco_word2vec.gensim.json: does not describe msmarco_word2vec.gensim as it is now" in err
     assert torch.load(work / "next" / "msmarco_word2vec.pt", weights_only=True)["stemmer"] == "english"
+
+
+def test_benchmark_outputs_replace_nothing_of_another_kind(work, capsys, trained_pipeline):
+    data = work / "rows.jsonl"
+    data.write_text('{"query": "mine"}\n')
+    assert_one_line_error(cli(capsys, "benchmarks/make_dataset.py", "--size", "3", "--synthetic", "--output", data),
+                          "rows.jsonl: already exists, and this script replaces no file")
+    assert data.read_text() == '{"query": "mine"}\n'
+    assert cli(capsys, "benchmarks/make_dataset.py", "--size", "3", "--synthetic", "--output", work / "new.jsonl")[0] == 0
+    assert len((work / "new.jsonl").read_text().splitlines()) == 3
+    notes = work / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    assert_one_line_error(cli(capsys, "benchmarks/train_throughput.py", "--triplets", trained_pipeline["triplets"],
+                              "--embeddings", trained_pipeline["embeddings"], "--json", notes),
+                          "notes.json: exists and is not an earlier throughput record")
+    assert notes.read_text() == '{"mine": 1}\n'
+    no_claims_left(work)
