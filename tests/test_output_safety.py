@@ -68,7 +68,7 @@ def test_an_index_replaces_only_an_earlier_index(work, capsys, trained_pipeline,
     (model_dir / "notes.txt").write_text("the user's notes\n")
     collection = tsv_folder / "collection.tsv"
     before = snapshot(model_dir)
-    # the model's own folder as --index-dir: it was moved aside and deleted, model and all, with exit 0
+    # the model's own folder as --index-dir
     result = run_script(SEARCH_SCRIPT, "index", model, "--index-dir", model_dir, "--dataset-path", collection,
                         "--no-bm25", cwd=work, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -117,7 +117,6 @@ def test_a_run_file_replaces_only_an_earlier_run(work, capsys, search_setup):
                                                       "'qid Q0 docid rank score tag')"),
                           (index / "ids.npy", "exists and is not an earlier TREC run"),
                           (index / "manifest.json", "exists and is not an earlier TREC run")]:
-        # each was overwritten by the run, exit 0
         assert_one_line_error(cli(capsys, SEARCH_SCRIPT, "query", model, "--queries", queries, "--run-file", target,
                                   "-k", "2"), f"{target.name}: {words}")
     assert {path: path.read_bytes() for path in guarded} == before
@@ -267,7 +266,7 @@ def test_odd_output_paths_are_one_line(work, capsys, trained_pipeline, rows_file
     shutil.copy(trained_pipeline["model"], model)
     long = "x" * 300  # longer than a file name may be
     os.mkfifo(work / "fifo")
-    # "." and "/" as --index-dir were ValueError tracebacks ("has an empty name"); a too-long -c an OSError one
+    # "." and "/" as --index-dir, a name too long for the file system, a FIFO, a folder where a file goes
     result = run_script(SEARCH_SCRIPT, "index", model, "--index-dir", ".", "--dataset-path",
                         tsv_folder / "collection.tsv", cwd=work, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -433,8 +432,8 @@ def test_a_gensim_model_beside_the_record_of_another_is_not_described_by_it(work
         status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, *ckpt, "--stemmer",
                              "english")
     assert status == 130, err
-    # the stemmed model beside the record that says "none": resumed with --stemmer english it was refused
-    # ("trained with --stemmer none"), and --stemmer none was taken as right
+    # the stemmed model beside the record that says "none": the record no longer describes it, so the stemmer
+    # given is taken (with a warning), not refused against the earlier model's
     assert json.loads(gensim_model.with_name("msmarco_word2vec.gensim.json").read_text())["stemmer"] == "none"
     status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "-c", work / "next",
                          "--resume-from", gensim_model, "--stemmer", "english", "--no-word-benchmarks")
@@ -449,7 +448,8 @@ def test_benchmark_outputs_replace_nothing_of_another_kind(work, capsys, trained
     assert_one_line_error(cli(capsys, "benchmarks/make_dataset.py", "--size", "3", "--synthetic", "--output", data),
                           "rows.jsonl: already exists, and this script replaces no file")
     assert data.read_text() == '{"query": "mine"}\n'
-    assert cli(capsys, "benchmarks/make_dataset.py", "--size", "3", "--synthetic", "--output", work / "new.jsonl")[0] == 0
+    made = cli(capsys, "benchmarks/make_dataset.py", "--size", "3", "--synthetic", "--output", work / "new.jsonl")
+    assert made[0] == 0, made
     assert len((work / "new.jsonl").read_text().splitlines()) == 3
     notes = work / "notes.json"
     notes.write_text('{"mine": 1}\n')
