@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib.util
-import json
 import os
 import shutil
 import statistics
@@ -44,7 +43,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from msmarco_search.errors import run_cli
+from msmarco_search.fileio import OutputKind, claim_output, recognise_json, release, save_json
+
 ROOT = Path(__file__).resolve().parents[1]
+THROUGHPUT_OUTPUT = OutputKind("throughput record", recognise_json("median_triplets_per_second"))
 SYSTEMS = ("trainable", "frozen", "autograd", "before", "st")
 LABELS = {"trainable": "project, trainable word vectors (row updates)",
           "frozen": "project, frozen word vectors",
@@ -243,15 +246,25 @@ def main(argv: list[str] | None = None) -> int:
     if "before" in args.systems and not args.before:
         parser.error("the 'before' system needs --before DIR")
     args.systems = list(dict.fromkeys(args.systems))
-    result = run_all(args)
+    if args.json:  # claimed before the run: it replaces only an earlier record of this script, never another file
+        args.json = claim_output(args.json, THROUGHPUT_OUTPUT, flag="--json")
+    try:
+        return report(args, run_all(args))
+    finally:
+        if args.json:
+            release(args.json)
+
+
+def report(args: argparse.Namespace, result: dict) -> int:
+    """Print the table of ``result`` and, with ``--json``, write the rates."""
     print()
     print(table(result, args))
     if args.json:
         medians = {s: _rates(result["seconds"][s], args.batch_size, 1)[1] for s in args.systems}
-        args.json.write_text(json.dumps({"median_triplets_per_second": medians, **result,
-                                         "settings": {k: str(v) for k, v in vars(args).items()}}))
+        save_json({"median_triplets_per_second": medians, **result,
+                   "settings": {k: str(v) for k, v in vars(args).items()}}, args.json)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -50,7 +50,7 @@ from .arrays import OpenedArray, map_npy, read_row_list, read_rows, save_npy
 from .bm25 import BM25Settings, build_streamed
 from .distributed import DistributedContext
 from .errors import PipelineError, first_line, short
-from .fileio import StagedFolder, atomic_write, content_sample, load_json, save_json
+from .fileio import OutputKind, StagedFolder, atomic_write, content_sample, load_json, save_json
 from .model import TwoTowerModel
 from .report import info, progress
 from .sources import Source, TsvSource, read_collection
@@ -366,6 +366,31 @@ def _final_collection(collection: Path, staging: Path) -> str:
     return collection.name if collection.resolve().parent == staging.resolve() else str(collection.resolve())
 
 
+# what build_index writes into an index folder (besides the files its manifest lists)
+INDEX_ENTRIES = frozenset({MANIFEST, VECTORS, IDS, ID_OFFSETS, OFFSETS, PASSAGES, FAISS_FILE, BM25_DIR, SHARDS_DIR, SHARD_RECORD})
+
+
+def recognise_index_folder(path: Path) -> str | None:
+    """``fileio.OutputKind`` recogniser of an index folder: a manifest of an index, and nothing but the files an
+    index holds (a temporary ``.NAME.*.tmp`` of a killed write too), so that rebuilding it loses nothing else."""
+    try:
+        manifest = load_json(path / MANIFEST)
+    except PipelineError:
+        return f"it has no readable {MANIFEST}"
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND_INDEX:
+        return f"its {MANIFEST} is not an index's"
+    listed = manifest.get("files")
+    known = INDEX_ENTRIES | (set(map(str, listed)) if isinstance(listed, dict) else set())
+    others = sorted(entry.name for entry in path.iterdir()
+                    if entry.name not in known and not (entry.name.startswith(".") and entry.name.endswith(".tmp")))
+    if others:
+        return f"it also holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which no index writes"
+    return None
+
+
+INDEX_OUTPUT = OutputKind("search index", recognise_index_folder, folder=True)
+
+
 def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, index_dir: str | Path,
                 settings: IndexSettings, bm25: BM25Settings | None = None,
                 context: DistributedContext | None = None) -> dict[str, Any] | None:
@@ -384,7 +409,9 @@ def build_index(model: TwoTowerModel, model_path: str | Path, source: Source, in
     if settings.faiss == "ivfpq":
         pq_subquantizers(model.config.output_dim, settings.pq_m)  # a bad --pq-m fails before the encoding
     index_dir = Path(index_dir)
-    folder = StagedFolder(index_dir)
+    # the index replaces only an earlier index, never a folder of other files nor one holding the model or the
+    # collection it is built from (both read until the end, and the swap would remove them)
+    folder = StagedFolder(index_dir, INDEX_OUTPUT, [model_path, source_collection(source)], flag="--index-dir")
     staging = folder.staging
     if context.is_main:
         folder.acquire()  # outside the try: a refused second build must not discard the running one's folder

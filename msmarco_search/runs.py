@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import PipelineError, first_line
-from .fileio import atomic_write
+from .fileio import OutputKind, atomic_write
 
 Run = dict[str, dict[str, float]]
 FUSIONS = ("rrf", "linear")
@@ -118,6 +118,20 @@ def write_trec_run(path: str | Path, results: Sequence[tuple[str, Sequence[tuple
                     handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
 
     return atomic_write(path, write)
+
+
+def recognise_trec_run(path: Path) -> str | None:
+    """``fileio.OutputKind`` recogniser of a TREC run: its first line is ``qid Q0 docid rank score tag``."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    columns = first.split()
+    if len(columns) == 6 and columns[1] == b"Q0":
+        return None
+    return "its first line is not 'qid Q0 docid rank score tag'"
+
+
+TREC_RUN_OUTPUT = OutputKind("TREC run", recognise_trec_run)
 
 
 def check_trec_ids(ids: Iterable[str], what: str, path: str | Path | None = None) -> None:

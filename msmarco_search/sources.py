@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import PipelineError, first_line, short
-from .fileio import atomic_write, file_identity, save_json
+from .fileio import atomic_write, cached_record, file_identity, save_cache_record
 from .report import info, progress
 
 HUB_DATASET = "microsoft/ms_marco"
@@ -332,18 +332,15 @@ class HubSource(Source):
         return self.data_dir / f"{HUB_DATASET.replace('/', '___')}_stream" / self.config / f"{self.split}.jsonl"
 
     def _stream_cache_rows(self) -> tuple[int, bool]:
-        """(rows in the stream cache, whether they are the whole split); (0, False) when there is none."""
-        manifest = self.stream_cache.with_suffix(".json")
-        if not (manifest.is_file() and self.stream_cache.is_file()):
-            return 0, False
+        """(rows in the stream cache, whether they are the whole split); (0, False) when there is none, or its
+        record (``<split>.json``, written after it) does not describe it (``fileio.cached_record``)."""
+        record = cached_record(self.stream_cache)
+        if record is None or record.get("source") != self.identity():
+            return 0, False  # none, damaged, or another split's: stream again, which rewrites both
         try:
-            info = json.loads(manifest.read_text())
-            rows, complete = int(info["rows"]), bool(info["complete"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0, False  # a damaged description: stream again, which rewrites both
-        if info.get("source") != self.identity() or info.get("size") != self.stream_cache.stat().st_size:
+            return int(record["rows"]), bool(record["complete"])
+        except (KeyError, TypeError, ValueError):
             return 0, False
-        return rows, complete
 
     def _streamed_rows(self, max_samples: int) -> Path:
         """The stream cache, holding at least the split's first ``max_samples`` rows (streamed if it did not)."""
@@ -378,8 +375,7 @@ class HubSource(Source):
                 bar.close()
 
         atomic_write(self.stream_cache, write)
-        save_json({"source": self.identity(), "rows": count, "complete": count < max_samples,
-                   "size": self.stream_cache.stat().st_size}, self.stream_cache.with_suffix(".json"))
+        save_cache_record(self.stream_cache, source=self.identity(), rows=count, complete=count < max_samples)
         info(f"Streamed the first {count:,} rows of {HUB_DATASET} {self.config} [{self.split}] into "
              f"{self.stream_cache}")
         return self.stream_cache

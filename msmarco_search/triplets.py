@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineError
-from .fileio import KIND_TRIPLETS, is_parquet, load_parquet, load_pickle, save_parquet, save_pickle
+from .fileio import (
+    KIND_TRIPLETS,
+    OutputKind,
+    is_parquet,
+    load_parquet,
+    load_pickle,
+    recognise_json,
+    recognise_tagged,
+    save_parquet,
+    save_pickle,
+)
 from .report import progress
 from .sources import Passage, QueryRecord, text_id
 from .text import tokenize
@@ -271,6 +281,11 @@ def triplets_prefix(sample_size: int) -> str:
     the metadata (``queries_read``, ``num_triplets``). A fraction like ``0.053k`` read as a typo.
     """
     return f"msmarco_triplets_{max(1, (sample_size + 500) // 1000)}k"
+
+
+TRIPLETS_OUTPUT = OutputKind("triplets file", recognise_tagged(KIND_TRIPLETS))
+# the fields every triplets metadata JSON holds (``driver.triplets.run``)
+TRIPLETS_METADATA_OUTPUT = OutputKind("triplets metadata", recognise_json("mode", "source", "num_triplets"))
 
 
 def metadata_path(triplets_path: str | Path) -> Path:

@@ -189,7 +189,7 @@ def test_triplets_output_never_replaces_a_file_that_is_not_triplets(work, capsys
     source = work / "train.jsonl"
     source.write_bytes(rows_file.read_bytes())
     result = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", source, "--output", source)
-    assert_one_line_error(result, "train.jsonl: exists and is not a triplets file")
+    assert_one_line_error(result, "train.jsonl: is an input of this run")
     assert source.read_bytes() == rows_file.read_bytes()  # it was replaced by the pickle
     # an earlier triplets file is replaced, as --output says
     assert cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", source, "--output", work / "t.pkl")[0] == 0

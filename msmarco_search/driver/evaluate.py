@@ -30,7 +30,18 @@ from msmarco_search.evaluate import (
     rows_tasks,
     tsv_task,
 )
-from msmarco_search.fileio import ensure_writable_dir, release, save_json, timestamped_path
+from msmarco_search.fileio import (
+    OutputKind,
+    check_output,
+    claim_output,
+    ensure_writable_dir,
+    load_json,
+    output_path,
+    recognise_json,
+    release,
+    save_json,
+    timestamped_path,
+)
 from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.metrics import seed_summary
 from msmarco_search.provenance import training_overlap
@@ -43,7 +54,7 @@ from msmarco_search.retrieval import (
     Retriever,
     TwoTowerRetriever,
 )
-from msmarco_search.runs import FUSIONS, run_file_name, write_run
+from msmarco_search.runs import FUSIONS, TREC_RUN_OUTPUT, run_file_name, write_run
 from msmarco_search.vocab import vocabulary_fingerprint
 
 DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
@@ -319,47 +330,74 @@ def _print_table(task, result, systems: list[Retriever]) -> None:
     info(format_table(result.metrics, task.metrics(), result.baseline, result.significance))
 
 
+# the fields every evaluation.json holds (``main``): --output-dir replaces only such a record
+EVALUATION_OUTPUT = OutputKind("evaluation record", recognise_json("created", "arguments", "systems", "tasks"))
+EVALUATION_FILE = "evaluation.json"
+
+
+def evaluation_inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file the evaluation reads: none of them is ever an output."""
+    models = parse_models(args.model)[0] if args.model else []
+    return [*models, *(Path(p) for p in args.dataset_path or []),
+            *(p for p in (args.embeddings, args.collection, args.queries, args.qrels, args.candidates, args.index_dir)
+              if p is not None)]
+
+
+def claim_output_dir(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The output folder and its ``evaluation.json``, claimed for this run before the work: a second evaluation
+    into the folder meanwhile is refused, not silently replaced by the later one (``fileio.claim_output``).
+    An earlier ``evaluation.json`` is replaced only with ``--overwrite``; any other file of that name, or a
+    file named like a run file (``run.*.trec``) that is not a TREC run, is never replaced."""
+    if args.output_dir is None:
+        output_dir = timestamped_path("outputs", "evaluation", "")  # claimed; released when the record is
+        ensure_writable_dir(output_dir)
+        return output_dir, output_dir
+    output_dir = output_path(args.output_dir)
+    ensure_writable_dir(output_dir)  # before the work: found at the end, it would cost the whole run
+    inputs = evaluation_inputs(args)
+    record = claim_output(output_dir / EVALUATION_FILE, EVALUATION_OUTPUT, inputs, flag="--output-dir")
+    try:
+        if record.exists() and record.stat().st_size and not args.overwrite:
+            raise PipelineError("already holds an evaluation.json; pass --overwrite to replace it, or choose another "
+                                "--output-dir", output_dir)
+        for run_file in sorted(output_dir.glob("run.*.trec")):
+            check_output(run_file, TREC_RUN_OUTPUT, inputs, flag="--output-dir")
+    except PipelineError:
+        release(record)
+        raise
+    return output_dir, record
+
+
+def forget_earlier_evaluation(output_dir: Path) -> None:
+    """Remove an earlier ``evaluation.json`` (with ``--overwrite``) and the run files it lists, before this
+    evaluation writes its own: a run killed half-way then leaves run files and no record, never the earlier
+    record beside this run's files."""
+    record = output_dir / EVALUATION_FILE
+    if not record.is_file() or EVALUATION_OUTPUT.recognise(record) is not None:
+        return
+    earlier = load_json(record)
+    for task in (earlier.get("tasks") or {}).values():
+        files = task.get("run_files") if isinstance(task, dict) else None
+        for name in (files.values() if isinstance(files, dict) else ()):
+            path = output_dir / Path(str(name)).name
+            if path.is_file() and TREC_RUN_OUTPUT.recognise(path) is None:
+                path.unlink()
+    record.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resolve_embeddings(args)
     chosen = choose_systems(args)
     if not chosen and not args.word_benchmarks:
         raise PipelineError("nothing to do: --systems none without --word-benchmarks")
-    output_dir = args.output_dir
-    claimed = None
-    if output_dir is None:
-        output_dir = claimed = timestamped_path("outputs", "evaluation", "")
+    output_dir, claimed = claim_output_dir(args)
     try:
-        ensure_writable_dir(output_dir)  # before the work: found at the end, it would cost the whole run
-        if (output_dir / "evaluation.json").exists() and not args.overwrite:  # an earlier one was replaced silently
-            raise PipelineError("already holds an evaluation.json; pass --overwrite to replace it, or choose another "
-                                "--output-dir", output_dir)
         report = {"created": datetime.now().isoformat(timespec="seconds"),
                   "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "systems": {}, "tasks": {}}
         if chosen:
-            systems = build_systems(args, chosen)
-            check_baseline(args, systems)
-            report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
-            tasks, data = make_tasks(args)
-            report["data"] = data
-            for task in tasks:
-                result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
-                files = {}
-                for name, run in result.runs.items():
-                    path = write_run(run, output_dir / run_file_name(task.name, name), name)
-                    files[name] = str(path)
-                _print_table(task, result, systems)
-                overlaps = training_overlaps(task, systems)
-                warn_about_overlaps(task, overlaps)
-                report["tasks"][task.name] = {
-                    "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
-                    "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
-                    "relevance_threshold": task.threshold, "metrics": result.metrics,
-                    "per_query": result.per_query, "baseline": result.baseline, "training_overlap": overlaps,
-                    "significance": result.significance,
-                    "seeds": seed_summary(result.metrics, task.metrics()),
-                    "seconds": result.seconds, "run_files": files}
+            evaluate_systems(args, chosen, output_dir, report)
         if args.word_benchmarks:
             from msmarco_search.cbow import load_embeddings
             from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
@@ -368,13 +406,41 @@ def main(argv: list[str] | None = None) -> int:
             quality = word_embedding_quality(matrix, vocab)
             report_word_embedding_quality(quality)
             report["word_embeddings"] = {"embeddings": str(args.embeddings), **quality}
-        json_path = save_json(report, output_dir / "evaluation.json")
+        forget_earlier_evaluation(output_dir)  # a word-benchmarks-only run writes no run file before it
+        json_path = save_json(report, output_dir / EVALUATION_FILE)
     finally:
-        if claimed is not None:
-            release(claimed)
+        release(claimed)
     info(f"\n💾 Saved the results to {json_path} and the run files to {output_dir}")
     return 0
 
+
+def evaluate_systems(args: argparse.Namespace, chosen: list[str], output_dir: Path, report: dict) -> None:
+    """Build the systems, rank every task's queries with each, write the runs and fill ``report``."""
+    systems = build_systems(args, chosen)
+    check_baseline(args, systems)
+    report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
+    tasks, data = make_tasks(args)
+    report["data"] = data
+    inputs = evaluation_inputs(args)
+    for task in tasks:
+        result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
+        forget_earlier_evaluation(output_dir)
+        files = {}
+        for name, run in result.runs.items():
+            path = check_output(output_dir / run_file_name(task.name, name), TREC_RUN_OUTPUT, inputs,
+                                flag="--output-dir")
+            files[name] = str(write_run(run, path, name))
+        _print_table(task, result, systems)
+        overlaps = training_overlaps(task, systems)
+        warn_about_overlaps(task, overlaps)
+        report["tasks"][task.name] = {
+            "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
+            "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
+            "relevance_threshold": task.threshold, "metrics": result.metrics,
+            "per_query": result.per_query, "baseline": result.baseline, "training_overlap": overlaps,
+            "significance": result.significance,
+            "seeds": seed_summary(result.metrics, task.metrics()),
+            "seconds": result.seconds, "run_files": files}
 
 
 def cli() -> None:

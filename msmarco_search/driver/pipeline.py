@@ -45,7 +45,16 @@ from pathlib import Path
 
 from ..arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
-from ..fileio import atomic_write, cache_key, cached_record, ensure_writable_dir, file_identity, save_cache_record
+from ..fileio import (
+    atomic_write,
+    cache_key,
+    cached_record,
+    ensure_writable_dir,
+    file_identity,
+    release,
+    save_cache_record,
+    timestamped_path,
+)
 from ..provenance import query_fingerprint
 from ..report import info, warn
 from ..sources import Source, TsvFiles, TsvSource, read_collection, read_queries, tsv_files_from
@@ -373,6 +382,24 @@ def main(argv: list[str] | None = None) -> int:
     ensure_writable_dir(args.output_dir)
     ensure_writable_dir(args.data_dir, "data folder")
     workflow = Workflow(args, source)
+    # every file of this run is named with its stamp: claimed for the run's life, so that a second job started
+    # in the same second takes another stamp instead of writing (and replacing) this one's files
+    claimed = timestamped_path(args.output_dir, "pipeline", "")
+    workflow.stamp = claimed.name.removeprefix("pipeline_")
+    try:
+        model = run_stages(workflow, evaluation)
+    finally:
+        release(claimed)
+    info("\n== time per stage")
+    for stage, seconds in workflow.timings:
+        info(f"  {seconds:7.1f} s  {stage}")
+    info(f"  {time.perf_counter() - started:7.1f} s  in all; the model: {model}")
+    return 0
+
+
+def run_stages(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
+    """Every stage in turn (CBOW beside the triplets); the final model."""
+    args = workflow.args
     if args.dataset_path:
         corpus = ["--dataset-path", write_corpus(workflow, evaluation), "--data-dir", args.data_dir]
     else:  # the hub's queries and passages, as stage 1 reads them
@@ -387,11 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     triplets = self_training_triplets(workflow, triplets, embeddings, evaluation)
     model = train_models(workflow, triplets, embeddings)
     evaluate(workflow, model, embeddings, evaluation)
-    info("\n== time per stage")
-    for stage, seconds in workflow.timings:
-        info(f"  {seconds:7.1f} s  {stage}")
-    info(f"  {time.perf_counter() - started:7.1f} s  in all; the model: {model}")
-    return 0
+    return model
 
 
 if __name__ == "__main__":

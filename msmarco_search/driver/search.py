@@ -37,7 +37,7 @@ from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.fileio import ensure_writable_dir
+from msmarco_search.fileio import claim_output, ensure_writable_dir, output_path, release
 from msmarco_search.index import (
     BM25_DIR,
     FAISS_FILE,
@@ -56,7 +56,7 @@ from msmarco_search.index import (
 from msmarco_search.model import load_model
 from msmarco_search.report import info
 from msmarco_search.retrieval import DEFAULT_REFINE, faiss_recall
-from msmarco_search.runs import check_trec_ids, write_trec_run
+from msmarco_search.runs import TREC_RUN_OUTPUT, check_trec_ids, write_trec_run
 from msmarco_search.search import SYSTEMS, SearchOptions, SearchSession, known_words, make_retrievers, snippet
 from msmarco_search.sources import read_queries
 
@@ -298,7 +298,7 @@ def print_hits(index: PassageIndex, searcher, query: str, hits, width: int, labe
         info(f"{rank:4d}  {pid:<{id_width}}  {score:9.4f}  {snippet(index.text(position), width)}")
 
 
-def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list) -> None:
+def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list, run_files: dict[str, Path]) -> None:
     queries = read_queries(args.queries)
     if not queries:
         raise PipelineError("holds no queries", args.queries)
@@ -319,9 +319,7 @@ def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list) -
         info(f"{searcher.name}: {len(texts):,} queries in {seconds:.2f} s "
              f"({len(texts) / max(seconds, 1e-9):,.0f} queries/s; {searcher.description})")
         if args.run_file is not None:
-            path = args.run_file
-            if len(searchers) > 1:
-                path = path.with_name(f"{path.stem}.{searcher.name}{path.suffix}")
+            path = run_files[searcher.name]
             write_trec_run(path, results, args.tag or searcher.name)
             info(f"💾 Wrote TREC run to {path}")
 
@@ -345,41 +343,56 @@ def interactive(args: argparse.Namespace, index: PassageIndex, searchers: list) 
         info()
 
 
-def run_file_paths(args: argparse.Namespace) -> list[Path]:
-    """The run files ``--run-file`` names, checked before the search: a folder there, or one that cannot be
-    written, was found only once every query had been searched."""
+def run_file_paths(args: argparse.Namespace, index_dir: Path) -> dict[str, Path]:
+    """The run files ``--run-file`` names, claimed before the search (``fileio.claim_output``): each replaces
+    only an earlier TREC run, never the model, the queries or any other file, nor a run another query is
+    writing; a folder there, or one that cannot be written, is found before every query has been searched.
+    The caller releases them. ``{system: its run file}``."""
     if args.run_file is None:
-        return []
+        return {}
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     paths = [args.run_file if len(systems) == 1 else
              args.run_file.with_name(f"{args.run_file.stem}.{system}{args.run_file.suffix}") for system in systems]
-    for path in paths:
-        if path.is_dir():
-            raise PipelineError("is a folder; --run-file names the TREC run file to write", path)
-        ensure_writable_dir(path.parent, "run file's folder")
-    return paths
+    claimed: dict[str, Path] = {}
+    try:
+        for system, given in zip(systems, paths, strict=True):
+            path = output_path(given)
+            if path.is_dir():
+                raise PipelineError("is a folder; --run-file names the TREC run file to write", path)
+            ensure_writable_dir(path.parent, "run file's folder")
+            claimed[system] = claim_output(path, TREC_RUN_OUTPUT, [args.model, args.queries, index_dir],
+                                           flag="--run-file")
+    except PipelineError:
+        for path in claimed.values():
+            release(path)
+        raise
+    return claimed
 
 
 def run_query(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
-    run_file_paths(args)
-    device = pick_device(args.device)
-    model = load_model(args.model, device)
-    index = load_index(index_dir, model, args.model)
+    run_files = run_file_paths(args, index_dir)
     try:
-        searchers = make_searchers(args, index, model)
-        info(f"Index: {len(index):,} passages in {index_dir}; "
-             + "; ".join(f"{s.name}: {s.description}" for s in searchers))
-        if args.queries is not None:
-            batch_mode(args, index, searchers)
-        elif args.query:
-            query = " ".join(args.query)
-            for searcher in searchers:
-                print_hits(index, searcher, query, searcher.search([query], args.top_k)[0], args.snippet)
-        else:
-            interactive(args, index, searchers)
+        device = pick_device(args.device)
+        model = load_model(args.model, device)
+        index = load_index(index_dir, model, args.model)
+        try:
+            searchers = make_searchers(args, index, model)
+            info(f"Index: {len(index):,} passages in {index_dir}; "
+                 + "; ".join(f"{s.name}: {s.description}" for s in searchers))
+            if args.queries is not None:
+                batch_mode(args, index, searchers, run_files)
+            elif args.query:
+                query = " ".join(args.query)
+                for searcher in searchers:
+                    print_hits(index, searcher, query, searcher.search([query], args.top_k)[0], args.snippet)
+            else:
+                interactive(args, index, searchers)
+        finally:
+            index.close()
     finally:
-        index.close()
+        for path in run_files.values():
+            release(path)
     return 0
 
 

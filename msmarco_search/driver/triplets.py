@@ -31,12 +31,22 @@ from typing import Any
 
 from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
-from ..fileio import ensure_writable_dir, release, save_json, starts_as_pickle_or_parquet, timestamped_path
+from ..fileio import (
+    check_output,
+    claim_output,
+    ensure_writable_dir,
+    output_path,
+    release,
+    save_side_record,
+    timestamped_path,
+)
 from ..report import info
 from ..sources import Source, open_source, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
     TRIPLET_FORMATS,
+    TRIPLETS_METADATA_OUTPUT,
+    TRIPLETS_OUTPUT,
     ClozeStats,
     Triplets,
     TripletStats,
@@ -140,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Make and save the triplets; a problem the user can fix raises ``PipelineError``."""
     started = time.perf_counter()
-    check_output(args)  # before the work, not after it
+    claimed = claim_output_file(args)  # before the work, not after it
+    try:
+        return make_and_save(args, claimed, started)
+    finally:
+        if claimed is not None:
+            release(claimed)
+
+
+def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float) -> int:
+    """Make the triplets and save them to ``claimed`` (``--output``) or a new timestamped name."""
     included = [load_triplets(path) for path in args.include]
     held_out = [text for path in args.exclude_queries for text in read_queries(path).values()]
     if args.mode == "ict":
@@ -161,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
         excluded, triplets = len(triplets) - len(kept), kept
         info(f"➖ {excluded:,} triplets dropped: their query is one of the {len(held_out):,} queries of "
              f"{', '.join(map(str, args.exclude_queries))}")
-    path = args.output if args.output is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
-                                                                          f".{args.format}")
+    path = claimed if claimed is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
+                                                                 f".{args.format}")
     try:
         metadata = {
             "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
@@ -178,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(time.perf_counter() - started, 3),
         }
         save_triplets(triplets, path, metadata)
-        save_json(metadata, metadata_path(path))
+        # the metadata last, naming the triplets it describes (``fileio.save_side_record``)
+        save_side_record(metadata, metadata_path(path), path)
     finally:
-        if args.output is None:
+        if claimed is None:
             release(path)
     if included:
         info(f"➕ {len(triplets) - made:,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
@@ -201,20 +221,31 @@ def negative_strategy(args: argparse.Namespace) -> str:
     return args.negatives
 
 
-def check_output(args: argparse.Namespace) -> None:
-    """Refuse an output that cannot be written now, rather than after minutes of work."""
+def output_inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file this run reads: its output may be none of them (``--include X --output X`` would replace X)."""
+    return [*args.include, *args.exclude_queries, *args.queries, *map(Path, args.dataset_path or []),
+            *(path for path in (args.label_model, args.ict_mine_negatives) if path is not None)]
+
+
+def claim_output_file(args: argparse.Namespace) -> Path | None:
+    """Claim ``--output`` before the work (``fileio.claim_output``): an earlier triplets file there is replaced,
+    anything else (often this run's own --dataset-path) and any input of the run are refused, as is a file
+    that another run is writing; the metadata JSON beside it follows the same rule."""
     if args.output is None:
         ensure_writable_dir(Path(args.output_dir or args.data_dir))
-        return
-    if args.output.is_dir():
-        raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)",
-                            args.output)
-    if args.output.is_file() and not starts_as_pickle_or_parquet(args.output):
-        # --output replaces an earlier triplets file; anything else there is someone's data (often this run's
-        # own --dataset-path, which would be lost under the pickle)
-        raise PipelineError("exists and is not a triplets file (a pickle or parquet); --output replaces only an "
-                            "earlier triplets file, so choose another name", args.output)
-    ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."))
+        return None
+    inputs = output_inputs(args)
+    output = output_path(args.output)
+    if output.is_dir():
+        raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)", output)
+    ensure_writable_dir(output.parent)
+    path = claim_output(output, TRIPLETS_OUTPUT, inputs, flag="--output")
+    try:
+        check_output(metadata_path(path), TRIPLETS_METADATA_OUTPUT, inputs, flag="--output")
+    except PipelineError:
+        release(path)
+        raise
+    return path
 
 
 def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Triplets, TripletStats, str, str, int]:
