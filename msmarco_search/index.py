@@ -367,7 +367,8 @@ def _final_collection(collection: Path, staging: Path) -> str:
 
 
 # what build_index writes into an index folder (besides the files its manifest lists)
-INDEX_ENTRIES = frozenset({MANIFEST, VECTORS, IDS, ID_OFFSETS, OFFSETS, PASSAGES, FAISS_FILE, BM25_DIR, SHARDS_DIR, SHARD_RECORD})
+INDEX_ENTRIES = frozenset({MANIFEST, VECTORS, IDS, ID_OFFSETS, OFFSETS, PASSAGES, FAISS_FILE, BM25_DIR, SHARDS_DIR,
+                           SHARD_RECORD})
 
 
 def recognise_index_folder(path: Path) -> str | None:
