@@ -328,8 +328,8 @@ class TwoTowerRetriever(ModelRetriever):
             return super().search_vectors(vectors, k)
         faiss_index = self.collection.faiss_index()
         kind = self.collection.manifest["faiss"]["type"]
-        if kind == "hnsw":
-            faiss_index.hnsw.efSearch = max(self.ef_search, k)
+        if kind == "hnsw":  # faiss allocates a heap of efSearch entries: more than the passages only costs memory
+            faiss_index.hnsw.efSearch = min(max(self.ef_search, k), len(self.collection))
         elif kind in ("ivf", "ivfpq"):
             faiss_index.nprobe = self.nprobe
         vectors = np.ascontiguousarray(vectors.numpy(), dtype=np.float32)

@@ -16,7 +16,13 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import (
+    add_source_arguments,
+    non_negative_int,
+    positive_int,
+    relevance_grade,
+    source_from_args,
+)
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
@@ -77,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     official.add_argument("--queries", type=Path, help="queries TSV (qid<TAB>text)")
     official.add_argument("--qrels", type=Path, help="TREC qrels (qid 0 pid grade)")
     official.add_argument("--candidates", type=Path, help="top1000-layout candidates: re-rank them instead")
-    official.add_argument("--relevance-threshold", type=relevance_threshold, default=2,
+    official.add_argument("--relevance-threshold", type=relevance_grade, default=2,
                           help="official files (--qrels) only: the lowest grade that MRR@10, R@100, R@1000 and MAP "
                                "count as relevant (2, the TREC DL rule; nDCG@10 uses the grades). Not "
                                "--min-relevance, which reads --dataset-path TSV sources")
@@ -102,18 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_source_arguments(parser)
     _row_layout_defaults(parser)
     return parser.parse_args(argv)
-
-
-GRADE_LIMIT = 2**31 - 1  # qrels grades are C ints (sources.read_qrels refuses larger ones)
-
-
-def relevance_threshold(text: str) -> int:
-    """argparse type for ``--relevance-threshold``: a grade of at least 1 (0 counts unjudged-as-0 and non-relevant
-    passages as relevant; trec_eval's C code refuses it with a traceback, and a negative one was taken silently)."""
-    value = positive_int(text)
-    if value > GRADE_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be at most {GRADE_LIMIT} (the largest qrels grade), got {value}")
-    return value
 
 
 def check_baseline(args: argparse.Namespace, systems: list[Retriever]) -> None:

@@ -30,7 +30,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import (
+    add_source_arguments,
+    batch_rows,
+    hnsw_links,
+    non_negative_int,
+    positive_int,
+    source_from_args,
+)
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
@@ -116,7 +123,7 @@ def add_faiss_build_arguments(parser: argparse.ArgumentParser, required: bool) -
                         help=("the" if required else "also build a") + " faiss index: flat (exact), hnsw "
                              "(graph), ivf (clustered) or ivfpq (clustered, product-quantised: the one that fits "
                              "8.8M passages in memory); its recall against exact search is measured and printed")
-    parser.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
+    parser.add_argument("--hnsw-m", type=hnsw_links, default=32, help="HNSW links per node (32)")
     parser.add_argument("--ivf-lists", type=positive_int, default=None,
                         help="IVF clusters (default: about 4 x sqrt(passages); at most passages / 39, which faiss "
                              "needs to train them)")
@@ -146,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="where the index goes (default: <model stem>_index/ beside the model)")
     index.add_argument("--max-passages", type=positive_int, default=None,
                        help="index only the first N passages")
-    index.add_argument("--batch-size", type=positive_int, default=1024, help="passages encoded at once (1024)")
+    index.add_argument("--batch-size", type=batch_rows, default=1024, help="passages encoded at once (1024)")
     index.add_argument("--dtype", choices=["auto", *sorted(VECTOR_DTYPES)], default="auto",
                        help=f"stored vector type; float16 halves the file (auto: float16 from {FLOAT16_FROM:,} "
                             "passages, else float32)")
@@ -177,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "the other")
     query.add_argument("--snippet", type=non_negative_int, default=120,
                        help="characters of passage text shown (120; 0: all)")
-    query.add_argument("--batch-size", type=positive_int, default=1024,
+    query.add_argument("--batch-size", type=batch_rows, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
     add_search_arguments(query)
     add_faiss_parser(commands)
