@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import PipelineError, first_line, short
-from .fileio import atomic_write, file_identity, save_json
+from .fileio import JSONNumberError, atomic_write, file_identity, parse_json, save_json
 from .report import info, progress
 
 HUB_DATASET = "microsoft/ms_marco"
@@ -221,9 +221,11 @@ class RowFileSource(Source):
             handle.seek(0)
             if first == "[":
                 try:
-                    rows = json.load(handle)
+                    rows = parse_json(handle.read())
                 except (json.JSONDecodeError, RecursionError) as error:
                     raise PipelineError(f"not valid JSON ({first_line(error)})", path) from error
+                except JSONNumberError as error:
+                    raise PipelineError(f"holds a number out of range: {error}", path) from error
                 for number, row in enumerate(rows, 1):
                     yield row, f"{path} (row {number})"
                 return
@@ -231,7 +233,9 @@ class RowFileSource(Source):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = parse_json(line)
+                except JSONNumberError as error:
+                    raise PipelineError(f"line {number} holds a number out of range: {error}", path) from error
                 except json.JSONDecodeError as error:
                     raise PipelineError(f"line {number} is not valid JSON ({error.msg}); truncated or not "
                                         "JSON lines?", path) from error
