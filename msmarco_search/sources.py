@@ -14,6 +14,7 @@ Official TSV layout: ``collection.tsv`` (pid, text), ``queries.<split>.tsv`` (qi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -229,7 +230,7 @@ class RowFileSource(Source):
                 for number, row in enumerate(rows, 1):
                     yield row, f"{path} (row {number})"
                 return
-            for number, line in enumerate(handle, 1):
+            for number, line in bounded_lines(handle, path):
                 if not line.strip():
                     continue
                 try:
@@ -532,6 +533,21 @@ def _open(path: Path, binary: bool) -> Any:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
+# A passage, query or judgment is a few KB (an MS MARCO document under 4 MB): a longer line is no such row, and
+# tokenising it takes ~25 times its size in memory (a file without line breaks would be read whole as one line)
+MAX_LINE = 16 * 2**20
+
+
+def bounded_lines(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    """``(number, line)`` of each line of ``handle`` (text or bytes), never reading more than ``MAX_LINE`` of
+    one: a longer line is refused."""
+    for number, line in enumerate(iter(functools.partial(handle.readline, MAX_LINE + 1), handle.read(0)), 1):
+        if len(line) > MAX_LINE:
+            raise PipelineError(f"line {number} is longer than {MAX_LINE // 2**20} MiB, which no passage, query or "
+                                "judgment is (a file without line breaks?)", path)
+        yield number, line
+
+
 def _too_few(path: Path, number: int, found: int, columns: int, what: str) -> PipelineError:
     return PipelineError(f"line {number} has {found} tab-separated field(s), a {what} file needs {columns}", path)
 
@@ -540,7 +556,7 @@ def _text_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[list[
     with _open(path, binary=False) as handle:
         if bom:  # the mark is not part of the first id
             handle.read(1)
-        for number, line in enumerate(handle, 1):
+        for number, line in bounded_lines(handle, path):
             line = line.rstrip("\r\n")
             if line:
                 fields = line.split("\t", columns - 1)
@@ -554,7 +570,7 @@ def _offset_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[tup
         offset = 0
         if bom:  # skipped, but counted: offsets are positions in the file
             offset = len(handle.read(len(_BOM)))
-        for number, raw in enumerate(handle, 1):
+        for number, raw in bounded_lines(handle, path):
             start, offset = offset, offset + len(raw)
             line = raw.rstrip(b"\r\n")
             if line:
@@ -640,7 +656,7 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in bounded_lines(handle, path):
             fields = line.split()
             if not fields:
                 continue
