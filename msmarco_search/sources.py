@@ -32,6 +32,7 @@ from typing import Any, Literal, overload
 from .errors import PipelineError, first_line, short
 from .fileio import JSONNumberError, atomic_write, file_identity, parse_json, save_json
 from .report import info, progress
+from .text import tokenize
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
@@ -635,6 +636,20 @@ def read_collection(path: str | Path, *, with_offsets: bool = False, unique: boo
 def read_queries(path: str | Path) -> dict[str, str]:
     """``{qid: text}`` of a queries TSV; a repeated query id is refused."""
     return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id")}
+
+
+def queries_with_words(queries: dict[str, str], where: str | Path | None = None) -> dict[str, str]:
+    """``queries`` less those without a single token (empty, or only punctuation and symbols): no system can
+    rank them, so their hits would be arbitrary passages (a million empty lines would make a run of hundreds of
+    MB of them). The count left out is said (``skipped N empty queries``); if none is left, an error."""
+    kept = {qid: text for qid, text in queries.items() if tokenize(text)}
+    skipped = len(queries) - len(kept)
+    if queries and not kept:
+        raise PipelineError(f"none of its {len(queries):,} queries has a word to search for", where)
+    if skipped:
+        prefix = f"{where}: " if where is not None else ""
+        info(f"{prefix}skipped {skipped:,} empty {'query' if skipped == 1 else 'queries'} (no word to search for)")
+    return kept
 
 
 _GRADE = re.compile(r"[+-]?[0-9]+")

@@ -41,6 +41,7 @@ from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.metrics import seed_summary
 from msmarco_search.provenance import training_overlap
 from msmarco_search.report import info, warn
+from msmarco_search.resources import HIT_BYTES, check_memory
 from msmarco_search.retrieval import (
     BM25Retriever,
     CbowRetriever,
@@ -279,6 +280,18 @@ def make_tasks(args: argparse.Namespace):
     return tasks, {"format": "rows", "source": source.description, "split": args.split}
 
 
+def check_run_memory(task, systems: list[Retriever], depth: int) -> None:
+    """A full ranking keeps every system's top --run-depth of every query (the runs are scored together) and
+    searches all queries at once: checked against the memory available before the first system runs, since
+    the depth, capped by the passages, still multiplies with the queries and the systems."""
+    if task.candidates is not None:  # re-ranking scores the candidates the files hold: as large as the data
+        return
+    queries, kept = len(task.queries), min(depth, len(task.pool))
+    needed = queries * kept * HIT_BYTES * (len(systems) + 1) + queries * min(65_536, len(task.pool)) * 4
+    check_memory(needed, f"keeping the top {kept:,} passages of {queries:,} queries for {len(systems)} "
+                         f"system{'s' if len(systems) > 1 else ''}", "lower --run-depth or --max-queries")
+
+
 def training_overlaps(task, systems: list[Retriever]) -> dict[str, dict | None]:
     """Per two-tower system, the evaluation queries whose text it was trained on (None: not recorded)."""
     overlaps = {}
@@ -337,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
             tasks, data = make_tasks(args)
             report["data"] = data
+            for task in tasks:
+                check_run_memory(task, systems, args.run_depth)
             for task in tasks:
                 result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
                 files = {}

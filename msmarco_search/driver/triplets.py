@@ -33,7 +33,7 @@ from ..arguments import add_source_arguments, fraction, ict_per_passage, positiv
 from ..errors import PipelineError, run_cli
 from ..fileio import ensure_writable_dir, release, save_json, starts_as_pickle_or_parquet, timestamped_path
 from ..report import info
-from ..sources import Source, open_source, read_queries
+from ..sources import Source, open_source, queries_with_words, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
     TRIPLET_FORMATS,
@@ -277,7 +277,7 @@ def pseudo_labels(args: argparse.Namespace, held_out: list[str],
     queries: list[tuple[str, str]] = []
     seen: set[str] = set()
     for path in args.queries:
-        for qid, text in read_queries(path).items():
+        for qid, text in queries_with_words(read_queries(path), path).items():
             fingerprint = query_fingerprint(text)
             # a query kept for evaluation is never labelled; a query repeated across files is labelled once
             if fingerprint not in excluded and fingerprint not in seen and len(queries) < args.max_samples:
