@@ -680,7 +680,10 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             qid, _, pid, grade = fields
             if not _GRADE.fullmatch(grade):
                 raise PipelineError(f"line {number}: relevance {short(grade)!r} is not an integer", path)
-            value = max(int(grade), 0)
+            if len(grade.lstrip("+-").lstrip("0")) > 12:  # int() refuses over 4,300 digits with a bare ValueError
+                value = 0 if grade.startswith("-") else MAX_GRADE + 1
+            else:
+                value = max(int(grade), 0)
             if value > MAX_GRADE:
                 raise PipelineError(f"line {number}: relevance {short(grade)} is too large (at most {MAX_GRADE})",
                                     path)
