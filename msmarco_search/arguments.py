@@ -134,6 +134,10 @@ ict_per_passage = whole_number(1, 100, "a passage has only so many sentences and
 hnsw_links = whole_number(1, 256, "faiss keeps 2 x M links a passage: 18 GB for 8.8M passages at 256")
 
 
+# stages the main job runs side by side: each is a process, but there are only so many stages (the seeds, CBOW)
+job_count = whole_number(1, 1024, "one stage per core is the most that helps")
+
+
 def processes(low: int) -> Callable[[str], int]:
     """argparse type for process counts (DataLoader workers, stages side by side): at most one per core, since
     each is a copy of this program (100,000 DataLoader workers fork until the machine stops)."""

@@ -343,7 +343,7 @@ class HubSource(Source):
         if not (manifest.is_file() and self.stream_cache.is_file()):
             return 0, False
         try:
-            info = json.loads(manifest.read_text())
+            info = parse_json(manifest.read_text())  # 1e999 rows would be int()'s OverflowError
             rows, complete = int(info["rows"]), bool(info["complete"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0, False  # a damaged description: stream again, which rewrites both

@@ -473,7 +473,7 @@ _STEP_LIMIT = 2**63 - 1  # steps and examples are counted in int64 tensors and n
 
 def _check_position(position: _Position, settings: TrainSettings) -> None:
     """A resumed position's numbers are ones the loop can hold: whole numbers within this run's epochs and int64,
-    finite sums (an edited state's ``batch`` of 1e30, or an epoch of 1.5, failed inside the loop)."""
+    finite sums: an edited state's ``batch`` of 1e30, or an epoch of 1.5, would fail inside the loop."""
     counts = {"epoch": (position.epoch, 1, settings.epochs), "batch": (position.batch, 0, _STEP_LIMIT),
               "step": (position.step, 0, _STEP_LIMIT), "epoch_examples": (position.epoch_examples, 0, _STEP_LIMIT)}
     for name, (value, low, high) in counts.items():

@@ -51,8 +51,8 @@ from ..arguments import (
     dimension,
     epoch_count,
     ict_per_passage,
+    job_count,
     positive_int,
-    processes,
     seed_int,
     source_from_args,
     thread_count,
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cbow-workers", type=thread_count, default=1,
                         help="CBOW threads (1: the same vectors every run; 0: one per core, faster, but the vectors "
                              "and every score after them change from run to run)")
-    parser.add_argument("--jobs", type=processes(1), default=available_cores(),
+    parser.add_argument("--jobs", type=job_count, default=available_cores(),
                         help="stages run side by side: CBOW beside the triplets, and the seeds (default: the "
                              f"cores, {available_cores()} here)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
