@@ -132,15 +132,13 @@ batch_rows = whole_number(1, 65_536, "a batch is held in memory at once")
 ict_per_passage = whole_number(1, 100, "a passage has only so many sentences and spans; more draws repeat them")
 # faiss's HNSW keeps 2 x M links a passage at its lowest level: 2 KiB at 256 (18 GB for MS MARCO's 8.8M)
 hnsw_links = whole_number(1, 256, "faiss keeps 2 x M links a passage: 18 GB for 8.8M passages at 256")
-
-
 # stages the main job runs side by side: each is a process, but there are only so many stages (the seeds, CBOW)
 job_count = whole_number(1, 1024, "one stage per core is the most that helps")
 
 
 def processes(low: int) -> Callable[[str], int]:
-    """argparse type for process counts (DataLoader workers, stages side by side): at most one per core, since
-    each is a copy of this program (100,000 DataLoader workers fork until the machine stops)."""
+    """argparse type for DataLoader workers: at most one per core, since each is a copy of this program
+    (100,000 of them fork until the machine stops)."""
     return whole_number(low, available_cores(), f"one process per core, {available_cores()} here")
 
 
@@ -155,8 +153,8 @@ softmax_scale = real_number(0, 1000, "logits are scale x cosine; 10 to 100 are u
 cosine_margin = real_number(0, 2, "cosines differ by at most 2, so a larger margin is never met", low_open=True)
 # BM25 k1: 0.5 to 2 in use; by 1,000 term frequency no longer saturates
 bm25_k1 = real_number(0, 1000, "0.5 to 2 are used; by 1,000 term frequency no longer saturates")
-# the Rocchio weight of the feedback vectors against the query's own (unit) vector: beyond 10**6 the query's
-# vector falls below float32's precision beside them, and near 10**19 the moved vector's norm overflows
-# float32, which makes every score 0
+# the Rocchio weight of the feedback vectors against the query's own (unit) vector: past 10**6 the query weighs
+# less than a millionth of the moved vector (and nothing in float32 from about 10**7), and near 10**19 the
+# moved vector's norm overflows float32, which makes every score 0
 feedback_weight = real_number(0, 1e6, "beyond it the query's own vector is lost in float32, and every score "
                                       "becomes 0 when the vector overflows")
