@@ -107,13 +107,16 @@ def rows(text: RealText | SyntheticText, size: int, per_query: int, rng: np.rand
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msmarco_search.arguments import positive_int, seed_int
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=50_000, help="queries (rows) or, for triples, lines (50000)")
-    parser.add_argument("--passages", type=int, default=10, help="passages per query (10)")
+    parser.add_argument("--size", type=positive_int, default=50_000,
+                        help="queries (rows) or, for triples, lines (50000)")
+    parser.add_argument("--passages", type=positive_int, default=10, help="passages per query (10)")
     parser.add_argument("--format", choices=("rows", "triples"), default="rows",
                         help="rows: HF ms_marco row layout .jsonl (default); triples: triples.train TSV")
     parser.add_argument("--output", type=Path, required=True, help="file to write")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--synthetic", action="store_true", help="synthetic text even when real data is present")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)

@@ -27,7 +27,7 @@ import numpy as np
 from .errors import PipelineError, first_line
 from .fileio import load_json, save_json
 from .report import progress
-from .text import STEMMERS, TEXT_BREAK, TOKENIZER_VERSION, load_stemmer, tokenize, tokenize_many
+from .text import STEMMERS, TEXT_BREAK, TOKENIZER_VERSION, load_stemmer, pieces, tokenize, tokenize_many
 
 DEFAULT_STEMMER = "english"
 RECORD = "bm25.json"
@@ -292,6 +292,10 @@ class _PostingSpill:
         self.df = np.zeros(0, dtype=np.int64)
 
     def add(self, texts: list[str]) -> None:
+        for piece in pieces(texts):  # the token lists of a bounded run of characters at a time
+            self._add(piece)
+
+    def _add(self, texts: list[str]) -> None:
         tokens = tokenize_many(texts)
         ids = np.fromiter(map(self.table.__getitem__, tokens), dtype=np.int64, count=len(tokens))
         ends = np.flatnonzero(ids < 0)  # one break after each text

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -236,12 +237,50 @@ def save_json(data: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
+JSON_INT_LIMIT = 2**63  # every whole number the project writes (sizes, counts, times in ns) fits numpy's int64
+
+
+class JSONNumberError(ValueError):
+    """A number in a JSON file that no field here can take (see ``parse_json``)."""
+
+
+def _json_int(text: str) -> int:
+    # the length first: Python's int() refuses strings of more than 4,300 digits with a bare ValueError
+    if len(text.lstrip("-")) > 19 or not -JSON_INT_LIMIT < int(text) < JSON_INT_LIMIT:
+        raise JSONNumberError(f"the whole number {short(text, 24)} is out of range (at most 19 digits, a 64-bit "
+                              "integer)")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONNumberError(f"the number {short(text, 24)} is beyond a 64-bit float")
+    return value
+
+
+def _json_constant(name: str) -> float:
+    raise JSONNumberError(f"{name} is not a number (not standard JSON)")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` for the files the project reads: numbers every reader can hold, or ``JSONNumberError``.
+
+    Python's ``json`` takes ``NaN`` and ``Infinity``, reads ``1e999`` as infinity and any run of digits as an
+    int; such values then fail deep in the readers (``int(inf)`` is an OverflowError, numpy and faiss refuse
+    ints beyond 64 bits, Python's ``int`` refuses more than 4,300 digits). Refused here, they are one line.
+    """
+    return json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+
+
 def load_json(path: str | Path) -> Any:
     path = _existing_file(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return parse_json(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise PipelineError(f"not valid JSON ({first_line(error, 80)})", path) from error
+    except JSONNumberError as error:
+        raise PipelineError(f"holds a number out of range: {error}", path) from error
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
@@ -451,8 +490,8 @@ def load_parquet(path: str | Path, kind: str) -> tuple[Any, dict[str, Any] | Non
     if stored is None:
         return table, None
     try:
-        header = json.loads(stored)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        header = parse_json(stored)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise PipelineError("its msmarco_search schema metadata is not valid JSON", path) from error
     return table, check_kind(header, path, kind)
 

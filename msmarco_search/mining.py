@@ -27,12 +27,21 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .resources import HIT_BYTES, check_memory
 from .retrieval import PassagePool, Retriever
 from .runs import DEFAULT_FUSION_WEIGHT, fuse
 from .text import tokenize
 from .triplets import Triplets
 
 QUERY_BATCH = 2048  # queries ranked at once: bounds the memory of the hit lists
+
+
+def _check_hit_memory(queries: int, depth: int, pool: PassagePool, systems: int) -> None:
+    """The hit lists of one batch of queries, each ``depth`` deep (capped by the pool, but not their product with
+    the batch), checked against the memory available before the pool is encoded."""
+    check_memory(min(queries, QUERY_BATCH) * min(depth, len(pool)) * HIT_BYTES * systems,
+                 f"ranking {min(queries, QUERY_BATCH):,} queries at a time {min(depth, len(pool)):,} deep",
+                 "lower the last of --pseudo-negative-ranks")
 
 
 @dataclass
@@ -61,6 +70,7 @@ def mine_negatives(triplets: Triplets, pool: PassagePool, dense: Retriever, nega
     first, last = negative_ranks
     if not 1 <= first <= last:
         raise ValueError(f"need 1 <= first negative rank ({first}) <= last ({last})")
+    _check_hit_memory(len(triplets), last, pool, 1)
     dense.prepare(pool)
     rng = random.Random(seed)
     stats, mined = MinedNegativeStats(), Triplets()
@@ -112,11 +122,12 @@ def pseudo_label_triplets(queries: Sequence[tuple[str, str]], pool: PassagePool,
     first, last = negative_ranks
     if not 1 <= agree_depth < first <= last:
         raise ValueError(f"need 1 <= agree_depth ({agree_depth}) < first negative rank ({first}) <= last ({last})")
+    depth = max(last, 100)
+    _check_hit_memory(len(queries), depth, pool, 2)
     dense.prepare(pool)
     lexical.prepare(pool)
     rng = random.Random(seed)
     stats, triplets = PseudoLabelStats(), Triplets()
-    depth = max(last, 100)
     for start in range(0, len(queries), QUERY_BATCH):
         batch = queries[start:start + QUERY_BATCH]
         texts = [text for _, text in batch]

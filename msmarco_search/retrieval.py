@@ -338,7 +338,8 @@ class TwoTowerRetriever(ModelRetriever):
             return super().search_vectors(vectors, k)
         faiss_index = self.collection.faiss_index()
         kind = self.collection.manifest["faiss"]["type"]
-        params = faiss_search_parameters(kind, self.nprobe, max(self.ef_search, k))
+        # faiss allocates a heap of efSearch entries: more than the passages only costs memory
+        params = faiss_search_parameters(kind, self.nprobe, min(max(self.ef_search, k), len(self.collection)))
         vectors = np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
         depth = min(k * (self.refine if kind == "ivfpq" else 1), len(self.collection))
         scores, rows = faiss_index.search(vectors, depth, params=params)

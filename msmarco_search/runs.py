@@ -165,9 +165,13 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
-def natural(text: str) -> tuple[int, int | str]:
-    """Sort key: numeric ids by value, then the others as text."""
-    return (0, int(text)) if text.isdigit() else (1, text)
+def natural(text: str) -> tuple[int, int, str]:
+    """Sort key: numeric ids by value, then the others as text. The value is compared as digits (length, then
+    text), never converted: Python's int() refuses ids of more than 4,300 digits."""
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0")
+        return (0, len(digits), digits + "\0" + text)
+    return (1, 0, text)
 
 
 def run_file_name(task: str, system: str) -> str:

@@ -14,6 +14,7 @@ Official TSV layout: ``collection.tsv`` (pid, text), ``queries.<split>.tsv`` (qi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import PipelineError, first_line, short
-from .fileio import atomic_write, cached_record, file_identity, save_cache_record
+from .fileio import JSONNumberError, atomic_write, cached_record, file_identity, parse_json, save_cache_record
 from .report import info, progress
+from .text import tokenize
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
@@ -221,17 +223,21 @@ class RowFileSource(Source):
             handle.seek(0)
             if first == "[":
                 try:
-                    rows = json.load(handle)
+                    rows = parse_json(handle.read())
                 except (json.JSONDecodeError, RecursionError) as error:
                     raise PipelineError(f"not valid JSON ({first_line(error)})", path) from error
+                except JSONNumberError as error:
+                    raise PipelineError(f"holds a number out of range: {error}", path) from error
                 for number, row in enumerate(rows, 1):
                     yield row, f"{path} (row {number})"
                 return
-            for number, line in enumerate(handle, 1):
+            for number, line in bounded_lines(handle, path):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = parse_json(line)
+                except JSONNumberError as error:
+                    raise PipelineError(f"line {number} holds a number out of range: {error}", path) from error
                 except json.JSONDecodeError as error:
                     raise PipelineError(f"line {number} is not valid JSON ({error.msg}); truncated or not "
                                         "JSON lines?", path) from error
@@ -339,7 +345,7 @@ class HubSource(Source):
             return 0, False  # none, damaged, or another split's: stream again, which rewrites both
         try:
             return int(record["rows"]), bool(record["complete"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return 0, False
 
     def _streamed_rows(self, max_samples: int) -> Path:
@@ -524,6 +530,21 @@ def _open(path: Path, binary: bool) -> Any:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
+# A passage, query or judgment is a few KB (an MS MARCO document under 4 MB): a longer line is no such row, and
+# tokenising it takes ~25 times its size in memory (a file without line breaks would be read whole as one line)
+MAX_LINE = 16 * 2**20
+
+
+def bounded_lines(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    """``(number, line)`` of each line of ``handle`` (text or bytes), never reading more than ``MAX_LINE`` of
+    one: a longer line is refused."""
+    for number, line in enumerate(iter(functools.partial(handle.readline, MAX_LINE + 1), handle.read(0)), 1):
+        if len(line) > MAX_LINE:
+            raise PipelineError(f"line {number} is longer than {MAX_LINE // 2**20} MiB, which no passage, query or "
+                                "judgment is (a file without line breaks?)", path)
+        yield number, line
+
+
 def _too_few(path: Path, number: int, found: int, columns: int, what: str) -> PipelineError:
     return PipelineError(f"line {number} has {found} tab-separated field(s), a {what} file needs {columns}", path)
 
@@ -532,7 +553,7 @@ def _text_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[list[
     with _open(path, binary=False) as handle:
         if bom:  # the mark is not part of the first id
             handle.read(1)
-        for number, line in enumerate(handle, 1):
+        for number, line in bounded_lines(handle, path):
             line = line.rstrip("\r\n")
             if line:
                 fields = line.split("\t", columns - 1)
@@ -546,7 +567,7 @@ def _offset_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[tup
         offset = 0
         if bom:  # skipped, but counted: offsets are positions in the file
             offset = len(handle.read(len(_BOM)))
-        for number, raw in enumerate(handle, 1):
+        for number, raw in bounded_lines(handle, path):
             start, offset = offset, offset + len(raw)
             line = raw.rstrip(b"\r\n")
             if line:
@@ -613,6 +634,20 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id")}
 
 
+def queries_with_words(queries: dict[str, str], where: str | Path | None = None) -> dict[str, str]:
+    """``queries`` less those without a single token (empty, or only punctuation and symbols): no system can
+    rank them, so their hits would be arbitrary passages (a million empty lines would make a run of hundreds of
+    MB of them). The count left out is said (``skipped N empty queries``); if none is left, an error."""
+    kept = {qid: text for qid, text in queries.items() if tokenize(text)}
+    skipped = len(queries) - len(kept)
+    if queries and not kept:
+        raise PipelineError(f"none of its {len(queries):,} queries has a word to search for", where)
+    if skipped:
+        prefix = f"{where}: " if where is not None else ""
+        info(f"{prefix}skipped {skipped:,} empty {'query' if skipped == 1 else 'queries'} (no word to search for)")
+    return kept
+
+
 _GRADE = re.compile(r"[+-]?[0-9]+")
 MAX_GRADE = 2**31 - 1  # pytrec_eval keeps grades in a C int
 
@@ -632,7 +667,7 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in bounded_lines(handle, path):
             fields = line.split()
             if not fields:
                 continue
@@ -641,7 +676,10 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             qid, _, pid, grade = fields
             if not _GRADE.fullmatch(grade):
                 raise PipelineError(f"line {number}: relevance {short(grade)!r} is not an integer", path)
-            value = max(int(grade), 0)
+            if len(grade.lstrip("+-").lstrip("0")) > 12:  # int() refuses over 4,300 digits with a bare ValueError
+                value = 0 if grade.startswith("-") else MAX_GRADE + 1
+            else:
+                value = max(int(grade), 0)
             if value > MAX_GRADE:
                 raise PipelineError(f"line {number}: relevance {short(grade)} is too large (at most {MAX_GRADE})",
                                     path)

@@ -40,6 +40,7 @@ from .fileio import (
     save_pickle,
 )
 from .report import progress
+from .resources import check_memory
 from .sources import Passage, QueryRecord, text_id
 from .text import tokenize
 
@@ -179,6 +180,9 @@ class ClozeStats:
     queries_kept_in_positive: int = 0
 
 
+CLOZE_TRIPLET_BYTES = 400  # a pseudo-query triplet beside its positive's text: the query, its id, six list slots
+
+
 def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, per_passage: int = 1,
                            max_query_words: int = 16, min_words: int = 8, keep_query_probability: float = 0.1,
                            total: int | None = None, keyword_share: float = 0.0) -> tuple[Triplets, ClozeStats]:
@@ -212,6 +216,10 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
     triplets = Triplets()
     if len(kept) < 2:
         return triplets, stats
+    # each pseudo-query's positive is its own copy of the rest of its passage
+    check_memory(per_passage * (sum(len(text) for _, text in kept) + len(kept) * CLOZE_TRIPLET_BYTES),
+                 f"{per_passage:,} pseudo-queries from each of {len(kept):,} passages",
+                 "lower --ict-per-passage or --max-samples")
     rng = random.Random(seed)
     idf = word_idf([text for _, text in kept]) if keyword_share > 0 else {}
     for index, (pid, text) in enumerate(progress(kept, desc="Cutting pseudo-queries", unit="passage")):

@@ -166,7 +166,7 @@ def test_evaluation_refuses_bad_thresholds_baselines_ids_and_earlier_results(ind
     files = ("--collection", tsv / "collection.tsv", "--queries", tsv / "queries.train.tsv", "--qrels",
              tsv / "qrels.train.tsv", "--systems", "bm25", "--max-queries", "5")
     for value, words in (("0", "must be a positive number"), ("-3", "must be a positive number"),
-                         ("99999999999", "must be at most 2147483647")):  # 0 and huge were tracebacks, -3 taken
+                         ("99999999999", "must be at most 2,147,483,647")):  # 0 and huge were tracebacks, -3 taken
         assert_usage_error(cli(capsys, EVALUATE, *files, "--relevance-threshold", value), words)
     status, out, err = cli(capsys, EVALUATE, *files, "--baseline", "nosuch", "--output-dir", work / "a")
     assert status == 2 and err.strip().endswith("--baseline nosuch is not one of the systems (bm25, first-stage)")

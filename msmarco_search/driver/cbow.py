@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-from collections.abc import Callable
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
+from msmarco_search.arguments import (
+    add_source_arguments,
+    cbow_window,
+    dimension,
+    epoch_count,
+    positive_int,
+    seed_int,
+    source_from_args,
+    thread_count,
+)
 from msmarco_search.cbow import (
     EMBEDDINGS_FILENAME,
     GENSIM_FILENAME,
@@ -33,33 +41,17 @@ from msmarco_search.report import info, warn
 from msmarco_search.text import STEMMERS
 
 
-def _at_most(limit: int, base: Callable[[str], int], why: str) -> Callable[[str], int]:
-    """argparse type: ``base`` and at most ``limit``; gensim's C code keeps these in 32-bit ints (an
-    ``OverflowError`` traceback above 2**31) and values far below that already make no sense."""
-
-    def parse(text: str) -> int:
-        value = base(text)
-        if value > limit:
-            raise argparse.ArgumentTypeError(f"must be at most {limit:,} ({why}), got {value}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--checkpoint-dir", "--output-dir", dest="checkpoint_dir", default="./checkpoints",
                         help="folder for msmarco_word2vec.pt (default ./checkpoints)")
     parser.add_argument("--max-samples", type=positive_int, default=None,
                         help="read at most this many queries (rows) or, for TSVs, collection passages")
-    parser.add_argument("--vector-size", type=_at_most(10_000, positive_int, "word vectors are 100 to 1,000-d"),
-                        default=300, help="embedding dimension (300)")
-    parser.add_argument("--window", type=_at_most(10_000, positive_int, "gensim trains on texts of at most 10,000 "
-                                                  "words"), default=5, help="context window (5)")
+    parser.add_argument("--vector-size", type=dimension, default=300, help="embedding dimension (300)")
+    parser.add_argument("--window", type=cbow_window, default=5, help="context window (5)")
     parser.add_argument("--min-count", type=positive_int, default=5, help="ignore rarer words (5)")
-    parser.add_argument("--epochs", type=_at_most(10_000, positive_int, "word2vec converges in 5 to 50"), default=5,
-                        help="passes over the corpus (5)")
-    parser.add_argument("--workers", type=_at_most(1024, non_negative_int, "one thread per core"), default=0,
+    parser.add_argument("--epochs", type=epoch_count, default=5, help="passes over the corpus (5)")
+    parser.add_argument("--workers", type=thread_count, default=0,
                         help=f"training threads; 0 = all CPU cores ({multiprocessing.cpu_count()} here)")
     parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--resume-from", type=Path, default=None,

@@ -16,7 +16,13 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import (
+    add_source_arguments,
+    non_negative_int,
+    positive_int,
+    relevance_grade,
+    source_from_args,
+)
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
@@ -46,6 +52,7 @@ from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.metrics import seed_summary
 from msmarco_search.provenance import training_overlap
 from msmarco_search.report import info, warn
+from msmarco_search.resources import HIT_BYTES, check_memory
 from msmarco_search.retrieval import (
     BM25Retriever,
     CbowRetriever,
@@ -88,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     official.add_argument("--queries", type=Path, help="queries TSV (qid<TAB>text)")
     official.add_argument("--qrels", type=Path, help="TREC qrels (qid 0 pid grade)")
     official.add_argument("--candidates", type=Path, help="top1000-layout candidates: re-rank them instead")
-    official.add_argument("--relevance-threshold", type=relevance_threshold, default=2,
+    official.add_argument("--relevance-threshold", type=relevance_grade, default=2,
                           help="official files (--qrels) only: the lowest grade that MRR@10, R@100, R@1000 and MAP "
                                "count as relevant (2, the TREC DL rule; nDCG@10 uses the grades). Not "
                                "--min-relevance, which reads --dataset-path TSV sources")
@@ -113,18 +120,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_source_arguments(parser)
     _row_layout_defaults(parser)
     return parser.parse_args(argv)
-
-
-GRADE_LIMIT = 2**31 - 1  # qrels grades are C ints (sources.read_qrels refuses larger ones)
-
-
-def relevance_threshold(text: str) -> int:
-    """argparse type for ``--relevance-threshold``: a grade of at least 1 (0 counts unjudged-as-0 and non-relevant
-    passages as relevant; trec_eval's C code refuses it with a traceback, and a negative one was taken silently)."""
-    value = positive_int(text)
-    if value > GRADE_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be at most {GRADE_LIMIT} (the largest qrels grade), got {value}")
-    return value
 
 
 def check_baseline(args: argparse.Namespace, systems: list[Retriever]) -> None:
@@ -296,6 +291,18 @@ def make_tasks(args: argparse.Namespace):
     return tasks, {"format": "rows", "source": source.description, "split": args.split}
 
 
+def check_run_memory(task, systems: list[Retriever], depth: int) -> None:
+    """A full ranking keeps every system's top --run-depth of every query (the runs are scored together) and
+    searches all queries at once: checked against the memory available before the first system runs, since
+    the depth, capped by the passages, still multiplies with the queries and the systems."""
+    if task.candidates is not None:  # re-ranking scores the candidates the files hold: as large as the data
+        return
+    queries, kept = len(task.queries), min(depth, len(task.pool))
+    needed = queries * kept * HIT_BYTES * (len(systems) + 1) + queries * min(65_536, len(task.pool)) * 4
+    check_memory(needed, f"keeping the top {kept:,} passages of {queries:,} queries for {len(systems)} "
+                         f"system{'s' if len(systems) > 1 else ''}", "lower --run-depth or --max-queries")
+
+
 def training_overlaps(task, systems: list[Retriever]) -> dict[str, dict | None]:
     """Per two-tower system, the evaluation queries whose text it was trained on (None: not recorded)."""
     overlaps = {}
@@ -422,6 +429,8 @@ def evaluate_systems(args: argparse.Namespace, chosen: list[str], output_dir: Pa
     tasks, data = make_tasks(args)
     report["data"] = data
     inputs = evaluation_inputs(args)
+    for task in tasks:
+        check_run_memory(task, systems, args.run_depth)
     for task in tasks:
         result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
         forget_earlier_evaluation(output_dir)

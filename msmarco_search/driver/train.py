@@ -31,7 +31,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arguments import non_negative_int, positive_float, positive_int, seed_int
+from ..arguments import (
+    batch_rows,
+    cosine_margin,
+    dimension,
+    dimension_or_zero,
+    epoch_count,
+    fraction_below_one,
+    learning_rate,
+    non_negative_int,
+    positive_int,
+    processes,
+    seed_int,
+    softmax_scale,
+    thread_count,
+)
 from ..cbow import load_embeddings
 from ..device import pick_device
 from ..distributed import DistributedContext, context_from_environment, init_distributed, shutdown_distributed
@@ -65,13 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("triplets_file", type=Path,
                         help="triplets .pkl or .parquet from preprocessing/generate_triplets.py, or a triples TSV "
                              "(query<TAB>positive<TAB>negative, as triples.train.small.tsv)")
-    parser.add_argument("--epochs", type=positive_int, default=1, help="training epochs (1)")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="triplets per batch (32)")
-    parser.add_argument("--learning-rate", type=positive_float, default=1e-4,
+    parser.add_argument("--epochs", type=epoch_count, default=1, help="training epochs (1)")
+    parser.add_argument("--batch-size", type=batch_rows, default=32, help="triplets per batch (32)")
+    parser.add_argument("--learning-rate", type=learning_rate, default=1e-4,
                         help="learning rate of the dense layers (1e-4)")
-    parser.add_argument("--embedding-learning-rate", type=positive_float, default=1e-2,
+    parser.add_argument("--embedding-learning-rate", type=learning_rate, default=1e-2,
                         help="learning rate of the word vectors and token weights (sparse updates; 1e-2)")
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers (0)")
+    parser.add_argument("--num-workers", type=processes(0), default=0, help="DataLoader workers (0)")
     parser.add_argument("--no-save", action="store_true", help="do not save the trained model")
     parser.add_argument("--embeddings", type=Path, default=Path("checkpoints/msmarco_word2vec.pt"),
                         help="CBOW embeddings file (checkpoints/msmarco_word2vec.pt)")
@@ -87,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cache folder for the tokenised triplets (./data)")
     parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--threads", type=non_negative_int, default=1,
+    parser.add_argument("--threads", type=thread_count, default=1,
                         help="CPU threads for PyTorch (1: fastest on a small or shared CPU, see "
                              "docs/benchmarks.md; 0 = PyTorch's default, all cores)")
     run = parser.add_argument_group("checkpoints and resuming")
@@ -108,9 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--init-token-weights", choices=("one", "idf"), default="one",
                        help="start the learned word weights at 1 (a plain mean) or at the IDF of the word over "
                             "the triplets' passages (the zero-shot IDF-weighted mean)")
-    model.add_argument("--output-dim", type=non_negative_int, default=0,
+    model.add_argument("--output-dim", type=dimension_or_zero, default=0,
                        help="size of the output vectors (0 = the embedding size)")
-    model.add_argument("--gru-hidden-dim", type=positive_int, default=256, help="GRU state size per direction")
+    model.add_argument("--gru-hidden-dim", type=dimension, default=256, help="GRU state size per direction")
     model.add_argument("--max-query-length", type=positive_int, default=32, help="tokens kept per query (32)")
     model.add_argument("--max-passage-length", type=positive_int, default=128,
                        help="tokens kept per passage (128)")
@@ -118,11 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective.add_argument("--loss", choices=LOSSES, default="softmax",
                            help="softmax: in-batch softmax with each triplet's negative (default); "
                                 "triplet: the classic margin loss")
-    objective.add_argument("--scale", type=positive_float, default=20.0, help="softmax inverse temperature (20)")
-    objective.add_argument("--margin", type=positive_float, default=0.2, help="triplet-loss margin (0.2)")
+    objective.add_argument("--scale", type=softmax_scale, default=20.0, help="softmax inverse temperature (20)")
+    objective.add_argument("--margin", type=cosine_margin, default=0.2, help="triplet-loss margin (0.2)")
     parser.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps (10)")
     validation = parser.add_argument_group("validation")
-    validation.add_argument("--validation-fraction", type=float, default=0.05,
+    validation.add_argument("--validation-fraction", type=fraction_below_one, default=0.05,
                             help="share of the queries held out to score MRR@10 on (0.05, at most 2000 "
                                  "queries; 0 = none)")
     validation.add_argument("--validation-queries", type=non_negative_int, default=None,

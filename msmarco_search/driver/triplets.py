@@ -29,7 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
+from ..arguments import add_source_arguments, fraction, ict_per_passage, positive_int, seed_int, source_from_args
 from ..errors import PipelineError, run_cli
 from ..fileio import (
     check_output,
@@ -41,7 +41,7 @@ from ..fileio import (
     timestamped_path,
 )
 from ..report import info
-from ..sources import Source, open_source, read_queries
+from ..sources import Source, open_source, queries_with_words, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
     TRIPLET_FORMATS,
@@ -87,15 +87,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="queries TSVs (qid<TAB>text) of queries kept for evaluation: drop every triplet whose "
                              "query is one of them (compared as tokens), pseudo-queries and included ones too")
     cloze = parser.add_argument_group("inverse cloze (--mode ict)")
-    cloze.add_argument("--ict-per-passage", type=positive_int, default=1,
+    cloze.add_argument("--ict-per-passage", type=ict_per_passage, default=1,
                        help="pseudo-queries cut from each passage (1)")
     cloze.add_argument("--ict-max-query-words", type=positive_int, default=16,
                        help="longest pseudo-query, in words (16)")
     cloze.add_argument("--ict-min-words", type=positive_int, default=8,
                        help="passages shorter than this many words are skipped (8)")
-    cloze.add_argument("--ict-keep-query", type=float, default=0.1,
+    cloze.add_argument("--ict-keep-query", type=fraction, default=0.1,
                        help="probability that the pseudo-query stays in its positive passage (0.1)")
-    cloze.add_argument("--ict-keywords", type=float, default=0.0, metavar="SHARE",
+    cloze.add_argument("--ict-keywords", type=fraction, default=0.0, metavar="SHARE",
                        help="share of pseudo-queries that are keyword-style instead: 3-6 of the passage's rarest "
                             "words, drawn by IDF (0)")
     cloze.add_argument("--ict-mine-negatives", type=Path, default=None, metavar="MODEL",
@@ -308,7 +308,7 @@ def pseudo_labels(args: argparse.Namespace, held_out: list[str],
     queries: list[tuple[str, str]] = []
     seen: set[str] = set()
     for path in args.queries:
-        for qid, text in read_queries(path).items():
+        for qid, text in queries_with_words(read_queries(path), path).items():
             fingerprint = query_fingerprint(text)
             # a query kept for evaluation is never labelled; a query repeated across files is labelled once
             if fingerprint not in excluded and fingerprint not in seen and len(queries) < args.max_samples:
@@ -340,9 +340,6 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     def passages() -> Iterator[tuple[str, str]]:
         return all_passages(sources, args.max_samples)
 
-    if not 0.0 <= args.ict_keywords <= 1.0:  # before the passages are read (nan fails here too)
-        raise PipelineError(f"--ict-keywords is the share of keyword pseudo-queries, in [0, 1]; got "
-                            f"{args.ict_keywords}")
     miner = None
     if args.ict_mine_negatives is not None:  # a bad model file fails before the passages are cut
         from ..device import pick_device
