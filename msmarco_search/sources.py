@@ -19,18 +19,22 @@ import http.client
 import json
 import os
 import re
+import unicodedata
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import PipelineError, first_line, short
 from .fileio import atomic_write, file_identity, save_json
 from .report import info, progress
+from .text import tokenize
+from .textfiles import TEXT_ERRORS, check_text_head, decode_text, nul_error
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
@@ -77,15 +81,24 @@ class Source(ABC):
         """Query records in source order, at most ``max_samples`` of them."""
 
     def passages(self, max_passages: int | None = None) -> Iterator[tuple[str, str]]:
-        """``(pid, text)`` of each distinct passage of the records, at most ``max_passages`` of them."""
+        """``(pid, text)`` of each distinct passage of the records, at most ``max_passages`` of them; passages
+        none of which holds a word are refused once they are all read."""
+        count, worded = 0, False
+        for pid, text in islice(self._distinct_passages(), max_passages):
+            count += 1
+            worded = worded or bool(tokenize(text))
+            yield pid, text
+        if count and not worded:
+            raise PipelineError(f"{self.description}: holds no word: none of its {count:,} passage(s) has a letter "
+                                "or digit (every text is empty, punctuation or symbols)")
+
+    def _distinct_passages(self) -> Iterator[tuple[str, str]]:
         seen: set[str] = set()
         for record in self.records():
             for passage in record.passages:
                 if passage.pid not in seen:
                     seen.add(passage.pid)
                     yield passage.pid, passage.text
-                    if max_passages is not None and len(seen) >= max_passages:
-                        return
 
     def corpus_texts(self, max_samples: int | None = None) -> Iterator[str]:
         """Texts to learn word vectors from: each query, and each distinct passage once."""
@@ -151,9 +164,14 @@ def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
         raise PipelineError("passage ids must be a list as long as passages.passage_text", where)
     else:
         _check_items(ids, (str, int), "passage ids", "text or a whole number", where)
+        for index, pid in enumerate(ids):
+            if isinstance(pid, str) and not (pid and pid.isprintable()):
+                raise PipelineError(f"passage {index + 1}: {bad_id('passage id', pid)}", where)
     query_id = row.get("query_id")
     if query_id is not None and (isinstance(query_id, bool) or not isinstance(query_id, (str, int))):
         raise PipelineError(f"query_id is {_described(query_id)}, expected text or a whole number", where)
+    if isinstance(query_id, str) and not (query_id and query_id.isprintable()):
+        raise PipelineError(bad_id("query id", query_id), where)
     return QueryRecord(
         query_id=str(query_id) if query_id is not None else text_id(query),
         query=query,
@@ -210,8 +228,9 @@ class RowFileSource(Source):
         if path.suffix == ".parquet":
             yield from self._parquet_rows(path)
             return
-        try:
-            handle = open(path, encoding="utf-8-sig", errors="replace")  # -sig: a byte-order mark is dropped
+        _read_head(path)
+        try:  # -sig: a byte-order mark is dropped; bytes that are not UTF-8 are read as Windows-1252
+            handle = open(path, encoding="utf-8-sig", errors=TEXT_ERRORS)
         except OSError as error:
             raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
         with handle:
@@ -488,14 +507,16 @@ _BOM = b"\xef\xbb\xbf"
 
 @overload
 def iter_tsv_lines(path: str | Path, columns: int, what: str = ..., *, with_offsets: Literal[False] = ...,
-                   unique: str | None = ..., key_columns: int = ...) -> Iterator[list[str]]: ...
+                   unique: str | None = ..., key_columns: int = ..., ids: tuple[str, ...] = ...
+                   ) -> Iterator[list[str]]: ...
 @overload
 def iter_tsv_lines(path: str | Path, columns: int, what: str = ..., *, with_offsets: Literal[True],
-                   unique: str | None = ..., key_columns: int = ...) -> Iterator[tuple[int, list[str]]]: ...
+                   unique: str | None = ..., key_columns: int = ..., ids: tuple[str, ...] = ...
+                   ) -> Iterator[tuple[int, list[str]]]: ...
 
 
 def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", *, with_offsets: bool = False,
-                   unique: str | None = None, key_columns: int = 1) -> Iterator[Any]:
+                   unique: str | None = None, key_columns: int = 1, ids: tuple[str, ...] = ()) -> Iterator[Any]:
     """The fields of each line of a tab-separated file, streamed: the one TSV reader of the project.
 
     One rule for every TSV (collection, queries, candidates, triples):
@@ -505,7 +526,10 @@ def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", 
       a line with fewer fields is refused (``line N has K tab-separated field(s), a WHAT file needs C``);
     - lines end with LF or CRLF; a CR inside a line stays in its text; a file with CR-only line ends (which
       would read as one line) is refused with the remedy; blank lines are skipped; a UTF-8 byte-order mark
-      is dropped; bytes that are not UTF-8 become U+FFFD;
+      is dropped; bytes that are not UTF-8 are read as Windows-1252 (``textfiles``: a Latin-1 file reads
+      right); a file that is not text (UTF-16, compressed, binary, a NUL byte on any line) is refused;
+    - ``ids`` names the leading fields that are ids (``("query id", "passage id")``): an id must be printable
+      text, not empty, without control characters or separators other than the plain space;
     - with ``unique`` (what the key is called, e.g. ``"query id"``), a line whose first ``key_columns``
       fields repeat an earlier line's is refused, naming the id and both lines (memory grows with the ids,
       so callers that stream 8.8M passages without keeping them leave it off).
@@ -515,38 +539,74 @@ def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", 
     """
     path = Path(path)
     _check_readable(path)  # here, not at the first row: a missing file is named when the reader is made
-    bom = _check_line_ends(path)
+    bom = _check_tsv_head(path)
+    layout = _Layout(path, columns, what, ids)
     # one loop per mode and no wrapper unless repeats are checked: this streams the 8.8M-passage collection
-    rows = (_offset_rows if with_offsets else _text_rows)(path, columns, what, bom)
+    rows = (_offset_rows if with_offsets else _text_rows)(layout, bom)
     return _refuse_repeats(rows, path, unique, key_columns, with_offsets) if unique else rows
+
+
+@dataclass
+class _Layout:
+    """What a TSV's lines must hold: ``columns`` fields, of which the first ``len(ids)`` are ids."""
+
+    path: Path
+    columns: int
+    what: str
+    ids: tuple[str, ...]
+
+    def check(self, number: int, fields: list[str]) -> None:
+        """Refuse a line of too few fields; an id that is empty or not printable."""
+        if len(fields) < self.columns:
+            raise PipelineError(f"line {number} has {len(fields)} tab-separated field(s), a {self.what} file "
+                                f"needs {self.columns}", self.path)
+        for name, value in zip(self.ids, fields, strict=False):
+            if not value or not value.isprintable():
+                raise PipelineError(f"line {number}: {bad_id(name, value)}", self.path)
+
+
+_CHARACTER_NAMES = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return", "\x00": "a NUL byte"}
+
+
+def bad_id(name: str, value: str) -> str:
+    """Why ``value`` is not an id (empty, or holding a tab, line break, NUL or other character that is not
+    printable), for a message: a TSV line, a TREC run or a passage file written from it would read it as
+    another id."""
+    if not value:
+        return f"the {name} is empty"
+    odd = next(c for c in value if not c.isprintable())
+    what = _CHARACTER_NAMES.get(odd) or f"U+{ord(odd):04X} ({unicodedata.name(odd, 'a control character')})"
+    return (f"the {name} {short(repr(value), 60)} holds {what}; an id is printable text (no tab, line break or "
+            "control character)")
 
 
 def _open(path: Path, binary: bool) -> Any:
     try:
-        return open(path, "rb") if binary else open(path, encoding="utf-8", errors="replace", newline="\n")
+        return open(path, "rb") if binary else open(path, encoding="utf-8", errors=TEXT_ERRORS, newline="\n")
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
-def _too_few(path: Path, number: int, found: int, columns: int, what: str) -> PipelineError:
-    return PipelineError(f"line {number} has {found} tab-separated field(s), a {what} file needs {columns}", path)
-
-
-def _text_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[list[str]]:
-    with _open(path, binary=False) as handle:
+def _text_rows(layout: _Layout, bom: bool) -> Iterator[list[str]]:
+    columns, first, second = layout.columns, len(layout.ids) > 0, len(layout.ids) > 1  # ids: the checks inline
+    with _open(layout.path, binary=False) as handle:
         if bom:  # the mark is not part of the first id
             handle.read(1)
         for number, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             if line:
+                if "\x00" in line:
+                    raise nul_error(layout.path, number)
                 fields = line.split("\t", columns - 1)
-                if len(fields) < columns:
-                    raise _too_few(path, number, len(fields), columns, what)
+                if len(fields) < columns or first and not (fields[0] and fields[0].isprintable()) or \
+                        second and not (fields[1] and fields[1].isprintable()):
+                    layout.check(number, fields)
                 yield fields
 
 
-def _offset_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[tuple[int, list[str]]]:
-    with _open(path, binary=True) as handle:
+def _offset_rows(layout: _Layout, bom: bool) -> Iterator[tuple[int, list[str]]]:
+    columns, first, second = layout.columns, len(layout.ids) > 0, len(layout.ids) > 1  # ids: the checks inline
+    with _open(layout.path, binary=True) as handle:
         offset = 0
         if bom:  # skipped, but counted: offsets are positions in the file
             offset = len(handle.read(len(_BOM)))
@@ -554,9 +614,12 @@ def _offset_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[tup
             start, offset = offset, offset + len(raw)
             line = raw.rstrip(b"\r\n")
             if line:
-                fields = line.decode("utf-8", "replace").split("\t", columns - 1)
-                if len(fields) < columns:
-                    raise _too_few(path, number, len(fields), columns, what)
+                if 0 in line:  # a NUL byte (memchr; faster than a bytes needle)
+                    raise nul_error(layout.path, number)
+                fields = line.decode("utf-8", TEXT_ERRORS).split("\t", columns - 1)  # textfiles.decode_text
+                if len(fields) < columns or first and not (fields[0] and fields[0].isprintable()) or \
+                        second and not (fields[1] and fields[1].isprintable()):
+                    layout.check(number, fields)
                 yield start, fields
 
 
@@ -591,13 +654,21 @@ def _line_numbers(path: Path, rows: set[int]) -> dict[int, int]:
     return found
 
 
-def _check_line_ends(path: Path) -> bool:
-    """Refuse CR-only line ends (old Mac files would read as one huge line); whether the file has a BOM."""
+def _read_head(path: Path) -> bytes:
+    """The first bytes of ``path``, refused if they are not UTF-8 text (``textfiles.check_text_head``)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    check_text_head(path, head)
+    return head
+
+
+def _check_tsv_head(path: Path) -> bool:
+    """Refuse a file that is not text, or has CR-only line ends (old Mac files would read as one huge line);
+    whether the file has a UTF-8 BOM."""
+    head = _read_head(path)
     if b"\r" in head and b"\n" not in head:
         raise PipelineError("has CR-only line ends (old Mac style), so it would read as one line; convert them "
                             "to LF first (tr '\\r' '\\n' < old > new)", path)
@@ -607,14 +678,37 @@ def _check_line_ends(path: Path) -> bool:
 def read_collection(path: str | Path, *, with_offsets: bool = False, unique: bool = False) -> Iterator[Any]:
     """``[pid, text]`` of each passage of a ``collection.tsv``, streamed; ``with_offsets``: ``(offset, [pid,
     text])``. ``unique``: refuse a repeated passage id (costs memory for every id: callers that keep the
-    passages anyway ask for it)."""
-    return iter_tsv_lines(path, 2, "collection (pid<TAB>text)", with_offsets=with_offsets,
-                          unique="passage id" if unique else None)
+    passages anyway ask for it). A collection in which no passage holds a word is refused at once."""
+    rows = iter_tsv_lines(path, 2, "collection (pid<TAB>text)", with_offsets=with_offsets,
+                          unique="passage id" if unique else None, ids=("passage id",))
+    _require_a_word(Path(path))
+    return rows
+
+
+def _require_a_word(path: Path) -> None:
+    """Refuse a collection in which no passage holds a word (a letter or digit: every text empty, punctuation or
+    symbols), before any work: it would be indexed, ranked and evaluated as if it were text. The scan stops at
+    the first passage with a word, the first line of any real collection; a line without a tab stops it too
+    (the reader names that line)."""
+    passages = 0
+    with _open(path, binary=True) as handle:
+        for raw in handle:
+            _, tab, text = raw.partition(b"\t")
+            if not tab:
+                if raw.strip():
+                    return
+                continue
+            passages += 1
+            if tokenize(decode_text(text)):
+                return
+    raise PipelineError(f"holds no word: none of its {passages:,} passage(s) has a letter or digit (every text is "
+                        "empty, punctuation or symbols)", path)
 
 
 def read_queries(path: str | Path) -> dict[str, str]:
     """``{qid: text}`` of a queries TSV; a repeated query id is refused."""
-    return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id")}
+    return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id",
+                                                      ids=("query id",))}
 
 
 _GRADE = re.compile(r"[+-]?[0-9]+")
@@ -630,19 +724,25 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """
     path = Path(path)
     _check_readable(path)
+    _read_head(path)
     qrels: dict[str, dict[str, int]] = {}
-    try:
-        handle = open(path, encoding="utf-8", errors="replace")  # universal newlines: CR-only files work too
+    try:  # universal newlines: CR-only files work too; -sig: a byte-order mark is dropped
+        handle = open(path, encoding="utf-8-sig", errors=TEXT_ERRORS)
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     with handle:
         for number, line in enumerate(handle, 1):
+            if "\x00" in line:
+                raise nul_error(path, number)
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 4:
                 raise PipelineError(f"line {number} is not a qrels line (qid 0 pid relevance)", path)
             qid, _, pid, grade = fields
+            for name, value in (("query id", qid), ("passage id", pid)):
+                if not value.isprintable():
+                    raise PipelineError(f"line {number}: {bad_id(name, value)}", path)
             if not _GRADE.fullmatch(grade):
                 raise PipelineError(f"line {number}: relevance {short(grade)!r} is not an integer", path)
             value = max(int(grade), 0)
@@ -661,7 +761,7 @@ def read_candidates(path: str | Path) -> Iterator[list[str]]:
     """``[qid, pid, query, passage]`` rows of a ``top1000``-layout file, streamed; a repeated (qid, pid) pair
     is refused."""
     return iter_tsv_lines(path, 4, "candidates (qid<TAB>pid<TAB>query<TAB>passage)", unique="query and passage id",
-                          key_columns=2)
+                          key_columns=2, ids=("query id", "passage id"))
 
 
 @dataclass

@@ -1,0 +1,268 @@
+"""Text that is not what it claims, through the command lines.
+
+Files in another encoding or not text at all, collections without a word and ids with tabs or line breaks are
+read right or refused in one line by the first command that reads them (the readers of ``sources``). Cases run a
+script's ``main(argv)`` through ``run_cli`` in this process, or as a real subprocess where the exit status or the
+absence of a traceback is the point. docs/reliability.md lists each case.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import pickle
+import random
+import resource
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, write_tsv_folder
+from test_reliability import assert_one_line_error, cli
+
+from msmarco_search.triplets import load_triplets
+
+EVALUATE = "evaluation/evaluate.py"
+CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1", "--no-word-benchmarks")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
+    return tmp_path
+
+
+def _row(query: str, query_id, texts: list[str], ids: list[str] | None = None,
+         selected: list[int] | None = None) -> str:
+    passages = {"is_selected": selected or [1] + [0] * (len(texts) - 1), "passage_text": texts}
+    if ids is not None:
+        passages["passage_id"] = ids
+    return json.dumps({"query": query, "query_id": query_id, "passages": passages}) + "\n"
+
+
+def _run(script: str, *args, cwd: Path, file_limit: int | None = None) -> subprocess.CompletedProcess:
+    """The script as a real process; ``file_limit``: no file it writes may grow past that many bytes
+    (``RLIMIT_FSIZE``)."""
+    env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def limit() -> None:
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit)
+
+
+def _one_line(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[-1], (word, lines[-1])
+    return lines[-1]
+
+
+# ------------------------------------------------------------------------------------ not UTF-8 text
+
+
+def _zip(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("collection.tsv", data)
+    return buffer.getvalue()
+
+
+def _parquet(data: bytes) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"line": data.decode().splitlines()}), buffer)
+    return buffer.getvalue()
+
+
+def _control_bytes(data: bytes) -> bytes:
+    rng = random.Random(0)  # binary data without a NUL: mostly control characters and high bytes
+    return bytes(rng.choice([*range(1, 9), *range(14, 32), *range(128, 256)]) for _ in range(len(data)))
+
+
+NOT_TEXT = [  # (name, bytes of the file from its UTF-8 text, words of the one-line error)
+    ("utf16", lambda data: data.decode().encode("utf-16"), ["is UTF-16 text", "iconv -f UTF-16 -t UTF-8"]),
+    ("utf16-without-mark", lambda data: data.decode().encode("utf-16-le"), ["line 1 holds a NUL byte",
+                                                                            "UTF-16/32"]),
+    ("utf32", lambda data: data.decode().encode("utf-32"), ["is UTF-32 text"]),
+    ("gzip", gzip.compress, ["is gzip-compressed, not UTF-8 text", "gzip -dc"]),
+    ("bzip2", bz2.compress, ["is bzip2-compressed"]),
+    ("xz", lzma.compress, ["is xz-compressed", "xz -dc"]),
+    ("zip", _zip, ["is a zip archive"]),
+    ("parquet", lambda data: _parquet(data), ["is a parquet file, not UTF-8 text"]),
+    ("pickle", lambda data: pickle.dumps({"rows": data.decode().splitlines()}, protocol=4), ["is a pickle"]),
+    ("nul", lambda data: data.replace(b"\n", b"\n\x00", 3).replace(b"\n\x00", b"\n", 2),
+     ["is not UTF-8 text: line 4 holds a NUL byte"]),
+    ("binary", _control_bytes, ["control characters (binary data?)"]),
+]
+
+
+@pytest.mark.parametrize("name, convert, words", NOT_TEXT, ids=[case[0] for case in NOT_TEXT])
+def test_files_that_are_not_utf8_text_are_refused_by_the_first_command_that_reads_them(work, capsys, corpus, name,
+                                                                                     convert, words):
+    for kind in ("collection.tsv", "queries.train.tsv", "qrels.train.tsv", "top1000.train.tsv"):
+        # without candidates the relevant passages' texts come from the collection, which is then read
+        folder = write_tsv_folder(corpus, work / kind, candidates=kind != "collection.tsv")
+        path = folder / kind
+        path.write_bytes(convert(path.read_bytes()))
+        assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random"),
+                              f"{kind}: ", *words)
+        assert not list((work / "data").glob("msmarco_triplets_*"))
+    rows = work / "rows.jsonl"
+    rows.write_bytes(convert("".join(_row(f"what is {i}", i, [f"text {i}", "other"]) for i in range(5)).encode()))
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows), "rows.jsonl: ", *words)
+
+
+def test_a_nul_byte_past_the_first_mebibyte_is_refused_too(work, capsys):
+    collection = work / "c" / "collection.tsv"
+    collection.parent.mkdir()
+    lines = [f"{i}\tpassage number {i} about the topic of the day and more words\n" for i in range(20000)]
+    lines[15000] = "15000\ta passage with a \x00 inside\n"
+    collection.write_text("".join(lines))
+    assert collection.stat().st_size > 2**20  # beyond the head every file's first read checks
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", collection, *CBOW_TINY),
+                          "collection.tsv: is not UTF-8 text: line 15001 holds a NUL byte")
+    assert not (work / "checkpoints" / "msmarco_word2vec.pt").exists()
+
+
+def test_not_text_given_to_search_and_evaluation_is_one_line_with_exit_2(work, trained_pipeline, tsv_folder):
+    folder = work / "c"
+    folder.mkdir()
+    text = (tsv_folder / "collection.tsv").read_text()
+    (folder / "collection.tsv").write_bytes(text.encode("utf-16"))
+    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", folder / "collection.tsv",
+                  "--index-dir", work / "index", cwd=work)
+    _one_line(result, "collection.tsv: is UTF-16 text")
+    assert "Indexing passages" not in result.stdout and not (work / "index").exists()
+    queries = work / "queries.tsv"
+    queries.write_bytes(gzip.compress((tsv_folder / "queries.train.tsv").read_bytes()))
+    result = _run(EVALUATE, "--collection", tsv_folder / "collection.tsv", "--queries", queries, "--qrels",
+                  tsv_folder / "qrels.train.tsv", "--systems", "bm25", "--output-dir", work / "out", cwd=work)
+    _one_line(result, "queries.tsv: is gzip-compressed")
+    assert not (work / "out" / "evaluation.json").exists()
+
+
+# ------------------------------------------------------------------------------------ read right
+
+
+def test_latin1_and_windows_1252_files_and_a_marked_qrels_file_read_right(work, capsys):
+    folder = work / "latin"
+    folder.mkdir()
+    texts = {"1": "Un café près de la gare, ‘au naïf’ – 5 €.", "2": "A plain passage about trains.",
+             "3": "Another passage, about a résumé."}
+    (folder / "collection.tsv").write_bytes("".join(f"{pid}\t{t}\n" for pid, t in texts.items()).encode("cp1252"))
+    queries = {"q1": "where is the café near the gare", "q2": "a passage about trains"}
+    (folder / "queries.train.tsv").write_bytes("".join(f"{q}\t{t}\n" for q, t in queries.items()).encode("cp1252"))
+    # a byte-order mark before the first query id: without it dropped, "\ufeffq1" would be judged, not "q1"
+    (folder / "qrels.train.tsv").write_bytes("\ufeffq1 0 1 1\nq2 0 2 1\n".encode())
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random")
+    assert status == 0, err
+    triplets = load_triplets(next((work / "data").glob("msmarco_triplets_*.pkl")))
+    made = dict(zip(triplets.query_ids, zip(triplets.queries, triplets.positives, strict=True), strict=True))
+    assert made == {"q1": (queries["q1"], texts["1"]), "q2": (queries["q2"], texts["2"])}  # é ‘ ’ – € as written
+    assert "\ufffd" not in "".join(triplets.negatives)
+
+
+def test_a_windows_1252_collection_is_indexed_and_shown_as_written(work, capsys, trained_pipeline):
+    collection = work / "collection.tsv"
+    collection.write_bytes("1\tCafé crème, ‘naïve’ résumé\n2\tA passage about trains\n".encode("cp1252"))
+    status, _, err = cli(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", collection,
+                         "--index-dir", work / "index")
+    assert status == 0, err
+    status, out, err = cli(capsys, SEARCH_SCRIPT, "query", trained_pipeline["model"], "--index-dir", work / "index",
+                           "--system", "bm25", "cafe resume")
+    assert status == 0, err
+    assert "Café crème, ‘naïve’ résumé" in out and "\ufffd" not in out
+
+
+# ------------------------------------------------------------------------------------ ids
+
+
+BAD_ROW_IDS = [  # (row, words of the error)
+    (_row("what is a", "q\n1", ["a text", "b text"]), ["the query id 'q\\n1' holds a line break"]),
+    (_row("what is a", "", ["a text", "b text"]), ["the query id is empty"]),
+    (_row("what is a", 1, ["a text", "b text"], ["a\tb", "a b"]), ["passage 1: the passage id 'a\\tb' holds a tab"]),
+    (_row("what is a", 1, ["a text", "b text"], ["a", "b\x00"]), ["passage 2: the passage id 'b\\x00' holds a NUL"]),
+    (_row("what is a", 1, ["a text", "b text"], ["a", ""]), ["passage 2: the passage id is empty"]),
+]
+
+
+@pytest.mark.parametrize("row, words", BAD_ROW_IDS)
+def test_row_layout_ids_with_tabs_line_breaks_or_control_characters_are_refused(work, capsys, row, words):
+    rows = work / "rows.jsonl"
+    rows.write_text(_row("what is z", 0, ["z text", "y text"]) + row)
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows, "--negatives", "random"),
+                          "rows.jsonl (line 2): ", *words, "an id is printable text")
+
+
+def test_tsv_ids_with_control_characters_or_empty_are_refused(work, capsys, corpus):
+    cases = [("collection.tsv", lambda t: t.replace("1000\t", "10\x0100\t", 1), "line 1: the passage id '10\\x0100' "
+              "holds U+0001 (a control character)"),
+             ("queries.train.tsv", lambda t: t.replace("0\t", "\t", 1), "line 1: the query id is empty"),
+             ("top1000.train.tsv", lambda t: t.replace("\t", "\t\x0b", 1), "line 1: the passage id"),
+             ("qrels.train.tsv", lambda t: t.replace("0 0 ", "0\x7f 0 ", 1), "line 1: the query id '0\\x7f' holds")]
+    for name, change, words in cases:
+        folder = write_tsv_folder(corpus, work / name)
+        path = folder / name
+        path.write_text(change(path.read_text()))
+        assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random"),
+                              f"{name}: {words}")
+
+
+def test_passage_ids_are_indexed_as_written_and_never_joined_into_one(work, capsys, trained_pipeline):
+    from msmarco_search.index import load_index
+
+    rows = work / "rows.jsonl"
+    rows.write_text(_row("what is a", 1, ["doc0y1 doc0y2 first", "doc1y1 doc1y2 second"], ["p 1", "p  1"]))
+    status, _, err = cli(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows,
+                         "--index-dir", work / "index")
+    assert status == 0, err
+    index = load_index(work / "index")
+    assert sorted(index.pid(i) for i in range(len(index))) == ["p  1", "p 1"]  # two ids, not "p 1" twice
+    index.close()
+    rows.write_text(_row("what is a", 1, ["first", "second"], ["a\tb", "a b"]))  # once collapsed into "a b" twice
+    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows, "--index-dir",
+                  work / "index2", cwd=work)
+    _one_line(result, "rows.jsonl (line 1): passage 1: the passage id 'a\\tb' holds a tab")
+    assert not (work / "index2").exists()
+
+
+# ------------------------------------------------------------------------------------ no word
+
+
+def test_a_collection_without_a_word_is_refused_before_any_work(work, capsys, trained_pipeline, tsv_folder):
+    folder = work / "punct"
+    folder.mkdir()
+    (folder / "collection.tsv").write_text("1\t...\n2\t!!! ???\n3\t\n4\t— · ★ 🙂\n")
+    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", folder / "collection.tsv",
+                  "--index-dir", work / "index", cwd=work)
+    _one_line(result, "collection.tsv: holds no word: none of its 4 passage(s) has a letter or digit")
+    assert "Indexing passages" not in result.stdout and not (work / "index").exists()
+    assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", folder, *CBOW_TINY),
+                          "collection.tsv: holds no word")
+    assert_one_line_error(cli(capsys, EVALUATE, "--collection", folder / "collection.tsv", "--queries",
+                              tsv_folder / "queries.train.tsv", "--qrels", tsv_folder / "qrels.train.tsv",
+                              "--systems", "bm25", "--output-dir", work / "out"),
+                          "collection.tsv: holds no word")
+    assert not (work / "out" / "evaluation.json").exists()
+    rows = work / "rows.jsonl"
+    rows.write_text("".join(_row(f"what is {i}", i, ["...", f"?! {i * '!'}"], [f"a{i}", f"b{i}"]) for i in range(3)))
+    assert_one_line_error(cli(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows,
+                              "--index-dir", work / "index"),
+                          "rows.jsonl: holds no word: none of its 6 passage(s) has a letter or digit")
+    assert not (work / "index").exists()
+
+
