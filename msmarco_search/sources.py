@@ -14,6 +14,7 @@ Official TSV layout: ``collection.tsv`` (pid, text), ``queries.<split>.tsv`` (qi
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import http.client
 import json
@@ -38,6 +39,7 @@ from .textfiles import TEXT_ERRORS, check_text_head, decode_text, nul_error
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
+HUB_SPLITS = ("train", "validation", "test")  # the same three in both configs
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
 TSV_SUFFIXES = (".tsv", ".txt", ".trec", "")
 HUB_PROBE_TIMEOUT = 5.0  # seconds; datasets itself retries for ~25 s before it gives up
@@ -284,9 +286,9 @@ class RowFileSource(Source):
 class DatasetsDiskSource(Source):
     """A folder written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict`` of splits)."""
 
-    def __init__(self, path: Path, split: str):
+    def __init__(self, path: Path, split: str, split_given: bool = False):
         self.path = path
-        self.split = split
+        self.split, self.split_given = split, split_given
         self.description = f"{path} (datasets folder)"
 
     def identity(self) -> str:
@@ -302,9 +304,15 @@ class DatasetsDiskSource(Source):
         except Exception as error:  # noqa: BLE001 - a damaged folder fails in arrow, json or fsspec code
             raise PipelineError(f"not a readable datasets folder ({first_line(error)})", self.path) from error
         if isinstance(data, datasets.DatasetDict):
-            if self.split not in data:
+            if self.split in data:
+                data = data[self.split]
+            elif len(data) == 1 and not self.split_given:  # a default split: the folder's one split is meant
+                data = next(iter(data.values()))
+            else:
                 raise PipelineError(f"has no split {self.split!r} (it has {', '.join(data)})", self.path)
-            data = data[self.split]
+        elif self.split_given and data.split is not None and str(data.split) != self.split:
+            raise PipelineError(f"holds the {data.split} split, not {self.split!r}: leave --split out, or give the "
+                                f"folder of the {self.split} split", self.path)
         missing = {"query", "passages"} - set(data.column_names)
         if missing:
             raise PipelineError(f"is not in the MS MARCO row layout (no column {', '.join(sorted(missing))}; it has "
@@ -326,6 +334,8 @@ class HubSource(Source):
     def __init__(self, config: str, split: str, data_dir: Path):
         if config not in HUB_CONFIGS:
             raise PipelineError(f"unknown MS MARCO config {config!r} (use one of {', '.join(HUB_CONFIGS)})")
+        if split not in HUB_SPLITS:  # before any download: datasets would fail only after reaching the hub
+            raise PipelineError(f"{HUB_DATASET} has no split {split!r} (it has {', '.join(HUB_SPLITS)})")
         self.config, self.split, self.data_dir = config, split, Path(data_dir)
         self.description = f"{HUB_DATASET} {config} [{split}] (hub, cached in {data_dir})"
 
@@ -477,7 +487,7 @@ def hub_unreachable_reason(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT) ->
 def _check_readable(path: Path) -> None:
     try:
         if not path.is_file():
-            raise PipelineError("not a file" if path.exists() else "file not found", path)
+            raise PipelineError("not a file" if path.exists() else f"file not found{_nearby(path)}", path)
         if path.stat().st_size == 0:
             raise PipelineError("file is empty", path)
     except OSError as error:
@@ -856,24 +866,86 @@ def _classify_tsv(path: Path) -> str | None:
     name = path.name.lower()
     if "qrels" in name:
         return "qrels"
+    if "topics" in name:  # before top*: topics.dl21.txt holds queries, not candidates
+        return "queries"
     if name.startswith("top") or "candidates" in name or "top1000" in name or "top100" in name:
         return "candidates"
     if "collection" in name or name.startswith("corpus"):
         return "collection"
-    if "queries" in name or "topics" in name:
+    if "queries" in name:
         return "queries"
     return None
 
 
-def _pick(paths: list[Path], split: str | None, kind: str) -> Path | None:
-    """The file of one kind: the one naming the split if any does, else the shortest name (the plain one)."""
-    if split:
-        paths = [p for p in paths if split.lower() in p.name.lower()] or paths
-    return min(paths, key=lambda p: (len(p.name), p.name)) if paths else None
+SPLIT_KINDS = ("queries", "qrels", "candidates")  # a collection serves every split, so its name rarely has one
+_VARIANT_SEPARATORS = ".-_"
 
 
-def tsv_files_from(paths: list[Path], split: str | None) -> TsvFiles:
-    """Sort the official TSV files (named one by one, or folders holding them) by kind."""
+def names_split(name: str, split: str) -> bool:
+    """Whether a file name holds ``split`` as a whole word (case aside): ``dl21`` is in ``queries.dl21.tsv`` and
+    ``qrels.dl21-passage.txt``, not in ``queries.dl2021.tsv``; ``dl2`` is in none of them."""
+    pattern = rf"(?<![a-z0-9]){re.escape(split.lower())}(?![a-z0-9])"
+    return bool(split) and re.search(pattern, name.lower()) is not None
+
+
+def _stem(path: Path) -> str:
+    name = path.name.lower()
+    return name[: -len(path.suffix)] if path.suffix and path.suffix.lower() in TSV_SUFFIXES else name
+
+
+def _plain(paths: list[Path]) -> Path | None:
+    """The file of which the others are variants: its name, less the suffix, starts each other's name, followed
+    by ``.``, ``-`` or ``_`` (``qrels.dl19-passage.txt`` beside ``qrels.dl19-passage.in-collection.txt``)."""
+    for path in sorted(paths, key=lambda p: (len(p.name), p.name)):
+        stem = _stem(path)
+        if all(other == path or (_stem(other).startswith(stem)
+                                 and _stem(other)[len(stem):len(stem) + 1] in tuple(_VARIANT_SEPARATORS))
+               for other in paths):
+            return path
+    return None
+
+
+def _listing(paths: list[Path], limit: int = 8) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _choose(kind: str, paths: list[Path], split: str | None, split_applies: bool, place: str, flag: str
+            ) -> Path | None:
+    """The one file of ``kind`` among ``paths`` (see ``tsv_files_from``), or a one-line error listing them."""
+    if not paths:
+        return None
+    naming = [p for p in paths if split and names_split(p.name, split)]
+    if not naming and split_applies and kind in SPLIT_KINDS:
+        raise PipelineError(f"{flag} {split} names none of the {kind} files {place} ({_listing(paths)}): give a "
+                            f"{flag} that their names hold, or name the files one by one")
+    chosen = naming or paths
+    plain = chosen[0] if len(chosen) == 1 else _plain(chosen)
+    if plain is None:
+        if naming:
+            found, remedy = f"name {flag} {split}", f"give a {flag} that only one of them holds"
+        else:
+            found = (f"and no {flag} was given to choose one" if kind in SPLIT_KINDS
+                     else "and none is the plain name of the others")
+            remedy = f"give the {flag} that one of their names holds" if kind in SPLIT_KINDS else "name one"
+        raise PipelineError(f"{len(chosen)} {kind} files {place} {found} ({_listing(chosen)}), so which one to read "
+                            f"cannot be told: {remedy}, or name the files one by one")
+    return plain
+
+
+def tsv_files_from(paths: list[Path], split: str | None, *, split_given: bool = True, flag: str = "--split"
+                   ) -> TsvFiles:
+    """Sort the official TSV files (named one by one, or folders holding them) by kind, and choose one per kind.
+
+    A split (``queries.<split>.tsv``) is a whole word of a name (``names_split``). Per kind, the files whose
+    names hold ``split``; none of them, the kind's files whatever their names. Among several, the plain one
+    (``_plain``: ``qrels.dl19-passage.txt`` before ``qrels.dl19-passage.in-collection.txt``); without a
+    plain one, a one-line error listing them. A split the user gave (``split_given``), or a default split
+    that some file's name holds, must name a file of each kind that is tied to a split (queries, qrels,
+    candidates) present: ``--split dl2021`` beside ``queries.dl21.tsv`` is an error listing the files, never
+    a fallback to another split. A default split no name holds leaves the files as they are: a folder with one
+    file of each kind needs no ``--split``. ``flag``: the option the messages name.
+    """
     found: dict[str, list[Path]] = {"collection": [], "queries": [], "qrels": [], "candidates": []}
     for path in paths:
         entries = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
@@ -889,38 +961,80 @@ def tsv_files_from(paths: list[Path], split: str | None) -> TsvFiles:
                                                                                 ".zip", ".tar") else \
                     f"has suffix {entry.suffix!r}; the {kind} file must be .tsv, .txt or .trec"
                 raise PipelineError(what, entry)
-    return TsvFiles(**{kind: _pick(found[kind], split, kind) for kind in found})
+    place = f"in {paths[0]}" if len(paths) == 1 and paths[0].is_dir() else "given"
+    named = any(names_split(p.name, split) for kind in SPLIT_KINDS for p in found[kind]) if split else False
+    applies = bool(split) and (split_given or named)
+    return TsvFiles(**{kind: _choose(kind, found[kind], split, applies, place, flag) for kind in found})
 
 
 # ---------------------------------------------------------------------------------------------- choosing
 
 
 def open_source(dataset_paths: list[str | Path] | None, config: str = "v1.1", split: str = "train",
-                data_dir: str | Path = "data", min_relevance: int = 1) -> Source:
-    """The source the user asked for: the hub by default, local files with ``--dataset-path``."""
+                data_dir: str | Path = "data", min_relevance: int = 1, *, split_given: bool = False) -> Source:
+    """The source the user asked for: the hub by default, local files with ``--dataset-path``.
+
+    ``split_given``: the user gave ``split`` (``--split``), so it must name what is read: a hub split, a split of
+    a ``datasets`` folder, the row files or the TSVs of a split (``tsv_files_from``); a split that names
+    nothing is an error listing what is there. A default split picks what it names and otherwise leaves a
+    folder's files as they are.
+    """
     if not dataset_paths:
         return HubSource(config, split, Path(data_dir))
     paths = [Path(p) for p in dataset_paths]
     for path in paths:
         if not path.exists():
-            raise PipelineError("not found", path)
+            raise PipelineError(f"not found{_nearby(path)}", path)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         if (folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists():
-            return DatasetsDiskSource(folder, split)
+            return DatasetsDiskSource(folder, split, split_given)
         rows = sorted(p for p in folder.iterdir() if p.suffix in ROW_SUFFIXES and p.is_file())
         if rows:
-            return RowFileSource(rows)
-        files = tsv_files_from(paths, split)
+            return RowFileSource(_row_files_of_split(rows, split, split_given, folder))
+        files = tsv_files_from(paths, split, split_given=split_given)
         if not any(vars(files).values()):
             raise PipelineError("holds no MS MARCO data (row .jsonl/.json/.parquet, a datasets folder, or "
-                                "collection/queries/qrels TSVs)", folder)
+                                f"collection/queries/qrels TSVs){_contents(folder)}", folder)
         return TsvSource(files, min_relevance)
     if all(p.is_file() and p.suffix in ROW_SUFFIXES for p in paths):
+        if split_given and not any(names_split(p.name, split) for p in paths):
+            raise PipelineError(f"--split {split} names none of the row files given ({_listing(paths)}); a row "
+                                "file is read whole, so leave --split out, or give the files of that split")
         return RowFileSource(paths)
     if any(p.suffix in ROW_SUFFIXES for p in paths if p.is_file()):
         raise PipelineError("mixes row-layout files with other files; give one kind at a time")
-    return TsvSource(tsv_files_from(paths, split), min_relevance)
+    return TsvSource(tsv_files_from(paths, split, split_given=split_given), min_relevance)
+
+
+def _row_files_of_split(rows: list[Path], split: str, split_given: bool, folder: Path) -> list[Path]:
+    """The row files of a folder that ``split`` names (``train-00000-of-00001.parquet``, ``validation.jsonl``);
+    none named: all of them for a default split, an error listing them for a split the user gave."""
+    named = [p for p in rows if names_split(p.name, split)]
+    if named:
+        return named
+    if split_given:
+        raise PipelineError(f"--split {split} names none of its row files ({_listing(rows)}): give a --split that "
+                            "their names hold, or leave --split out to read them all", folder)
+    return rows
+
+
+def _contents(folder: Path, near: str = "", limit: int = 8) -> str:
+    """``; FOLDER holds a, b, c`` for a message (the names most like ``near`` first), or that it is empty."""
+    try:
+        names = [entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()]
+    except OSError:
+        return ""
+    if not names:
+        return f"; {folder} is empty"
+    names.sort(key=lambda name: (-difflib.SequenceMatcher(None, near, name).ratio(), name) if near else name)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"; {folder} holds {', '.join(names[:limit])}{more}"
+
+
+def _nearby(path: Path) -> str:
+    """What the folder of a path that is not there holds, the names most like it first, for a message."""
+    return _contents(path.parent, path.name) if path.parent.is_dir() else ""
 
 
 __all__ = [

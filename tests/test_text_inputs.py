@@ -1,9 +1,10 @@
-"""Text that is not what it claims, through the command lines.
+"""Text that is not what it claims, and names that match nothing, through the command lines.
 
 Files in another encoding or not text at all, collections without a word and ids with tabs or line breaks are
-read right or refused in one line by the first command that reads them (the readers of ``sources``). Cases run a
-script's ``main(argv)`` through ``run_cli`` in this process, or as a real subprocess where the exit status or the
-absence of a traceback is the point. docs/reliability.md lists each case.
+read right or refused in one line by the first command that reads them (the readers of ``sources``); a
+``--split``, system list or path that names nothing is an error listing what is there. Cases run a script's
+``main(argv)`` through ``run_cli`` in this process, or as a real subprocess where the exit status or the absence
+of a traceback is the point. docs/reliability.md lists each case.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, write_tsv_folder
+from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
 from test_reliability import assert_one_line_error, cli
 
+from msmarco_search.errors import run_cli
 from msmarco_search.triplets import load_triplets
 
 EVALUATE = "evaluation/evaluate.py"
@@ -264,5 +266,129 @@ def test_a_collection_without_a_word_is_refused_before_any_work(work, capsys, tr
                               "--index-dir", work / "index"),
                           "rows.jsonl: holds no word: none of its 6 passage(s) has a letter or digit")
     assert not (work / "index").exists()
+
+
+# ------------------------------------------------------------------------------------ names that match nothing
+
+
+def _dl21_folder(corpus, work: Path) -> Path:
+    folder = write_tsv_folder(corpus, work / "dl21", split="dl21")
+    (folder / "qrels.dl21.in-collection.tsv").write_text((folder / "qrels.dl21.tsv").read_text())
+    return folder
+
+
+def test_a_split_that_names_no_file_is_an_error_listing_the_files(work, capsys, corpus):
+    folder = _dl21_folder(corpus, work)
+    for split in ("dl2021", "dl2", "train"):
+        result = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--split", split)
+        assert_one_line_error(result, f"--split {split} names none of the queries files in {folder} "
+                                      "(queries.dl21.tsv): give a --split that their names hold")
+    assert not list((work / "data").glob("msmarco_triplets_*"))
+    for flags in (["--split", "dl21"], ["--split", "DL21"], []):  # the split as named; none: one file of each kind
+        status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, *flags)
+        assert status == 0, err
+        assert f"qrels={folder / 'qrels.dl21.tsv'}" in out  # the plain name, before its in-collection variant
+    named = [folder / name for name in ("collection.tsv", "queries.dl21.tsv", "qrels.dl21.tsv")]
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", *named, "--split", "dl2021",
+                              "--negatives", "random"),
+                          "--split dl2021 names none of the queries files given (queries.dl21.tsv)")
+
+
+def test_several_files_of_a_kind_and_no_split_to_choose_is_an_error(work, capsys, corpus):
+    folder = write_tsv_folder(corpus, work / "two", split="train")
+    write_tsv_folder(make_corpus(seed=3), folder, split="dev")
+    result = cli(capsys, EVALUATE, "--dataset-path", folder, "--systems", "bm25", "--output-dir", work / "out")
+    assert_one_line_error(result, f"2 queries files in {folder} and no --split was given to choose one "
+                                  "(queries.dev.tsv, queries.train.tsv)")
+    assert not (work / "out" / "evaluation.json").exists()
+    status, out, err = cli(capsys, EVALUATE, "--dataset-path", folder, "--split", "dev", "--systems", "bm25",
+                           "--tasks", "rerank", "--max-queries", "5", "--output-dir", work / "out")
+    assert status == 0, err
+    assert "queries.dev.tsv" in out and "queries.train.tsv" not in out
+    queries = work / "queries"
+    queries.mkdir()
+    for number in (1, 2):
+        (queries / f"queries.train.sample-{number}.tsv").write_text("1\twhat is x\n")
+    (queries / "collection.tsv").write_text("1\ta passage\n")
+    (queries / "qrels.train.tsv").write_text("1 0 1 1\n")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", queries, "--negatives", "random"),
+                          "2 queries files in", "name --split train (queries.train.sample-1.tsv, "
+                          "queries.train.sample-2.tsv)", "give a --split that only one of them holds")
+
+
+def test_the_main_job_refuses_an_evaluation_split_that_names_no_file(work, capsys, corpus):
+    from msmarco_search.driver import pipeline
+
+    train = write_tsv_folder(corpus, work / "train")
+    evaluation = _dl21_folder(corpus, work)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: pipeline.main(["100", "--dataset-path", str(train), "--evaluate-on", str(evaluation),
+                                       "--evaluate-split", "dl2021", "--output-dir", str(work / "out")]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.strip().splitlines()[-1] == (
+        f"error: --evaluate-split dl2021 names none of the queries files in {evaluation} (queries.dl21.tsv): give "
+        "a --evaluate-split that their names hold, or name the files one by one")
+    assert not (work / "out").exists()
+
+
+def test_row_files_and_datasets_folders_follow_the_split(work, capsys):
+    folder = work / "rows"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.jsonl").write_text("".join(_row(f"{split} query {i}", f"{split}{i}",
+                                                            [f"{split} text {i}", "other text"]) for i in range(4)))
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random")
+    assert status == 0, err
+    assert f"Data source: {folder / 'train.jsonl'}\n" in out  # the default split, not both files
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--split", "validation",
+                           "--negatives", "random")
+    assert status == 0, err
+    assert set(load_triplets(sorted((work / "data").glob("msmarco_triplets_*.pkl"))[-1]).query_ids) == {
+        f"validation{i}" for i in range(4)}
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--split", "test"),
+                          "rows: --split test names none of its row files (train.jsonl, validation.jsonl)")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder / "train.jsonl", "--split",
+                              "validation"),
+                          "--split validation names none of the row files given (train.jsonl); a row file is read "
+                          "whole")
+    import datasets
+
+    records = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines()]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(records)}).save_to_disk(str(work / "disk"))
+    capsys.readouterr()  # datasets' progress bar while saving
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk", "--negatives", "random")
+    assert status == 0, err  # the folder's one split, for the default --split
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", work / "disk", "--split", "train"),
+                          "disk: has no split 'train' (it has validation)")
+
+
+def test_a_hub_split_that_does_not_exist_is_refused_before_the_hub_is_asked(work, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # were the hub asked, the message would be about offline mode
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--split", "trian", "--max-samples", "10"),
+                          "microsoft/ms_marco has no split 'trian' (it has train, validation, test)")
+
+
+def test_a_path_that_is_not_there_lists_what_its_folder_holds(work, capsys, corpus):
+    folder = _dl21_folder(corpus, work)
+    line = assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder / "queries.dl2021.tsv"),
+                                 "queries.dl2021.tsv: not found;", f"{folder} holds queries.dl21.tsv, ")
+    assert "qrels.dl21.tsv" in line
+    assert_one_line_error(cli(capsys, EVALUATE, "--collection", folder / "collection.tsv", "--queries",
+                              folder / "queries.dl2021.tsv", "--qrels", folder / "qrels.dl21.tsv", "--systems",
+                              "bm25", "--output-dir", work / "out"),
+                          "queries.dl2021.tsv: file not found;", f"{folder} holds queries.dl21.tsv, ")
+    empty = work / "nothing"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x\n")
+    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", empty),
+                          "holds no MS MARCO data", f"{empty} holds notes.txt")
+
+
+def test_a_topics_file_is_read_as_queries_not_as_candidates(work, capsys, corpus):
+    folder = write_tsv_folder(corpus, work / "topics", split="x", candidates=False)
+    (folder / "queries.x.tsv").rename(folder / "topics.x.tsv")
+    status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", folder, "--negatives", "random")
+    assert status == 0, err
+    assert f"queries={folder / 'topics.x.tsv'}" in out and "candidates=" not in out
 
 

@@ -16,7 +16,13 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import (
+    DefaultSplit,
+    add_source_arguments,
+    non_negative_int,
+    positive_int,
+    source_from_args,
+)
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
@@ -128,7 +134,7 @@ def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
     """Evaluation reads the hub's validation split, not train; and its two relevance flags say which is which."""
     for action in parser._actions:  # the shared source flags, with evaluation's own default and wording
         if action.dest == "split":
-            action.default = "validation"
+            action.default = DefaultSplit("validation")
             action.help = "split: hub/datasets split, or the <split> in queries.<split>.tsv (default validation)"
         elif action.dest == "min_relevance":
             action.help = ("--dataset-path TSV sources only: the lowest qrels grade that makes a passage one of "
