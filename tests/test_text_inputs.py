@@ -392,3 +392,21 @@ def test_a_topics_file_is_read_as_queries_not_as_candidates(work, capsys, corpus
     assert f"queries={folder / 'topics.x.tsv'}" in out and "candidates=" not in out
 
 
+def test_evaluation_lists_that_name_nothing_and_a_baseline_of_no_task_are_refused(work, capsys, trained_pipeline):
+    common = ("--dataset-path", trained_pipeline["rows"], "--max-queries", "5", "--output-dir", work / "out")
+    assert_one_line_error(cli(capsys, EVALUATE, *common, "--systems", "bm25", "--tasks", ","),
+                          "--tasks ',' names nothing (use rerank, full)")
+    assert_one_line_error(cli(capsys, EVALUATE, *common, "--systems", " , "),
+                          "--systems ' , ' names nothing (use two-tower, bm25, ")
+    assert_one_line_error(cli(capsys, EVALUATE, *common, "--model", trained_pipeline["model"], "--systems", "hybrid",
+                              "--fusion", ","), "--fusion ',' names nothing (use rrf, linear)")
+    status, out, err = cli(capsys, EVALUATE, *common, "--systems", "bm25", "--baseline", "first-stage")
+    assert_one_line_error((status, out, err), "--baseline first-stage is a row of the re-ranking task only",
+                          "add --tasks rerank")
+    assert "over" not in out and not any((work / "out").iterdir())  # before any system ranked a query
+    status, out, err = cli(capsys, EVALUATE, *common, "--systems", "bm25", "--baseline", "first-stage", "--tasks",
+                           "rerank")
+    assert status == 0, err
+    assert "difference to first-stage" in out
+
+
