@@ -1,10 +1,11 @@
-"""Text that is not what it claims, and names that match nothing, through the command lines.
+"""Text that is not what it claims, names that match nothing, and a full disk, through the command lines.
 
 Files in another encoding or not text at all, collections without a word and ids with tabs or line breaks are
 read right or refused in one line by the first command that reads them (the readers of ``sources``); a
-``--split``, system list or path that names nothing is an error listing what is there. Cases run a script's
-``main(argv)`` through ``run_cli`` in this process, or as a real subprocess where the exit status or the absence
-of a traceback is the point. docs/reliability.md lists each case.
+``--split``, system list or path that names nothing is an error listing what is there; a full disk while the
+export, torch or BM25 write is one line. Cases run a script's ``main(argv)`` through ``run_cli`` in this
+process, or as a real subprocess where the exit status, the absence of a traceback or a file-size limit
+(``RLIMIT_FSIZE``: writes past it fail as on a full disk) is the point. docs/reliability.md lists each case.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from msmarco_search.errors import run_cli
 from msmarco_search.triplets import load_triplets
 
 EVALUATE = "evaluation/evaluate.py"
+EXPORT = "training/export_sentence_transformers.py"
+AVERAGE = "training/average_two_tower_models.py"
 CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1", "--no-word-benchmarks")
 
 
@@ -51,7 +54,8 @@ def _row(query: str, query_id, texts: list[str], ids: list[str] | None = None,
 
 def _run(script: str, *args, cwd: Path, file_limit: int | None = None) -> subprocess.CompletedProcess:
     """The script as a real process; ``file_limit``: no file it writes may grow past that many bytes
-    (``RLIMIT_FSIZE``)."""
+    (``RLIMIT_FSIZE``; Python ignores SIGXFSZ, so a write past it fails with EFBIG as one on a full disk fails
+    with ENOSPC, through the same code)."""
     env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
 
     def limit() -> None:
@@ -410,3 +414,49 @@ def test_evaluation_lists_that_name_nothing_and_a_baseline_of_no_task_are_refuse
     assert "difference to first-stage" in out
 
 
+# ------------------------------------------------------------------------------------ a full disk
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, trained_pipeline):
+    pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
+    from msmarco_search.model import TwoTowerConfig, TwoTowerModel, save_two_tower
+    from msmarco_search.vocab import Vocabulary
+
+    # long words and one dimension: tokenizer.json (written after the word table) is the largest file, so a
+    # limit between the two fails tokenizers' writer, which raises a bare Exception
+    vocab = Vocabulary.from_words([f"word{i:03d}" + "x" * 60 for i in range(200)])
+    config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=1, output_dim=1, shared_towers=True,
+                            max_query_length=32, max_passage_length=32)  # one stack: no router
+    model = save_two_tower(work / "model.pt", TwoTowerModel(config, vocab), {})
+    done = _run(EXPORT, model, "--output-dir", work / "ok", cwd=work)
+    assert done.returncode == 0, done.stderr
+    sizes = {path.name: path.stat().st_size for path in (work / "ok").rglob("*") if path.is_file()}
+    assert sizes["tokenizer.json"] > 4 * sizes["model.safetensors"]
+    for limit, words in ((sizes["tokenizer.json"] // 2, "cannot write the export (File too large); free some space"),
+                         (sizes["model.safetensors"] // 2, "cannot write the export (File too large)")):
+        _one_line(_run(EXPORT, model, "--output-dir", work / "out", cwd=work, file_limit=limit), "out: ", words)
+        assert sorted(p.name for p in work.iterdir()) == ["model.pt", "ok"]  # no export, no temporary folder
+
+
+def test_a_full_disk_while_torch_ends_its_file_is_one_line(work, trained_pipeline):
+    model = trained_pipeline["model"]
+    done = _run(AVERAGE, model, model, "--output", work / "ok.pt", cwd=work)
+    assert done.returncode == 0, done.stderr
+    size = (work / "ok.pt").stat().st_size
+    # the weights fit, the end of the zip file does not: torch's C++ stream fails as it closes the file
+    line = _one_line(_run(AVERAGE, model, model, "--output", work / "avg.pt", cwd=work, file_limit=size - 200),
+                     "avg.pt: cannot write (torch's file writer failed: ", "free some space")
+    assert "basic_ios" in line or "unexpected pos" in line
+    assert sorted(p.name for p in work.iterdir()) == ["ok.pt"]
+
+
+def test_a_full_disk_while_bm25_is_written_is_one_line(work, trained_pipeline):
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    collection = work / "collection.tsv"
+    collection.write_text("".join(f"{i}\t{' '.join(rng.sample(words, 400))}\n" for i in range(20)))
+    # 20 passages: vectors, ids and offsets are small; 8,000 postings make BM25's files 32 KB each
+    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", collection,
+                  "--index-dir", work / "index", cwd=work, file_limit=16_000)
+    _one_line(result, "cannot write the BM25 index (File too large); free some space")
+    assert sorted(p.name for p in work.iterdir()) == ["collection.tsv"]
