@@ -243,7 +243,7 @@ def test_passage_ids_are_indexed_as_written_and_never_joined_into_one(work, caps
     index = load_index(work / "index")
     assert sorted(index.pid(i) for i in range(len(index))) == ["p  1", "p 1"]  # two ids, not "p 1" twice
     index.close()
-    rows.write_text(_row("what is a", 1, ["first", "second"], ["a\tb", "a b"]))  # once collapsed into "a b" twice
+    rows.write_text(_row("what is a", 1, ["first", "second"], ["a\tb", "a b"]))  # joined words: "a b" twice
     result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows, "--index-dir",
                   work / "index2", cwd=work)
     _one_line(result, "rows.jsonl (line 1): passage 1: the passage id 'a\\tb' holds a tab")
