@@ -21,16 +21,29 @@ def add_source_arguments(parser: Any) -> None:
                             "folder, a datasets.save_to_disk folder, or the official TSVs (a folder, or "
                             "collection/queries/qrels/top1000 files named one by one)")
     group.add_argument("--dataset-config", default="v1.1", choices=HUB_CONFIGS, help="hub config (default v1.1)")
-    group.add_argument("--split", default="train",
-                       help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train)")
+    group.add_argument("--split", default=DefaultSplit("train"),
+                       help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train; a "
+                            "split given must name what is read: see the README's Data sources)")
     group.add_argument("--data-dir", default="data", help="cache folder for the hub and derived files (./data)")
     group.add_argument("--min-relevance", type=relevance_grade, default=1,
                        help="TSV qrels: the lowest grade that counts as relevant (default 1; at least 1, since "
                             "grade 0 and negative grades mean judged not relevant)")
 
 
+class DefaultSplit(str):
+    """``--split``'s default value. argparse keeps a default as it is, so this type tells a split the user left
+    at its default (a folder's one file of each kind then needs no split name) from one typed, which must name
+    what is read."""
+
+
+def split_given(args: Any) -> bool:
+    """Whether the user gave ``--split`` (see ``DefaultSplit``)."""
+    return not isinstance(args.split, DefaultSplit)
+
+
 def source_from_args(args: Any) -> Source:
-    source = open_source(args.dataset_path, args.dataset_config, args.split, args.data_dir, args.min_relevance)
+    source = open_source(args.dataset_path, args.dataset_config, args.split, args.data_dir, args.min_relevance,
+                         split_given=split_given(args))
     info(f"Data source: {source.description}")
     return source
 

@@ -316,7 +316,10 @@ class _PostingSpill:
         self._tfs.close()
 
     def remove(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except OSError:  # a write that failed (a full disk) failed the close too; the files go anyway
+            pass
         self.terms_path.unlink(missing_ok=True)
         self.tfs_path.unlink(missing_ok=True)
 
@@ -417,9 +420,18 @@ def build_streamed(texts: Iterable[str], count: int, settings: BM25Settings, dir
     chunk into a spill of per-passage term counts (pass 1), then the score matrix is written term block
     by term block (pass 2). ``directory`` must be new (an index build's own staging folder); on failure
     it is left for the caller to remove. Returns the ``bm25.json`` record."""
+    directory = Path(directory)
+    try:  # a full disk (or a quota) fails a write anywhere here: one line, and the caller removes the folder
+        return _build_streamed(texts, count, settings, directory, collection, chunk, block)
+    except OSError as error:
+        raise PipelineError(f"cannot write the BM25 index ({error.strerror or error}); free some space or choose "
+                            "another folder, then run again", directory) from error
+
+
+def _build_streamed(texts: Iterable[str], count: int, settings: BM25Settings, directory: Path,
+                    collection: dict[str, Any], chunk: int, block: int) -> dict[str, Any]:
     import bm25s
 
-    directory = Path(directory)
     directory.mkdir(parents=True)
     spill = _PostingSpill(directory, settings.stemmer)
     try:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime
@@ -391,6 +392,16 @@ def export_sentence_transformers(model_path: str | Path, output_dir: str | Path,
         _move_into_place(tmp, written)
     except OSError as error:
         raise PipelineError(f"cannot write the export ({error.strerror or error})", output_dir) from error
+    except Exception as error:
+        # The Rust writers report a failed write (a full disk, a quota) without an OSError: tokenizers as a bare
+        # Exception ("No space left on device (os error 28)"), safetensors as a SafetensorError ("Error while
+        # serializing: I/O error: ... (os error 28)"). Only those become the one-line error; anything else is a
+        # bug and keeps its traceback.
+        failed = re.search(r"\(os error (\d+)\)", str(error))
+        if failed is None:
+            raise
+        raise PipelineError(f"cannot write the export ({os.strerror(int(failed.group(1)))}); free some space or "
+                            "choose another folder, then run again", output_dir) from error
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -60,9 +60,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except RuntimeError as error:
         # torch's zip writer reports a failed write (a full disk, a quota, a lost network share) as a
         # RuntimeError such as "[enforce fail at inline_container.cc:671] . unexpected pos 704 vs 598" or
-        # "PytorchStreamWriter failed writing file data/0: file write failed", with no errno. Only those
+        # "PytorchStreamWriter failed writing file data/0: file write failed", with no errno; a failure while
+        # it ends the file comes from the C++ stream as "basic_ios::clear: iostream error". Only those
         # become the one-line error; any other RuntimeError is a bug and keeps its traceback.
-        if not re.search(r"inline_container|PytorchStreamWriter|file write failed|unexpected pos", str(error)):
+        if not re.search(r"inline_container|PytorchStreamWriter|file write failed|unexpected pos|basic_ios::clear",
+                         str(error)):
             raise
         import shutil  # here, not at the top: this handler is the only user
 

@@ -53,8 +53,15 @@ from .errors import PipelineError, first_line, short
 from .fileio import OutputKind, StagedFolder, atomic_write, content_sample, load_json, save_json
 from .model import TwoTowerModel
 from .report import info, progress
-from .sources import Source, TsvSource, bounded_lines, read_collection
+from .sources import (
+    Source,
+    TsvSource,
+    bad_id,
+    bounded_lines,
+    read_collection,
+)
 from .text import TOKENIZER_VERSION
+from .textfiles import decode_text
 from .vocab import vocabulary_fingerprint
 
 KIND_INDEX = "two-tower-index"
@@ -111,8 +118,12 @@ def write_source_passages(source: Source, path: Path, max_passages: int | None =
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
             passages = source.passages(max_passages)
             for pid, text in progress(passages, desc="Reading passages", unit="passage", mininterval=1.0):
-                # one passage per line: tabs and line breaks inside a text would break the layout
-                handle.write(f"{' '.join(pid.split()) or '-'}\t{' '.join(text.split())}\n")
+                # The sources refuse an id that is empty or holds a tab, a line break or another character
+                # that is not printable, so the id is written as it is: changing it (joining its words) could
+                # turn two ids into one. Tabs and line breaks inside a text are only spaces between words.
+                if not pid or not pid.isprintable():
+                    raise PipelineError(f"{source.description}: {bad_id('passage id', pid)}")
+                handle.write(f"{pid}\t{' '.join(text.split())}\n")
                 count += 1
 
     atomic_write(path, write)
@@ -168,6 +179,7 @@ def _collection_of(source: Source, staging: Path, settings: IndexSettings) -> Pa
 
 
 def _passages_to_index(collection: Path, settings: IndexSettings) -> int:
+    read_collection(collection)  # the reader's checks of the whole file (text, a word) before it is counted
     count = count_passages(collection)
     if settings.max_passages is not None:
         count = min(count, settings.max_passages)
@@ -923,12 +935,12 @@ class PassageIndex:
 
     def _text_of(self, position: int, line: bytes) -> str:
         pid, _, text = line.rstrip(b"\r\n").partition(b"\t")
-        found, expected = pid.decode("utf-8", "replace"), self.pid(position)
+        found, expected = decode_text(pid), self.pid(position)
         if found != expected:
             raise PipelineError(f"the line at row {position}'s offset holds passage {short(found, 40)!r}, not "
                                 f"{short(expected, 40)!r}: the collection or the index's offsets were changed in "
                                 "place; rebuild the index", self.collection)
-        return text.decode("utf-8", "replace")
+        return decode_text(text)  # as the reader read it when the index was built
 
     def texts(self) -> Sequence[str]:
         """All texts in row order, read lazily from the collection (for BM25 over the same passages)."""

@@ -169,7 +169,7 @@ def test_evaluation_refuses_bad_thresholds_baselines_ids_and_earlier_results(ind
                          ("99999999999", "must be at most 2,147,483,647")):  # 0 and huge were tracebacks, -3 taken
         assert_usage_error(cli(capsys, EVALUATE, *files, "--relevance-threshold", value), words)
     status, out, err = cli(capsys, EVALUATE, *files, "--baseline", "nosuch", "--output-dir", work / "a")
-    assert status == 2 and err.strip().endswith("--baseline nosuch is not one of the systems (bm25, first-stage)")
+    assert status == 2 and err.strip().endswith("--baseline nosuch is not one of the systems (bm25)")
     assert "over" not in out + err  # before any system ran
     # a passage id with a space: refused before the work, not a broken run file after it
     spaced = work / "collection.tsv"

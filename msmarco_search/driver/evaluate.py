@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.arguments import (
+    DefaultSplit,
     add_source_arguments,
     non_negative_int,
     positive_int,
@@ -67,6 +68,7 @@ from msmarco_search.vocab import vocabulary_fingerprint
 DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
 
 SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid", "two-tower-prf", "hybrid-prf")
+TASKS = ("rerank", "full")
 # what each system needs beside it: the -prf rows move the two-tower's query by a first ranking (its own, or
 # the hybrids')
 NEEDS = {"hybrid": ("two-tower", "bm25"), "two-tower-prf": ("two-tower",), "hybrid-prf": ("hybrid",)}
@@ -123,18 +125,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_baseline(args: argparse.Namespace, systems: list[Retriever]) -> None:
-    """``--baseline`` names one of the rows: checked before the systems run, not after (it was a one-line error
-    only once every system had ranked every query)."""
-    names = [s.name for s in systems] + [FIRST_STAGE]  # re-ranking's row (a full-ranking task checks it again)
-    if args.baseline is not None and args.baseline not in names:
-        raise PipelineError(f"--baseline {args.baseline} is not one of the systems ({', '.join(names)})")
+    """``--baseline`` names one of the rows of every task: checked before the systems run, not after. The
+    candidates' own row (``first-stage``) exists in re-ranking only."""
+    if args.baseline is None:
+        return
+    names = [s.name for s in systems]
+    kinds = task_kinds(args)
+    if args.baseline == FIRST_STAGE and "rerank" in kinds:
+        if "full" in kinds:
+            raise PipelineError(f"--baseline {FIRST_STAGE} is a row of the re-ranking task only, and the full-ranking "
+                                "task has none: add --tasks rerank, or choose one of the systems "
+                                f"({', '.join(names)})")
+        return
+    if args.baseline not in names:
+        rows = names + ([FIRST_STAGE] if kinds == ["rerank"] else [])
+        raise PipelineError(f"--baseline {args.baseline} is not one of the systems ({', '.join(rows)})")
+
+
+def task_kinds(args: argparse.Namespace) -> list[str]:
+    """What the tasks of this run do: ``rerank`` and/or ``full`` (official files: re-ranking with --candidates)."""
+    if any(x is not None for x in (args.collection, args.queries, args.qrels, args.candidates)):
+        return ["rerank" if args.candidates is not None else "full"]
+    return _split(args.tasks, TASKS, "--tasks")
 
 
 def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
     """Evaluation reads the hub's validation split, not train; and its two relevance flags say which is which."""
     for action in parser._actions:  # the shared source flags, with evaluation's own default and wording
         if action.dest == "split":
-            action.default = "validation"
+            action.default = DefaultSplit("validation")
             action.help = "split: hub/datasets split, or the <split> in queries.<split>.tsv (default validation)"
         elif action.dest == "min_relevance":
             action.help = ("--dataset-path TSV sources only: the lowest qrels grade that makes a passage one of "
@@ -143,10 +162,13 @@ def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _split(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
+    """The names of a comma list, each once; an unknown name, or a list that names nothing, is an error."""
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     unknown = [v for v in values if v not in allowed]
     if unknown:
         raise PipelineError(f"{flag}: unknown value(s) {', '.join(unknown)} (use {', '.join(allowed)})")
+    if not values:
+        raise PipelineError(f"{flag} {text!r} names nothing (use {', '.join(allowed)})")
     return values
 
 
@@ -285,7 +307,7 @@ def make_tasks(args: argparse.Namespace):
         return [task], {"format": "official", "collection": str(args.collection), "queries": str(args.queries),
                         "qrels": str(args.qrels),
                         "candidates": None if args.candidates is None else str(args.candidates)}
-    wanted = _split(args.tasks, ("rerank", "full"), "--tasks")
+    wanted = _split(args.tasks, TASKS, "--tasks")
     source = source_from_args(args)
     tasks = rows_tasks(source.records(args.max_queries), full="full" in wanted, rerank="rerank" in wanted)
     return tasks, {"format": "rows", "source": source.description, "split": args.split}

@@ -55,6 +55,7 @@ from ..arguments import (
     positive_int,
     seed_int,
     source_from_args,
+    split_given,
     thread_count,
 )
 from ..errors import PipelineError, run_cli
@@ -104,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(e.g. ../shared/data/msmarco-trec-dl-2019); its passages also feed CBOW and the "
                              "pseudo-queries, its queries and judgments never do")
     parser.add_argument("--evaluate-split", default=None,
-                        help="which queries.<split>/qrels.<split> of --evaluate-on (default: the shortest name)")
+                        help="which queries.<split>/qrels.<split> of --evaluate-on (default: its one file of each "
+                             "kind; the README's Data sources has the rule)")
     parser.add_argument("--extra-text", nargs="+", type=Path, default=[], metavar="FILE",
                         help="more text for CBOW only: TSVs of id<TAB>text (collections, query files)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("checkpoints"),
@@ -230,7 +232,9 @@ class Workflow:
 
     def source_flags(self) -> list[str]:
         args = self.args
-        flags = ["--data-dir", args.data_dir, "--split", args.split, "--dataset-config", args.dataset_config]
+        flags = ["--data-dir", args.data_dir, "--dataset-config", args.dataset_config]
+        if split_given(args):  # a default split stays a default in the stages (a folder's files then need none)
+            flags += ["--split", args.split]
         if args.dataset_path:
             flags = ["--dataset-path", *args.dataset_path, *flags]
         return flags
@@ -239,7 +243,7 @@ class Workflow:
 def evaluation_files(args: argparse.Namespace) -> TsvFiles | None:
     if not args.evaluate_on:
         return None
-    files = tsv_files_from(list(args.evaluate_on), args.evaluate_split)
+    files = tsv_files_from(list(args.evaluate_on), args.evaluate_split, flag="--evaluate-split")
     if files.collection is None or files.queries is None or files.qrels is None:
         raise PipelineError("--evaluate-on needs a collection, a queries file and a qrels file",
                             args.evaluate_on[0])

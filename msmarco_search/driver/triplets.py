@@ -29,7 +29,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..arguments import add_source_arguments, fraction, ict_per_passage, positive_int, seed_int, source_from_args
+from ..arguments import (
+    add_source_arguments,
+    fraction,
+    ict_per_passage,
+    positive_int,
+    seed_int,
+    source_from_args,
+    split_given,
+)
 from ..errors import PipelineError, run_cli
 from ..fileio import (
     check_output,
@@ -184,7 +192,7 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
                                                                  f".{args.format}")
     try:
         metadata = {
-            "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
+            "mode": args.mode, "source": description, "source_identity": identity, "split": str(args.split),
             "dataset_config": args.dataset_config if not args.dataset_path else None,
             "negative_strategy": negative_strategy(args),
             "seed": args.seed, "max_samples": args.max_samples, "format": args.format,
@@ -268,7 +276,8 @@ def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Tripl
 
 def passage_sources(args: argparse.Namespace) -> list[Source]:
     """Every source named, each --dataset-path on its own (or the hub)."""
-    sources = ([open_source([path], args.dataset_config, args.split, args.data_dir, args.min_relevance)
+    sources = ([open_source([path], args.dataset_config, args.split, args.data_dir, args.min_relevance,
+                            split_given=split_given(args))
                 for path in args.dataset_path] if args.dataset_path else [source_from_args(args)])
     for source in sources:
         info(f"Passages from: {source.description}")
@@ -386,9 +395,10 @@ def mined_negatives(args: argparse.Namespace, triplets: Triplets, passages: Iter
 
 
 def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The arguments as JSON values (paths as text)."""
+    """The arguments as JSON values (paths as text; ``--split``'s default, a ``str`` subclass, as plain text: the
+    triplets pickle holds plain data only)."""
     return {key: [str(p) if isinstance(p, Path) else p for p in value] if isinstance(value, list)
-            else str(value) if isinstance(value, Path) else value for key, value in arguments.items()}
+            else str(value) if isinstance(value, (Path, str)) else value for key, value in arguments.items()}
 
 
 __all__ = ["main", "parse_args", "run"]
