@@ -39,7 +39,7 @@ from torch import nn
 from msmarco_search.batches import TokenBatch, TripletArrays, tokenise_triplets
 from msmarco_search.cbow import load_embeddings, save_embeddings
 from msmarco_search.fileio import file_identity
-from msmarco_search.losses import InBatchSoftmaxLoss
+from msmarco_search.losses import InBatchDistillationLoss, InBatchSoftmaxLoss
 from msmarco_search.metrics import score_run_per_query
 from msmarco_search.model import MeanPoolTower, TwoTowerModel, average_two_towers, build_model, save_two_tower
 from msmarco_search.retrieval import (
@@ -49,15 +49,18 @@ from msmarco_search.retrieval import (
     HybridRetriever,
     ModelRetriever,
     PassagePool,
+    TeacherRetriever,
     TwoTowerRetriever,
 )
 from msmarco_search.sources import iter_tsv_lines, read_qrels
+from msmarco_search.teacher import TeacherCache, label_triplets, load_teacher
 from msmarco_search.text import tokenize
 from msmarco_search.train import Trainer, TrainSettings
 from msmarco_search.triplets import Triplets, keyword_query, load_triplets, word_idf
 from msmarco_search.vocab import PAD_ID, Vocabulary
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEACHER = DATA.parent / "models" / "all-MiniLM-L6-v2"
 SEEDS = (42, 1, 2)
 SYSTEMS = ("two-tower", "two-tower-prf")
 MEASURES = ("nDCG@10", "R@100")  # msmarco_search.metrics names: relevant at grade 2, as in the evaluation
@@ -273,7 +276,7 @@ class Lever:
     tower: type[ResidualMlpTower | MeanMaxTower] | None = None
     data: Callable[[TripletArrays, int, Split, Vocabulary], object] | None = None
     trainer: type[Trainer] = Trainer
-    loss: type[InBatchSoftmaxLoss] = InBatchSoftmaxLoss
+    loss: Callable[[float], nn.Module] = InBatchSoftmaxLoss
     settings: dict = field(default_factory=dict)
     schedule: bool = False  # linear warm-up over the first tenth, then linear decay to 0
 
@@ -344,6 +347,8 @@ def evaluated_only(split: Split, name: str, seed: int) -> DenseRetriever:
 
     if name == "smoothed-passages":
         return Smoothed(load_model(split.out / f"control-s{seed}.pt"))
+    if name == "teacher":
+        return TeacherRetriever(teacher_cache(split))
     return Concatenated([load_model(split.out / f"{member}-s{seed}.pt") for member in ENSEMBLE])
 
 
@@ -556,6 +561,21 @@ def distillation(on: str) -> Callable[[TripletArrays, int, Split, Vocabulary], D
     return make
 
 
+def teacher_cache(split: Split) -> TeacherCache:
+    return TeacherCache(load_teacher(TEACHER), split.work / "data")
+
+
+def with_teacher(arrays: TripletArrays, seed: int, split: Split, vocab: Vocabulary) -> TripletArrays:
+    """The recipe's token arrays with the teacher's vectors of the same triplets (every pool passage whole)."""
+    passages = {pid: text for path in pools() for pid, text in read_tsv(path)}
+    arrays.teacher = label_triplets(load_triplets(split.triplets), passages, teacher_cache(split))
+    return arrays
+
+
+def distilled(teacher_scale: float = 20.0, weight: float = 1.0) -> Callable[[float], InBatchDistillationLoss]:
+    return lambda scale: InBatchDistillationLoss(scale, teacher_scale, weight)
+
+
 LEVERS: dict[str, Lever | None] = {
     "control": Lever("the recipe, as it trains here"),
     "lexical-columns": Lever("256 random columns beside each word's vector", embeddings=lexical_embeddings),
@@ -586,12 +606,19 @@ LEVERS: dict[str, Lever | None] = {
     "linear-schedule-16-cuts": Lever("the same, 16 pseudo-queries a passage", schedule=True,
                                      triplets=cli_triplets("cuts-16", ["--min-relevance", "2"],
                                                            ["--ict-per-passage", "16"])),
+    "teacher-kl": Lever("in-batch KL to the teacher (scale 20, weight 1)", data=with_teacher, loss=distilled()),
+    "teacher-kl-w0.5": Lever("in-batch KL to the teacher, weight 0.5", data=with_teacher, loss=distilled(20, 0.5)),
+    "teacher-kl-w2": Lever("in-batch KL to the teacher, weight 2", data=with_teacher, loss=distilled(20, 2)),
+    "teacher-kl-t10": Lever("in-batch KL to the teacher, teacher scale 10", data=with_teacher, loss=distilled(10)),
+    "teacher-kl-t40": Lever("in-batch KL to the teacher, teacher scale 40", data=with_teacher, loss=distilled(40)),
     # evaluation only: the models above, ranked another way
     "smoothed-passages": None,
+    "teacher": None,
     "ensemble-3-cbow": None,
 }
 ENSEMBLE = ("control", "cbow-40-epochs", "cbow-seed-7")
-ABOUT = {"smoothed-passages": "the control's passage vectors moved toward their 3 nearest passages (0.5)",
+ABOUT = {"teacher": "the teacher itself (all-MiniLM-L6-v2), the ceiling",
+         "smoothed-passages": "the control's passage vectors moved toward their 3 nearest passages (0.5)",
          "ensemble-3-cbow": "control + cbow-40-epochs + cbow-seed-7 side by side, seed by seed"}
 
 
