@@ -419,6 +419,22 @@ def faiss_recall(index: PassageIndex, model: Any, queries: Sequence[str] | None 
             **{key: value for key, value in options.items()}}
 
 
+class TeacherRetriever(DenseRetriever):
+    """A teacher's vectors (``teacher.TeacherCache``: encoded once, then read from the cache): the reference row
+    of evaluation, the ceiling a static two-tower learns toward. Never an index's: search stays static."""
+
+    def __init__(self, cache: Any, name: str = "teacher"):
+        super().__init__(name)
+        self.cache = cache
+        self.description = f"teacher {cache.teacher.name}, exact inner product"
+
+    def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
+        return torch.from_numpy(self.cache.vectors(list(texts), desc=f"Teacher: {side}s"))
+
+    def settings(self) -> dict[str, Any]:
+        return {"teacher": self.cache.teacher.name, "identity": self.cache.teacher.identity}
+
+
 class CbowRetriever(DenseRetriever):
     """Zero-shot CBOW: the (IDF-weighted) mean of a text's word vectors; unknown words are left out.
 

@@ -343,6 +343,7 @@ class Trainer:
         when the tables stay in autograd). A subclass that trains with another objective overrides this alone
         (``benchmarks/levers_dl21.py`` adds a distillation term), and the loop around it stays the same."""
         queries, positives, negatives = (part.to(self.device) for part in batch[:3])
+        teacher = tuple(part.to(self.device) for part in batch[3]) if len(batch) > 3 else None
         gathered: list[GatheredRows] = []
         with self.autocast:
             if self.row_updates:
@@ -353,7 +354,11 @@ class Trainer:
             if self.context.enabled:
                 offset = self.context.rank * len(q)
                 p, n = gather_with_gradients(p), None if n is None else gather_with_gradients(n)
-            loss = self.loss_fn(q, p, n, label_offset=offset)
+                if teacher is not None:  # the teacher's candidates, gathered like the student's
+                    teacher = (teacher[0], gather_with_gradients(teacher[1]), gather_with_gradients(teacher[2]))
+            # the data carries a teacher's vectors only when its loss distils them (train_two_tower_from_triplets)
+            extra = {} if teacher is None else {"teacher": teacher}
+            loss = self.loss_fn(q, p, n, label_offset=offset, **extra)
         return loss, gathered
 
     def _check_finite(self, loss: torch.Tensor) -> None:
