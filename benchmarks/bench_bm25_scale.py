@@ -14,9 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
-from msmarco_search.bm25 import BM25Index, BM25Settings, build_streamed
-from msmarco_search.index import collection_identity, count_passages, iter_collection
-from msmarco_search.sources import read_queries
+from msmarco_search.index.bm25 import BM25Index, BM25Settings
+from msmarco_search.index.bm25_build import build_streamed
+from msmarco_search.index.collection import count_passages, iter_collection
+from msmarco_search.index.load import collection_identity
+from msmarco_search.io.msmarco_files import read_queries
 
 
 def main() -> None:

@@ -19,24 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msmarco_search.arguments import positive_int
-from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.fileio import atomic_write
-from msmarco_search.index import (
-    FAISS_FILE,
-    IndexSettings,
-    build_faiss_index,
-    build_index,
-    count_passages,
-    import_faiss,
-    iter_collection,
-    load_index,
-)
-from msmarco_search.model import load_model
-from msmarco_search.report import info
-from msmarco_search.resources import check_disk
-from msmarco_search.retrieval import exact_search
-from msmarco_search.sources import open_source, read_queries
+from msmarco_search.cli.arguments import positive_int
+from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.report import info
+from msmarco_search.core.resources import check_disk
+from msmarco_search.data.sources import open_source
+from msmarco_search.index.build import build_index
+from msmarco_search.index.collection import count_passages, iter_collection
+from msmarco_search.index.faiss import build_faiss_index, import_faiss
+from msmarco_search.index.layout import FAISS_FILE, IndexSettings
+from msmarco_search.index.load import load_index
+from msmarco_search.io.atomic import atomic_write
+from msmarco_search.io.msmarco_files import read_queries
+from msmarco_search.search.dense import exact_search
+from msmarco_search.training.model_file import load_model
 
 
 def grow_collection(source: Path, target: Path, passages: int) -> None:

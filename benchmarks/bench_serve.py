@@ -27,11 +27,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from msmarco_search.arguments import non_negative_int, positive_int, whole_number
-from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.report import info
-from msmarco_search.search import SYSTEMS
-from msmarco_search.sources import read_queries
+from msmarco_search.cli.arguments import non_negative_int, positive_int, whole_number
+from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.report import info
+from msmarco_search.io.msmarco_files import read_queries
+from msmarco_search.search.session import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 _failures: list[Exception] = []

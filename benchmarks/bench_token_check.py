@@ -38,7 +38,7 @@ def _peak_mib() -> float:
 
 
 def _load(directory: str, method: str) -> None:
-    from msmarco_search.arrays import TokenArrays
+    from msmarco_search.io.arrays import TokenArrays
 
     before, start = _peak_mib(), time.perf_counter()
     if method == "chunked":
@@ -61,9 +61,9 @@ def main() -> None:
     if args.load:
         _load(args.dir, args.load)
         return
-    from msmarco_search.arrays import TokenArrays, TokenArrayWriter
-    from msmarco_search.errors import PipelineError
-    from msmarco_search.resources import check_disk
+    from msmarco_search.core.errors import PipelineError
+    from msmarco_search.core.resources import check_disk
+    from msmarco_search.io.arrays import TokenArrays, TokenArrayWriter
 
     try:  # 4 bytes an id and 8 an offset every 60 ids: refused before the first chunk, not at a full disk
         check_disk(args.tokens * (4 + 8 / 60), args.dir, f"{args.tokens:,} token ids", "lower --tokens or pass "

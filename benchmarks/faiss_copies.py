@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from msmarco_search.arguments import positive_int
-from msmarco_search.errors import run_cli
-from msmarco_search.index import import_faiss, load_index, vector_rows
-from msmarco_search.model import load_model
-from msmarco_search.sources import read_queries
+from msmarco_search.cli.arguments import positive_int
+from msmarco_search.core.errors import run_cli
+from msmarco_search.index.faiss import import_faiss
+from msmarco_search.index.load import load_index
+from msmarco_search.index.vectors import vector_rows
+from msmarco_search.io.msmarco_files import read_queries
+from msmarco_search.training.model_file import load_model
 
 
 def main(argv: list[str] | None = None) -> int:

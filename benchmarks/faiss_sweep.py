@@ -1,5 +1,5 @@
 """The recall / speed trade-off of a saved index's faiss search: recall@10 against exact search and queries/s
-for each --nprobe x --refine (IVF, IVF-PQ) or --ef-search (HNSW), through ``retrieval.faiss_recall`` (what
+for each --nprobe x --refine (IVF, IVF-PQ) or --ef-search (HNSW), through ``dense.faiss_recall`` (what
 ``search.py index`` and ``search.py faiss`` print for their own settings at build time); exact search runs once.
 
     uv run benchmarks/faiss_sweep.py MODEL INDEX_DIR --queries FILE [--nprobe 16,32,64] [--refine 10,20]
@@ -11,12 +11,12 @@ import argparse
 import time
 from pathlib import Path
 
-from msmarco_search.arguments import positive_int
-from msmarco_search.errors import run_cli
-from msmarco_search.index import load_index
-from msmarco_search.model import load_model
-from msmarco_search.retrieval import DEFAULT_REFINE, exact_kth_scores, faiss_recall, sampled_queries
-from msmarco_search.sources import read_queries
+from msmarco_search.cli.arguments import positive_int
+from msmarco_search.core.errors import run_cli
+from msmarco_search.index.load import load_index
+from msmarco_search.io.msmarco_files import read_queries
+from msmarco_search.search.dense import DEFAULT_REFINE, exact_kth_scores, faiss_recall, sampled_queries
+from msmarco_search.training.model_file import load_model
 
 
 def numbers(text: str) -> list[int]:

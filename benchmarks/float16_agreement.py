@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from msmarco_search.arguments import positive_int
-from msmarco_search.index import iter_collection
-from msmarco_search.model import load_model
-from msmarco_search.retrieval import exact_search
-from msmarco_search.sources import read_queries
+from msmarco_search.cli.arguments import positive_int
+from msmarco_search.index.collection import iter_collection
+from msmarco_search.io.msmarco_files import read_queries
+from msmarco_search.search.dense import exact_search
+from msmarco_search.training.model_file import load_model
 
 
 def main() -> None:

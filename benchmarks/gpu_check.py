@@ -7,7 +7,7 @@ collection of the TSV's passages. The figures are speed only (the vectors are ra
 
 Rows: training triplets/s (``train_throughput.py``, bf16 autocast on CUDA, batch 1,024 and 8,192); indexing
 (``search/search.py index``, end to end, and the passage tower alone on tokenised passages); exact search
-(``retrieval.exact_search`` over the encoded passages, on the device); ``torchrun`` of the training script
+(``dense.exact_search`` over the encoded passages, on the device); ``torchrun`` of the training script
 on every GPU present (NCCL; gloo with 2 processes on the CPU). ``--cpu-smoke``: the same on the CPU at small
 sizes, to prove the script end to end where no GPU is lent.
 """
@@ -48,11 +48,12 @@ def make_inputs(work: Path, sizes: dict) -> dict:
     """The triples TSV, the random vectors over its words, an untrained model, a collection of its passages."""
     import torch
 
-    from msmarco_search.cbow import save_embeddings
-    from msmarco_search.model import TwoTowerConfig, TwoTowerModel, save_two_tower
-    from msmarco_search.streaming import read_tsv_chunks
-    from msmarco_search.text import tokenize
-    from msmarco_search.vocab import Vocabulary
+    from msmarco_search.core.text import tokenize
+    from msmarco_search.data.tokens import read_tsv_chunks
+    from msmarco_search.data.vocab import Vocabulary
+    from msmarco_search.embeddings.cbow import save_embeddings
+    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.model_file import save_two_tower
 
     triples = work / "triples.tsv"
     if not triples.is_file():
@@ -105,10 +106,9 @@ def check_encoding(inputs: dict, device: str, queries: int) -> tuple[str, str, s
     import numpy as np
     import torch
 
-    from msmarco_search.batches import TokenBatch
-    from msmarco_search.model import load_model
-    from msmarco_search.retrieval import exact_search
-    from msmarco_search.streaming import read_tsv_chunks
+    from msmarco_search.data.tokens import TokenBatch, read_tsv_chunks
+    from msmarco_search.search.dense import exact_search
+    from msmarco_search.training.model_file import load_model
 
     model = load_model(inputs["model"], device)
     texts = [text for chunk in read_tsv_chunks(inputs["collection"], 2) for text in chunk[1]]

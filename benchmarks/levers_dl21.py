@@ -36,35 +36,33 @@ import torch.nn.functional as F
 from scipy.stats import ttest_rel
 from torch import nn
 
-from msmarco_search.batches import TokenBatch, TripletArrays, tokenise_triplets
-from msmarco_search.cbow import load_embeddings, save_embeddings
-from msmarco_search.fileio import file_identity
-from msmarco_search.losses import InBatchDistillationLoss, InBatchSoftmaxLoss
-from msmarco_search.metrics import score_run_per_query
-from msmarco_search.mining import mine_negatives, teacher_label_triplets
-from msmarco_search.model import MeanPoolTower, TwoTowerModel, average_two_towers, build_model, save_two_tower
-from msmarco_search.retrieval import (
-    BM25Retriever,
-    DenseRetriever,
-    FeedbackRetriever,
-    HybridRetriever,
-    ModelRetriever,
-    PassagePool,
-    TeacherRetriever,
-    TwoTowerRetriever,
-)
-from msmarco_search.sources import iter_tsv_lines, read_qrels
-from msmarco_search.teacher import TeacherCache, label_triplets, load_teacher
-from msmarco_search.text import tokenize
-from msmarco_search.train import Trainer, TrainSettings
-from msmarco_search.triplets import Triplets, keyword_query, load_triplets, save_triplets, word_idf
-from msmarco_search.vocab import PAD_ID, Vocabulary
+from msmarco_search.core.text import tokenize
+from msmarco_search.data.generation import keyword_query, word_idf
+from msmarco_search.data.tokens import TokenBatch, TripletArrays, tokenise_triplets
+from msmarco_search.data.triplets import Triplets, load_triplets, save_triplets
+from msmarco_search.data.vocab import PAD_ID, Vocabulary
+from msmarco_search.embeddings.cbow import load_embeddings, save_embeddings
+from msmarco_search.evaluation.metrics import score_run_per_query
+from msmarco_search.io.atomic import file_identity
+from msmarco_search.io.msmarco_files import iter_tsv_lines, read_qrels
+from msmarco_search.labels.mining import mine_negatives, teacher_label_triplets
+from msmarco_search.labels.teacher_labels import label_triplets
+from msmarco_search.search.dense import DenseRetriever, ModelRetriever, TeacherRetriever, TwoTowerRetriever
+from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
+from msmarco_search.search.retrieval import BM25Retriever, PassagePool
+from msmarco_search.teacher.cache import TeacherCache
+from msmarco_search.teacher.model import load_teacher
+from msmarco_search.training.losses import InBatchDistillationLoss, InBatchSoftmaxLoss
+from msmarco_search.training.model import MeanPoolTower, TwoTowerModel, build_model
+from msmarco_search.training.model_file import average_two_towers, save_two_tower
+from msmarco_search.training.state import TrainSettings
+from msmarco_search.training.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEACHER = DATA.parent / "models" / "all-MiniLM-L6-v2"
 SEEDS = (42, 1, 2)
 SYSTEMS = ("two-tower", "two-tower-prf")
-MEASURES = ("nDCG@10", "R@100")  # msmarco_search.metrics names: relevant at grade 2, as in the evaluation
+MEASURES = ("nDCG@10", "R@100")  # msmarco_search.evaluation.metrics names: relevant at grade 2, as in the evaluation
 SETTINGS = {"batch_size": 1024, "learning_rate": 1e-4, "embedding_learning_rate": 1e-2, "log_every": 1000}
 
 
@@ -348,7 +346,7 @@ class Smoothed(ModelRetriever):
 
 def evaluated_only(split: Split, name: str, seed: int) -> DenseRetriever:
     """The evaluation-only levers: the control's models (and other levers' saved ones) ranked another way."""
-    from msmarco_search.model import load_model
+    from msmarco_search.training.model_file import load_model
 
     if name == "smoothed-passages":
         return Smoothed(load_model(split.out / f"control-s{seed}.pt"))
@@ -448,7 +446,7 @@ def fasttext_embeddings(split: Split) -> Path:
     if not path.exists():
         from gensim.models import FastText
 
-        from msmarco_search.cbow import embeddings_from_gensim
+        from msmarco_search.embeddings.cbow import embeddings_from_gensim
 
         corpus = str(next((split.work / "data").glob("cbow_corpus_*.txt")))
         model = FastText(sg=0, vector_size=300, window=20, min_count=3, workers=2, epochs=20, bucket=500_000,
@@ -496,7 +494,7 @@ def keyword_triplets(split: Split) -> Path:
     """Half the inverse-cloze queries replaced by 3-6 of their own words drawn by IDF; positives unchanged."""
     path = split.out / "keywords.pkl"
     if not path.exists():
-        from msmarco_search.triplets import save_triplets
+        from msmarco_search.data.triplets import save_triplets
 
         triplets = load_triplets(split.triplets)
         idf = word_idf(list(dict.fromkeys(triplets.positives)))

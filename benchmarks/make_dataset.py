@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.fileio import OutputKind, atomic_write, claim_output, release
+from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.io.atomic import atomic_write
+from msmarco_search.io.outputs import OutputKind, claim_output, release
 
 ROOT = Path(__file__).resolve().parents[1]
 # a made-up dataset looks like real data (rows .jsonl, triples TSV), so it replaces nothing that is there
@@ -107,7 +108,7 @@ def rows(text: RealText | SyntheticText, size: int, per_query: int, rng: np.rand
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msmarco_search.arguments import positive_int, seed_int
+    from msmarco_search.cli.arguments import positive_int, seed_int
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=positive_int, default=50_000,

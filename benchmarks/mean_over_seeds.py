@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from msmarco_search.metrics import paired_tests, seed_groups, seed_mean_per_query
+from msmarco_search.evaluation.metrics import paired_tests, seed_groups, seed_mean_per_query
 
 
 def main(argv: list[str] | None = None) -> int:

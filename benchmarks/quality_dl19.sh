@@ -337,7 +337,7 @@ if want fusion; then
 fi
 
 if want feedback; then
-  # The -prf systems' feedback depth and weight (msmarco_search.retrieval.FeedbackRetriever), chosen on the DL 2021
+  # The -prf systems' feedback depth and weight (msmarco_search.search.hybrid.FeedbackRetriever), chosen on the DL 2021
   # split with the levers step's recipe seeds (SWEEP_BASE: another row's models); DL 2019 is not looked at here.
   # The choice: the best mean of the two-tower-prf and hybrid-linear-prf nDCG@10 means over the seeds.
   [[ -d $split/dev ]] || split_dl21

@@ -90,7 +90,7 @@ def stage_cbow_iterator(corpus: Path, epochs: int) -> None:
     """gensim fed by a Python iterator of token lists (what most pipelines do), same settings as the project."""
     from gensim.models import Word2Vec
 
-    from msmarco_search.cbow import CbowSettings
+    from msmarco_search.embeddings.cbow import CbowSettings
 
     class Sentences:
         def __iter__(self):
@@ -112,8 +112,8 @@ def stage_index(model_path: Path, rows: Path, passages: int, queries: int) -> No
     import numpy as np
     import torch
 
-    from msmarco_search.batches import TokenBatch
-    from msmarco_search.model import load_model
+    from msmarco_search.data.tokens import TokenBatch
+    from msmarco_search.training.model_file import load_model
 
     torch.set_num_threads(1)
     model = load_model(model_path)
@@ -183,12 +183,12 @@ def stage_profile(work: Path, steps: int) -> None:
     import torch
     from torch.profiler import profile
 
-    from msmarco_search.batches import tokenise_triplets
-    from msmarco_search.cbow import load_embeddings
-    from msmarco_search.losses import InBatchSoftmaxLoss
-    from msmarco_search.model import TwoTowerConfig, TwoTowerModel
-    from msmarco_search.train import epoch_order
-    from msmarco_search.triplets import load_triplets
+    from msmarco_search.data.tokens import tokenise_triplets
+    from msmarco_search.data.triplets import load_triplets
+    from msmarco_search.embeddings.cbow import load_embeddings
+    from msmarco_search.training.losses import InBatchSoftmaxLoss
+    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.trainer import epoch_order
 
     torch.set_num_threads(1)
     triplets_file = next((work / "data").glob("msmarco_triplets_*.pkl"))
@@ -412,7 +412,7 @@ def write_doc(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msmarco_search.arguments import epoch_count, non_negative_int, positive_int
+    from msmarco_search.cli.arguments import epoch_count, non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=positive_int, default=50_000, help="queries in the data set (50000)")

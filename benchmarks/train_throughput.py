@@ -8,7 +8,7 @@ its median (batch / median step time), and the ratios.
 Systems:
 
 - ``trainable``: the project's mean towers (separate query and passage towers, word weights, linear heads),
-  trainable word vectors, the in-batch softmax with the explicit negatives: ``train.Trainer.step``.
+  trainable word vectors, the in-batch softmax with the explicit negatives: ``trainer.Trainer.step``.
 - ``frozen``: the same with the word vectors frozen (``--freeze-embeddings``; the word weights still learn).
 - ``autograd``: ``trainable`` with the word tables' lookups in autograd (sparse gradients + ``RowAdam.step``),
   the path DDP takes (``TrainSettings(row_updates=False)``).
@@ -43,9 +43,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from msmarco_search.arguments import batch_rows, dimension, positive_int, thread_count
-from msmarco_search.errors import run_cli
-from msmarco_search.fileio import OutputKind, claim_output, recognise_json, release, save_json
+from msmarco_search.cli.arguments import batch_rows, dimension, positive_int, thread_count
+from msmarco_search.core.errors import run_cli
+from msmarco_search.io.atomic import save_json
+from msmarco_search.io.outputs import OutputKind, claim_output, release
+from msmarco_search.io.safe_load import recognise_json
 
 ROOT = Path(__file__).resolve().parents[1]
 THROUGHPUT_OUTPUT = OutputKind("throughput record", recognise_json("median_triplets_per_second"))
@@ -59,8 +61,8 @@ LABELS = {"trainable": "project, trainable word vectors (row updates)",
 
 def _texts(path: Path, count: int):
     """The first ``count`` triplets of a .pkl (generate_triplets.py) or a triples TSV, as texts."""
-    from msmarco_search.streaming import triples_tsv_head
-    from msmarco_search.triplets import load_triplets
+    from msmarco_search.data.tokens import triples_tsv_head
+    from msmarco_search.data.triplets import load_triplets
 
     if path.suffix == ".pkl":
         triplets = load_triplets(path)
@@ -72,9 +74,9 @@ def _texts(path: Path, count: int):
 def _vectors(args: argparse.Namespace, texts):
     import torch
 
-    from msmarco_search.cbow import load_embeddings
-    from msmarco_search.text import tokenize
-    from msmarco_search.vocab import Vocabulary
+    from msmarco_search.core.text import tokenize
+    from msmarco_search.data.vocab import Vocabulary
+    from msmarco_search.embeddings.cbow import load_embeddings
 
     if args.embeddings:
         matrix, vocab, _ = load_embeddings(args.embeddings)
@@ -130,9 +132,9 @@ def _sentence_transformers(args: argparse.Namespace, texts, matrix, words: list[
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from msmarco_search.export import static_embedding
-    from msmarco_search.model import TwoTowerConfig, TwoTowerModel
-    from msmarco_search.vocab import Vocabulary
+    from msmarco_search.data.vocab import Vocabulary
+    from msmarco_search.training.export import static_embedding
+    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
 
     vocab = Vocabulary(words)
     tower = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1], token_weights=False),

@@ -13,7 +13,7 @@ __all__ = ["load_model"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing a light module (errors, text) does not import torch.
     if name == "load_model":
-        from .model import load_model
+        from msmarco_search.training.model_file import load_model
 
         return load_model
     raise AttributeError(f"module 'msmarco_search' has no attribute {name!r}")

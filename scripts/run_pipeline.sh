@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: CBOW vectors, triplets, the two-tower models of 3 seeds and their average, the index of the
-# evaluation collection, and the scoreboard against BM25 (msmarco_search/driver/pipeline.py; --help lists the
+# evaluation collection, and the scoreboard against BM25 (msmarco_search/cli/pipeline.py; --help lists the
 # flags).
 #
 #   scripts/run_pipeline.sh [SAMPLE_SIZE] [--dataset-path PATH... --split SPLIT] [--evaluate-on PATH...] [...]
@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -n ${PYTHON:-} ]]; then
-  exec "$PYTHON" -m msmarco_search.driver.pipeline "$@"
+  exec "$PYTHON" -m msmarco_search.cli.pipeline "$@"
 fi
-exec uv run python -m msmarco_search.driver.pipeline "$@"
+exec uv run python -m msmarco_search.cli.pipeline "$@"

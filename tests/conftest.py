@@ -124,10 +124,10 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
 
 @contextmanager
 def claim_held_by_another_process(path: Path) -> Iterator[subprocess.Popen]:
-    """A second process that holds ``fileio.claim(path)``, as a run writing ``path`` does; SIGKILLed on exit
+    """A second process that holds ``outputs.claim(path)``, as a run writing ``path`` does; SIGKILLed on exit
     (its marker stays behind, its lock goes with it, as when a real run is killed)."""
     ready = path.with_name(f".{path.name}.held")
-    code = ("import pathlib, sys, time\nfrom msmarco_search.fileio import claim\n"
+    code = ("import pathlib, sys, time\nfrom msmarco_search.io.outputs import claim\n"
             "assert claim(sys.argv[1])\npathlib.Path(sys.argv[2]).touch()\ntime.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(path), str(ready)])
     try:

@@ -1,8 +1,8 @@
 """Numbers without bounds and inputs whose size explodes, through the command lines and the search API.
 
-Every numeric flag takes a bounded type from ``msmarco_search.arguments`` (argparse refuses a value outside its
+Every numeric flag takes a bounded type from ``msmarco_search.cli.arguments`` (argparse refuses a value outside its
 range before any work: usage line, ``error: argument --x: ...``, exit 2); numbers read back from JSON files are
-refused by ``fileio.parse_json`` when no reader can hold them; memory follows the distinct data (tokenising,
+refused by ``safe_load.parse_json`` when no reader can hold them; memory follows the distinct data (tokenising,
 empty queries, one huge line), and settings whose product outgrows the machine are refused before the work
 (``resources.check_memory``). docs/reliability.md lists each case with the line the user sees.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SEARCH_SCRIPT, TRAIN_SCRIPT, run_script
 
-from msmarco_search import resources
-from msmarco_search.driver import cbow, evaluate, pipeline, search, train, triplets
-from msmarco_search.errors import run_cli
-from msmarco_search.fileio import KIND_TRAINING_STATE, load_torch, save_torch
-from msmarco_search.triplets import Triplets, save_triplets
+from msmarco_search.cli import cbow, evaluate, pipeline, search, train, triplets
+from msmarco_search.core import resources
+from msmarco_search.core.errors import run_cli
+from msmarco_search.data.triplets import Triplets, save_triplets
+from msmarco_search.io.safe_load import KIND_TRAINING_STATE, load_torch, save_torch
 
 HUGE = "9" * 5000  # beyond Python's 4,300-digit limit for int()
 TERA = "1000000000000"
@@ -209,10 +209,10 @@ def client(search_setup):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from msmarco_search.index import load_index
-    from msmarco_search.model import load_model
-    from msmarco_search.search import SYSTEMS, SearchOptions, SearchSession, make_retrievers
-    from msmarco_search.server import create_app
+    from msmarco_search.index.load import load_index
+    from msmarco_search.search.server import create_app
+    from msmarco_search.search.session import SYSTEMS, SearchOptions, SearchSession, make_retrievers
+    from msmarco_search.training.model_file import load_model
 
     model = load_model(search_setup["model"])
     index = load_index(search_setup["index"], model, search_setup["model"])
@@ -325,7 +325,7 @@ def test_a_pickle_of_one_string_referenced_a_thousand_times_is_tokenised_once(ca
                                                                              trained_pipeline):
     """A 170 KB pickle that loads as 1,000 references to one 170 KB string: the tokeniser sees its text a few
     times (each column, the quick test), not 3,000 times (510 MB of text, 3 GB of token lists)."""
-    from msmarco_search import vocab
+    from msmarco_search.data import vocab
 
     big = " ".join(["doc1y1 the ask2x3 of"] * 8000)
     shared = Triplets()
@@ -345,8 +345,8 @@ def test_a_pickle_of_one_string_referenced_a_thousand_times_is_tokenised_once(ca
 def test_encoding_distinct_long_and_repeated_texts_gives_each_texts_own_tokens():
     """``encode_chunk``'s shortcuts (each distinct text once, bounded pieces, the head of a long text) give
     exactly ``encode`` of each text."""
-    from msmarco_search import text as text_module
-    from msmarco_search.vocab import Vocabulary
+    from msmarco_search.core import text as text_module
+    from msmarco_search.data.vocab import Vocabulary
 
     words = [f"w{i}" for i in range(300)]
     for stemmer in ("none", "english"):

@@ -12,12 +12,13 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
-from msmarco_search.metrics import score_run, score_run_per_query
-from msmarco_search.runs import fuse_runs, linear_fusion, reciprocal_rank_fusion, write_run
-from msmarco_search.sources import text_id
-from msmarco_search.triplets import load_triplets, metadata_path
-from msmarco_search.vocab import Vocabulary
-from msmarco_search.word_benchmarks import word_embedding_quality
+from msmarco_search.data.records import text_id
+from msmarco_search.data.triplets import load_triplets, metadata_path
+from msmarco_search.data.vocab import Vocabulary
+from msmarco_search.embeddings.word_benchmarks import word_embedding_quality
+from msmarco_search.evaluation.metrics import score_run, score_run_per_query
+from msmarco_search.io.runs import write_run
+from msmarco_search.search.fusion import fuse_runs, linear_fusion, reciprocal_rank_fusion
 
 EVALUATE_SCRIPT = "evaluation/evaluate.py"
 AVERAGE_SCRIPT = "training/average_two_tower_models.py"
@@ -57,7 +58,7 @@ def test_fusion_by_hand():
 def test_p_values_on_a_hand_made_pair_of_runs():
     from scipy.stats import t as student
 
-    from msmarco_search.metrics import significance
+    from msmarco_search.evaluation.metrics import significance
 
     qrels = {f"q{i}": {"r": 2} for i in range(4)}
     first = {q: {"r": 9.0, "x": 1.0} for q in qrels}  # the relevant passage first everywhere: RR 1
@@ -240,7 +241,7 @@ def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_fo
     the passages' topic words, never the filler every passage shares), and the positive is the whole passage."""
     from test_reliability import assert_usage_error, cli
 
-    from msmarco_search.text import tokenize
+    from msmarco_search.core.text import tokenize
 
     status, out, err = cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder / "collection.tsv",
                            "--ict-keywords", "1", "--ict-per-passage", "2", "--output", tmp_path / "k.pkl",
@@ -295,9 +296,10 @@ def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_p
 def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_folder, trained_pipeline):
     """--ict-mine-negatives keeps the pseudo-queries and positives and draws each negative from the model's
     ranks FIRST-LAST for that pseudo-query, never the positive's own passage."""
-    from msmarco_search.model import load_model
-    from msmarco_search.retrieval import PassagePool, TwoTowerRetriever
-    from msmarco_search.sources import read_collection
+    from msmarco_search.io.msmarco_files import read_collection
+    from msmarco_search.search.dense import TwoTowerRetriever
+    from msmarco_search.search.retrieval import PassagePool
+    from msmarco_search.training.model_file import load_model
 
     collection = tsv_folder / "collection.tsv"
     plain, mined = tmp_path / "plain.pkl", tmp_path / "mined.pkl"
@@ -394,8 +396,8 @@ def test_row_layout_evaluation_on_real_ms_marco_rows(tmp_path):
 
 
 def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
-    from msmarco_search.model import load_model
-    from msmarco_search.validation import Validator, split_validation
+    from msmarco_search.evaluation.validation import Validator, split_validation
+    from msmarco_search.training.model_file import load_model
 
     result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
                         "--epochs", "3", "--batch-size", "32", "--learning-rate", "3e-3", "--validation-queries",
@@ -437,8 +439,8 @@ def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
 def test_idf_counts_each_word_once_per_text():
     """BM25's IDF over texts, against a count by hand: a word repeated in a text counts once; empty texts
     count in N; words never seen get the highest IDF."""
-    from msmarco_search.text import tokenize
-    from msmarco_search.vocab import inverse_document_frequency
+    from msmarco_search.core.text import tokenize
+    from msmarco_search.data.vocab import inverse_document_frequency
 
     vocab = Vocabulary.from_words(["apple", "pear", "plum", "fig"])
     texts = ["apple apple pear", "", "pear plum pear", "apple", "!!!"]
@@ -450,8 +452,8 @@ def test_idf_counts_each_word_once_per_text():
 
 
 def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
-    from msmarco_search.model import load_model
-    from msmarco_search.vocab import inverse_document_frequency
+    from msmarco_search.data.vocab import inverse_document_frequency
+    from msmarco_search.training.model_file import load_model
 
     run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
                "--init-token-weights", "idf", "--embedding-learning-rate", "1e-12", "--learning-rate", "1e-12",
@@ -527,7 +529,7 @@ def test_mean_over_seeds_compares_settings_on_their_seed_means_with_p_values(tmp
 
 def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, tmp_path, corpus, capsys,
                                                               monkeypatch):
-    from msmarco_search.model import load_model
+    from msmarco_search.training.model_file import load_model
 
     work = trained_pipeline["work"]
     other = tmp_path / "seed7"
@@ -566,7 +568,7 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
 
 
 def test_evaluation_flags_have_one_name_per_meaning(capsys, monkeypatch):
-    from msmarco_search.driver.evaluate import main
+    from msmarco_search.cli.evaluate import main
 
     monkeypatch.setenv("COLUMNS", "300")  # no line wrapping inside flag names
     with pytest.raises(SystemExit) as exit_status:
@@ -584,8 +586,8 @@ def test_evaluation_flags_have_one_name_per_meaning(capsys, monkeypatch):
 
 
 def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipeline, tmp_path, corpus):
-    from msmarco_search.cbow import load_embeddings, save_embeddings
-    from msmarco_search.vocab import Vocabulary
+    from msmarco_search.data.vocab import Vocabulary
+    from msmarco_search.embeddings.cbow import load_embeddings, save_embeddings
 
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
     files = ["--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
@@ -605,7 +607,7 @@ def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipel
 
 
 def test_seed_summary_is_the_mean_min_and_max_over_a_settings_seeds():
-    from msmarco_search.metrics import seed_summary
+    from msmarco_search.evaluation.metrics import seed_summary
 
     metrics = {"two-tower[a-s1]": {"nDCG@10": 0.4, "R@100": 0.5}, "two-tower[a-s2]": {"nDCG@10": 0.6, "R@100": 0.7},
                "hybrid-rrf[a-s1]": {"nDCG@10": 0.5, "R@100": 0.6}, "two-tower[b]": {"nDCG@10": 0.9, "R@100": 0.9},

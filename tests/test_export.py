@@ -17,10 +17,11 @@ from conftest import run_script
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from msmarco_search.export import build_tokenizer
-from msmarco_search.model import TwoTowerConfig, TwoTowerModel, load_model, save_two_tower
-from msmarco_search.text import repair, tokenize
-from msmarco_search.vocab import Vocabulary
+from msmarco_search.core.text import repair, tokenize
+from msmarco_search.data.vocab import Vocabulary
+from msmarco_search.training.export import build_tokenizer
+from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.model_file import load_model, save_two_tower
 
 sentence_transformers = pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
 
@@ -71,7 +72,7 @@ def exported(models, tmp_path_factory):
     """Each model exported as a user runs it: through the command line for the trained model, through the same
     command's ``main`` in this process for the others (a fresh interpreter costs seconds to import
     sentence-transformers)."""
-    from msmarco_search.driver.export import main as export_main
+    from msmarco_search.cli.export import main as export_main
 
     folders = {}
     for name, model in models.items():
@@ -199,7 +200,7 @@ def test_why_the_weights_need_a_column_and_a_gate():
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, StaticEmbedding
 
-    from msmarco_search.export import build_sentence_transformer
+    from msmarco_search.training.export import build_sentence_transformer
 
     torch.manual_seed(0)
     vocab = Vocabulary.from_words([f"w{i}" for i in range(40)])
@@ -233,7 +234,7 @@ def test_why_the_weights_need_a_column_and_a_gate():
 
 def test_model_card_of_a_model_without_training_record():
     """An untrained or hand-made model has no training metadata: the card still says what the model is."""
-    from msmarco_search.export import model_card
+    from msmarco_search.training.export import model_card
 
     vocab = Vocabulary.from_words(["hello"])
     model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=4), vocab)

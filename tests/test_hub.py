@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from msmarco_search import sources
-from msmarco_search.driver.triplets import main as triplets_main
-from msmarco_search.sources import HUB_DATASET, HubSource
-from msmarco_search.triplets import load_triplets
+from msmarco_search.cli.triplets import main as triplets_main
+from msmarco_search.data import hub as hub_source
+from msmarco_search.data.hub import HUB_DATASET, HubSource
+from msmarco_search.data.triplets import load_triplets
 
 
 class FakeHub:
@@ -45,7 +45,7 @@ def hub(monkeypatch, tmp_path, rows_file):
     monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
     for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(sources, "hub_unreachable_reason", lambda endpoint, timeout=5.0: None)
+    monkeypatch.setattr(hub_source, "hub_unreachable_reason", lambda endpoint, timeout=5.0: None)
     fake = FakeHub([json.loads(line) for line in rows_file.read_text().splitlines()])
     monkeypatch.setattr(datasets, "load_dataset", fake)
     return fake
@@ -72,7 +72,7 @@ def test_max_samples_streams_the_first_rows_and_caches_them(hub, tmp_path, rows_
 def test_the_stream_cache_serves_later_runs_without_the_hub(hub, tmp_path, monkeypatch, capsys):
     assert triplets(tmp_path, "--max-samples", "30", "--output", str(tmp_path / "first.pkl")) == 0
     hub.calls.clear()
-    monkeypatch.setattr(sources, "hub_unreachable_reason", lambda endpoint, timeout=5.0: "Connection refused")
+    monkeypatch.setattr(hub_source, "hub_unreachable_reason", lambda endpoint, timeout=5.0: "Connection refused")
     assert triplets(tmp_path, "--max-samples", "12", "--output", str(tmp_path / "fewer.pkl")) == 0
     assert hub.calls == []  # no hub: the first 12 of the 30 cached rows
     first_queries = list(dict.fromkeys(load_triplets(tmp_path / "first.pkl").query_ids))
@@ -88,7 +88,7 @@ def test_the_stream_cache_serves_later_runs_without_the_hub(hub, tmp_path, monke
     assert "nor the first 50 rows of its train split; 30 are" in err and len(err.splitlines()) == 1
     # online again: the stream is read again, further this time, and the cache grows
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(sources, "hub_unreachable_reason", lambda endpoint, timeout=5.0: None)
+    monkeypatch.setattr(hub_source, "hub_unreachable_reason", lambda endpoint, timeout=5.0: None)
     assert triplets(tmp_path, "--max-samples", "50", "--output", str(tmp_path / "more.pkl")) == 0
     assert [call.get("streaming") for call in hub.calls] == [True]
     cache = HubSource("v1.1", "train", tmp_path / "data").stream_cache
@@ -128,7 +128,7 @@ def test_a_stream_cut_off_midway_is_one_line_and_caches_nothing(hub, tmp_path, c
 
 
 def test_an_unreachable_hub_is_one_line_before_any_stream(hub, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sources, "hub_unreachable_reason", lambda endpoint, timeout=5.0: "Connection refused")
+    monkeypatch.setattr(hub_source, "hub_unreachable_reason", lambda endpoint, timeout=5.0: "Connection refused")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert triplets(tmp_path, "--max-samples", "30") == 2
     err = capsys.readouterr().err.strip()

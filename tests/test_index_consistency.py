@@ -27,10 +27,12 @@ import pytest
 from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, make_corpus
 from test_reliability import assert_one_line_error, cli
 
-from msmarco_search import index as index_module
-from msmarco_search.fileio import content_sample
-from msmarco_search.index import ARRAY_FILES, FAISS_FILE, ID_OFFSETS, IDS, MANIFEST, OFFSETS, VECTORS, load_index
-from msmarco_search.search import SYSTEMS
+from msmarco_search.index import faiss as index_faiss
+from msmarco_search.index import load as index_load
+from msmarco_search.index.layout import ARRAY_FILES, FAISS_FILE, ID_OFFSETS, IDS, MANIFEST, OFFSETS, VECTORS
+from msmarco_search.index.load import load_index
+from msmarco_search.io.atomic import content_sample
+from msmarco_search.search.session import SYSTEMS
 
 faiss = pytest.importorskip("faiss")
 
@@ -170,7 +172,7 @@ def test_a_running_server_answers_from_the_index_it_opened_after_a_rebuild(searc
 def _swap_in_while_opening(monkeypatch, swap) -> list[int]:
     """Run ``swap()`` once, while an index is being opened: after its manifest is read, before its files are."""
     calls: list[int] = []
-    original = index_module._open_files
+    original = index_load._open_files
 
     def open_files(folder, files, samples, prefix=""):
         if not calls:
@@ -178,7 +180,7 @@ def _swap_in_while_opening(monkeypatch, swap) -> list[int]:
         calls.append(1)
         return original(folder, files, samples, prefix)
 
-    monkeypatch.setattr(index_module, "_open_files", open_files)
+    monkeypatch.setattr(index_load, "_open_files", open_files)
     return calls
 
 
@@ -228,7 +230,7 @@ def test_an_index_opened_while_its_faiss_index_is_replaced_is_opened_again(searc
 def test_a_bm25_index_replaced_while_it_is_read_is_refused(search_setup, work, capsys, monkeypatch):
     """A rebuild swaps the index folder in after the saved BM25 index's record was checked and before bm25s reads
     its files by name: one line, never one build's record with the other's arrays."""
-    from msmarco_search import bm25 as bm25_module
+    from msmarco_search.index import bm25 as bm25_module
 
     model, index = _copy(search_setup, work)
     other = _other_collection(work / "collection_b.tsv")
@@ -414,7 +416,7 @@ def test_faiss_answers_that_are_no_row_are_one_line_even_unchecked(search_setup,
     """Behind the check of an IVF index's ids, each search's answers are checked to be rows of the index."""
     model, index = _copy(search_setup, work)
     _ivf_with_ids_moved(index)
-    monkeypatch.setattr(index_module, "_check_ivf", lambda *args: None)
+    monkeypatch.setattr(index_faiss, "_check_ivf", lambda *args: None)
     result = _query(capsys, model, index, search_setup["queries"]["m3"], "--search", "faiss")
     assert_one_line_error(result, "faiss.index: the faiss index answered with row 10", "outside the index's 52")
 
@@ -507,9 +509,9 @@ def test_a_collection_changed_in_place_under_a_server_is_refused_not_shown(searc
     starts with its id is the server's one-line error, never another passage's text beside the id."""
     from fastapi.testclient import TestClient
 
-    from msmarco_search.model import load_model
-    from msmarco_search.search import SearchOptions, SearchSession, make_retrievers
-    from msmarco_search.server import create_app
+    from msmarco_search.search.server import create_app
+    from msmarco_search.search.session import SearchOptions, SearchSession, make_retrievers
+    from msmarco_search.training.model_file import load_model
 
     model, index = _copy(search_setup, work)
     collection = work / "collection.tsv"

@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from conftest import FILLER, ROOT, run_script
 
-from msmarco_search.bm25 import BM25Index, BM25Settings, build_streamed
-from msmarco_search.driver.search import main as search_command
-from msmarco_search.errors import PipelineError
-from msmarco_search.fileio import StagedFolder
-from msmarco_search.index import load_index
-from msmarco_search.model import load_model
-from msmarco_search.search import SYSTEMS
+from msmarco_search.cli.search import main as search_command
+from msmarco_search.core.errors import PipelineError
+from msmarco_search.index.bm25 import BM25Index, BM25Settings
+from msmarco_search.index.bm25_build import build_streamed
+from msmarco_search.index.load import load_index
+from msmarco_search.io.outputs import StagedFolder
+from msmarco_search.search.session import SYSTEMS
+from msmarco_search.training.model_file import load_model
 
 SEARCH_SCRIPT = "search/search.py"
 WORDS = ["running", "runs", "ran", "cat", "cats", "Dogs", "dog", "x1", "compute", "computers", "computing",

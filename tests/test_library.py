@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from msmarco_search.arrays import TokenArrays
-from msmarco_search.batches import TokenBatch
-from msmarco_search.errors import PipelineError
-from msmarco_search.fileio import KIND_TRIPLETS, load_pickle, save_pickle, timestamped_path
-from msmarco_search.losses import InBatchSoftmaxLoss, TripletMarginLoss
-from msmarco_search.model import TwoTowerConfig, TwoTowerModel
-from msmarco_search.sources import RowFileSource, TsvSource, open_source
-from msmarco_search.text import tokenize
-from msmarco_search.triplets import generate_triplets
-from msmarco_search.vocab import Vocabulary
+from msmarco_search.core.errors import PipelineError
+from msmarco_search.core.text import tokenize
+from msmarco_search.data.generation import generate_triplets
+from msmarco_search.data.rows import RowFileSource
+from msmarco_search.data.sources import open_source
+from msmarco_search.data.tokens import TokenBatch
+from msmarco_search.data.tsv import TsvSource
+from msmarco_search.data.vocab import Vocabulary
+from msmarco_search.io.arrays import TokenArrays
+from msmarco_search.io.outputs import timestamped_path
+from msmarco_search.io.safe_load import KIND_TRIPLETS, load_pickle, save_pickle
+from msmarco_search.training.losses import InBatchSoftmaxLoss, TripletMarginLoss
+from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
 
 
 def test_tokenize_lowercases_and_keeps_alphanumerics():
@@ -152,7 +155,7 @@ def test_triplet_negatives_never_equal_positives(rows_file):
 
 
 def test_bm25_ranks_the_passage_sharing_rare_words_first():
-    from msmarco_search.bm25 import BM25Index
+    from msmarco_search.index.bm25 import BM25Index
 
     index = BM25Index(["a", "b", "c"], ["The flea life cycle.", "Concrete floor cost.", "The cost of life."])
     positions, scores = index.search(["flea cycle", "concrete cost", "zzz unknown"], k=2)
@@ -162,7 +165,7 @@ def test_bm25_ranks_the_passage_sharing_rare_words_first():
 
 
 def test_bm25_scores_a_query_without_tokens_zero_instead_of_raising():
-    from msmarco_search.bm25 import BM25Index
+    from msmarco_search.index.bm25 import BM25Index
 
     index = BM25Index(["a", "b"], ["The flea life cycle.", "Concrete floor cost."])
     positions, scores = index.search(["?!", "flea"], k=2)
@@ -174,7 +177,7 @@ def test_bm25_scores_a_query_without_tokens_zero_instead_of_raising():
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("token_weights", [False, True])
 def test_state_shapes_match_the_modules(tower, shared, token_weights):
-    from msmarco_search.model import state_shapes
+    from msmarco_search.training.model_file import state_shapes
 
     vocab = Vocabulary.from_words(["a", "b", "c"])
     config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=6, output_dim=4, tower=tower, gru_hidden_dim=3,
@@ -188,8 +191,8 @@ def test_training_never_imports_evaluation_or_search():
     import subprocess
     import sys
 
-    code = ("import sys, msmarco_search.driver.train, msmarco_search.validation\n"
-            "print(sorted(m for m in sys.modules if m in ('msmarco_search.evaluate', 'msmarco_search.search',"
-            " 'msmarco_search.driver.evaluate', 'msmarco_search.driver.search')))")
+    code = ("import sys, msmarco_search.cli.train, msmarco_search.evaluation.validation\n"
+            "print(sorted(m for m in sys.modules if m in ('msmarco_search.evaluation.evaluate',"
+            " 'msmarco_search.search.session', 'msmarco_search.cli.evaluate', 'msmarco_search.cli.search')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert result.stdout.strip() == "[]"

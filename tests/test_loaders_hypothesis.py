@@ -18,10 +18,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msmarco_search.arrays import TokenArrays
-from msmarco_search.cbow import load_embeddings, load_gensim_model
-from msmarco_search.errors import PipelineError
-from msmarco_search.fileio import (
+from msmarco_search.core.errors import PipelineError
+from msmarco_search.data.rows import RowFileSource
+from msmarco_search.data.triplets import load_triplets
+from msmarco_search.data.tsv import TsvFiles, TsvSource
+from msmarco_search.embeddings.cbow import load_embeddings
+from msmarco_search.io.arrays import TokenArrays
+from msmarco_search.io.gensim_safe import load_gensim_model
+from msmarco_search.io.msmarco_files import iter_tsv_lines, read_candidates, read_qrels
+from msmarco_search.io.safe_load import (
     KIND_EMBEDDINGS,
     KIND_TRIPLETS,
     load_json,
@@ -30,9 +35,7 @@ from msmarco_search.fileio import (
     save_pickle,
     save_torch,
 )
-from msmarco_search.sources import RowFileSource, TsvFiles, TsvSource, iter_tsv_lines, read_candidates, read_qrels
-from msmarco_search.textfiles import decode_text
-from msmarco_search.triplets import load_triplets
+from msmarco_search.io.textfiles import decode_text
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 

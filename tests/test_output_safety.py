@@ -2,7 +2,7 @@
 inputs, claims what it writes against a concurrent run (a claim whose process is gone is taken over), and
 writes a file and the record that describes it so that a reader never trusts a record of another file.
 
-The rule lives in one place (``msmarco_search.fileio.check_output`` / ``claim_output`` / ``StagedFolder``);
+The rule lives in one place (``msmarco_search.io.outputs.check_output`` / ``claim_output`` / ``StagedFolder``);
 these tests go through each command that writes (docs/reliability.md, "Outputs, caches, interruptions").
 """
 
@@ -31,10 +31,10 @@ from conftest import (
 )
 from test_reliability import CBOW_TINY, assert_one_line_error, cli
 
-from msmarco_search import fileio
-from msmarco_search.fileio import load_side_record
-from msmarco_search.model import load_model
-from msmarco_search.triplets import load_triplets, metadata_path
+from msmarco_search.data.triplets import load_triplets, metadata_path
+from msmarco_search.io import outputs
+from msmarco_search.io.records import load_side_record
+from msmarco_search.training.model_file import load_model
 
 EVALUATE = "evaluation/evaluate.py"
 AVERAGE = "training/average_two_tower_models.py"
@@ -176,7 +176,7 @@ def test_evaluation_replaces_only_its_own_files_and_never_leaves_an_earlier_reco
 
     # --overwrite, interrupted once the new run file is written: the earlier record is gone first, so the folder
     # never shows it beside the new run (a reader would take the run for the record's)
-    from msmarco_search.driver import evaluate as module
+    from msmarco_search.cli import evaluate as module
 
     real_write_run = module.write_run
 
@@ -300,8 +300,8 @@ def test_a_second_main_job_in_the_same_second_takes_another_stamp(work, capsys, 
         def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(fileio, "datetime", FrozenClock)
-    from msmarco_search.driver import pipeline
+    monkeypatch.setattr(outputs, "datetime", FrozenClock)
+    from msmarco_search.cli import pipeline
 
     stamps = []
     monkeypatch.setattr(pipeline, "run_stages", lambda workflow, evaluation: stamps.append(workflow.stamp) or "m")
@@ -374,7 +374,7 @@ def _interrupt_after_main_file(monkeypatch, module) -> None:
 
 def test_triplets_beside_the_metadata_of_other_triplets_are_not_described_by_it(work, capsys, monkeypatch,
                                                                                   rows_file, trained_pipeline):
-    from msmarco_search.driver import triplets as module
+    from msmarco_search.cli import triplets as module
 
     triplets = work / "t.pkl"
     common = ["--dataset-path", rows_file, "--max-samples", "60", "--output", triplets]
@@ -402,7 +402,7 @@ def test_triplets_beside_the_metadata_of_other_triplets_are_not_described_by_it(
 
 def test_a_model_beside_the_log_of_another_model_is_not_described_by_it(work, capsys, monkeypatch,
                                                                           trained_pipeline):
-    from msmarco_search.driver import train as module
+    from msmarco_search.cli import train as module
 
     model = work / "m.pt"
     common = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "2",
@@ -422,7 +422,7 @@ def test_a_model_beside_the_log_of_another_model_is_not_described_by_it(work, ca
 
 
 def test_a_gensim_model_beside_the_record_of_another_is_not_described_by_it(work, capsys, monkeypatch, rows_file):
-    from msmarco_search import cbow as module
+    from msmarco_search.embeddings import cbow as module
 
     ckpt = ["-c", work / "ckpt", "--save-gensim-model", "--no-word-benchmarks"]
     assert cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, *ckpt)[0] == 0

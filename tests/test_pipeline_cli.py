@@ -21,10 +21,11 @@ from conftest import (
     run_script,
 )
 
-from msmarco_search.cbow import load_embeddings
-from msmarco_search.model import TwoTowerConfig, TwoTowerModel, load_model
-from msmarco_search.triplets import load_triplets, metadata_path
-from msmarco_search.vocab import Vocabulary, vocabulary_fingerprint
+from msmarco_search.data.triplets import load_triplets, metadata_path
+from msmarco_search.data.vocab import Vocabulary, vocabulary_fingerprint
+from msmarco_search.embeddings.cbow import load_embeddings
+from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.model_file import load_model
 
 
 def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_file):
@@ -117,8 +118,8 @@ def test_hard_negatives_need_candidates(tmp_path, corpus):
 
 
 def test_validation_holds_out_judged_queries_and_labels_pseudo_queries():
-    from msmarco_search.triplets import Triplets
-    from msmarco_search.validation import split_validation
+    from msmarco_search.data.triplets import Triplets
+    from msmarco_search.evaluation.validation import split_validation
 
     judged, cloze = Triplets(), Triplets()
     for i in range(30):

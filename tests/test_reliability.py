@@ -25,13 +25,14 @@ import pytest
 import torch
 from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
-from msmarco_search import fileio
-from msmarco_search.batches import tokenise_triplets
-from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.fileio import KIND_TRIPLETS, atomic_write, load_pickle
-from msmarco_search.model import load_model
-from msmarco_search.triplets import load_triplets, metadata_path
-from msmarco_search.vocab import Vocabulary, vocabulary_fingerprint
+from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.data.tokens import tokenise_triplets
+from msmarco_search.data.triplets import load_triplets, metadata_path
+from msmarco_search.data.vocab import Vocabulary, vocabulary_fingerprint
+from msmarco_search.io import atomic, outputs, safe_load
+from msmarco_search.io.atomic import atomic_write
+from msmarco_search.io.safe_load import KIND_TRIPLETS, load_pickle
+from msmarco_search.training.model_file import load_model
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -140,7 +141,7 @@ def test_code_in_a_pickle_never_runs_through_the_real_command_line(work, trained
 def test_code_in_a_torch_file_or_gensim_model_is_refused(work, capsys, trained_pipeline):
     marker = work / "pwned"
     evil_pt = work / "evil.pt"
-    torch.save({"kind": fileio.KIND_EMBEDDINGS, "format_version": 1, "x": Evil(marker)}, evil_pt)
+    torch.save({"kind": safe_load.KIND_EMBEDDINGS, "format_version": 1, "x": Evil(marker)}, evil_pt)
     assert_one_line_error(cli(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", evil_pt),
                           "evil.pt: unsafe torch file refused: it names posix.system, which could run code")
     evil_gensim = work / "evil.gensim"
@@ -169,7 +170,7 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
                          gensim_model, "--stemmer", "english")
     assert status == 0 and "no msmarco_word2vec.gensim.json beside it to say which --stemmer" in err
     # a triplets pickle is no gensim model
-    triplets = fileio.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
+    triplets = safe_load.save_pickle({"queries": []}, work / "t.pkl", KIND_TRIPLETS)
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, *CBOW_TINY, "--resume-from",
                               triplets), "t.pkl", "not a gensim Word2Vec model (it holds a dict)")
 
@@ -191,7 +192,7 @@ def _saved_gensim_model(capsys, rows_file: Path, folder: Path) -> Path:
 def _forge(original: Path, target: Path, change) -> Path:
     """``original`` (trusted: just written by the script) with ``change(model)`` applied, pickled as gensim
     pickles a model (the bookkeeping lists are plain attributes), to ``target``."""
-    from msmarco_search.cbow import load_gensim_model
+    from msmarco_search.io.gensim_safe import load_gensim_model
 
     model = load_gensim_model(original)
     change(model)
@@ -272,7 +273,7 @@ def test_gensim_side_files_that_would_run_code_never_run(work, capsys, rows_file
 def test_damaged_gensim_models_are_one_line_errors(work, capsys, rows_file):
     from gensim.models import Word2Vec
 
-    from msmarco_search.cbow import load_gensim_model
+    from msmarco_search.io.gensim_safe import load_gensim_model
 
     real = _saved_gensim_model(capsys, rows_file, work / "real")
 
@@ -331,7 +332,8 @@ def test_a_big_gensim_model_is_saved_as_one_file_that_resumes(work):
     """gensim puts arrays of 10M+ elements in side files named after the file it writes: the temporary one."""
     from gensim.models import Word2Vec
 
-    from msmarco_search.cbow import load_gensim_model, save_gensim_model
+    from msmarco_search.embeddings.cbow import save_gensim_model
+    from msmarco_search.io.gensim_safe import load_gensim_model
 
     model = Word2Vec(sentences=[["alpha", "beta", "gamma"]] * 5, vector_size=8, min_count=1, workers=1, seed=1)
     wide = 3_600_000  # 3 words x 3.6M columns: one array above gensim's 10M-element limit
@@ -472,7 +474,7 @@ def test_model_fields_replaced_by_anything_load_or_are_one_line(trained_pipeline
 
 def test_a_second_cbow_run_into_a_claimed_folder_is_refused(work, capsys, rows_file):
     ready = work / "ready"
-    code = ("import pathlib, time\nfrom msmarco_search.cbow import claim_output_folder\n"
+    code = ("import pathlib, time\nfrom msmarco_search.embeddings.cbow import claim_output_folder\n"
             "with claim_output_folder('ckpt'):\n    pathlib.Path('ready').touch()\n    time.sleep(300)\n")
     (work / "ckpt").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=work)  # a first run, still writing
@@ -533,7 +535,7 @@ def test_cbow_flags_beyond_what_gensim_can_take_are_refused(work, capsys):
 
 
 def test_the_cbow_driver_returns_its_status(work, capsys, rows_file):
-    from msmarco_search.driver.cbow import main
+    from msmarco_search.cli.cbow import main
 
     assert main(["--vector-size", "0"]) == 2
     assert main(["--help"]) == 0 and "--checkpoint-dir" in capsys.readouterr().out
@@ -546,7 +548,7 @@ def test_the_cbow_driver_returns_its_status(work, capsys, rows_file):
 
 
 def test_odd_embeddings_files_and_a_pt_given_as_gensim_model_are_one_line(work, capsys, rows_file, trained_pipeline):
-    from msmarco_search.cbow import load_embeddings, save_embeddings
+    from msmarco_search.embeddings.cbow import load_embeddings, save_embeddings
 
     vocab = Vocabulary.from_words(["alpha", "beta"])
     cases = [(torch.zeros(4, 0), {}, "not a matrix of real word vectors (torch.float32, shape (4, 0))"),
@@ -570,7 +572,7 @@ def test_odd_embeddings_files_and_a_pt_given_as_gensim_model_are_one_line(work, 
 
 
 def test_word_benchmark_files_missing_or_of_another_layout_are_one_line(work):
-    from msmarco_search.word_benchmarks import word_embedding_quality
+    from msmarco_search.embeddings.word_benchmarks import word_embedding_quality
 
     vocab = Vocabulary.from_words(["king", "queen", "man", "woman"])
     matrix = torch.randn(len(vocab), 4)
@@ -607,9 +609,9 @@ def test_files_of_the_wrong_kind_are_named(work, capsys, trained_pipeline):
 def test_a_newer_triplets_format_is_refused(work, capsys, trained_pipeline):
     data = load_pickle(trained_pipeline["triplets"], KIND_TRIPLETS)
     newer = work / "newer.pkl"
-    newer.write_bytes(pickle.dumps({**data, "format_version": fileio.FORMAT_VERSION + 1}))
+    newer.write_bytes(pickle.dumps({**data, "format_version": safe_load.FORMAT_VERSION + 1}))
     assert_one_line_error(cli(capsys, TRAIN_SCRIPT, newer, "--embeddings", trained_pipeline["embeddings"]),
-                          "newer.pkl", f"format version {fileio.FORMAT_VERSION + 1} is newer", "upgrade")
+                          "newer.pkl", f"format version {safe_load.FORMAT_VERSION + 1} is newer", "upgrade")
 
 
 def test_a_model_with_another_vocabulary_is_refused(work, trained_pipeline):
@@ -635,7 +637,7 @@ def meta_fp(embeddings: Path) -> str:
 
 
 def _load_embeddings(path):
-    from msmarco_search.cbow import load_embeddings
+    from msmarco_search.embeddings.cbow import load_embeddings
 
     return load_embeddings(path)
 
@@ -1001,7 +1003,7 @@ def test_a_failed_write_leaves_nothing_under_the_final_name(work, capsys, monkey
     def failed_rename(source, target):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(fileio.os, "replace", failed_rename)
+    monkeypatch.setattr(atomic.os, "replace", failed_rename)
     assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--output-dir", work / "out"),
                           ".pkl: cannot write (Input/output error)")
     assert list((work / "out").iterdir()) == []
@@ -1009,7 +1011,7 @@ def test_a_failed_write_leaves_nothing_under_the_final_name(work, capsys, monkey
 
 def test_a_writer_killed_mid_write_leaves_nothing_under_the_final_name(work):
     final, ready = work / "model.pt", work / "ready"
-    code = (f"import time\nfrom pathlib import Path\nfrom msmarco_search.fileio import atomic_write\n"
+    code = (f"import time\nfrom pathlib import Path\nfrom msmarco_search.io.atomic import atomic_write\n"
             f"def write(tmp):\n    with open(tmp, 'wb') as handle:\n        handle.write(b'x' * 4096)\n"
             f"        handle.flush()\n        Path({str(ready)!r}).touch()\n        time.sleep(60)\n"
             f"atomic_write({str(final)!r}, write)\n")
@@ -1032,8 +1034,8 @@ def test_two_runs_in_the_same_second_write_two_sets_of_files(work, monkeypatch, 
         def now(cls, tz=None):
             return datetime(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(fileio, "datetime", FrozenClock)
-    from msmarco_search.driver import triplets as module  # where the script's main lives
+    monkeypatch.setattr(outputs, "datetime", FrozenClock)
+    from msmarco_search.cli import triplets as module  # where the script's main lives
 
     real_timestamped_path = module.timestamped_path
     both_ready = threading.Barrier(2, timeout=60)
@@ -1128,7 +1130,7 @@ def test_negative_and_huge_qrels_grades_through_the_evaluation_script(tmp_path):
 
 
 def test_qrels_grades_negative_read_as_judged_not_relevant(tmp_path):
-    from msmarco_search.sources import read_qrels
+    from msmarco_search.io.msmarco_files import read_qrels
 
     path = tmp_path / "qrels.txt"
     path.write_text("1 0 a -2\n1 0 b +3\n1 0 c -99999999999999999999999\n2 Q0 d 0\n")
@@ -1216,7 +1218,7 @@ def test_repeated_ids_are_refused_naming_the_id_and_lines(work, capsys, corpus):
 
 
 def test_the_tsv_reader_one_rule(tmp_path):
-    from msmarco_search.sources import iter_tsv_lines, read_collection
+    from msmarco_search.io.msmarco_files import iter_tsv_lines, read_collection
 
     path = tmp_path / "collection.tsv"
     path.write_bytes("\ufeff1\tone\ttab inside\r\n\n2\tcarriage \r inside\n3\tlast, no newline".encode())
@@ -1252,7 +1254,7 @@ def test_cr_only_line_ends_are_refused_in_tsvs_and_read_in_qrels(work, capsys, c
 
 
 def test_triplets_output_file_and_sensible_names(work, capsys, rows_file):
-    from msmarco_search.triplets import triplets_prefix
+    from msmarco_search.data.triplets import triplets_prefix
 
     assert [triplets_prefix(n) for n in (53, 499, 500, 1000, 1499, 1500, 50000)] == [
         "msmarco_triplets_1k", "msmarco_triplets_1k", "msmarco_triplets_1k", "msmarco_triplets_1k",
@@ -1271,7 +1273,7 @@ def test_triplets_output_file_and_sensible_names(work, capsys, rows_file):
 
 
 def test_the_triplets_command_is_importable_and_returns_its_status(work, capsys, rows_file):
-    from msmarco_search.driver.triplets import main
+    from msmarco_search.cli.triplets import main
 
     assert main(["--dataset-path", str(rows_file), "--output", str(work / "t.pkl")]) == 0
     assert main(["--dataset-path", str(work / "missing.jsonl")]) == 2

@@ -17,7 +17,7 @@ import pytest
 from conftest import TRAIN_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
 from test_reliability import assert_one_line_error, assert_usage_error, cli
 
-from msmarco_search.model import load_model
+from msmarco_search.training.model_file import load_model
 
 SEARCH = "search/search.py"
 EVALUATE = "evaluation/evaluate.py"
@@ -37,7 +37,7 @@ def indexed(tmp_path_factory, trained_pipeline) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("indexed")
     tsv = write_tsv_folder(make_corpus(), folder / "tsv")
     index = folder / "index"
-    from msmarco_search.driver.search import main
+    from msmarco_search.cli.search import main
 
     assert main(["index", str(trained_pipeline["model"]), "--index-dir", str(index), "--dataset-path",
                  str(tsv / "collection.tsv")]) == 0
@@ -61,7 +61,7 @@ def _resave(path: Path, change) -> None:
 def _record_sizes(index: Path) -> None:
     """Make bm25.json vouch for the files as they are now (a user copying files between indexes, record and
     all), so that the checks behind the record's are the ones tested."""
-    from msmarco_search.bm25 import _digest
+    from msmarco_search.index.bm25 import _digest
 
     bm25 = index / "bm25"
     _edit_json(bm25 / "bm25.json", lambda r: r.update(

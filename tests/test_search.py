@@ -15,23 +15,19 @@ import pytest
 import torch
 from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, run_script
 
-from msmarco_search.driver.search import main as search_command
-from msmarco_search.errors import PipelineError
-from msmarco_search.index import FAISS_FILE, build_faiss_index, import_faiss, load_index
-from msmarco_search.model import TwoTowerModel, load_model, save_two_tower
-from msmarco_search.retrieval import (
-    BM25Retriever,
-    DenseRetriever,
-    FeedbackRetriever,
-    HybridRetriever,
-    PassagePool,
-    Retriever,
-    TwoTowerRetriever,
-    exact_search,
-)
-from msmarco_search.runs import linear_fusion, reciprocal_rank_fusion
-from msmarco_search.search import SYSTEMS
-from msmarco_search.sources import text_id
+from msmarco_search.cli.search import main as search_command
+from msmarco_search.core.errors import PipelineError
+from msmarco_search.data.records import text_id
+from msmarco_search.index.faiss import build_faiss_index, import_faiss
+from msmarco_search.index.layout import FAISS_FILE
+from msmarco_search.index.load import load_index
+from msmarco_search.search.dense import DenseRetriever, TwoTowerRetriever, exact_search
+from msmarco_search.search.fusion import linear_fusion, reciprocal_rank_fusion
+from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
+from msmarco_search.search.retrieval import BM25Retriever, PassagePool, Retriever
+from msmarco_search.search.session import SYSTEMS
+from msmarco_search.training.model import TwoTowerModel
+from msmarco_search.training.model_file import load_model, save_two_tower
 
 
 def search_main(*args: object) -> int:
@@ -377,7 +373,7 @@ STEMMING = ["r1\tRunners running in the marathon races", "c1\tCooking recipes fo
 
 
 def test_bm25_stems_so_that_only_stemming_links_the_query_to_its_passage():
-    from msmarco_search.bm25 import BM25Index
+    from msmarco_search.index.bm25 import BM25Index
 
     ids, texts = zip(*(line.split("\t") for line in STEMMING), strict=True)
     stemmed, plain = BM25Index(ids, texts), BM25Index(ids, texts, stemmer="none")
@@ -409,7 +405,7 @@ def test_search_uses_the_bm25_index_saved_at_index_time(search_setup, tmp_path, 
 
 
 def test_a_saved_bm25_index_reloads_with_the_same_scores(search_setup, tmp_path):
-    from msmarco_search.bm25 import BM25Index, BM25Settings
+    from msmarco_search.index.bm25 import BM25Index, BM25Settings
 
     ids, texts = zip(*(line.split("\t") for line in search_setup["lines"]), strict=True)
     built = BM25Index(ids, texts, k1=1.1, b=0.6)

@@ -15,25 +15,19 @@ import pytest
 import torch
 from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, run_script
 
-from msmarco_search import optim
-from msmarco_search.arrays import TokenArrays, TokenArrayWriter
-from msmarco_search.batches import TripletArrays, tokenise_triplets
-from msmarco_search.cbow import load_embeddings
-from msmarco_search.errors import PipelineError
-from msmarco_search.fileio import KIND_TRAINING_STATE, load_torch
-from msmarco_search.losses import InBatchSoftmaxLoss
-from msmarco_search.model import TwoTowerConfig, TwoTowerModel, distinct_ids
-from msmarco_search.optim import RowAdam
-from msmarco_search.streaming import read_tsv_chunks, triples_tsv_arrays
-from msmarco_search.train import (
-    TrainingDiverged,
-    TrainingInterrupted,
-    TrainSettings,
-    load_training_state,
-    train_two_tower,
-)
-from msmarco_search.triplets import load_triplets
-from msmarco_search.vocab import Vocabulary
+from msmarco_search.core.errors import PipelineError
+from msmarco_search.data.tokens import TripletArrays, read_tsv_chunks, tokenise_triplets, triples_tsv_arrays
+from msmarco_search.data.triplets import load_triplets
+from msmarco_search.data.vocab import Vocabulary
+from msmarco_search.embeddings.cbow import load_embeddings
+from msmarco_search.io.arrays import TokenArrays, TokenArrayWriter
+from msmarco_search.io.safe_load import KIND_TRAINING_STATE, load_torch
+from msmarco_search.training import optim
+from msmarco_search.training.losses import InBatchSoftmaxLoss
+from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel, distinct_ids
+from msmarco_search.training.optim import RowAdam
+from msmarco_search.training.state import TrainingDiverged, TrainingInterrupted, TrainSettings, load_training_state
+from msmarco_search.training.trainer import train_two_tower
 
 
 def test_encode_chunk_is_encode_per_text():
@@ -123,7 +117,7 @@ def test_token_arrays_concatenate_keeps_sequences():
 def test_token_arrays_are_checked_chunk_by_chunk(tmp_path, monkeypatch, mmap):
     """The load's checks read the arrays a chunk at a time (flat memory at any size): a fault in a later chunk,
     or an offset that decreases across a chunk boundary, is still found."""
-    from msmarco_search import arrays as arrays_module
+    from msmarco_search.io import arrays as arrays_module
 
     monkeypatch.setattr(arrays_module, "_CHECK_CHUNK", 3)
     good = TokenArrays(np.arange(10, dtype=np.int32) % 5, np.array([0, 2, 2, 5, 6, 9, 10], np.int64))
@@ -145,8 +139,8 @@ def test_rows_of_a_memory_map_are_read_through_its_file_exactly(tmp_path):
     """read_rows gives the rows slicing would, for maps (2-D vectors, 1-D ids), views of maps and arrays in
     memory, and shards joined (JoinedRows.rows); read_row_list the rows indexing would; a map cut short is one
     line, not garbage."""
-    from msmarco_search.arrays import read_row_list, read_rows
-    from msmarco_search.index import JoinedRows
+    from msmarco_search.index.vectors import JoinedRows
+    from msmarco_search.io.arrays import read_row_list, read_rows
 
     vectors = np.arange(70 * 3, dtype=np.float16).reshape(70, 3)
     np.save(tmp_path / "v.npy", vectors)
@@ -344,8 +338,8 @@ def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(tmp_path, 
 
 
 def test_cbow_continues_from_a_saved_gensim_model(tmp_path, rows_file):
-    from msmarco_search.cbow import CbowSettings, embeddings_from_gensim, prepare_corpus, train_cbow
-    from msmarco_search.sources import open_source
+    from msmarco_search.data.sources import open_source
+    from msmarco_search.embeddings.cbow import CbowSettings, embeddings_from_gensim, prepare_corpus, train_cbow
 
     corpus_file, _ = prepare_corpus(open_source([rows_file]), tmp_path / "data", None)
     first_model, _ = train_cbow(corpus_file, CbowSettings(vector_size=8, min_count=1, epochs=1, workers=1))

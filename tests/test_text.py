@@ -1,4 +1,4 @@
-"""The tokeniser (msmarco_search.text): no letter silently cut, mojibake repaired, ASCII exactly as before."""
+"""The tokeniser (msmarco_search.core.text): no letter silently cut, mojibake repaired, ASCII exactly as before."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msmarco_search.text import normalize, repair, token_spans, tokenize, tokenize_many
-from msmarco_search.vocab import Vocabulary
+from msmarco_search.core.text import normalize, repair, token_spans, tokenize, tokenize_many
+from msmarco_search.data.vocab import Vocabulary
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
@@ -86,7 +86,7 @@ def test_word_spans_are_the_texts_own_positions():
 def test_every_combining_mark_is_stripped_and_nothing_else():
     import unicodedata
 
-    from msmarco_search.text import _strip_marks
+    from msmarco_search.core.text import _strip_marks
 
     every = "".join(chr(code) for code in range(0x110000) if unicodedata.category(chr(code)).startswith("M"))
     others = "".join(chr(code) for code in range(0x110000) if not unicodedata.category(chr(code)).startswith("M")

@@ -28,8 +28,8 @@ import pytest
 from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
 from test_reliability import assert_one_line_error, cli
 
-from msmarco_search.errors import run_cli
-from msmarco_search.triplets import load_triplets
+from msmarco_search.core.errors import run_cli
+from msmarco_search.data.triplets import load_triplets
 
 EVALUATE = "evaluation/evaluate.py"
 EXPORT = "training/export_sentence_transformers.py"
@@ -233,7 +233,7 @@ def test_tsv_ids_with_control_characters_or_empty_are_refused(work, capsys, corp
 
 
 def test_passage_ids_are_indexed_as_written_and_never_joined_into_one(work, capsys, trained_pipeline):
-    from msmarco_search.index import load_index
+    from msmarco_search.index.load import load_index
 
     rows = work / "rows.jsonl"
     rows.write_text(_row("what is a", 1, ["doc0y1 doc0y2 first", "doc1y1 doc1y2 second"], ["p 1", "p  1"]))
@@ -325,7 +325,7 @@ def test_several_files_of_a_kind_and_no_split_to_choose_is_an_error(work, capsys
 
 
 def test_the_main_job_refuses_an_evaluation_split_that_names_no_file(work, capsys, corpus):
-    from msmarco_search.driver import pipeline
+    from msmarco_search.cli import pipeline
 
     train = write_tsv_folder(corpus, work / "train")
     evaluation = _dl21_folder(corpus, work)
@@ -423,8 +423,9 @@ def test_evaluation_lists_that_name_nothing_and_a_baseline_of_no_task_are_refuse
 
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, trained_pipeline):
     pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
-    from msmarco_search.model import TwoTowerConfig, TwoTowerModel, save_two_tower
-    from msmarco_search.vocab import Vocabulary
+    from msmarco_search.data.vocab import Vocabulary
+    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.model_file import save_two_tower
 
     # long words and one dimension: tokenizer.json (written after the word table) is the largest file, so a
     # limit between the two fails tokenizers' writer, which raises a bare Exception

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script
 
-from msmarco_search.driver.triplets import main as triplets_main
-from msmarco_search.sources import text_id
-from msmarco_search.triplets import load_triplets, metadata_path
+from msmarco_search.cli.triplets import main as triplets_main
+from msmarco_search.data.records import text_id
+from msmarco_search.data.triplets import load_triplets, metadata_path
 
 TEXTS = ["anchor", "positive", "negative"]
 

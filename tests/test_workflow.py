@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from conftest import ROOT, Corpus, run_script, write_tsv_folder
 
-from msmarco_search.model import load_model
+from msmarco_search.training.model_file import load_model
 
 
 def run_pipeline(*args: object, cwd: Path) -> subprocess.CompletedProcess:
@@ -141,8 +141,8 @@ def test_the_cbow_corpus_drops_evaluation_queries_however_they_are_written(tmp_p
     """The corpus filter compares tokens, as the leak check does: case, punctuation and spacing hide no copy."""
     from types import SimpleNamespace
 
-    from msmarco_search.driver.pipeline import corpus_lines
-    from msmarco_search.sources import TsvFiles
+    from msmarco_search.cli.pipeline import corpus_lines
+    from msmarco_search.data.tsv import TsvFiles
 
     (tmp_path / "queries.tsv").write_text("q1\tWhat is a lobster roll?\nq2\tcauses of  anemia\n")
     (tmp_path / "collection.tsv").write_text("p1\tA lobster roll is a sandwich.\np2\tWHAT is a Lobster-Roll\n")
@@ -158,7 +158,7 @@ def test_a_damaged_cached_cbow_corpus_is_rebuilt_not_reused(tmp_path, capsys):
     """The workflow reuses its CBOW corpus only while the file matches the record written after it."""
     from types import SimpleNamespace
 
-    from msmarco_search.driver.pipeline import write_corpus
+    from msmarco_search.cli.pipeline import write_corpus
 
     source = SimpleNamespace(corpus_texts=lambda: iter(["first text", "second  text"]), identity=lambda: "fixture")
     workflow = SimpleNamespace(args=SimpleNamespace(extra_text=[]), source=source, data_dir=tmp_path)
@@ -180,8 +180,8 @@ def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_
 
     import pytest
 
-    from msmarco_search.driver.pipeline import CBOW_SCRIPT, Stage, Workflow
-    from msmarco_search.errors import PipelineError
+    from msmarco_search.cli.pipeline import CBOW_SCRIPT, Stage, Workflow
+    from msmarco_search.core.errors import PipelineError
 
     words = [f"word{i}" for i in range(200)]
     rng = random.Random(0)

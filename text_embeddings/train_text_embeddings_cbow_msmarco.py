@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from msmarco_search.driver.cbow import main, parse_args
+from msmarco_search.cli.cbow import main, parse_args
 
 __all__ = ["main", "parse_args"]
 

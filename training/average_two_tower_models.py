@@ -1,10 +1,10 @@
-"""Average two-tower models into one model soup (``msmarco_search.driver.average``; ``--help`` for the flags).
+"""Average two-tower models into one model soup (``msmarco_search.cli.average``; ``--help`` for the flags).
 
     uv run training/average_two_tower_models.py MODEL.pt MODEL.pt [MODEL.pt ...] [--output FILE | --output-dir DIR]
 """
 
-from msmarco_search.driver.average import main
-from msmarco_search.errors import run_cli
+from msmarco_search.cli.average import main
+from msmarco_search.core.errors import run_cli
 
 if __name__ == "__main__":
     run_cli(main)

@@ -3,8 +3,8 @@
     uv run --extra st training/export_sentence_transformers.py MODEL.pt --output-dir DIR
 """
 
-from msmarco_search.driver.export import main
-from msmarco_search.errors import run_cli
+from msmarco_search.cli.export import main
+from msmarco_search.core.errors import run_cli
 
 if __name__ == "__main__":
     run_cli(main)

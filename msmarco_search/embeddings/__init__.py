@@ -1,0 +1,1 @@
+"""Stage 1: CBOW word vectors (gensim) and their embeddings file; word-vector benchmarks."""

@@ -1,0 +1,1 @@
+"""Scoring retrievers: metrics, tasks, the evaluation of several systems, validation during training."""

@@ -1,0 +1,1 @@
+"""Training data made by models: mined negatives, self-training labels, teacher labels."""

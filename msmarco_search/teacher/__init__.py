@@ -1,0 +1,1 @@
+"""A sentence-transformers teacher, loaded safely, and its cached vectors of texts."""
