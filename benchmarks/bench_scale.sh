@@ -26,8 +26,8 @@ COLLECTION=$WORK/collection_$N.tsv
 if [ ! -f "$COLLECTION" ]; then
   # the cycled collection of the search benchmark (bench_search.py's grow_collection), written atomically
   uv run --project "$ROOT" python -c "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);
-from bench_search import grow_collection; from msmarco_search.core.errors import run_cli;
-run_cli(lambda: grow_collection(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))" \
+from bench_search import grow_collection; from msmarco_search.cli import run;
+run(lambda argv: grow_collection(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))" \
     "$ROOT/benchmarks" "$DATA/msmarco-trec-dl-2019/collection.tsv" "$COLLECTION" "$N"
 fi
 head -n 1000 "$DATA/msmarco-queries/queries.dev.small.tsv" > "$WORK/dev1000.tsv"

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msmarco_search.cli import run
 from msmarco_search.cli.arguments import positive_int
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.core.resources import check_disk
 from msmarco_search.data.sources import open_source
@@ -68,7 +69,7 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("--collection", type=Path, required=True, help="collection.tsv to index (or to repeat)")
@@ -82,7 +83,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--reuse-index", action="store_true", help="search an index this script built before")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     info(f"torch threads: {torch.get_num_threads()}")
     collection = args.collection
@@ -153,4 +154,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

@@ -27,11 +27,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from msmarco_search.cli import run
 from msmarco_search.cli.arguments import non_negative_int, positive_int, whole_number
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.io.msmarco_files import read_queries
-from msmarco_search.search.session import SYSTEMS
+from msmarco_search.search.options import SYSTEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 _failures: list[Exception] = []
@@ -115,7 +116,7 @@ def screenshot(base: str, query: str, path: Path) -> None:
     info(f"Saved a screenshot of the page to {path}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, nargs="?", help="the model to serve (unless --url)")
     parser.add_argument("--url", default=None, help="a running server (http://HOST:PORT) instead of starting one")
@@ -126,7 +127,7 @@ def main() -> int:
     parser.add_argument("-k", type=positive_int, default=10, help="hits per request (10)")
     parser.add_argument("--warmup", type=non_negative_int, default=20, help="requests sent first and not counted (20)")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the page here (Chromium)")
-    args, extra = parser.parse_known_args()
+    args, extra = parser.parse_known_args(argv)
     if (args.model is None) == (args.url is None):
         parser.error("give MODEL (a server is started) or --url, not both")
     queries = list(read_queries(args.queries).values())
@@ -149,4 +150,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

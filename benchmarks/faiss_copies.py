@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from msmarco_search.cli import run
 from msmarco_search.cli.arguments import positive_int
-from msmarco_search.core.errors import run_cli
 from msmarco_search.index.faiss import import_faiss
 from msmarco_search.index.load import load_index
 from msmarco_search.index.vectors import vector_rows
@@ -77,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

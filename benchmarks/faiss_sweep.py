@@ -11,11 +11,12 @@ import argparse
 import time
 from pathlib import Path
 
+from msmarco_search.cli import run
 from msmarco_search.cli.arguments import positive_int
-from msmarco_search.core.errors import run_cli
 from msmarco_search.index.load import load_index
 from msmarco_search.io.msmarco_files import read_queries
-from msmarco_search.search.dense import DEFAULT_REFINE, exact_kth_scores, faiss_recall, sampled_queries
+from msmarco_search.search.dense import exact_kth_scores, faiss_recall, sampled_queries
+from msmarco_search.search.options import DEFAULT_REFINE
 from msmarco_search.training.model_file import load_model
 
 
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

@@ -52,7 +52,8 @@ def make_inputs(work: Path, sizes: dict) -> dict:
     from msmarco_search.data.tokens import read_tsv_chunks
     from msmarco_search.data.vocab import Vocabulary
     from msmarco_search.embeddings.cbow import save_embeddings
-    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.config import TwoTowerConfig
+    from msmarco_search.training.model import TwoTowerModel
     from msmarco_search.training.model_file import save_two_tower
 
     triples = work / "triples.tsv"

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.cli import run
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.io.atomic import atomic_write
 from msmarco_search.io.outputs import OutputKind, claim_output, release
 
@@ -145,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

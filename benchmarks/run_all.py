@@ -186,8 +186,9 @@ def stage_profile(work: Path, steps: int) -> None:
     from msmarco_search.data.tokens import tokenise_triplets
     from msmarco_search.data.triplets import load_triplets
     from msmarco_search.embeddings.cbow import load_embeddings
+    from msmarco_search.training.config import TwoTowerConfig
     from msmarco_search.training.losses import InBatchSoftmaxLoss
-    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.model import TwoTowerModel
     from msmarco_search.training.trainer import epoch_order
 
     torch.set_num_threads(1)

@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from msmarco_search.cli import run
 from msmarco_search.cli.arguments import batch_rows, dimension, positive_int, thread_count
-from msmarco_search.core.errors import run_cli
 from msmarco_search.io.atomic import save_json
 from msmarco_search.io.outputs import OutputKind, claim_output, release
 from msmarco_search.io.safe_load import recognise_json
@@ -133,8 +133,9 @@ def _sentence_transformers(args: argparse.Namespace, texts, matrix, words: list[
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     from msmarco_search.data.vocab import Vocabulary
+    from msmarco_search.training.config import TwoTowerConfig
     from msmarco_search.training.export import static_embedding
-    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.model import TwoTowerModel
 
     vocab = Vocabulary(words)
     tower = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1], token_weights=False),
@@ -268,4 +269,4 @@ def report(args: argparse.Namespace, result: dict) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main)

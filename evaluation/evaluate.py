@@ -1,10 +1,11 @@
 """Evaluate retrieval systems side by side (``evaluation/evaluate.py --help``).
 
-A thin wrapper: the command is ``msmarco_search.cli.evaluate.main``.
+The command is ``msmarco_search.cli.evaluate`` (also ``msmarco-evaluate``, ``python -m msmarco_search evaluate``).
 """
 
+from msmarco_search.cli import run
 from msmarco_search.cli.evaluate import main
-from msmarco_search.core.errors import run_cli
+from msmarco_search.core.commands import SCRIPT
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main, form=SCRIPT)

@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -n ${PYTHON:-} ]]; then
-  exec "$PYTHON" -m msmarco_search.cli.pipeline "$@"
+  exec "$PYTHON" -m msmarco_search pipeline "$@"
 fi
-exec uv run python -m msmarco_search.cli.pipeline "$@"
+exec uv run python -m msmarco_search pipeline "$@"

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SEARCH_SCRIPT, TRAIN_SCRIPT, run_script
 
-from msmarco_search.cli import cbow, evaluate, pipeline, search, train, triplets
+from msmarco_search.cli import cbow, evaluate, pipeline, run, search, train, triplets
 from msmarco_search.core import resources
-from msmarco_search.core.errors import run_cli
 from msmarco_search.data.triplets import Triplets, save_triplets
 from msmarco_search.io.safe_load import KIND_TRAINING_STATE, load_torch, save_torch
 
@@ -45,10 +44,10 @@ def _benchmark(name: str):
 
 
 def cli(capsys, main, *args) -> tuple[int, str, str]:
-    """``main(args)`` as its script runs it (through ``run_cli``): (exit status, stdout, stderr)."""
+    """``main(args)`` as its script runs it (through ``cli.run``): (exit status, stdout, stderr)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run_cli(lambda: main([str(a) for a in args]))
+        run(main, [str(a) for a in args])
     out, err = capsys.readouterr()
     return stop.value.code, out, err
 
@@ -210,8 +209,9 @@ def client(search_setup):
     from fastapi.testclient import TestClient
 
     from msmarco_search.index.load import load_index
+    from msmarco_search.search.options import SYSTEMS, SearchOptions
     from msmarco_search.search.server import create_app
-    from msmarco_search.search.session import SYSTEMS, SearchOptions, SearchSession, make_retrievers
+    from msmarco_search.search.session import SearchSession, make_retrievers
     from msmarco_search.training.model_file import load_model
 
     model = load_model(search_setup["model"])

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from msmarco_search.core.text import repair, tokenize
 from msmarco_search.data.vocab import Vocabulary
+from msmarco_search.training.config import TwoTowerConfig
 from msmarco_search.training.export import build_tokenizer
-from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model, save_two_tower
 
 sentence_transformers = pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too

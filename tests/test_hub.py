@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from msmarco_search.cli import run
 from msmarco_search.cli.triplets import main as triplets_main
 from msmarco_search.data import hub as hub_source
 from msmarco_search.data.hub import HUB_DATASET, HubSource
@@ -52,7 +53,14 @@ def hub(monkeypatch, tmp_path, rows_file):
 
 
 def triplets(tmp_path, *flags: str) -> int:
-    return triplets_main(["--data-dir", str(tmp_path / "data"), *flags])
+    return status_of(["--data-dir", str(tmp_path / "data"), *flags])
+
+
+def status_of(argv: list[str]) -> int:
+    """The triplets command's exit status, run as its console command runs it (``cli.run``)."""
+    with pytest.raises(SystemExit) as stop:
+        run(triplets_main, argv)
+    return stop.value.code
 
 
 def test_max_samples_streams_the_first_rows_and_caches_them(hub, tmp_path, rows_file, capsys):
@@ -64,8 +72,8 @@ def test_max_samples_streams_the_first_rows_and_caches_them(hub, tmp_path, rows_
     assert f"Streamed the first 30 rows of {HUB_DATASET} v1.1 [train] into {cache}" in out
     assert cache.read_text().splitlines() == rows_file.read_text().splitlines()[:30]
     # the same triplets as the same rows read from a local file
-    assert triplets_main(["--dataset-path", str(rows_file), "--max-samples", "30",
-                          "--output", str(tmp_path / "local.pkl")]) == 0
+    assert status_of(["--dataset-path", str(rows_file), "--max-samples", "30",
+                      "--output", str(tmp_path / "local.pkl")]) == 0
     assert load_triplets(tmp_path / "hub.pkl") == load_triplets(tmp_path / "local.pkl")
 
 

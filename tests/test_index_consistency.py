@@ -32,7 +32,7 @@ from msmarco_search.index import load as index_load
 from msmarco_search.index.layout import ARRAY_FILES, FAISS_FILE, ID_OFFSETS, IDS, MANIFEST, OFFSETS, VECTORS
 from msmarco_search.index.load import load_index
 from msmarco_search.io.atomic import content_sample
-from msmarco_search.search.session import SYSTEMS
+from msmarco_search.search.options import SYSTEMS
 
 faiss = pytest.importorskip("faiss")
 
@@ -509,8 +509,9 @@ def test_a_collection_changed_in_place_under_a_server_is_refused_not_shown(searc
     starts with its id is the server's one-line error, never another passage's text beside the id."""
     from fastapi.testclient import TestClient
 
+    from msmarco_search.search.options import SearchOptions
     from msmarco_search.search.server import create_app
-    from msmarco_search.search.session import SearchOptions, SearchSession, make_retrievers
+    from msmarco_search.search.session import SearchSession, make_retrievers
     from msmarco_search.training.model_file import load_model
 
     model, index = _copy(search_setup, work)

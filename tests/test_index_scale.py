@@ -24,7 +24,7 @@ from msmarco_search.index.bm25 import BM25Index, BM25Settings
 from msmarco_search.index.bm25_build import build_streamed
 from msmarco_search.index.load import load_index
 from msmarco_search.io.outputs import StagedFolder
-from msmarco_search.search.session import SYSTEMS
+from msmarco_search.search.options import SYSTEMS
 from msmarco_search.training.model_file import load_model
 
 SEARCH_SCRIPT = "search/search.py"

@@ -21,8 +21,9 @@ from msmarco_search.data.vocab import Vocabulary
 from msmarco_search.io.arrays import TokenArrays
 from msmarco_search.io.outputs import timestamped_path
 from msmarco_search.io.safe_load import KIND_TRIPLETS, load_pickle, save_pickle
+from msmarco_search.training.config import TwoTowerConfig
 from msmarco_search.training.losses import InBatchSoftmaxLoss, TripletMarginLoss
-from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.model import TwoTowerModel
 
 
 def test_tokenize_lowercases_and_keeps_alphanumerics():

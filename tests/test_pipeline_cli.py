@@ -24,7 +24,8 @@ from conftest import (
 from msmarco_search.data.triplets import load_triplets, metadata_path
 from msmarco_search.data.vocab import Vocabulary, vocabulary_fingerprint
 from msmarco_search.embeddings.cbow import load_embeddings
-from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.config import TwoTowerConfig
+from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model
 
 

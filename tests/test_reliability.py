@@ -1,6 +1,6 @@
 """Bad input, hostile files, interrupted writes and concurrent runs, through the scripts' command lines.
 
-Most cases call a script's ``main(argv)`` in this process through ``run_cli`` (what ``python script.py``
+Most cases call a script's ``main(argv)`` in this process through ``cli.run`` (what ``python script.py``
 runs), which is fast; a few run the script as a real subprocess to prove the exit status and that no
 traceback reaches the user. docs/reliability.md lists each case with the message the user sees.
 """
@@ -25,7 +25,9 @@ import pytest
 import torch
 from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
 
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.cli import run
+from msmarco_search.core.commands import SCRIPT
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.data.tokens import tokenise_triplets
 from msmarco_search.data.triplets import load_triplets, metadata_path
 from msmarco_search.data.vocab import Vocabulary, vocabulary_fingerprint
@@ -54,7 +56,7 @@ def cli(capsys, script: str, *args) -> tuple[int, str, str]:
     """Run ``script``'s main with ``args`` the way ``python script.py args`` does: (exit status, stdout, stderr)."""
     module = _script(script)
     with pytest.raises(SystemExit) as stop:
-        run_cli(lambda: module.main([str(a) for a in args]))
+        run(module.main, [str(a) for a in args], form=SCRIPT)
     captured = capsys.readouterr()
     return stop.value.code, captured.out, captured.err
 
@@ -1083,16 +1085,16 @@ def test_tsv_folders_without_candidates_still_work_after_hardening(work, capsys,
 
 
 def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
-    def too_big():
+    def too_big(argv):
         raise MemoryError
 
-    def interrupted():
+    def interrupted(argv):
         raise KeyboardInterrupt
 
     for main, status, line in [(too_big, 2, "error: out of memory; lower --batch-size, --vector-size or --max-samples"),
                                (interrupted, 130, "interrupted")]:
         with pytest.raises(SystemExit) as stop:
-            run_cli(main)
+            run(main)
         assert stop.value.code == status
         assert capsys.readouterr().err.strip() == line
 

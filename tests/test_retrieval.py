@@ -17,7 +17,8 @@ from conftest import SHARED_DATA, run_script
 from msmarco_search.core.text import tokenize
 from msmarco_search.data.vocab import Vocabulary
 from msmarco_search.io.msmarco_files import read_collection
-from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.config import TwoTowerConfig
+from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import save_two_tower
 
 DL19 = SHARED_DATA / "msmarco-trec-dl-2019"

@@ -24,8 +24,8 @@ from msmarco_search.index.load import load_index
 from msmarco_search.search.dense import DenseRetriever, TwoTowerRetriever, exact_search
 from msmarco_search.search.fusion import linear_fusion, reciprocal_rank_fusion
 from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
+from msmarco_search.search.options import SYSTEMS
 from msmarco_search.search.retrieval import BM25Retriever, PassagePool, Retriever
-from msmarco_search.search.session import SYSTEMS
 from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model, save_two_tower
 

@@ -27,9 +27,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from msmarco_search.cli.search import main as search_command  # noqa: E402
 from msmarco_search.core.errors import PipelineError  # noqa: E402
 from msmarco_search.index.load import load_index  # noqa: E402
+from msmarco_search.search.options import SYSTEMS, SearchOptions
 from msmarco_search.search.page import highlight  # noqa: E402
 from msmarco_search.search.server import MAX_K, create_app  # noqa: E402
-from msmarco_search.search.session import SYSTEMS, SearchOptions, SearchSession, make_retrievers  # noqa: E402
+from msmarco_search.search.session import SearchSession, make_retrievers
 from msmarco_search.training.model_file import load_model  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

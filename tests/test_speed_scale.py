@@ -23,8 +23,9 @@ from msmarco_search.embeddings.cbow import load_embeddings
 from msmarco_search.io.arrays import TokenArrays, TokenArrayWriter
 from msmarco_search.io.safe_load import KIND_TRAINING_STATE, load_torch
 from msmarco_search.training import optim
+from msmarco_search.training.config import TwoTowerConfig
 from msmarco_search.training.losses import InBatchSoftmaxLoss
-from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel, distinct_ids
+from msmarco_search.training.model import TwoTowerModel, distinct_ids
 from msmarco_search.training.optim import RowAdam
 from msmarco_search.training.state import TrainingDiverged, TrainingInterrupted, TrainSettings, load_training_state
 from msmarco_search.training.trainer import train_two_tower

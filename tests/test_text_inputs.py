@@ -3,7 +3,7 @@
 Files in another encoding or not text at all, collections without a word and ids with tabs or line breaks are
 read right or refused in one line by the first command that reads them (the readers of ``sources``); a
 ``--split``, system list or path that names nothing is an error listing what is there; a full disk while the
-export, torch or BM25 write is one line. Cases run a script's ``main(argv)`` through ``run_cli`` in this
+export, torch or BM25 write is one line. Cases run a script's ``main(argv)`` through ``cli.run`` in this
 process, or as a real subprocess where the exit status, the absence of a traceback or a file-size limit
 (``RLIMIT_FSIZE``: writes past it fail as on a full disk) is the point. docs/reliability.md lists each case.
 """
@@ -28,7 +28,7 @@ import pytest
 from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
 from test_reliability import assert_one_line_error, cli
 
-from msmarco_search.core.errors import run_cli
+from msmarco_search.cli import run
 from msmarco_search.data.triplets import load_triplets
 
 EVALUATE = "evaluation/evaluate.py"
@@ -330,8 +330,8 @@ def test_the_main_job_refuses_an_evaluation_split_that_names_no_file(work, capsy
     train = write_tsv_folder(corpus, work / "train")
     evaluation = _dl21_folder(corpus, work)
     with pytest.raises(SystemExit) as stop:
-        run_cli(lambda: pipeline.main(["100", "--dataset-path", str(train), "--evaluate-on", str(evaluation),
-                                       "--evaluate-split", "dl2021", "--output-dir", str(work / "out")]))
+        run(pipeline.main, ["100", "--dataset-path", str(train), "--evaluate-on", str(evaluation),
+                            "--evaluate-split", "dl2021", "--output-dir", str(work / "out")])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.strip().splitlines()[-1] == (
         f"error: --evaluate-split dl2021 names none of the queries files in {evaluation} (queries.dl21.tsv): give "
@@ -424,7 +424,8 @@ def test_evaluation_lists_that_name_nothing_and_a_baseline_of_no_task_are_refuse
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, trained_pipeline):
     pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
     from msmarco_search.data.vocab import Vocabulary
-    from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+    from msmarco_search.training.config import TwoTowerConfig
+    from msmarco_search.training.model import TwoTowerModel
     from msmarco_search.training.model_file import save_two_tower
 
     # long words and one dimension: tokenizer.json (written after the word table) is the largest file, so a

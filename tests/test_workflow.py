@@ -45,8 +45,8 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     # the final models trained on the self-training pairs as well
     labelled = next((tmp_path / "data").glob("msmarco_triplets_selftrain_*_metadata.json"))
     assert json.loads(labelled.read_text())["pseudo_labelled"] > 0
-    # the commands are printed as a user would run them
-    assert "$ uv run training/train_two_tower_from_triplets.py" in out
+    # the commands are printed as a user would run them, wherever the package is installed
+    assert "$ python -m msmarco_search train " in out
 
     models = sorted(m for m in (tmp_path / "checkpoints").glob("two_tower_model_*.pt") if "_labeller" not in m.name)
     final = [m for m in models if "_seed" not in m.name]
@@ -77,7 +77,7 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     assert "LEAK" not in out
 
     # the printed search command works on the index the workflow built
-    assert f"search/search.py query {final[0]}" in out
+    assert f"python -m msmarco_search search query {final[0]}" in out
     _, query, topic = held_out.queries[0]
     hits = run_script("search/search.py", "query", final[0], "-k", "3", query, cwd=tmp_path).stdout
     shown = [line.split()[1] for line in hits.splitlines() if line.strip()[:1].isdigit()]

@@ -3,16 +3,12 @@
 Writes {checkpoint_dir}/msmarco_word2vec.pt: the embedding matrix, word-to-index and index-to-word, with
 <pad> at 0 and <unk> at 1, loadable with torch.load(..., weights_only=True).
 
-A thin wrapper: the command lives in msmarco_search/driver/cbow.py (also the ``msmarco-cbow`` command).
+The command is ``msmarco_search.cli.cbow`` (also ``msmarco-cbow``, ``python -m msmarco_search cbow``).
 """
 
-from __future__ import annotations
-
-import sys
-
-from msmarco_search.cli.cbow import main, parse_args
-
-__all__ = ["main", "parse_args"]
+from msmarco_search.cli import run
+from msmarco_search.cli.cbow import main
+from msmarco_search.core.commands import SCRIPT
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, form=SCRIPT)

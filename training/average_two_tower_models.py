@@ -3,8 +3,9 @@
     uv run training/average_two_tower_models.py MODEL.pt MODEL.pt [MODEL.pt ...] [--output FILE | --output-dir DIR]
 """
 
+from msmarco_search.cli import run
 from msmarco_search.cli.average import main
-from msmarco_search.core.errors import run_cli
+from msmarco_search.core.commands import SCRIPT
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main, form=SCRIPT)

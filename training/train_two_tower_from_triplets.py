@@ -4,8 +4,9 @@
     torchrun --nproc-per-node N training/train_two_tower_from_triplets.py TRIPLETS.pkl ...
 """
 
+from msmarco_search.cli import run
 from msmarco_search.cli.train import main
-from msmarco_search.core.errors import run_cli
+from msmarco_search.core.commands import SCRIPT
 
 if __name__ == "__main__":
-    run_cli(main)
+    run(main, form=SCRIPT)

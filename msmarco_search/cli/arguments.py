@@ -16,7 +16,7 @@ from msmarco_search.data.records import Source
 from msmarco_search.data.sources import open_source
 from msmarco_search.index.bm25 import BM25Settings
 from msmarco_search.search.fusion import DEFAULT_FUSION_DEPTH, DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, FUSIONS
-from msmarco_search.search.hybrid import DEFAULT_FEEDBACK_DEPTH, DEFAULT_FEEDBACK_WEIGHT
+from msmarco_search.search.options import DEFAULT_FEEDBACK_DEPTH, DEFAULT_FEEDBACK_WEIGHT
 
 
 def add_source_arguments(parser: Any) -> None:

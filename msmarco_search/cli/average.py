@@ -16,14 +16,16 @@ from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.cli.output import claim_model_path
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.commands import program
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.io.outputs import release
 from msmarco_search.training.model_file import average_two_towers, save_two_tower
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program("average"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", type=Path, nargs="+", help="two-tower models (.pt) from training")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the averaged model goes, under a timestamped name (default: the first "
@@ -55,7 +57,3 @@ def main(argv: list[str] | None = None) -> int:
         release(path)
     info(f"💾 Saved the average of {len(args.models)} models to {path}")
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -21,7 +21,8 @@ from msmarco_search.cli.arguments import (
     source_from_args,
     thread_count,
 )
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.commands import program
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.core.text import STEMMERS
 from msmarco_search.embeddings.cbow import (
@@ -42,7 +43,8 @@ from msmarco_search.io.outputs import check_output, output_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program("cbow"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--checkpoint-dir", "--output-dir", dest="checkpoint_dir", default="./checkpoints",
                         help="folder for msmarco_word2vec.pt (default ./checkpoints)")
     parser.add_argument("--max-samples", type=positive_int, default=None,
@@ -90,19 +92,7 @@ def _warn_about_ignored_flags(args: argparse.Namespace, model: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command (``msmarco-cbow``, or the script): its exit status, with problems as one-line errors.
-
-    ``run_cli`` prints them (``error: FILE: problem``, ``interrupted``) and exits; caught here so that a
-    console-script entry point (``sys.exit(main())``) and the tests get the status as a return value.
-    """
-    try:
-        run_cli(lambda: _main(argv))
-    except SystemExit as stop:  # run_cli's exit, or argparse's (--help, a bad flag)
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
-    return 0
-
-
-def _main(argv: list[str] | None) -> int:
+    """Train the vectors and save them; a problem the user can fix raises ``PipelineError`` (``cli.run`` prints it)."""
     args = parse_args(argv)
     checkpoint_dir = output_path(args.checkpoint_dir)  # a name of its own, through a link (an odd name: one line)
     info("Starting CBOW implementation with MS Marco dataset")

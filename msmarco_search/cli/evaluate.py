@@ -36,7 +36,8 @@ from msmarco_search.cli.evaluate_systems import (
     resolve_embeddings,
     split_names,
 )
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.commands import command, program
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.core.resources import HIT_BYTES, check_memory
 from msmarco_search.data.provenance import training_overlap
@@ -60,7 +61,8 @@ TASKS = ("rerank", "full")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program("evaluate"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
                         help="a two-tower model (.pt from training), optionally named (it shows as "
                              "two-tower[NAME]); repeat for several")
@@ -94,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"passages kept per query in each run ({DEFAULT_RUN_DEPTH})")
     tuning.add_argument("--index-dir", type=Path, default=None,
                         help="official files: reuse the BM25 index saved in this search index "
-                             "(search/search.py index over the same --collection, with the same BM25 flags)")
+                             f"({command('search')} index over the same --collection, with the same BM25 flags)")
     tuning.add_argument("--baseline", default=None,
                         help=f"the row every system is tested against (paired t-test and Wilcoxon test): default "
                              f"{FIRST_STAGE} (the candidates as given) when re-ranking, bm25 in full ranking")
@@ -324,8 +326,3 @@ def evaluate_systems(args: argparse.Namespace, chosen: list[str], output_dir: Pa
             "significance": result.significance,
             "seeds": seed_summary(result.metrics, task.metrics()),
             "seconds": result.seconds, "run_files": files}
-
-
-def cli() -> None:
-    """Console entry point: ``main`` with one-line errors (``error: FILE: problem``, exit 2), no traceback."""
-    run_cli(main)

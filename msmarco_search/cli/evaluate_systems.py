@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
@@ -103,7 +104,7 @@ def _bm25(args: argparse.Namespace) -> BM25Retriever:
         raise PipelineError("--index-dir (a saved BM25 index) needs the official files task (--collection ...)")
     index = load_index(args.index_dir)
     if saved_bm25_settings(index) is None:
-        raise PipelineError("this index has no saved BM25 index; build one with `search/search.py index`",
+        raise PipelineError(f"this index has no saved BM25 index; build one with `{command('search')} index`",
                             args.index_dir)
     index.close()
     return BM25Retriever(settings, "bm25", Path(args.index_dir) / BM25_DIR, args.collection)

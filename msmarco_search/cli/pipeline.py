@@ -1,9 +1,14 @@
 """The main job: the measured recipe end to end, from raw text to a scoreboard and a searchable index.
 
-    scripts/run_pipeline.sh [SAMPLE_SIZE] [--dataset-path PATH... --split S] [--evaluate-on FILES...] [...]
+    msmarco-pipeline [SAMPLE_SIZE] [--dataset-path PATH... --split S] [--evaluate-on FILES...] [...]
 
-Each stage runs as its own command (printed before it runs, so any stage can be rerun by hand), and each
-passes the next one the exact file it wrote (``--output``), never a search for the newest file:
+(or ``python -m msmarco_search pipeline ...``; in a clone, ``scripts/run_pipeline.sh ...``). Each stage runs as its
+own command and passes the next one the exact file it wrote (``--output``), never a search for the newest file.
+A stage runs as ``python -m msmarco_search COMMAND ...`` with this interpreter, never through a path in the
+repository, so the job runs wherever the package is installed, from any folder. Each stage is printed before it
+runs as that same command, ``python -m msmarco_search COMMAND ...`` (so is the search command suggested at the
+end): what runs, and what the user can type to rerun it by hand wherever the package is installed, whether or not
+its console commands are on the PATH:
 
 1. the CBOW corpus: every text of the training source (queries and passages), the passages of the evaluation
    collection (bare text, no label) and any ``--extra-text`` files, minus any line that equals an evaluation
@@ -58,7 +63,8 @@ from msmarco_search.cli.arguments import (
     split_given,
     thread_count,
 )
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.commands import MODULE_COMMAND, program
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.core.text import TOKENIZER_VERSION
 from msmarco_search.data.provenance import query_fingerprint
@@ -69,14 +75,6 @@ from msmarco_search.io.msmarco_files import read_collection, read_queries
 from msmarco_search.io.outputs import release, timestamped_path
 from msmarco_search.io.records import cached_record, save_cache_record
 
-ROOT = Path(__file__).resolve().parents[2]
-CBOW_SCRIPT = ROOT / "text_embeddings" / "train_text_embeddings_cbow_msmarco.py"
-TRIPLETS_SCRIPT = ROOT / "preprocessing" / "generate_triplets.py"
-TRAIN_SCRIPT = ROOT / "training" / "train_two_tower_from_triplets.py"
-AVERAGE_SCRIPT = ROOT / "training" / "average_two_tower_models.py"
-SEARCH_SCRIPT = ROOT / "search" / "search.py"
-EVALUATE_SCRIPT = ROOT / "evaluation" / "evaluate.py"
-
 # The recipe's two-tower settings (chosen on DL 2021; see docs/benchmarks.md). --epochs, --batch-size and
 # --seed come from the workflow's own flags.
 RECIPE = ["--shared-towers", "--init-token-weights", "idf", "--loss", "softmax", "--scale", "20",
@@ -85,7 +83,7 @@ RECIPE = ["--shared-towers", "--init-token-weights", "idf", "--loss", "softmax",
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="run_pipeline.sh", description=__doc__.split("\n\n")[0],
+        prog=program("pipeline"), description=__doc__.split("\n\n")[0],
         epilog="Without --dataset-path it trains on MS MARCO v1.1 train from the hub and evaluates on its "
                "validation split. Every stage's output goes where the seed's scripts put it: --output-dir "
                "(checkpoints/) for vectors and models, --data-dir (data/) for triplets and caches.",
@@ -144,17 +142,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass
 class Stage:
-    """One command of the workflow: what it does (printed as its heading) and the script with its arguments."""
+    """One command of the workflow: what it does (printed as its heading), the command and its arguments."""
 
     name: str
-    script: Path
+    command: str  # one of the package's commands (``cli.COMMANDS``)
     arguments: list[object]
 
-    def command(self) -> list[str]:
-        return [sys.executable, str(self.script), *map(str, self.arguments)]
+    def argv(self) -> list[str]:
+        """The stage's process: this interpreter running the package's command, wherever the package lies."""
+        return [sys.executable, "-m", "msmarco_search", self.command, *map(str, self.arguments)]
 
     def shown(self) -> str:
-        return " ".join(["uv run", str(self.script.relative_to(ROOT)), *map(str, self.arguments)])
+        """The stage as the user types it (the module's rule)."""
+        return " ".join([MODULE_COMMAND, self.command, *map(str, self.arguments)])
 
     def failure(self, status: int) -> str:
         """The job's one-line error when this stage exits with ``status`` (its own message is printed above)."""
@@ -176,7 +176,7 @@ class Workflow:
     def run(self, stage: Stage) -> None:
         info(f"\n== {stage.name}\n$ {stage.shown()}")
         started = time.perf_counter()
-        status = subprocess.run(stage.command(), check=False).returncode
+        status = subprocess.run(stage.argv(), check=False).returncode
         self.timings.append((stage.name, time.perf_counter() - started))
         if status != 0:
             raise PipelineError(stage.failure(status))
@@ -210,7 +210,7 @@ class Workflow:
                     return
                 info(f"\n== {stage.name} [{number}]\n$ {stage.shown()}")
                 started = time.perf_counter()
-                process = subprocess.Popen(stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                process = subprocess.Popen(stage.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                            text=True, env=environment)
                 self._running.add(process)
             with process:
@@ -302,14 +302,14 @@ def triplet_stages(workflow: Workflow, evaluation: TsvFiles | None) -> tuple[lis
     # the evaluation queries are dropped from every triplet: passages quote some of them (DL 2019 has 3 such
     # queries in its pool), and an inverse-cloze pseudo-query cut from one would train on the evaluation query
     held_out = ["--exclude-queries", evaluation.queries] if evaluation is not None else []
-    stages = [Stage("triplets: judged pairs", TRIPLETS_SCRIPT,
+    stages = [Stage("triplets: judged pairs", "triplets",
                     [*workflow.source_flags(), "--max-samples", args.sample_size, "--min-relevance", args.min_relevance,
                      "--negatives", negatives, *held_out, "--output", judged])]
     collections = [c for c in (local_collection(workflow.source), evaluation and evaluation.collection) if c]
     if not collections:
         return stages, judged
     both = data / f"msmarco_triplets_recipe_{workflow.stamp}.pkl"
-    stages.append(Stage("triplets: inverse-cloze pseudo-queries plus the judged pairs", TRIPLETS_SCRIPT,
+    stages.append(Stage("triplets: inverse-cloze pseudo-queries plus the judged pairs", "triplets",
                         ["--mode", "ict", "--dataset-path", *collections, "--max-samples", args.sample_size,
                          "--ict-per-passage", args.ict_per_passage, "--include", judged, *held_out, "--data-dir", data,
                          "--output", both]))
@@ -318,7 +318,7 @@ def triplet_stages(workflow: Workflow, evaluation: TsvFiles | None) -> tuple[lis
 
 def train_stage(workflow: Workflow, name: str, triplets: Path, embeddings: Path, seed: int, model: Path) -> Stage:
     args = workflow.args
-    return Stage(name, TRAIN_SCRIPT, [triplets, "--embeddings", embeddings, "--epochs", args.epochs, "--batch-size",
+    return Stage(name, "train", [triplets, "--embeddings", embeddings, "--epochs", args.epochs, "--batch-size",
                                       args.batch_size, *RECIPE, "--seed", seed, "--device", args.device,
                                       "--data-dir", args.data_dir, "--output", model])
 
@@ -336,7 +336,7 @@ def self_training_triplets(workflow: Workflow, triplets: Path, embeddings: Path,
     labelled = data / f"msmarco_triplets_selftrain_{workflow.stamp}.pkl"
     held_out = ["--exclude-queries", evaluation.queries] if evaluation is not None else []
     workflow.run(Stage("triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
-                       TRIPLETS_SCRIPT, ["--mode", "pseudo-labels", "--dataset-path", *collections, "--queries",
+                       "triplets", ["--mode", "pseudo-labels", "--dataset-path", *collections, "--queries",
                                          *args.label_queries, "--label-model", labeller, "--include", triplets,
                                          *held_out, "--device", args.device, "--data-dir", data, "--output", labelled]))
     return labelled
@@ -351,7 +351,7 @@ def train_models(workflow: Workflow, triplets: Path, embeddings: Path) -> Path:
     workflow.run_side_by_side([[train_stage(workflow, f"two-tower, seed {seed}", triplets, embeddings, seed, model)]
                                for seed, model in zip(seeds, models, strict=True)])
     if len(models) > 1:
-        workflow.run(Stage(f"the average of the {len(models)} seeds' weights", AVERAGE_SCRIPT,
+        workflow.run(Stage(f"the average of the {len(models)} seeds' weights", "average",
                            [*models, "--output", final]))
     return final
 
@@ -362,15 +362,15 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
     common = ["--model", f"recipe={model}", "--embeddings", embeddings, "--device", args.device,
               "--output-dir", report]
     if evaluation is not None:
-        workflow.run(Stage("index the evaluation collection", SEARCH_SCRIPT,
+        workflow.run(Stage("index the evaluation collection", "search",
                            ["index", model, "--dataset-path", evaluation.collection, "--device", args.device]))
-        workflow.run(Stage("evaluate against BM25", EVALUATE_SCRIPT,
+        workflow.run(Stage("evaluate against BM25", "evaluate",
                            [*common, "--collection", evaluation.collection, "--queries", evaluation.queries,
                             "--qrels", evaluation.qrels]))
-        info(f"\nSearch the new index:\n  uv run search/search.py query {model} --system all "
+        info(f"\nSearch the new index:\n  {MODULE_COMMAND} search query {model} --system all "
              "\"what is a lobster roll\"")
     elif not args.dataset_path:
-        workflow.run(Stage("evaluate on MS MARCO validation", EVALUATE_SCRIPT,
+        workflow.run(Stage("evaluate on MS MARCO validation", "evaluate",
                            [*common, "--split", "validation", "--data-dir", args.data_dir, "--dataset-config",
                             args.dataset_config]))
     else:
@@ -411,7 +411,7 @@ def run_stages(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
         corpus = ["--dataset-path", write_corpus(workflow, evaluation), "--data-dir", args.data_dir]
     else:  # the hub's queries and passages, as stage 1 reads them
         corpus = [*workflow.source_flags(), "--max-samples", args.sample_size]
-    cbow = Stage("CBOW word vectors", CBOW_SCRIPT,
+    cbow = Stage("CBOW word vectors", "cbow",
                  [*corpus, "-c", args.output_dir, "--vector-size", args.vector_size, "--window", args.cbow_window,
                   "--min-count", args.min_count, "--epochs", args.cbow_epochs, "--workers", args.cbow_workers,
                   "--no-word-benchmarks"])
@@ -422,7 +422,3 @@ def run_stages(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
     model = train_models(workflow, triplets, embeddings)
     evaluate(workflow, model, embeddings, evaluation)
     return model
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -42,8 +42,9 @@ from msmarco_search.cli.arguments import (
     source_from_args,
 )
 from msmarco_search.cli.search_query import make_searchers, run_query
+from msmarco_search.core.commands import command, program
 from msmarco_search.core.device import pick_device
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.index.bm25 import BM25Settings
 from msmarco_search.index.build import add_faiss, build_index, update_manifest
@@ -59,8 +60,9 @@ from msmarco_search.index.layout import (
 )
 from msmarco_search.index.load import load_index
 from msmarco_search.io.msmarco_files import queries_with_words, read_queries
-from msmarco_search.search.dense import DEFAULT_REFINE, faiss_recall
-from msmarco_search.search.session import SYSTEMS, SearchSession
+from msmarco_search.search.dense import faiss_recall
+from msmarco_search.search.options import DEFAULT_REFINE, SYSTEMS
+from msmarco_search.search.session import SearchSession
 from msmarco_search.training.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.training.model_file import load_model
 
@@ -142,12 +144,13 @@ def add_faiss_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program("search"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,faiss,serve}")
 
     index = commands.add_parser("index", help="encode a passage collection and save its index",
                                 description="Encode a passage collection with the model's passage tower.")
-    index.add_argument("model", type=Path, help="two-tower model file (training/train_two_tower_from_triplets.py)")
+    index.add_argument("model", type=Path, help=f"two-tower model file ({command('train')})")
     index.add_argument("--index-dir", type=Path, default=None,
                        help="where the index goes (default: <model stem>_index/ beside the model)")
     index.add_argument("--max-passages", type=positive_int, default=None,
@@ -333,9 +336,3 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     commands = {"index": run_index, "query": run_query, "faiss": run_faiss, "serve": run_serve}
     return commands[args.command](args)
-
-
-
-def cli() -> None:
-    """Console entry point: ``main`` with one-line errors (``error: FILE: problem``, exit 2), no traceback."""
-    run_cli(main)

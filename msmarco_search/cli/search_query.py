@@ -19,7 +19,8 @@ from msmarco_search.io.atomic import ensure_writable_dir
 from msmarco_search.io.msmarco_files import queries_with_words, read_queries
 from msmarco_search.io.outputs import claim_output, output_path, release
 from msmarco_search.io.runs import TREC_RUN_OUTPUT, check_trec_ids, write_trec_run
-from msmarco_search.search.session import SYSTEMS, SearchOptions, known_words, make_retrievers, snippet
+from msmarco_search.search.options import SYSTEMS, SearchOptions
+from msmarco_search.search.session import known_words, make_retrievers, snippet
 from msmarco_search.training.model_file import load_model
 
 

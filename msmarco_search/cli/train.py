@@ -56,8 +56,9 @@ from msmarco_search.cli.output import (
     claim_model_path,
     companions,
 )
+from msmarco_search.core.commands import command, command_words, program
 from msmarco_search.core.device import pick_device
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.data.provenance import training_provenance
 from msmarco_search.data.tokens import TrainingData, TripletsFile
@@ -67,6 +68,7 @@ from msmarco_search.evaluation.validation import Validator, split_validation
 from msmarco_search.io.atomic import content_sample
 from msmarco_search.io.outputs import check_output, claim_output, release
 from msmarco_search.io.records import load_side_record, save_side_record
+from msmarco_search.training.config import TOWERS
 from msmarco_search.training.distributed import (
     DistributedContext,
     context_from_environment,
@@ -74,7 +76,7 @@ from msmarco_search.training.distributed import (
     shutdown_distributed,
 )
 from msmarco_search.training.losses import InBatchSoftmaxLoss, TripletMarginLoss
-from msmarco_search.training.model import TOWERS, TwoTowerModel, build_model
+from msmarco_search.training.model import TwoTowerModel, build_model
 from msmarco_search.training.model_file import save_two_tower
 from msmarco_search.training.plots import plot_training_log
 from msmarco_search.training.state import TrainingInterrupted, TrainingLog, TrainSettings, load_training_state
@@ -85,9 +87,10 @@ LOSSES = ("softmax", "triplet")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program("train"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("triplets_file", type=Path,
-                        help="triplets .pkl or .parquet from preprocessing/generate_triplets.py, or a triples TSV "
+                        help=f"triplets .pkl or .parquet from {command('triplets')}, or a triples TSV "
                              "(query<TAB>positive<TAB>negative, as triples.train.small.tsv)")
     parser.add_argument("--epochs", type=epoch_count, default=1, help="training epochs (1)")
     parser.add_argument("--batch-size", type=batch_rows, default=32, help="triplets per batch (32)")
@@ -269,8 +272,8 @@ def plan_outputs(args: argparse.Namespace, context: DistributedContext, resume: 
 def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, context: DistributedContext,
                         device: torch.device, resume: dict[str, Any] | None) -> tuple[TwoTowerModel, TrainingData]:
     if not args.embeddings.exists():
-        raise PipelineError("CBOW embeddings not found; run text_embeddings/train_text_embeddings_cbow_msmarco.py "
-                            "first or pass --embeddings", args.embeddings)
+        raise PipelineError(f"CBOW embeddings not found; run {command('cbow')} first or pass --embeddings",
+                            args.embeddings)
     matrix, vocab, _ = load_embeddings(args.embeddings)
     info(f"Loaded embeddings: {matrix.shape[0]:,} words x {matrix.shape[1]} dimensions")
     # the first process tokenises (and caches) the triplets; the others then read its cache
@@ -407,8 +410,7 @@ def resume_command(state_path: Path, arguments: list[str], world_size: int) -> s
             continue
         if not arg.startswith("--resume="):
             kept.append(arg)
-    launcher = ["torchrun", "--nproc-per-node", str(world_size)] if world_size > 1 else ["uv", "run"]
-    return shlex.join([*launcher, sys.argv[0], *kept, "--resume", str(state_path)])
+    return shlex.join([*command_words("train", world_size), *kept, "--resume", str(state_path)])
 
 
 def similarity_test(model: TwoTowerModel, examples: Triplets, queries: int = 3) -> None:
@@ -438,7 +440,3 @@ def similarity_test(model: TwoTowerModel, examples: Triplets, queries: int = 3) 
         for rank, i in enumerate(scores.argsort(descending=True).tolist(), 1):
             text, label = candidates[i]
             info(f"  {rank}. {scores[i]:+.4f} [{label}] {text[:90]}")
-
-
-if __name__ == "__main__":
-    run_cli(main)

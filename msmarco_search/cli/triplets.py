@@ -38,7 +38,8 @@ from msmarco_search.cli.arguments import (
     source_from_args,
     split_given,
 )
-from msmarco_search.core.errors import PipelineError, run_cli
+from msmarco_search.core.commands import program
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.data.generation import (
     NEGATIVE_STRATEGIES,
@@ -66,7 +67,8 @@ from msmarco_search.io.records import save_side_record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=program("triplets"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("queries", "ict", "pseudo-labels"), default="queries",
                         help="queries: judged queries and their passages (default); ict: inverse-cloze "
                              "pseudo-queries cut from bare passages; pseudo-labels: unjudged --queries "
@@ -141,20 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``msmarco-triplets``: the exit status; bad input is one line ``error: FILE: problem`` and status 2.
-
-    The status comes from ``errors.run_cli`` (the one place that turns errors into lines and statuses), whose
-    ``sys.exit`` is caught here so that the console command and callers in Python get it as a return value.
-    """
-    try:
-        run_cli(lambda: run(parse_args(argv)))
-    except SystemExit as stop:  # run_cli's exit, or argparse's (--help: 0, a bad flag: 2)
-        return stop.code if isinstance(stop.code, int) else 1
-    return 0  # not reached: run_cli always exits
-
-
-def run(args: argparse.Namespace) -> int:
-    """Make and save the triplets; a problem the user can fix raises ``PipelineError``."""
+    """Make and save the triplets; a problem the user can fix raises ``PipelineError`` (``cli.run`` prints it)."""
+    args = parse_args(argv)
     started = time.perf_counter()
     claimed = claim_output_file(args)  # before the work, not after it
     try:
@@ -399,5 +389,3 @@ def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
     return {key: [str(p) if isinstance(p, Path) else p for p in value] if isinstance(value, list)
             else str(value) if isinstance(value, (Path, str)) else value for key, value in arguments.items()}
 
-
-__all__ = ["main", "parse_args", "run"]

@@ -1,9 +1,7 @@
-"""The project's one error type, and the wrapper that turns it into a one-line message at the CLI."""
+"""The project's one error type, and the helpers that keep its messages to one line (``cli.run`` prints it)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +25,3 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of a library's error message (its type name when it has none), cut to ``limit``."""
     text = str(error).strip()
     return short(text.splitlines()[0], limit) if text else type(error).__name__
-
-
-def run_cli(main: Callable[[], int | None]) -> None:
-    """Run a script's ``main`` and exit with its status; a ``PipelineError`` becomes ``error: ...`` and exit 2."""
-    try:
-        status = main()
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except MemoryError:
-        # a setting too large for this machine (--batch-size, --vector-size, a huge --max-samples)
-        print("error: out of memory; lower --batch-size, --vector-size or --max-samples", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(status or 0)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError, first_line
 from msmarco_search.core.text import (
     STEMMERS,
@@ -235,7 +236,7 @@ def check_saved(directory: Path, settings: BM25Settings, collection: dict[str, A
     if saved != wanted:
         raise PipelineError(f"BM25 index was built with k1 {saved[0]}, b {saved[1]}, stemmer {saved[2]}, tokenizer "
                             f"{saved[3]}, not the k1 {wanted[0]}, b {wanted[1]}, stemmer {wanted[2]} asked for; "
-                            "rebuild it (search/search.py index) with these settings, or ask for its own", path)
+                            f"rebuild it ({command('search')} index) with these settings, or ask for its own", path)
     if record.get("collection") != collection or record.get("count") != count:
         raise PipelineError(f"BM25 index was built over another collection ({record.get('collection')}, "
                             f"{record.get('count')} passages), not {collection} ({count} passages); rebuild it", path)

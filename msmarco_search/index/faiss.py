@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError, first_line
 from msmarco_search.core.report import info, progress
 from msmarco_search.index.vectors import vector_row_list, vector_rows
@@ -159,7 +160,7 @@ def check_faiss(faiss: Any, index: Any, kind: str, count: int, dim: int, path: P
     found = type(index).__name__
     if found != _FAISS_CLASSES[kind]:
         raise PipelineError(f"holds a faiss {found}, not the {_FAISS_CLASSES[kind]} of a {kind} index the manifest "
-                            f"names; rebuild it with `search/search.py faiss MODEL --faiss {kind}`", path)
+                            f"names; rebuild it with `{command('search')} faiss MODEL --faiss {kind}`", path)
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise PipelineError(f"faiss index ranks by another metric (faiss metric {index.metric_type}) than the inner "
                             "product the vectors are scored by; rebuild it", path)

@@ -14,10 +14,11 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError, short
 from msmarco_search.index.bm25 import BM25Settings
 from msmarco_search.index.faiss import check_faiss, import_faiss, read_faiss
@@ -40,7 +41,9 @@ from msmarco_search.index.vectors import JoinedRows
 from msmarco_search.io.arrays import OpenedArray, map_npy, read_rows
 from msmarco_search.io.atomic import content_sample
 from msmarco_search.io.textfiles import decode_text
-from msmarco_search.training.model import TwoTowerModel
+
+if TYPE_CHECKING:  # the model's type only: the index is read without torch
+    from msmarco_search.training.model import TwoTowerModel
 
 # ---------------------------------------------------------------------------------------------- BM25
 
@@ -184,7 +187,7 @@ class PassageIndex:
         its kind, metric, dimensions, count and (IVF) the rows its lists hold."""
         if self._faiss is None:
             if not self.has_faiss:
-                raise PipelineError("this index has no faiss index; add one with `search/search.py faiss MODEL "
+                raise PipelineError(f"this index has no faiss index; add one with `{command('search')} faiss MODEL "
                                     f"--faiss {'|'.join(FAISS_KINDS)}`, or use --search exact", self.directory)
             faiss = import_faiss()
             path = self.directory / FAISS_FILE

@@ -6,8 +6,9 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError, first_line, short
 from msmarco_search.data.vocab import vocabulary_fingerprint
 from msmarco_search.index.layout import (
@@ -22,7 +23,9 @@ from msmarco_search.index.layout import (
     VECTOR_DTYPES,
 )
 from msmarco_search.index.opened import Missing, OpenedFolder
-from msmarco_search.training.model import TwoTowerModel
+
+if TYPE_CHECKING:  # the model's type only: the index is read without torch
+    from msmarco_search.training.model import TwoTowerModel
 
 SHARD_MISMATCH = {"model_id": "another model", "vocabulary_fingerprint": "another vocabulary",
                    "collection": "another collection", "collection_size": "another collection",
@@ -64,7 +67,7 @@ def read_manifest(folder: OpenedFolder) -> dict[str, Any]:
         file = folder.open(MANIFEST)
     except Missing as error:
         raise PipelineError(f"not a complete index (no {MANIFEST}: its build never finished); rebuild it with "
-                            "`search/search.py index MODEL`", folder.path) from error
+                            f"`{command('search')} index MODEL`", folder.path) from error
     opened = os.fstat(file.fileno())
     folder.manifest_identity = (opened.st_dev, opened.st_ino)
     return check_manifest(json_of(file, path), path)
@@ -81,7 +84,7 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     if version < INDEX_FORMAT_VERSION:
         raise PipelineError(f"index format version {version} is older than this program reads ({INDEX_FORMAT_VERSION}: "
                             "ids stored at their own length, the collection's content recorded); rebuild it with "
-                            "`search/search.py index MODEL`", path)
+                            f"`{command('search')} index MODEL`", path)
     try:
         manifest["files"], manifest["count"], manifest["dim"] = (dict(manifest["files"]), int(manifest["count"]),
                                                                  int(manifest["dim"]))
@@ -121,7 +124,7 @@ def _check_manifest_names(manifest: dict[str, Any], path: Path) -> None:
                             "rebuild the index", path)
     if manifest.get("faiss") and not {FAISS_FILE} <= set(manifest["files"]) & set(manifest["samples"]):
         raise PipelineError(f"manifest names a faiss index without the size and sample of {FAISS_FILE}; add it again "
-                            "with `search/search.py faiss MODEL`", path)
+                            f"with `{command('search')} faiss MODEL`", path)
 
 
 def check_model(manifest: dict[str, Any], path: Path, model: TwoTowerModel, model_path: str | Path | None) -> None:

@@ -11,6 +11,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.index.layout import MANIFEST
 
@@ -31,7 +32,7 @@ class OpenedFolder:
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError) as error:
-            raise PipelineError("no index here; build one with `search/search.py index MODEL` (without --index-dir "
+            raise PipelineError(f"no index here; build one with `{command('search')} index MODEL` (without --index-dir "
                                 "it is <model stem>_index/ beside the model)", path) from error
         except OSError as error:
             raise PipelineError(f"cannot read ({error.strerror or error})", path) from error

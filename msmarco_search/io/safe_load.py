@@ -16,12 +16,13 @@ import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from msmarco_search.core.errors import PipelineError, first_line, short
 from msmarco_search.io.atomic import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 KIND_EMBEDDINGS = "cbow-embeddings"
@@ -80,6 +81,8 @@ def load_json(path: str | Path) -> Any:
 
 def save_torch(data: dict[str, Any], path: str | Path, kind: str) -> Path:
     """Save a dict of tensors and plain values, tagged with its ``kind`` and the format version."""
+    import torch  # here, not at the top: JSON, pickles and parquet need none of its seconds of import
+
     payload = {"kind": kind, "format_version": FORMAT_VERSION, **data}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -89,6 +92,8 @@ def load_torch(path: str | Path, kind: str, map_location: str | torch.device = "
 
     Any failure (truncated zip, random bytes, a pickle that names a global) is a ``PipelineError``.
     """
+    import torch  # here, not at the top: JSON, pickles and parquet need none of its seconds of import
+
     path = existing_file(path)
     magic = read_magic(path)
     if magic != ZIP_MAGIC:

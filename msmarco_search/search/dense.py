@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import progress
 from msmarco_search.data.vocab import PAD_ID, UNK_ID, Vocabulary, inverse_document_frequency
@@ -20,14 +21,8 @@ from msmarco_search.index.faiss import faiss_search_parameters
 from msmarco_search.index.layout import FAISS_FILE
 from msmarco_search.index.load import PassageIndex
 from msmarco_search.index.vectors import vector_row_list, vector_rows
+from msmarco_search.search.options import DEFAULT_REFINE
 from msmarco_search.search.retrieval import Collection, Hits, Retriever, ranked
-
-# IVF-PQ candidates per hit, re-scored exactly on the index's vectors (docs/benchmarks.md, "Full scale":
-# recall@10 0.824 at nprobe 16 on 1M passages; neither knob has been swept yet)
-DEFAULT_REFINE = 10
-
-
-# ---------------------------------------------------------------------------------------------- dense
 
 
 def exact_search(vectors: np.ndarray, queries: torch.Tensor, k: int, chunk_rows: int = 65536,
@@ -155,7 +150,7 @@ class TwoTowerRetriever(ModelRetriever):
         super()._prepare(collection)
         if self.use_faiss:
             if not isinstance(collection, PassageIndex):
-                raise PipelineError("faiss search needs a search index (search/search.py index)")
+                raise PipelineError(f"faiss search needs a search index ({command('search')} index)")
             collection.faiss_index()  # check it loads before the first query
             faiss_search_parameters(collection.manifest["faiss"]["type"], self.nprobe, self.ef_search)  # and these
             self.description = f"faiss {collection.manifest['faiss']['type']}"
@@ -175,7 +170,7 @@ class TwoTowerRetriever(ModelRetriever):
             # the lists' ids are checked when the index is read; this keeps any other answer that is no row (a
             # faiss index changed in memory, a kind whose ids are not checked) from becoming a hit or an IndexError
             raise PipelineError(f"the faiss index answered with row {int(outside[0])}, outside the index's "
-                                f"{len(self.collection)} passages; rebuild it (search/search.py faiss)",
+                                f"{len(self.collection)} passages; rebuild it ({command('search')} faiss)",
                                 self.collection.directory / FAISS_FILE)
         if kind == "ivfpq":
             scores, rows = self._rescore(vectors, rows, min(k, len(self.collection)))

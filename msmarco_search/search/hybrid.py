@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.search.dense import DenseRetriever
 from msmarco_search.search.fusion import DEFAULT_FUSION_DEPTH, DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, check_fusion, fuse
+from msmarco_search.search.options import DEFAULT_FEEDBACK_DEPTH, DEFAULT_FEEDBACK_WEIGHT
 from msmarco_search.search.retrieval import Collection, Hits, Retriever
 
 # ---------------------------------------------------------------------------------------------- hybrid
@@ -71,13 +72,6 @@ class HybridRetriever(Retriever):
 
 
 # ------------------------------------------------------------------------------------------- feedback
-
-# Chosen on the DL 2021 split with the recipe's models (3 seeds; benchmarks/quality_dl19.sh feedback,
-# docs/benchmarks.md): the best mean of the two-tower-prf and hybrid-linear-prf nDCG@10 over depths 3, 5, 10,
-# 20 and weights 0.5, 1, 2, 4 (0.5356 at 3 and 2; next 0.5348 at 3 and 1; 0.5290 at 10 and 2)
-DEFAULT_FEEDBACK_DEPTH = 3
-DEFAULT_FEEDBACK_WEIGHT = 2.0
-
 
 class FeedbackRetriever(Retriever):
     """Pseudo-relevance feedback in the two-tower's vector space (Rocchio): each query vector is moved toward

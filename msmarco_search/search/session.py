@@ -15,37 +15,10 @@ from msmarco_search.core.report import warn
 from msmarco_search.data.vocab import UNK_ID
 from msmarco_search.index.faiss import faiss_available
 from msmarco_search.index.load import PassageIndex
-from msmarco_search.search.dense import DEFAULT_REFINE, TwoTowerRetriever
-from msmarco_search.search.fusion import DEFAULT_FUSION_DEPTH, DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K
-from msmarco_search.search.hybrid import (
-    DEFAULT_FEEDBACK_DEPTH,
-    DEFAULT_FEEDBACK_WEIGHT,
-    FeedbackRetriever,
-    HybridRetriever,
-)
+from msmarco_search.search.dense import TwoTowerRetriever
+from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
+from msmarco_search.search.options import SearchOptions
 from msmarco_search.search.retrieval import Retriever, bm25_for_index
-
-SYSTEMS = ("two-tower", "bm25", "hybrid", "two-tower-prf", "hybrid-prf")
-SEARCH_MODES = ("auto", "exact", "faiss")
-
-
-@dataclass
-class SearchOptions:
-    search: str = "auto"  # one of SEARCH_MODES
-    nprobe: int = 16
-    ef_search: int = 128
-    refine: int = DEFAULT_REFINE
-    chunk_rows: int = 65536
-    # BM25 settings; None: the saved BM25 index's own (or the defaults when the index has none)
-    bm25_k1: float | None = None
-    bm25_b: float | None = None
-    bm25_stemmer: str | None = None
-    fusion: str = "rrf"
-    fusion_weight: float = DEFAULT_FUSION_WEIGHT
-    rrf_k: int = DEFAULT_RRF_K
-    fusion_depth: int = DEFAULT_FUSION_DEPTH
-    feedback_depth: int = DEFAULT_FEEDBACK_DEPTH
-    feedback_weight: float = DEFAULT_FEEDBACK_WEIGHT
 
 
 def _use_faiss(index: PassageIndex, mode: str) -> bool:

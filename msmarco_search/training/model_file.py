@@ -21,7 +21,8 @@ from msmarco_search.data.vocab import (
     vocabulary_fingerprint,
 )
 from msmarco_search.io.safe_load import KIND_TWO_TOWER, load_torch, save_torch
-from msmarco_search.training.model import TwoTowerConfig, TwoTowerModel
+from msmarco_search.training.config import TwoTowerConfig
+from msmarco_search.training.model import TwoTowerModel
 
 
 def save_two_tower(path: str | Path, model: TwoTowerModel, extra: dict[str, Any]) -> Path:
