@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import io
 import itertools
-import json
 import os
 import shutil
 import stat
@@ -50,7 +49,7 @@ from .arrays import OpenedArray, map_npy, read_row_list, read_rows, save_npy
 from .bm25 import BM25Settings, build_streamed
 from .distributed import DistributedContext
 from .errors import PipelineError, first_line, short
-from .fileio import OutputKind, StagedFolder, atomic_write, content_sample, load_json, save_json
+from .fileio import OutputKind, StagedFolder, atomic_write, content_sample, decode_json, load_json, save_json
 from .model import TwoTowerModel
 from .report import info, progress
 from .sources import (
@@ -1046,11 +1045,10 @@ class _CollectionTexts(Sequence[str]):
 def _json_of(file: io.FileIO, path: Path) -> Any:
     try:
         file.seek(0)
-        return json.loads(file.readall().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise PipelineError(f"not valid JSON ({first_line(error, 80)})", path) from error
+        data = file.readall()
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    return decode_json(data, path)
 
 
 def _read_manifest(folder: _OpenedFolder) -> dict[str, Any]:
