@@ -14,6 +14,10 @@
 # and the index. Queries: the 43 judged DL 2019 queries and 1,000 MS MARCO dev queries.
 set -euo pipefail
 MODEL=$1; N=$2; WORK=$3; shift 3
+# N passages: a whole number the project's counts take (2**31 - 1, faiss's int), checked before any work
+if ! [[ $N =~ ^[1-9][0-9]{0,9}$ ]] || (( N > 2147483647 )); then
+  echo "error: N must be a whole number from 1 to 2,147,483,647, got '$N'" >&2; exit 2
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=${DATA:-$ROOT/../shared/data}
 export MSMARCO_SEARCH_NO_PROGRESS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -22,7 +26,8 @@ COLLECTION=$WORK/collection_$N.tsv
 if [ ! -f "$COLLECTION" ]; then
   # the cycled collection of the search benchmark (bench_search.py's grow_collection), written atomically
   uv run --project "$ROOT" python -c "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);
-from bench_search import grow_collection; grow_collection(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))" \
+from bench_search import grow_collection; from msmarco_search.errors import run_cli;
+run_cli(lambda: grow_collection(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))" \
     "$ROOT/benchmarks" "$DATA/msmarco-trec-dl-2019/collection.tsv" "$COLLECTION" "$N"
 fi
 head -n 1000 "$DATA/msmarco-queries/queries.dev.small.tsv" > "$WORK/dev1000.tsv"

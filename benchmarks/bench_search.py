@@ -20,25 +20,33 @@ import numpy as np
 import torch
 
 from msmarco_search.arguments import positive_int
-from msmarco_search.errors import run_cli
+from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.fileio import atomic_write
 from msmarco_search.index import (
     FAISS_FILE,
     IndexSettings,
     build_faiss_index,
     build_index,
+    count_passages,
     import_faiss,
     iter_collection,
     load_index,
 )
 from msmarco_search.model import load_model
 from msmarco_search.report import info
+from msmarco_search.resources import check_disk
 from msmarco_search.retrieval import exact_search
 from msmarco_search.sources import open_source, read_queries
 
 
 def grow_collection(source: Path, target: Path, passages: int) -> None:
     """``passages`` lines cycled from ``source`` with fresh ids: a bigger collection with real texts."""
+    lines = count_passages(source)
+    if not lines:
+        raise PipelineError("holds no passages to cycle", source)
+    check_disk(passages / lines * source.stat().st_size * 1.05, target.parent, f"a collection of {passages:,} "
+               "passages", "lower the passages")
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             written = 0

@@ -27,7 +27,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from msmarco_search.arguments import positive_int
+from msmarco_search.arguments import non_negative_int, positive_int, whole_number
 from msmarco_search.errors import PipelineError, run_cli
 from msmarco_search.report import info
 from msmarco_search.search import SYSTEMS
@@ -121,9 +121,10 @@ def main() -> int:
     parser.add_argument("--url", default=None, help="a running server (http://HOST:PORT) instead of starting one")
     parser.add_argument("--queries", type=Path, required=True, help="queries TSV (qid<TAB>text), used round-robin")
     parser.add_argument("--requests", type=positive_int, default=200, help="requests sent (200)")
-    parser.add_argument("--concurrency", type=positive_int, default=20, help="requests in flight at once (20)")
+    parser.add_argument("--concurrency", type=whole_number(1, 1024, "one thread per request in flight"), default=20,
+                        help="requests in flight at once (20)")
     parser.add_argument("-k", type=positive_int, default=10, help="hits per request (10)")
-    parser.add_argument("--warmup", type=int, default=20, help="requests sent first and not counted (20)")
+    parser.add_argument("--warmup", type=non_negative_int, default=20, help="requests sent first and not counted (20)")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the page here (Chromium)")
     args, extra = parser.parse_known_args()
     if (args.model is None) == (args.url is None):

@@ -62,7 +62,14 @@ def main() -> None:
         _load(args.dir, args.load)
         return
     from msmarco_search.arrays import TokenArrays, TokenArrayWriter
+    from msmarco_search.errors import PipelineError
+    from msmarco_search.resources import check_disk
 
+    try:  # 4 bytes an id and 8 an offset every 60 ids: refused before the first chunk, not at a full disk
+        check_disk(args.tokens * (4 + 8 / 60), args.dir, f"{args.tokens:,} token ids", "lower --tokens or pass "
+                   "another --dir")
+    except PipelineError as error:
+        parser.error(str(error))
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     writer, rng, chunk = TokenArrayWriter(directory, "side"), np.random.default_rng(0), 10_000_000

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msmarco_search.arguments import positive_int
 from msmarco_search.errors import run_cli
 from msmarco_search.index import import_faiss, load_index, vector_rows
 from msmarco_search.model import load_model
@@ -31,10 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path)
     parser.add_argument("index_dir", type=Path)
     parser.add_argument("--queries", type=Path, required=True, help="queries TSV (qid<TAB>text)")
-    parser.add_argument("--max-queries", type=int, default=1000, help="the first N queries (1000)")
-    parser.add_argument("--distinct", type=int, default=28602, help="rows of one cycle: the distinct passages")
-    parser.add_argument("--lists", type=int, default=4096, help="IVF lists of the 8.8M index (4096)")
-    parser.add_argument("--nprobe", default="16,64,256")
+    parser.add_argument("--max-queries", type=positive_int, default=1000, help="the first N queries (1000)")
+    parser.add_argument("--distinct", type=positive_int, default=28602, help="rows of one cycle: the distinct passages")
+    parser.add_argument("--lists", type=positive_int, default=4096, help="IVF lists of the 8.8M index (4096)")
+    parser.add_argument("--nprobe", type=lambda text: [positive_int(part) for part in text.split(",")],
+                        default=[16, 64, 256])
     parser.add_argument("--kinds", default="flat,sq8,pq50,pq100,pq150")
     args = parser.parse_args(argv)
     faiss = import_faiss()
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         ivf.cp.min_points_per_centroid = 1
         ivf.train(np.repeat(passages, 10, axis=0))
         ivf.add(passages)
-        for nprobe in map(int, args.nprobe.split(",")):
+        for nprobe in args.nprobe:
             ivf.nprobe = nprobe
             shares = []
             for distinct in (1, 2, 4):

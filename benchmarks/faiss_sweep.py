@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from msmarco_search.arguments import positive_int
 from msmarco_search.errors import run_cli
 from msmarco_search.index import load_index
 from msmarco_search.model import load_model
@@ -19,13 +20,8 @@ from msmarco_search.sources import read_queries
 
 
 def numbers(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not a comma list of whole numbers: {text!r}") from error
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"values must be at least 1: {text!r}")
-    return values
+    """argparse type: a comma list of counts (``positive_int`` each: faiss takes C ints)."""
+    return [positive_int(part) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("index_dir", type=Path)
     parser.add_argument("--queries", type=Path, default=None,
                         help="queries TSV (default: --max-queries pseudo-queries sampled from the passages)")
-    parser.add_argument("--max-queries", type=int, default=200,
+    parser.add_argument("--max-queries", type=positive_int, default=200,
                         help="the first N queries of --queries, or N sampled ones (200)")
     parser.add_argument("--nprobe", type=numbers, default=[16, 32, 64, 128])
     parser.add_argument("--refine", type=numbers, default=[DEFAULT_REFINE])

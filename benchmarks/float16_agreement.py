@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msmarco_search.arguments import positive_int
 from msmarco_search.index import iter_collection
 from msmarco_search.model import load_model
 from msmarco_search.retrieval import exact_search
@@ -30,8 +31,8 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--collection", type=Path, required=True)
     parser.add_argument("--queries", type=Path, required=True)
-    parser.add_argument("--max-queries", type=int, default=1000)
-    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--max-queries", type=positive_int, default=1000)
+    parser.add_argument("-k", type=positive_int, default=10)
     args = parser.parse_args()
     model = load_model(args.model)
     texts = [text for _, _, text in iter_collection(args.collection)]

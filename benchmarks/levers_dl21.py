@@ -39,8 +39,9 @@ from torch import nn
 from msmarco_search.batches import TokenBatch, TripletArrays, tokenise_triplets
 from msmarco_search.cbow import load_embeddings, save_embeddings
 from msmarco_search.fileio import file_identity
-from msmarco_search.losses import InBatchSoftmaxLoss
+from msmarco_search.losses import InBatchDistillationLoss, InBatchSoftmaxLoss
 from msmarco_search.metrics import score_run_per_query
+from msmarco_search.mining import mine_negatives, teacher_label_triplets
 from msmarco_search.model import MeanPoolTower, TwoTowerModel, average_two_towers, build_model, save_two_tower
 from msmarco_search.retrieval import (
     BM25Retriever,
@@ -49,15 +50,18 @@ from msmarco_search.retrieval import (
     HybridRetriever,
     ModelRetriever,
     PassagePool,
+    TeacherRetriever,
     TwoTowerRetriever,
 )
 from msmarco_search.sources import iter_tsv_lines, read_qrels
+from msmarco_search.teacher import TeacherCache, label_triplets, load_teacher
 from msmarco_search.text import tokenize
 from msmarco_search.train import Trainer, TrainSettings
-from msmarco_search.triplets import Triplets, keyword_query, load_triplets, word_idf
+from msmarco_search.triplets import Triplets, keyword_query, load_triplets, save_triplets, word_idf
 from msmarco_search.vocab import PAD_ID, Vocabulary
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEACHER = DATA.parent / "models" / "all-MiniLM-L6-v2"
 SEEDS = (42, 1, 2)
 SYSTEMS = ("two-tower", "two-tower-prf")
 MEASURES = ("nDCG@10", "R@100")  # msmarco_search.metrics names: relevant at grade 2, as in the evaluation
@@ -273,9 +277,10 @@ class Lever:
     tower: type[ResidualMlpTower | MeanMaxTower] | None = None
     data: Callable[[TripletArrays, int, Split, Vocabulary], object] | None = None
     trainer: type[Trainer] = Trainer
-    loss: type[InBatchSoftmaxLoss] = InBatchSoftmaxLoss
+    loss: Callable[[float], nn.Module] = InBatchSoftmaxLoss
     settings: dict = field(default_factory=dict)
     schedule: bool = False  # linear warm-up over the first tenth, then linear decay to 0
+    teacher: bool = False  # the triplets carry the teacher's vectors (for a distillation loss)
 
 
 def train_seed(split: Split, lever: Lever, seed: int) -> tuple[TwoTowerModel, Callable[[str], str]]:
@@ -294,6 +299,9 @@ def train_seed(split: Split, lever: Lever, seed: int) -> tuple[TwoTowerModel, Ca
     if lever.tower is not None:  # the recipe's (shared) tower, its tables and weights, pooled the lever's way
         model.query_tower.__class__ = lever.tower
         model.query_tower.prepare()
+    if lever.teacher:
+        passages = {pid: text for path in pools() for pid, text in read_tsv(path)}
+        arrays.teacher = label_triplets(triplets, passages, teacher_cache(split))
     data = lever.data(arrays, seed, split, vocab) if lever.data else arrays
     trainer = lever.trainer(model, data, lever.loss(20.0), TrainSettings(**{**SETTINGS, **lever.settings}, seed=seed),
                             torch.device("cpu"))
@@ -344,6 +352,8 @@ def evaluated_only(split: Split, name: str, seed: int) -> DenseRetriever:
 
     if name == "smoothed-passages":
         return Smoothed(load_model(split.out / f"control-s{seed}.pt"))
+    if name == "teacher":
+        return TeacherRetriever(teacher_cache(split))
     return Concatenated([load_model(split.out / f"{member}-s{seed}.pt") for member in ENSEMBLE])
 
 
@@ -556,6 +566,55 @@ def distillation(on: str) -> Callable[[TripletArrays, int, Split, Vocabulary], D
     return make
 
 
+def teacher_cache(split: Split) -> TeacherCache:
+    return TeacherCache(load_teacher(TEACHER), split.work / "data")
+
+
+def pool_of_both() -> PassagePool:
+    passages = [row for path in pools() for row in read_tsv(path)]
+    return PassagePool([pid for pid, _ in passages], [text for _, text in passages])
+
+
+def held_out_queries(split: Split) -> list[str]:
+    return [text for path in (DATA / "msmarco-trec-dl-2019" / "queries.dl19.tsv", split.dev("queries.dl21.tsv"))
+            for _, text in read_tsv(path)]
+
+
+def teacher_triplets(name: str, train_queries: bool = False, ict_negatives: tuple[int, int] | None = None,
+                     margin: float = 0.1, min_score: float = 0.5) -> Callable[[Split], Path]:
+    """The recipe's triplets, their inverse-cloze negatives re-drawn from the teacher's ranks ``ict_negatives``
+    (within ``margin`` of its first hit refused), plus, with ``train_queries``, the 50K real train queries
+    labelled by the teacher (its first passage when it scores ``min_score``)."""
+    def make(split: Split) -> Path:
+        path = split.out / f"triplets-{name}.pkl"
+        if path.exists():
+            return path
+        triplets = load_triplets(split.triplets)
+        pool = pool_of_both()
+        teacher = TeacherRetriever(teacher_cache(split))
+        if ict_negatives is not None:
+            pseudo = [i for i, qid in enumerate(triplets.query_ids) if qid.startswith("ict:")]
+            judged = [i for i, qid in enumerate(triplets.query_ids) if not qid.startswith("ict:")]
+            mined, stats = mine_negatives(triplets.subset(pseudo), pool, teacher, ict_negatives, margin=margin)
+            print(f"  {name}: {stats}", flush=True)
+            mined.extend(triplets.subset(judged))
+            triplets = mined
+        if train_queries:
+            files = sorted((DATA / "msmarco-queries").glob("queries.train.*.tsv"))
+            queries = [row for path in files for row in read_tsv(path)]
+            labelled, stats = teacher_label_triplets(queries, pool, teacher, min_score=min_score, margin=margin)
+            print(f"  {name}: {stats}", flush=True)
+            triplets.extend(labelled.without_queries(held_out_queries(split)))
+        save_triplets(triplets, path, {"lever": name})
+        return path
+
+    return make
+
+
+def distilled(teacher_scale: float = 20.0, weight: float = 1.0) -> Callable[[float], InBatchDistillationLoss]:
+    return lambda scale: InBatchDistillationLoss(scale, teacher_scale, weight)
+
+
 LEVERS: dict[str, Lever | None] = {
     "control": Lever("the recipe, as it trains here"),
     "lexical-columns": Lever("256 random columns beside each word's vector", embeddings=lexical_embeddings),
@@ -586,12 +645,29 @@ LEVERS: dict[str, Lever | None] = {
     "linear-schedule-16-cuts": Lever("the same, 16 pseudo-queries a passage", schedule=True,
                                      triplets=cli_triplets("cuts-16", ["--min-relevance", "2"],
                                                            ["--ict-per-passage", "16"])),
+    "teacher-kl": Lever("in-batch KL to the teacher (scale 20, weight 1)", teacher=True, loss=distilled()),
+    "teacher-kl-w0.5": Lever("in-batch KL to the teacher, weight 0.5", teacher=True, loss=distilled(20, 0.5)),
+    "teacher-kl-w2": Lever("in-batch KL to the teacher, weight 2", teacher=True, loss=distilled(20, 2)),
+    "teacher-kl-t10": Lever("in-batch KL to the teacher, teacher scale 10", teacher=True, loss=distilled(10)),
+    "teacher-kl-t40": Lever("in-batch KL to the teacher, teacher scale 40", teacher=True, loss=distilled(40)),
+    "teacher-train-queries": Lever("+ the 50K train queries labelled by the teacher (hard labels only)",
+                                   triplets=teacher_triplets("train-queries", train_queries=True)),
+    "teacher-kl-train-queries": Lever("in-batch KL, + the 50K train queries labelled by the teacher",
+                                      triplets=teacher_triplets("train-queries", train_queries=True), teacher=True,
+                                      loss=distilled()),
+    "teacher-negatives": Lever("inverse-cloze negatives from the teacher's ranks 10-50 (margin 0.1)",
+                               triplets=teacher_triplets("negatives", ict_negatives=(10, 50))),
+    "teacher-kl-negatives": Lever("in-batch KL, inverse-cloze negatives from the teacher's ranks 10-50",
+                                  triplets=teacher_triplets("negatives", ict_negatives=(10, 50)), teacher=True,
+                                  loss=distilled()),
     # evaluation only: the models above, ranked another way
     "smoothed-passages": None,
+    "teacher": None,
     "ensemble-3-cbow": None,
 }
 ENSEMBLE = ("control", "cbow-40-epochs", "cbow-seed-7")
-ABOUT = {"smoothed-passages": "the control's passage vectors moved toward their 3 nearest passages (0.5)",
+ABOUT = {"teacher": "the teacher itself (all-MiniLM-L6-v2), the ceiling",
+         "smoothed-passages": "the control's passage vectors moved toward their 3 nearest passages (0.5)",
          "ensemble-3-cbow": "control + cbow-40-epochs + cbow-seed-7 side by side, seed by seed"}
 
 

@@ -29,7 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from msmarco_search.errors import PipelineError, run_cli
+from msmarco_search.fileio import OutputKind, atomic_write, claim_output, release
+
 ROOT = Path(__file__).resolve().parents[1]
+# a made-up dataset looks like real data (rows .jsonl, triples TSV), so it replaces nothing that is there
+DATASET_OUTPUT = OutputKind("made-up dataset", lambda path: "this script never replaces a file that holds anything")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 QUERY_FILES = [f"msmarco-queries/queries.train.sample10k-{i}.tsv" for i in range(1, 6)] + [
     "msmarco-queries/queries.dev.small.tsv", "msmarco-trec-dl-2019/queries.dl19.tsv",
@@ -102,32 +107,41 @@ def rows(text: RealText | SyntheticText, size: int, per_query: int, rng: np.rand
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msmarco_search.arguments import positive_int, seed_int
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=50_000, help="queries (rows) or, for triples, lines (50000)")
-    parser.add_argument("--passages", type=int, default=10, help="passages per query (10)")
+    parser.add_argument("--size", type=positive_int, default=50_000,
+                        help="queries (rows) or, for triples, lines (50000)")
+    parser.add_argument("--passages", type=positive_int, default=10, help="passages per query (10)")
     parser.add_argument("--format", choices=("rows", "triples"), default="rows",
                         help="rows: HF ms_marco row layout .jsonl (default); triples: triples.train TSV")
     parser.add_argument("--output", type=Path, required=True, help="file to write")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--synthetic", action="store_true", help="synthetic text even when real data is present")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     real = not args.synthetic and all((SHARED_DATA / f).is_file() for f in COLLECTIONS[:1] + QUERY_FILES[:1])
     text = RealText(SHARED_DATA, rng) if real else SyntheticText(rng)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        if args.format == "rows":
-            for row in rows(text, args.size, args.passages, rng):
-                out.write(json.dumps(row) + "\n")
-        else:
-            for index in range(args.size):
-                out.write(f"{text.query(index)}\t{text.passage()}\t{text.passage()}\n")
-    tmp.replace(args.output)
+    if args.output.is_file() and args.output.stat().st_size:
+        raise PipelineError("already exists, and this script replaces no file: choose another --output", args.output)
+    output = claim_output(args.output, DATASET_OUTPUT, flag="--output")
+    try:
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as out:
+                if args.format == "rows":
+                    for row in rows(text, args.size, args.passages, rng):
+                        out.write(json.dumps(row) + "\n")
+                else:
+                    for index in range(args.size):
+                        out.write(f"{text.query(index)}\t{text.passage()}\t{text.passage()}\n")
+
+        atomic_write(output, write)
+    finally:
+        release(output)
     print(f"wrote {args.output} ({args.size:,} {'rows' if args.format == 'rows' else 'triplets'}; "
           f"text: {text.name}). For speed measurements only: the relevance labels are random.", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -412,14 +412,16 @@ def write_doc(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msmarco_search.arguments import epoch_count, non_negative_int, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=50_000, help="queries in the data set (50000)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per stage; medians are reported (3)")
-    parser.add_argument("--cbow-repeats", type=int, default=1, help="runs of the CBOW stages (1: ~5 min each)")
-    parser.add_argument("--cbow-epochs", type=int, default=5)
-    parser.add_argument("--gru-steps", type=int, default=10, help="GRU tower steps measured (10)")
-    parser.add_argument("--index-passages", type=int, default=100_000)
-    parser.add_argument("--stream-lines", type=int, default=0,
+    parser.add_argument("--size", type=positive_int, default=50_000, help="queries in the data set (50000)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs per stage; medians are reported (3)")
+    parser.add_argument("--cbow-repeats", type=positive_int, default=1, help="runs of the CBOW stages (1: ~5 min each)")
+    parser.add_argument("--cbow-epochs", type=epoch_count, default=5)
+    parser.add_argument("--gru-steps", type=positive_int, default=10, help="GRU tower steps measured (10)")
+    parser.add_argument("--index-passages", type=positive_int, default=100_000)
+    parser.add_argument("--stream-lines", type=non_negative_int, default=0,
                         help="triples TSV lines at the smaller streaming size (default 4 x --size); also 4x that")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/msmarco_speed_bench"))
     parser.add_argument("--skip-iterator", action="store_true", help="skip the gensim iterator comparison")
@@ -429,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--passages", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--queries", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--passages", type=positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--queries", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stage == "cbow-iterator":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib.util
-import json
 import os
 import shutil
 import statistics
@@ -44,7 +43,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from msmarco_search.arguments import batch_rows, dimension, positive_int, thread_count
+from msmarco_search.errors import run_cli
+from msmarco_search.fileio import OutputKind, claim_output, recognise_json, release, save_json
+
 ROOT = Path(__file__).resolve().parents[1]
+THROUGHPUT_OUTPUT = OutputKind("throughput record", recognise_json("median_triplets_per_second"))
 SYSTEMS = ("trainable", "frozen", "autograd", "before", "st")
 LABELS = {"trainable": "project, trainable word vectors (row updates)",
           "frozen": "project, frozen word vectors",
@@ -226,32 +230,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embeddings", type=Path, help="CBOW vectors (.pt); default: random, over the triplets' words")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=["trainable", "frozen", "st"])
     parser.add_argument("--before", help="another checkout of the project, for the 'before' system")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps of each system (60)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each system first (5)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--batch-size", type=batch_rows, default=256)
+    parser.add_argument("--steps", type=positive_int, default=60, help="timed steps of each system (60)")
+    parser.add_argument("--warmup", type=positive_int, default=5, help="untimed steps of each system first (5)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
                         help="the table's rate per block of consecutive steps: this many blocks (3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1; 0: PyTorch's default)")
+    parser.add_argument("--threads", type=thread_count, default=1, help="torch threads (1; 0: PyTorch's default)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dim", type=int, default=300, help="dimension of the random vectors (300)")
+    parser.add_argument("--dim", type=dimension, default=300, help="dimension of the random vectors (300)")
     parser.add_argument("--json", type=Path, help="also write the rates here")
     args = parser.parse_args(argv)
     os.environ.setdefault("MSMARCO_SEARCH_NO_PROGRESS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
-        parser.error("--warmup, --steps and --rounds must be at least 1")
     if "before" in args.systems and not args.before:
         parser.error("the 'before' system needs --before DIR")
     args.systems = list(dict.fromkeys(args.systems))
-    result = run_all(args)
+    if args.json:  # claimed before the run: it replaces only an earlier record of this script, never another file
+        args.json = claim_output(args.json, THROUGHPUT_OUTPUT, flag="--json")
+    try:
+        return report(args, run_all(args))
+    finally:
+        if args.json:
+            release(args.json)
+
+
+def report(args: argparse.Namespace, result: dict) -> int:
+    """Print the table of ``result`` and, with ``--json``, write the rates."""
     print()
     print(table(result, args))
     if args.json:
         medians = {s: _rates(result["seconds"][s], args.batch_size, 1)[1] for s in args.systems}
-        args.json.write_text(json.dumps({"median_triplets_per_second": medians, **result,
-                                         "settings": {k: str(v) for k, v in vars(args).items()}}))
+        save_json({"median_triplets_per_second": medians, **result,
+                   "settings": {k: str(v) for k, v in vars(args).items()}}, args.json)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from collections.abc import Callable
 from typing import Any
 
+from .errors import short
 from .report import info
 from .sources import HUB_CONFIGS, Source, open_source
 
@@ -18,70 +21,153 @@ def add_source_arguments(parser: Any) -> None:
                             "folder, a datasets.save_to_disk folder, or the official TSVs (a folder, or "
                             "collection/queries/qrels/top1000 files named one by one)")
     group.add_argument("--dataset-config", default="v1.1", choices=HUB_CONFIGS, help="hub config (default v1.1)")
-    group.add_argument("--split", default="train",
-                       help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train)")
+    group.add_argument("--split", default=DefaultSplit("train"),
+                       help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train; a "
+                            "split given must name what is read: see the README's Data sources)")
     group.add_argument("--data-dir", default="data", help="cache folder for the hub and derived files (./data)")
-    group.add_argument("--min-relevance", type=positive_int, default=1,
+    group.add_argument("--min-relevance", type=relevance_grade, default=1,
                        help="TSV qrels: the lowest grade that counts as relevant (default 1; at least 1, since "
                             "grade 0 and negative grades mean judged not relevant)")
 
 
+class DefaultSplit(str):
+    """``--split``'s default value. argparse keeps a default as it is, so this type tells a split the user left
+    at its default (a folder's one file of each kind then needs no split name) from one typed, which must name
+    what is read."""
+
+
+def split_given(args: Any) -> bool:
+    """Whether the user gave ``--split`` (see ``DefaultSplit``)."""
+    return not isinstance(args.split, DefaultSplit)
+
+
 def source_from_args(args: Any) -> Source:
-    source = open_source(args.dataset_path, args.dataset_config, args.split, args.data_dir, args.min_relevance)
+    source = open_source(args.dataset_path, args.dataset_config, args.split, args.data_dir, args.min_relevance,
+                         split_given=split_given(args))
     info(f"Data source: {source.description}")
     return source
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be >= 1."""
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
+# ------------------------------------------------------------------------------------------ bounded numbers
+#
+# Every numeric flag takes one of the types below, so each range is stated once, with the reason for its
+# limit, and argparse refuses a value outside it (``error: argument --x: ...``, exit 2) before any work.
+
+INT_LIMIT = 2**31 - 1
+"""The largest count, depth or size any flag takes: faiss, gensim and torch keep them in C ints (a larger one is
+an OverflowError deep inside them), and no collection, run or training here comes near it."""
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type for counts that may be 0."""
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+def whole_number(low: int, high: int = INT_LIMIT, why: str = "the largest count faiss, gensim and torch take"
+                 ) -> Callable[[str], int]:
+    """argparse type: a whole number in ``[low, high]``; ``why`` (shown in the error) is where ``high`` comes
+    from."""
+
+    def parse(text: str) -> int:
+        shown = short(text, 40)
+        try:
+            value = int(text)
+        except ValueError as error:
+            digits = text.strip().lstrip("+-").replace("_", "")
+            if not digits.isdigit():
+                raise argparse.ArgumentTypeError(f"{shown!r} is not a whole number") from error
+            # Python refuses int strings of more than 4,300 digits: such a number is far out of range
+            value = -math.inf if text.strip().startswith("-") else math.inf
+        if value < low:
+            raise argparse.ArgumentTypeError("must be a positive number, got " + shown if low == 1 else
+                                             "must not be negative, got " + shown if low == 0 else
+                                             f"must be at least {low:,}, got {shown}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,} ({why}), got {shown}")
+        return int(value)
+
+    parse.__name__ = "whole number"
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type for a finite number >= 0 (BM25's k1: 0 is binary term weighting; ``nan`` scores nothing)."""
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
-    return value
+def real_number(low: float, high: float, why: str, *, low_open: bool = False, high_open: bool = False
+                ) -> Callable[[str], float]:
+    """argparse type: a finite number in ``[low, high]`` (``low_open``/``high_open``: without that end);
+    ``why`` is where ``high`` comes from. ``inf`` and ``nan`` are refused: they turn losses and scores into
+    NaN."""
+
+    def parse(text: str) -> float:
+        shown = short(text, 40)
+        try:
+            value = float(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{shown!r} is not a number") from error
+        share = (low, high) == (0, 1)
+        if not math.isfinite(value) or value < low or (low_open and value == low):
+            if share:
+                raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {shown}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {'greater than' if low_open else 'of at least'}"
+                                             f" {_plain(low)}, got {shown}")
+        if value > high or (high_open and value == high):
+            if share:
+                raise argparse.ArgumentTypeError(f"must lie between 0 and 1{', below 1' if high_open else ''}, "
+                                                 f"got {shown}")
+            raise argparse.ArgumentTypeError(f"must be {'below' if high_open else 'at most'} {_plain(high)} ({why}), "
+                                             f"got {shown}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type for rates and scales: a finite number > 0 (``inf`` would turn the loss into NaN)."""
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
-    if not math.isfinite(value) or not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got {text}")
-    return value
+def _plain(value: float) -> str:
+    """A bound as people write it: ``1,000,000``, ``0.2``."""
+    return f"{int(value):,}" if value == int(value) and abs(value) < 1e15 else f"{value:g}"
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity where the system says, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+positive_int = whole_number(1)  # counts that must be >= 1
+non_negative_int = whole_number(0)  # counts that may be 0
 SEED_LIMIT = 2**32  # numpy's and gensim's seeds are unsigned 32-bit
+seed_int = whole_number(0, SEED_LIMIT - 1, "numpy's and gensim's seeds are unsigned 32-bit")
+# the largest qrels grade: pytrec_eval keeps grades in a C int (sources.read_qrels refuses larger ones)
+relevance_grade = whole_number(1, INT_LIMIT, "the largest qrels grade")
+# sizes of vectors and layers: a 10,000 x 10,000 layer is 400 MB, and the vectors in use are 32- to 1,024-d
+dimension = whole_number(1, 10_000, "vectors are 32- to 1,024-d")
+dimension_or_zero = whole_number(0, 10_000, "vectors are 32- to 1,024-d")
+cbow_window = whole_number(1, 10_000, "gensim trains on texts of at most 10,000 words")
+epoch_count = whole_number(1, 10_000, "1 to 50 passes are used")
+thread_count = whole_number(0, 1024, "one thread per core")
+# the training batch (the in-batch softmax scores batch x batch pairs: 16 GiB of float32 at 65,536) and the
+# batches search encodes at once (65,536 passages of 128 tokens x 300-d are 10 GB of float32)
+batch_rows = whole_number(1, 65_536, "a batch is held in memory at once")
+# pseudo-queries cut from one passage, each with its own copy of the rest of the passage: a passage has a few
+# sentences and spans, so a hundred draws already repeat them
+ict_per_passage = whole_number(1, 100, "a passage has only so many sentences and spans; more draws repeat them")
+# faiss's HNSW keeps 2 x M links a passage at its lowest level: 2 KiB at 256 (18 GB for MS MARCO's 8.8M)
+hnsw_links = whole_number(1, 256, "faiss keeps 2 x M links a passage: 18 GB for 8.8M passages at 256")
+# stages the main job runs side by side: each is a process, but there are only so many stages (the seeds, CBOW)
+job_count = whole_number(1, 1024, "one stage per core is the most that helps")
 
 
-def seed_int(text: str) -> int:
-    """argparse type for ``--seed``: a whole number in [0, 2**32), which every random generator here accepts."""
-    value = non_negative_int(text)
-    if value >= SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
-    return value
+def processes(low: int) -> Callable[[str], int]:
+    """argparse type for DataLoader workers: at most one per core, since each is a copy of this program
+    (100,000 of them fork until the machine stops)."""
+    return whole_number(low, available_cores(), f"one process per core, {available_cores()} here")
+
+
+fraction = real_number(0, 1, "a share")  # shares and probabilities
+fraction_below_one = real_number(0, 1, "a share", high_open=True)
+non_negative_float = real_number(0, math.inf, "")  # any finite number >= 0
+positive_float = real_number(0, math.inf, "", low_open=True)  # any finite number > 0
+learning_rate = real_number(0, 10, "rates in use are 1e-5 to 0.1; far above, Adam's float32 step overflows",
+                            low_open=True)
+# the softmax's logits are scale x cosine: 10 to 100 are used (20 by default)
+softmax_scale = real_number(0, 1000, "logits are scale x cosine; 10 to 100 are used", low_open=True)
+cosine_margin = real_number(0, 2, "cosines differ by at most 2, so a larger margin is never met", low_open=True)
+# BM25 k1: 0.5 to 2 in use; by 1,000 term frequency no longer saturates
+bm25_k1 = real_number(0, 1000, "0.5 to 2 are used; by 1,000 term frequency no longer saturates")
+# the Rocchio weight of the feedback vectors against the query's own (unit) vector: past 10**6 the query weighs
+# less than a millionth of the moved vector (and nothing in float32 from about 10**7), and near 10**19 the
+# moved vector's norm overflows float32, which makes every score 0
+feedback_weight = real_number(0, 1e6, "beyond it the query's own vector is lost in float32, and every score "
+                                      "becomes 0 when the vector overflows")

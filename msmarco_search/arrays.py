@@ -7,12 +7,14 @@ over tokens: the flat ids plus per-sequence offsets feed ``nn.EmbeddingBag`` dir
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +98,64 @@ def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
         yield read_rows(array, start, start + _CHECK_CHUNK)
 
 
+class OpenedArray(np.memmap):
+    """A ``.npy`` array memory-mapped from a file the project opened (``open_npy``), keeping that open file: reads
+    through the file (``read_rows``, ``read_row_list``) use it, never the path, so they see the bytes of the file
+    that was opened even after a rebuild renamed another file to its name, and ``os.pread`` needs no shared
+    file position, so any number of threads read at once."""
+
+    file: io.FileIO | None = None
+    path: Path | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        super().__array_finalize__(obj)
+        self.file, self.path = None, getattr(obj, "path", None)  # a view's offset is not the file's: read its map
+
+
+def open_npy(path: str | Path) -> OpenedArray:
+    """The ``.npy`` at ``path`` memory-mapped read-only, as an ``OpenedArray`` that keeps its open file."""
+    path = Path(path)
+    try:
+        file = open(path, "rb", buffering=0)
+    except FileNotFoundError as error:
+        raise PipelineError("file not found", path) from error
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    try:
+        return map_npy(file, path)
+    except PipelineError:
+        file.close()
+        raise
+
+
+def map_npy(file: io.FileIO, path: str | Path) -> OpenedArray:
+    """The ``.npy`` in the open ``file`` memory-mapped read-only, as an ``OpenedArray`` that keeps ``file``
+    (``path`` names it in messages). Object arrays and Fortran order, which the project never writes, are
+    refused, like any header numpy cannot read."""
+    path = Path(path)
+    try:
+        file.seek(0)
+        version = np.lib.format.read_magic(file)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        if dtype.hasobject or fortran_order:
+            raise ValueError("it holds Python objects or is in Fortran order")
+        array = OpenedArray(file, dtype=dtype, mode="r", offset=file.tell(), shape=shape)
+    except Exception as error:  # noqa: BLE001 - a damaged header fails in numpy's parser in many ways
+        raise PipelineError(f"not a readable .npy array ({first_line(error)})", path) from error
+    array.file, array.path = file, path
+    return array
+
+
+def _file_of(array: np.ndarray) -> tuple[int, Path] | None:
+    """The open file to read ``array`` through (descriptor, name for messages), or None: read its memory."""
+    if isinstance(array, OpenedArray):
+        return (array.file.fileno(), array.path) if array.file is not None and array.flags.c_contiguous else None
+    return None
+
+
 def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     """``array[start:stop]`` as an array of its own; a memory map of a ``.npy`` file is read through the file.
 
@@ -103,19 +163,43 @@ def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     the map goes. Checking 10M triplets' 4.7 GB of token ids through the map peaked at 5.1 GB RSS, and an exact
     search over 8.8M float16 vectors (5.3 GB) at 6.1 GB. Read into arrays of one chunk, a pass costs one chunk;
     the pages stay in the kernel's reclaimable cache, as fast to read again.
+
+    An ``OpenedArray`` is read with ``os.pread`` on the file it was opened from. A map made elsewhere
+    (``np.load(mmap_mode="r")``) has no open file to read, so its file is opened by name.
     """
     stop = max(0, min(stop, len(array)))
     start = max(0, min(start, stop))
+    per_row = int(np.prod(array.shape[1:], dtype=np.int64))
+    opened = _file_of(array)
+    if opened is not None:
+        descriptor, path = opened
+        part = np.empty((stop - start) * per_row, dtype=array.dtype)
+        wanted = part.nbytes
+        if wanted and _pread_into(descriptor, memoryview(part.view(np.uint8)),
+                                  array.offset + start * per_row * array.itemsize) != wanted:
+            raise PipelineError("is shorter than its header says (truncated?)", path)
+        return part.reshape((stop - start, *array.shape[1:]))
     mapped = isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename
     if not mapped or not array.flags.c_contiguous:  # in memory, or a view of a map (its offset is the map's)
         return np.array(array[start:stop])
-    per_row = int(np.prod(array.shape[1:], dtype=np.int64))
     with open(array.filename, "rb") as handle:
         handle.seek(array.offset + start * per_row * array.itemsize)
         part = np.fromfile(handle, dtype=array.dtype, count=(stop - start) * per_row)
     if part.size != (stop - start) * per_row:
         raise PipelineError("is shorter than its header says (truncated?)", array.filename)
     return part.reshape((stop - start, *array.shape[1:]))
+
+
+def _pread_into(descriptor: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` of the open file (several reads when the kernel returns fewer bytes, as it
+    may for reads over 2 GiB); returns the bytes read, fewer only at the end of the file."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(descriptor, [view[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
 
 
 def read_row_list(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -127,23 +211,32 @@ def read_row_list(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     resident set (reclaimable, but it is the peak a process reports). Alone it costs ~5x the map's time
     (1.26 s against 0.18-0.25 s for 100K cached rows); within IVF-PQ's re-scoring at 8.8M, ~25 % of the
     search's time at refine 40 (docs/benchmarks.md), for 2.2 GB peak instead of 7.1 GB.
+
+    An ``OpenedArray`` is read through the file it was opened from (see ``read_rows``).
     """
     rows = np.asarray(rows, dtype=np.int64)
+    opened = _file_of(array)
     mapped = isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename
-    if not mapped or not array.flags.c_contiguous or len(rows) == 0:
+    if (opened is None and (not mapped or not array.flags.c_contiguous)) or len(rows) == 0:
         return np.array(array[rows])
     if rows.min() < 0 or rows.max() >= len(array):
         raise IndexError(f"rows outside 0-{len(array) - 1}")
     out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
     row_bytes = out[0].nbytes
     view = memoryview(out.reshape(-1).view(np.uint8))
+    if opened is not None:
+        _read_listed_rows(opened[0], view, rows, array.offset, row_bytes, opened[1])
+        return out
     with open(array.filename, "rb", buffering=0) as handle:
-        descriptor = handle.fileno()
-        for i, row in enumerate(rows.tolist()):
-            if os.preadv(descriptor, [view[i * row_bytes:(i + 1) * row_bytes]],
-                         array.offset + row * row_bytes) != row_bytes:
-                raise PipelineError("is shorter than its header says (truncated?)", array.filename)
+        _read_listed_rows(handle.fileno(), view, rows, array.offset, row_bytes, Path(array.filename))
     return out
+
+
+def _read_listed_rows(descriptor: int, view: memoryview, rows: np.ndarray, start: int, row_bytes: int,
+                      path: Path) -> None:
+    for i, row in enumerate(rows.tolist()):
+        if os.preadv(descriptor, [view[i * row_bytes:(i + 1) * row_bytes]], start + row * row_bytes) != row_bytes:
+            raise PipelineError("is shorter than its header says (truncated?)", path)
 
 
 _HEADER_BYTES = 128  # a .npy v1.0 header padded to a fixed size, so the shape can be patched in at the end
@@ -217,8 +310,10 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise PipelineError("file not found", path)
+    if mmap:  # kept open: the arrays read later are the ones checked now
+        return open_npy(path)
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - a damaged header fails in numpy's parser in many ways
         raise PipelineError(f"not a readable .npy array ({first_line(error)})", path) from error
     if not isinstance(array, np.ndarray):  # allow_pickle=False already refuses object arrays; be explicit

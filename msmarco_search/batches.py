@@ -13,7 +13,7 @@ from .errors import PipelineError
 from .fileio import cache_key
 from .report import info, warn
 from .text import TOKENIZER_VERSION
-from .triplets import Triplets
+from .triplets import TeacherLabels, Triplets
 from .vocab import Vocabulary, vocabulary_fingerprint
 
 SIDES = ("queries", "positives", "negatives")
@@ -62,13 +62,19 @@ class TripletArrays:
     queries: TokenArrays
     positives: TokenArrays
     negatives: TokenArrays
+    teacher: TeacherLabels | None = None  # a teacher's vectors of the same triplets, for distillation
 
     def __len__(self) -> int:
         return len(self.queries)
 
-    def batch(self, indices: np.ndarray) -> tuple[TokenBatch, TokenBatch, TokenBatch]:
-        return (TokenBatch.from_arrays(self.queries, indices), TokenBatch.from_arrays(self.positives, indices),
-                TokenBatch.from_arrays(self.negatives, indices))
+    def batch(self, indices: np.ndarray) -> tuple[TokenBatch, ...] | tuple[TokenBatch, TokenBatch, TokenBatch,
+                                                                          tuple[torch.Tensor, ...]]:
+        """Queries, positives and negatives of triplets ``indices``, then, with a teacher, its vectors of them."""
+        tokens = (TokenBatch.from_arrays(self.queries, indices), TokenBatch.from_arrays(self.positives, indices),
+                  TokenBatch.from_arrays(self.negatives, indices))
+        if self.teacher is None:
+            return tokens
+        return (*tokens, tuple(torch.from_numpy(vectors) for vectors in self.teacher.batch(indices)))
 
 
 def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: int, max_passage_length: int,
@@ -84,13 +90,14 @@ def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: i
                 arrays = TripletArrays(*(TokenArrays.load(cache, side, vocab_size=len(vocab)) for side in SIDES))
                 if all(len(getattr(arrays, side)) == len(triplets) for side in SIDES):
                     info(f"📦 Loading cached token arrays from {cache}")
+                    arrays.teacher = triplets.teacher
                     return arrays
                 warn(f"{cache}: cached token arrays hold the wrong number of texts; rebuilding them")
             except PipelineError as error:
                 warn(f"damaged token cache, rebuilding it: {error}")
     limits = {"queries": max_query_length, "positives": max_passage_length, "negatives": max_passage_length}
     arrays = TripletArrays(*(vocab.encode_many(getattr(triplets, side), limits[side], total=len(triplets),
-                                               desc=f"Tokenising {side}") for side in SIDES))
+                                               desc=f"Tokenising {side}") for side in SIDES), teacher=triplets.teacher)
     if cache is not None:
         try:
             for side in SIDES:

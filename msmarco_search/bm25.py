@@ -27,7 +27,7 @@ import numpy as np
 from .errors import PipelineError, first_line
 from .fileio import load_json, save_json
 from .report import progress
-from .text import STEMMERS, TEXT_BREAK, TOKENIZER_VERSION, load_stemmer, tokenize, tokenize_many
+from .text import STEMMERS, TEXT_BREAK, TOKENIZER_VERSION, load_stemmer, pieces, tokenize, tokenize_many
 
 DEFAULT_STEMMER = "english"
 RECORD = "bm25.json"
@@ -142,15 +142,23 @@ class BM25Index:
     @classmethod
     def load(cls, directory: str | Path, passage_ids: Sequence[str], settings: BM25Settings,
              collection: dict[str, Any]) -> BM25Index:
-        """A saved index, memory-mapped; refused (one line) unless its settings and collection are these."""
+        """A saved index, memory-mapped; refused (one line) unless its settings and collection are these.
+
+        The record is checked, then bm25s reads the files, each by name: a folder replaced in between (a search
+        index rebuilt, swapping in a new ``bm25/``) would pair one build's record with another's arrays, so the
+        folder must be the same one before and after."""
         import bm25s
 
         directory = Path(directory)
+        before = _folder_identity(directory)
         record = check_saved(directory, settings, collection, len(passage_ids))
         try:
             retriever = bm25s.BM25.load(str(directory), mmap=True, allow_pickle=False, show_progress=False)
         except (OSError, ValueError, KeyError) as error:
             raise PipelineError(f"not a readable BM25 index ({first_line(error)}); rebuild it", directory) from error
+        if _folder_identity(directory) != before:
+            raise PipelineError("BM25 index was replaced while it was being read (its search index rebuilt?); run "
+                                "the command again", directory)
         if retriever.scores.get("num_docs") != record["count"]:
             raise PipelineError(f"BM25 index holds {retriever.scores.get('num_docs')} passages, its record says "
                                 f"{record['count']}; rebuild it", directory)
@@ -158,6 +166,14 @@ class BM25Index:
         index = cls(passage_ids, None, settings.k1, settings.b, settings.stemmer, retriever=retriever)
         index.directory = directory
         return index
+
+
+def _folder_identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(directory)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _file_record(directory: Path) -> dict[str, dict[str, Any]]:
@@ -276,6 +292,10 @@ class _PostingSpill:
         self.df = np.zeros(0, dtype=np.int64)
 
     def add(self, texts: list[str]) -> None:
+        for piece in pieces(texts):  # the token lists of a bounded run of characters at a time
+            self._add(piece)
+
+    def _add(self, texts: list[str]) -> None:
         tokens = tokenize_many(texts)
         ids = np.fromiter(map(self.table.__getitem__, tokens), dtype=np.int64, count=len(tokens))
         ends = np.flatnonzero(ids < 0)  # one break after each text
@@ -296,7 +316,10 @@ class _PostingSpill:
         self._tfs.close()
 
     def remove(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except OSError:  # a write that failed (a full disk) failed the close too; the files go anyway
+            pass
         self.terms_path.unlink(missing_ok=True)
         self.tfs_path.unlink(missing_ok=True)
 
@@ -397,9 +420,18 @@ def build_streamed(texts: Iterable[str], count: int, settings: BM25Settings, dir
     chunk into a spill of per-passage term counts (pass 1), then the score matrix is written term block
     by term block (pass 2). ``directory`` must be new (an index build's own staging folder); on failure
     it is left for the caller to remove. Returns the ``bm25.json`` record."""
+    directory = Path(directory)
+    try:  # a full disk (or a quota) fails a write anywhere here: one line, and the caller removes the folder
+        return _build_streamed(texts, count, settings, directory, collection, chunk, block)
+    except OSError as error:
+        raise PipelineError(f"cannot write the BM25 index ({error.strerror or error}); free some space or choose "
+                            "another folder, then run again", directory) from error
+
+
+def _build_streamed(texts: Iterable[str], count: int, settings: BM25Settings, directory: Path,
+                    collection: dict[str, Any], chunk: int, block: int) -> dict[str, Any]:
     import bm25s
 
-    directory = Path(directory)
     directory.mkdir(parents=True)
     spill = _PostingSpill(directory, settings.stemmer)
     try:

@@ -9,7 +9,6 @@ and the tokeniser, so a cache is reused exactly when those match.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,15 +22,24 @@ import torch
 from .errors import PipelineError, first_line, short
 from .fileio import (
     KIND_EMBEDDINGS,
+    OutputKind,
     atomic_write,
     cache_key,
     cached_record,
     check_own_vocabulary,
+    claim,
+    claim_marker,
+    leading_strings,
     load_json,
+    load_side_record,
     load_third_party_pickle,
     load_torch,
+    marker_holder,
+    recognise_json,
+    recognise_tagged,
+    release,
     save_cache_record,
-    save_json,
+    save_side_record,
     save_torch,
 )
 from .report import info, progress, warn
@@ -110,48 +118,44 @@ def prepare_corpus(source: Source, data_dir: str | Path, max_samples: int | None
     return path, count
 
 
+def recognise_gensim_model(path: Path) -> str | None:
+    """``fileio.OutputKind`` recogniser of a saved gensim ``Word2Vec`` (its pickle names the class first; read
+    opcode by opcode, nothing is built)."""
+    return None if leading_strings(path) == ["gensim.models.word2vec", "Word2Vec"] else "it is not a gensim Word2Vec"
+
+
+EMBEDDINGS_OUTPUT = OutputKind("CBOW embeddings file", recognise_tagged(KIND_EMBEDDINGS))
+GENSIM_OUTPUT = OutputKind("gensim model", recognise_gensim_model)
+GENSIM_RECORD_OUTPUT = OutputKind("gensim model record", recognise_json("kind", "stemmer"))
+
+
+def cbow_outputs(directory: Path, save_gensim: bool) -> dict[Path, OutputKind]:
+    """The files a CBOW run writes into ``directory``, each with its kind (``fileio.check_output``)."""
+    outputs = {directory / EMBEDDINGS_FILENAME: EMBEDDINGS_OUTPUT}
+    if save_gensim:
+        outputs |= {directory / GENSIM_FILENAME: GENSIM_OUTPUT,
+                    _gensim_record(directory / GENSIM_FILENAME): GENSIM_RECORD_OUTPUT}
+    return outputs
+
+
 @contextmanager
 def claim_output_folder(directory: str | Path) -> Iterator[Path]:
     """Hold the CBOW outputs of ``directory`` (its fixed-name files) for one run; refuse a second run meanwhile.
 
     The files have fixed names (the next stage looks for ``msmarco_word2vec.pt``), so two runs into one folder
-    would both print "Saved" and one result would be lost. The claim is an exclusive ``flock`` on a hidden
-    marker file, which the kernel drops when its process ends however it ends: a run killed with SIGKILL
-    leaves the marker behind, but not the lock, so it never blocks a later run.
+    would both print "Saved" and one result would be lost. The claim is ``fileio.claim`` on the embeddings
+    file (a locked ``.msmarco_word2vec.pt.claim``): the lock goes with its process however it ends, so the
+    marker of a run killed with SIGKILL never blocks a later run, which takes it over.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows has no flock: the run goes on unclaimed, as before
-        yield Path(directory)
-        return
     directory = Path(directory)
-    marker = directory / f".{EMBEDDINGS_FILENAME}.claim"
-    while True:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as error:
-            raise PipelineError(f"cannot write here ({error.strerror or error})", directory) from error
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise PipelineError(f"another CBOW run (process {holder}) is writing its files into this folder; wait "
-                                "for it to finish or pass another -c/--checkpoint-dir", directory) from None
-        try:
-            same = os.stat(marker).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the run before released (and removed) the marker between our open and lock: again
+    target = directory / EMBEDDINGS_FILENAME
+    if not claim(target):
+        raise PipelineError(f"another CBOW run (process {marker_holder(claim_marker(target))}) is writing its files "
+                            "into this folder; wait for it to finish or pass another -c/--checkpoint-dir", directory)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield directory
     finally:
-        marker.unlink(missing_ok=True)  # removed while still locked, so no one locks a marker on its way out
-        os.close(fd)
+        release(target)
 
 
 def train_cbow(corpus_file: Path, settings: CbowSettings, resume_from: Path | None = None,
@@ -194,7 +198,9 @@ def save_gensim_model(model: Any, path: str | Path, stemmer: str = "none") -> Pa
     the saved model could not be loaded.
     """
     path = atomic_write(path, lambda tmp: model.save(str(tmp), separately=[], sep_limit=2**62))
-    save_json({"kind": "cbow-gensim-model", "stemmer": stemmer}, _gensim_record(path))
+    # the record after the model, naming it: a run killed between the two leaves the new model beside an old
+    # record, which then no longer describes it (``fileio.load_side_record``) and is not trusted
+    save_side_record({"kind": "cbow-gensim-model", "stemmer": stemmer}, _gensim_record(path), path)
     return path
 
 
@@ -214,6 +220,11 @@ def check_resumed_stemmer(path: str | Path, stemmer: str) -> None:
     saved = record.get("stemmer") if isinstance(record, dict) else None
     if saved not in STEMMERS:
         raise PipelineError(f"names no known stemmer ({short(saved)}); save the model again", record_path)
+    if load_side_record(record_path, path)[0] is None:  # the record of another model (this one replaced since)
+        warn(f"{record_path}: does not describe {Path(path).name} as it is now (the model was replaced after the "
+             f"record was written), so it cannot say which --stemmer the model was trained with; taking it as "
+             f"{stemmer}: give the stemmer it was trained with")
+        return
     if saved != stemmer:
         raise PipelineError(f"this model was trained with --stemmer {saved}; continue it with --stemmer {saved}, "
                             f"not {stemmer}", path)

@@ -31,6 +31,7 @@ from .retrieval import PassagePool, RandomRetriever, Retriever
 from .runs import Run, check_trec_ids
 from .sources import QueryRecord
 from .tasks import Task, run_of
+from .text import tokenize
 
 DEFAULT_RUN_DEPTH = 1000
 
@@ -118,9 +119,13 @@ def rows_tasks(records: Iterable[QueryRecord], full: bool = True, rerank: bool =
     queries: dict[str, str] = {}
     qrels: Qrels = {}
     candidates: dict[str, list[str]] = {}
+    empty = 0
     for record in records:
         if not record.positives or record.query_id in queries:
             continue  # a query without a selected passage cannot be scored
+        if not tokenize(record.query):  # nor one without a word: every system's hits would be arbitrary
+            empty += 1
+            continue
         queries[record.query_id] = record.query
         qrels[record.query_id] = {p.pid: 1 for p in record.positives}
         own: list[str] = []
@@ -132,8 +137,11 @@ def rows_tasks(records: Iterable[QueryRecord], full: bool = True, rerank: bool =
             if passage.pid not in own:
                 own.append(passage.pid)
         candidates[record.query_id] = own
+    if empty:
+        info(f"skipped {empty:,} empty {'query' if empty == 1 else 'queries'} (no word to search for)")
     if not queries:
-        raise PipelineError("no query with a selected (relevant) passage was read, so nothing can be scored")
+        raise PipelineError("no query with a selected (relevant) passage and a word to search for was read, so "
+                            "nothing can be scored")
     pool = PassagePool(ids, texts)
     tasks = []
     if rerank:
@@ -149,12 +157,13 @@ def tsv_task(collection: Path, queries_file: Path, qrels_file: Path, candidates_
 
     Evaluated queries: those in the queries file with at least one judgment in the qrels.
     """
-    from .sources import read_candidates, read_collection, read_qrels, read_queries
+    from .sources import queries_with_words, read_candidates, read_collection, read_qrels, read_queries
 
     qrels = read_qrels(qrels_file)
     queries = {qid: text for qid, text in read_queries(queries_file).items() if qid in qrels}
     if not queries:
         raise PipelineError(f"no query of {queries_file} has a judgment in this qrels file", qrels_file)
+    queries = queries_with_words(queries, queries_file)
     if max_queries is not None:
         queries = dict(list(queries.items())[:max_queries])
     ids: list[str] = []

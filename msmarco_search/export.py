@@ -40,9 +40,9 @@ side (the word table stored twice) and the head after it is shared.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime
@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from .errors import PipelineError, first_line
+from .fileio import OutputKind, claim_output, load_side_record, output_path, release
 from .model import TOKEN_WEIGHT_CLAMP, MeanPoolTower, TwoTowerModel, load_model
 from .text import TOKEN_PATTERN, TOKENIZER_VERSION
 from .vocab import PAD_ID, UNK, Vocabulary
@@ -203,17 +204,16 @@ def _package_version(name: str) -> str:
 
 
 def _triplets_metadata(training: dict[str, Any]) -> dict[str, Any]:
-    """The metadata JSON written beside the training triplets, when it is still where training read it."""
+    """The metadata JSON written beside the training triplets, when it is still where training read it and
+    still describes those triplets (``fileio.load_side_record``)."""
     triplets = (training.get("arguments") or {}).get("triplets_file")
     if not triplets:
         return {}
     path = Path(triplets)
-    candidate = path.with_name(path.stem + "_metadata.json")
-    try:
-        data = json.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.is_file():
         return {}
-    return data if isinstance(data, dict) else {}
+    record, _ = load_side_record(path.with_name(path.stem + "_metadata.json"), path)
+    return record or {}
 
 
 def _number(value: Any, spec: str = ".4f", empty: str = "?") -> str:
@@ -323,33 +323,35 @@ def describe_layout(model: TwoTowerModel) -> str:
 EXPORT_MARKER = "modules.json"
 
 
-def _check_replaceable(output_dir: Path, model_path: Path) -> None:
-    """Refuse to replace a folder that is not an earlier export: ``--overwrite`` removes the folder whole, and
-    ``--output-dir checkpoints --overwrite`` would take the models, indexes and logs in it (the exported model
-    too) with it."""
-    if model_path.resolve().is_relative_to(output_dir.resolve()):
-        raise PipelineError(f"holds the model being exported ({model_path}); export to another folder", output_dir)
+def recognise_export(output_dir: Path) -> str | None:
+    """``fileio.OutputKind`` recogniser of an earlier export: ``--overwrite`` removes the folder whole, and
+    ``--output-dir checkpoints --overwrite`` would take the models, indexes and logs in it with it."""
     entries = sorted(entry.name for entry in output_dir.iterdir())
-    if entries and EXPORT_MARKER not in entries:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise PipelineError(f"is not an earlier sentence-transformers export (no {EXPORT_MARKER}; it holds {shown}), "
-                            "and --overwrite replaces only those; choose a new or empty folder", output_dir)
+    if EXPORT_MARKER in entries:
+        return None
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return f"no {EXPORT_MARKER}; it holds {shown}"
 
 
-def _prepare_output(output_dir: Path, overwrite: bool, model_path: Path) -> Path:
-    """Check ``output_dir`` and make the temporary folder beside it that the export is built in."""
+EXPORT_OUTPUT = OutputKind("sentence-transformers export", recognise_export, folder=True)
+
+
+def _prepare_output(output_dir: Path, overwrite: bool, model_path: Path) -> tuple[Path, Path]:
+    """Claim and check ``output_dir`` (``fileio.claim_output``: an earlier export, replaced only with
+    ``overwrite``; never a folder of other files or one holding the model) and make the temporary folder
+    beside it that the export is built in: (the temporary folder, the folder to write, through a link to what
+    it points at). The caller releases the claim."""
+    output_dir = output_path(output_dir)
+    parent = output_dir.parent
     try:
-        if output_dir.exists() or output_dir.is_symlink():
-            if not output_dir.is_dir():
-                raise PipelineError("exists and is not a folder", output_dir)
-            if any(output_dir.iterdir()) and not overwrite:
-                raise PipelineError("folder exists and is not empty (use --overwrite to replace an earlier export)",
-                                    output_dir)
-            _check_replaceable(output_dir, model_path)
-        parent = output_dir.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent))
     except OSError as error:
+        raise PipelineError(f"cannot write the export here ({error.strerror or error})", output_dir) from error
+    output_dir = claim_output(output_dir, EXPORT_OUTPUT, [model_path], overwrite, flag="--output-dir")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=parent)), output_dir
+    except OSError as error:
+        release(output_dir)
         raise PipelineError(f"cannot write the export here ({error.strerror or error})", output_dir) from error
 
 
@@ -377,10 +379,9 @@ def export_sentence_transformers(model_path: str | Path, output_dir: str | Path,
     export never leaves a half-written model under that name. A non-empty ``output_dir`` is refused unless
     ``overwrite``.
     """
-    output_dir = Path(output_dir)
     # The cheap checks first (the folder, the model file), so that a mistake is reported in a second, before the
     # slow import of sentence-transformers (tens of seconds: it pulls in transformers and scikit-learn).
-    tmp = _prepare_output(output_dir, overwrite, Path(model_path))
+    tmp, written = _prepare_output(Path(output_dir), overwrite, Path(model_path))
     try:
         model = load_model(model_path)
         check_exportable(model, model_path)
@@ -388,10 +389,21 @@ def export_sentence_transformers(model_path: str | Path, output_dir: str | Path,
         st_model.save(str(tmp), create_model_card=False, safe_serialization=True)
         (tmp / "README.md").write_text(model_card(model, model_path, describe_layout(model)), encoding="utf-8")
         tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes the folder private; give it the usual permissions
-        _move_into_place(tmp, output_dir)
+        _move_into_place(tmp, written)
     except OSError as error:
         raise PipelineError(f"cannot write the export ({error.strerror or error})", output_dir) from error
+    except Exception as error:
+        # The Rust writers report a failed write (a full disk, a quota) without an OSError: tokenizers as a bare
+        # Exception ("No space left on device (os error 28)"), safetensors as a SafetensorError ("Error while
+        # serializing: I/O error: ... (os error 28)"). Only those become the one-line error; anything else is a
+        # bug and keeps its traceback.
+        failed = re.search(r"\(os error (\d+)\)", str(error))
+        if failed is None:
+            raise
+        raise PipelineError(f"cannot write the export ({os.strerror(int(failed.group(1)))}); free some space or "
+                            "choose another folder, then run again", output_dir) from error
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return output_dir
+        release(written)
+    return Path(output_dir)

@@ -27,12 +27,21 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .resources import HIT_BYTES, check_memory
 from .retrieval import PassagePool, Retriever
 from .runs import DEFAULT_FUSION_WEIGHT, fuse
 from .text import tokenize
 from .triplets import Triplets
 
 QUERY_BATCH = 2048  # queries ranked at once: bounds the memory of the hit lists
+
+
+def _check_hit_memory(queries: int, depth: int, pool: PassagePool, systems: int) -> None:
+    """The hit lists of one batch of queries, each ``depth`` deep (capped by the pool, but not their product with
+    the batch), checked against the memory available before the pool is encoded."""
+    check_memory(min(queries, QUERY_BATCH) * min(depth, len(pool)) * HIT_BYTES * systems,
+                 f"ranking {min(queries, QUERY_BATCH):,} queries at a time {min(depth, len(pool)):,} deep",
+                 "lower the last of --pseudo-negative-ranks")
 
 
 @dataclass
@@ -50,17 +59,21 @@ class MinedNegativeStats:
 
 
 def mine_negatives(triplets: Triplets, pool: PassagePool, dense: Retriever, negative_ranks: tuple[int, int] = (10, 50),
-                   duplicate_jaccard: float = 0.6, seed: int = 42) -> tuple[Triplets, MinedNegativeStats]:
+                   duplicate_jaccard: float = 0.6, seed: int = 42,
+                   margin: float | None = None) -> tuple[Triplets, MinedNegativeStats]:
     """``triplets`` with each negative replaced by a passage of ``pool`` that ``dense`` ranks ``negative_ranks``
     (1-based, ``[first, last]``) for the triplet's query (see the module docstring).
 
     A candidate is never the positive's own passage (its id in ``pool``) nor a near-duplicate of it (token-set
     Jaccard at least ``duplicate_jaccard`` with the positive's passage, or with the positive itself when its
-    id is not in ``pool``): those are false negatives. A triplet without such a candidate keeps its negative.
+    id is not in ``pool``): those are false negatives. With ``margin``, neither is a candidate that ``dense``
+    scores within ``margin`` of its first hit (a strong ranker's near-top passages are often relevant too). A
+    triplet without such a candidate keeps its negative.
     """
     first, last = negative_ranks
     if not 1 <= first <= last:
         raise ValueError(f"need 1 <= first negative rank ({first}) <= last ({last})")
+    _check_hit_memory(len(triplets), last, pool, 1)
     dense.prepare(pool)
     rng = random.Random(seed)
     stats, mined = MinedNegativeStats(), Triplets()
@@ -76,7 +89,8 @@ def mine_negatives(triplets: Triplets, pool: PassagePool, dense: Retriever, nega
         for i, hits in zip(batch, dense.search([triplets.queries[i] for i in batch], last), strict=True):
             own = pool.position.get(triplets.positive_ids[i])
             positive = tokens_at(own) if own is not None else set(tokenize(triplets.positives[i]))
-            candidates = [position for position, _ in hits[first - 1:last] if position != own]
+            ceiling = hits[0][1] - margin if margin is not None and hits else float("inf")
+            candidates = [position for position, score in hits[first - 1:last] if position != own and score <= ceiling]
             rng.shuffle(candidates)
             negative = next((position for position in candidates
                              if _overlap(tokens_at(position), positive) < duplicate_jaccard), None)
@@ -112,11 +126,12 @@ def pseudo_label_triplets(queries: Sequence[tuple[str, str]], pool: PassagePool,
     first, last = negative_ranks
     if not 1 <= agree_depth < first <= last:
         raise ValueError(f"need 1 <= agree_depth ({agree_depth}) < first negative rank ({first}) <= last ({last})")
+    depth = max(last, 100)
+    _check_hit_memory(len(queries), depth, pool, 2)
     dense.prepare(pool)
     lexical.prepare(pool)
     rng = random.Random(seed)
     stats, triplets = PseudoLabelStats(), Triplets()
-    depth = max(last, 100)
     for start in range(0, len(queries), QUERY_BATCH):
         batch = queries[start:start + QUERY_BATCH]
         texts = [text for _, text in batch]
@@ -141,4 +156,48 @@ def pseudo_label_triplets(queries: Sequence[tuple[str, str]], pool: PassagePool,
                 continue
             triplets.add(f"pl:{qid}", query, fused[0], positive, negative, pool.texts_[pool.position[negative]])
             stats.pseudo_labelled += 1
+    return triplets, stats
+
+
+@dataclass
+class TeacherLabelStats:
+    queries_read: int = 0
+    queries_below_min_score: int = 0
+    queries_without_negative: int = 0
+    labelled: int = 0
+
+
+def teacher_label_triplets(queries: Sequence[tuple[str, str]], pool: PassagePool, teacher: Retriever,
+                           min_score: float = 0.5, negative_ranks: tuple[int, int] = (10, 50), margin: float = 0.1,
+                           seed: int = 42) -> tuple[Triplets, TeacherLabelStats]:
+    """Triplets of unjudged ``queries`` (``(qid, text)``) labelled over ``pool`` by a teacher's ranking: the positive
+    is its first passage when it scores at least ``min_score`` (most real queries have no answer in a pool made
+    for others, and a low best score says so), the negative a passage of its ranks ``negative_ranks`` (1-based)
+    scoring at most the first's score minus ``margin``, never near-duplicates of the positive (a strong teacher's
+    near-top passages are often relevant too: false negatives)."""
+    first, last = negative_ranks
+    if not 2 <= first <= last:
+        raise ValueError(f"need 2 <= first negative rank ({first}) <= last ({last})")
+    teacher.prepare(pool)
+    rng = random.Random(seed)
+    stats, triplets = TeacherLabelStats(), Triplets()
+    for start in range(0, len(queries), QUERY_BATCH):
+        batch = queries[start:start + QUERY_BATCH]
+        for (qid, query), hits in zip(batch, teacher.search([text for _, text in batch], last), strict=True):
+            stats.queries_read += 1
+            if not hits or hits[0][1] < min_score:
+                stats.queries_below_min_score += 1
+                continue
+            top, top_score = hits[0]
+            positive = set(tokenize(pool.texts_[top]))
+            candidates = [position for position, score in hits[first - 1:last] if score <= top_score - margin]
+            rng.shuffle(candidates)
+            negative = next((position for position in candidates
+                             if _overlap(set(tokenize(pool.texts_[position])), positive) < 0.6), None)
+            if negative is None:
+                stats.queries_without_negative += 1
+                continue
+            triplets.add(f"tl:{qid}", query, pool.pid(top), pool.texts_[top], pool.pid(negative),
+                         pool.texts_[negative])
+            stats.labelled += 1
     return triplets, stats

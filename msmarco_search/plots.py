@@ -60,3 +60,9 @@ def plot_training_log(record: Mapping[str, Any], path: str | Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def recognise_png(path: Path) -> str | None:
+    """``fileio.OutputKind`` recogniser of a plot: a PNG file (None), or why not."""
+    with open(path, "rb") as handle:
+        return None if handle.read(8) == b"\x89PNG\r\n\x1a\n" else "it is not a PNG image"

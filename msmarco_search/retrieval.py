@@ -38,9 +38,11 @@ from .bm25 import BM25Index, BM25Settings
 from .errors import PipelineError
 from .index import (
     BM25_DIR,
+    FAISS_FILE,
     PassageIds,
     PassageIndex,
     collection_identity,
+    faiss_search_parameters,
     saved_bm25_settings,
     vector_row_list,
     vector_rows,
@@ -155,8 +157,15 @@ class BM25Retriever(Retriever):
         s = self.bm25_settings
         ids = PassageIds(collection) if isinstance(collection, PassageIndex) else collection.ids
         if self.saved is not None:
-            identity = collection_identity(self.collection_file, len(collection))
-            self.index = BM25Index.load(self.saved, ids, s, identity)
+            if isinstance(collection, PassageIndex):
+                # bm25s opens the saved index by name: only while the folder there is the one the search index
+                # opened, before and after, are its files that index's (a rebuild puts a new folder there)
+                collection.check_in_place()
+                self.index = BM25Index.load(self.saved, ids, s, collection.collection_identity())
+                collection.check_in_place()
+            else:
+                self.index = BM25Index.load(self.saved, ids, s, collection_identity(self.collection_file,
+                                                                                    len(collection)))
             self.description = f"{s.describe()}, saved index {self.saved}"
             return
         self.index = BM25Index(ids, collection.texts(), s.k1, s.b, s.stemmer)
@@ -321,6 +330,7 @@ class TwoTowerRetriever(ModelRetriever):
             if not isinstance(collection, PassageIndex):
                 raise PipelineError("faiss search needs a search index (search/search.py index)")
             collection.faiss_index()  # check it loads before the first query
+            faiss_search_parameters(collection.manifest["faiss"]["type"], self.nprobe, self.ef_search)  # and these
             self.description = f"faiss {collection.manifest['faiss']['type']}"
 
     def search_vectors(self, vectors: torch.Tensor, k: int) -> list[Hits]:
@@ -328,13 +338,18 @@ class TwoTowerRetriever(ModelRetriever):
             return super().search_vectors(vectors, k)
         faiss_index = self.collection.faiss_index()
         kind = self.collection.manifest["faiss"]["type"]
-        if kind == "hnsw":
-            faiss_index.hnsw.efSearch = max(self.ef_search, k)
-        elif kind in ("ivf", "ivfpq"):
-            faiss_index.nprobe = self.nprobe
+        # faiss allocates a heap of efSearch entries: more than the passages only costs memory
+        params = faiss_search_parameters(kind, self.nprobe, min(max(self.ef_search, k), len(self.collection)))
         vectors = np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
         depth = min(k * (self.refine if kind == "ivfpq" else 1), len(self.collection))
-        scores, rows = faiss_index.search(vectors, depth)
+        scores, rows = faiss_index.search(vectors, depth, params=params)
+        outside = rows[(rows < -1) | (rows >= len(self.collection))]
+        if outside.size:
+            # the lists' ids are checked when the index is read; this keeps any other answer that is no row (a
+            # faiss index changed in memory, a kind whose ids are not checked) from becoming a hit or an IndexError
+            raise PipelineError(f"the faiss index answered with row {int(outside[0])}, outside the index's "
+                                f"{len(self.collection)} passages; rebuild it (search/search.py faiss)",
+                                self.collection.directory / FAISS_FILE)
         if kind == "ivfpq":
             scores, rows = self._rescore(vectors, rows, min(k, len(self.collection)))
         return [ranked(self.collection, row[row >= 0], score[row >= 0])
@@ -402,6 +417,22 @@ def faiss_recall(index: PassageIndex, model: Any, queries: Sequence[str] | None 
     return {f"recall@{k}": round(float(np.mean(recalls)) if recalls else 0.0, 4), "queries": len(queries),
             "queries_per_s": round(len(queries) / max(seconds, 1e-9), 1), "search": approx.description,
             **{key: value for key, value in options.items()}}
+
+
+class TeacherRetriever(DenseRetriever):
+    """A teacher's vectors (``teacher.TeacherCache``: encoded once, then read from the cache): the reference row
+    of evaluation, the ceiling a static two-tower learns toward. Never an index's: search stays static."""
+
+    def __init__(self, cache: Any, name: str = "teacher"):
+        super().__init__(name)
+        self.cache = cache
+        self.description = f"teacher {cache.teacher.name}, exact inner product"
+
+    def encode(self, texts: Sequence[str], side: str) -> torch.Tensor:
+        return torch.from_numpy(self.cache.vectors(list(texts), desc=f"Teacher: {side}s"))
+
+    def settings(self) -> dict[str, Any]:
+        return {"teacher": self.cache.teacher.name, "identity": self.cache.teacher.identity}
 
 
 class CbowRetriever(DenseRetriever):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import PipelineError, first_line
-from .fileio import atomic_write
+from .fileio import OutputKind, atomic_write
 
 Run = dict[str, dict[str, float]]
 FUSIONS = ("rrf", "linear")
@@ -120,6 +120,20 @@ def write_trec_run(path: str | Path, results: Sequence[tuple[str, Sequence[tuple
     return atomic_write(path, write)
 
 
+def recognise_trec_run(path: Path) -> str | None:
+    """``fileio.OutputKind`` recogniser of a TREC run: its first line is ``qid Q0 docid rank score tag``."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    columns = first.split()
+    if len(columns) == 6 and columns[1] == b"Q0":
+        return None
+    return "its first line is not 'qid Q0 docid rank score tag'"
+
+
+TREC_RUN_OUTPUT = OutputKind("TREC run", recognise_trec_run)
+
+
 def check_trec_ids(ids: Iterable[str], what: str, path: str | Path | None = None) -> None:
     """Refuse an id a TREC run cannot carry: its columns are split at whitespace, so the id ``1 2`` would make
     a line of seven columns that trec_eval and ir_measures misread (it was written so, silently)."""
@@ -151,9 +165,13 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
-def natural(text: str) -> tuple[int, int | str]:
-    """Sort key: numeric ids by value, then the others as text."""
-    return (0, int(text)) if text.isdigit() else (1, text)
+def natural(text: str) -> tuple[int, int, str]:
+    """Sort key: numeric ids by value, then the others as text. The value is compared as digits (length, then
+    text), never converted: Python's int() refuses ids of more than 4,300 digits."""
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0")
+        return (0, len(digits), digits + "\0" + text)
+    return (1, 0, text)
 
 
 def run_file_name(task: str, system: str) -> str:

@@ -131,8 +131,10 @@ class SearchSession:
     """Prepared retrievers over one index, answering one query at a time from any thread.
 
     The retrievers are ``make_retrievers``'s, the ones ``search/search.py query`` uses, so a query gets the
-    same ranking here as on the command line. Searches are serialised by a lock: the index reads hit texts
-    through one shared file handle (seek, then read), and two threads interleaving there would swap texts.
+    same ranking here as on the command line. The index answers from the files it opened, whatever happens to
+    its folder afterwards (``index.PassageIndex``), and reads them with ``os.pread``, which needs no lock.
+    Searches are serialised by a lock all the same: the retrievers (bm25s, faiss, torch) are not shown to be safe
+    to run from several threads at once; the index's reads are not why.
     """
 
     def __init__(self, index: PassageIndex, retrievers: list[Retriever]):

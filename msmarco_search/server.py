@@ -49,7 +49,7 @@ def parse_k(params: Mapping[str, str]) -> int:
     if text is None or text == "":
         return DEFAULT_K
     try:
-        k = int(text)
+        k = int(text) if len(text) <= 20 else 0  # a longer text is no k (and int() refuses over 4,300 digits)
     except ValueError:
         k = 0
     if not 1 <= k <= MAX_K:
@@ -105,8 +105,10 @@ def create_app(session: SearchSession) -> FastAPI:
     def page(request: Request) -> HTMLResponse:
         params = request.query_params
         query, system = params.get("q", ""), params.get("system") or systems[0]
-        shown_k = params.get("k") or str(DEFAULT_K)
-        k = int(shown_k) if shown_k.isdigit() and 1 <= int(shown_k) <= MAX_K else DEFAULT_K
+        try:  # the form shows the k asked for when it is one it can search with
+            k = parse_k(params)
+        except BadRequest:
+            k = DEFAULT_K
         if not query.strip():  # the empty form
             return HTMLResponse(render_page(systems, passages, MAX_K, system=system, k=k), headers=SECURITY_HEADERS)
         try:

@@ -14,26 +14,33 @@ Official TSV layout: ``collection.tsv`` (pid, text), ``queries.<split>.tsv`` (qi
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import http.client
 import json
 import os
 import re
+import unicodedata
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from .errors import PipelineError, first_line, short
-from .fileio import atomic_write, file_identity, save_json
+from .fileio import JSONNumberError, atomic_write, cached_record, file_identity, parse_json, save_cache_record
 from .report import info, progress
+from .text import tokenize
+from .textfiles import TEXT_ERRORS, check_text_head, decode_text, nul_error
 
 HUB_DATASET = "microsoft/ms_marco"
 HUB_CONFIGS = ("v1.1", "v2.1")
+HUB_SPLITS = ("train", "validation", "test")  # the same three in both configs
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
 TSV_SUFFIXES = (".tsv", ".txt", ".trec", "")
 HUB_PROBE_TIMEOUT = 5.0  # seconds; datasets itself retries for ~25 s before it gives up
@@ -77,15 +84,24 @@ class Source(ABC):
         """Query records in source order, at most ``max_samples`` of them."""
 
     def passages(self, max_passages: int | None = None) -> Iterator[tuple[str, str]]:
-        """``(pid, text)`` of each distinct passage of the records, at most ``max_passages`` of them."""
+        """``(pid, text)`` of each distinct passage of the records, at most ``max_passages`` of them; passages
+        none of which holds a word are refused once they are all read."""
+        count, worded = 0, False
+        for pid, text in islice(self._distinct_passages(), max_passages):
+            count += 1
+            worded = worded or bool(tokenize(text))
+            yield pid, text
+        if count and not worded:
+            raise PipelineError(f"{self.description}: holds no word: none of its {count:,} passage(s) has a letter "
+                                "or digit (every text is empty, punctuation or symbols)")
+
+    def _distinct_passages(self) -> Iterator[tuple[str, str]]:
         seen: set[str] = set()
         for record in self.records():
             for passage in record.passages:
                 if passage.pid not in seen:
                     seen.add(passage.pid)
                     yield passage.pid, passage.text
-                    if max_passages is not None and len(seen) >= max_passages:
-                        return
 
     def corpus_texts(self, max_samples: int | None = None) -> Iterator[str]:
         """Texts to learn word vectors from: each query, and each distinct passage once."""
@@ -151,9 +167,14 @@ def _record_from_row(row: dict[str, Any], where: str) -> QueryRecord:
         raise PipelineError("passage ids must be a list as long as passages.passage_text", where)
     else:
         _check_items(ids, (str, int), "passage ids", "text or a whole number", where)
+        for index, pid in enumerate(ids):
+            if isinstance(pid, str) and not (pid and pid.isprintable()):
+                raise PipelineError(f"passage {index + 1}: {bad_id('passage id', pid)}", where)
     query_id = row.get("query_id")
     if query_id is not None and (isinstance(query_id, bool) or not isinstance(query_id, (str, int))):
         raise PipelineError(f"query_id is {_described(query_id)}, expected text or a whole number", where)
+    if isinstance(query_id, str) and not (query_id and query_id.isprintable()):
+        raise PipelineError(bad_id("query id", query_id), where)
     return QueryRecord(
         query_id=str(query_id) if query_id is not None else text_id(query),
         query=query,
@@ -210,8 +231,9 @@ class RowFileSource(Source):
         if path.suffix == ".parquet":
             yield from self._parquet_rows(path)
             return
-        try:
-            handle = open(path, encoding="utf-8-sig", errors="replace")  # -sig: a byte-order mark is dropped
+        _read_head(path)
+        try:  # -sig: a byte-order mark is dropped; bytes that are not UTF-8 are read as Windows-1252
+            handle = open(path, encoding="utf-8-sig", errors=TEXT_ERRORS)
         except OSError as error:
             raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
         with handle:
@@ -221,17 +243,21 @@ class RowFileSource(Source):
             handle.seek(0)
             if first == "[":
                 try:
-                    rows = json.load(handle)
+                    rows = parse_json(handle.read())
                 except (json.JSONDecodeError, RecursionError) as error:
                     raise PipelineError(f"not valid JSON ({first_line(error)})", path) from error
+                except JSONNumberError as error:
+                    raise PipelineError(f"holds a number out of range: {error}", path) from error
                 for number, row in enumerate(rows, 1):
                     yield row, f"{path} (row {number})"
                 return
-            for number, line in enumerate(handle, 1):
+            for number, line in bounded_lines(handle, path):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = parse_json(line)
+                except JSONNumberError as error:
+                    raise PipelineError(f"line {number} holds a number out of range: {error}", path) from error
                 except json.JSONDecodeError as error:
                     raise PipelineError(f"line {number} is not valid JSON ({error.msg}); truncated or not "
                                         "JSON lines?", path) from error
@@ -265,9 +291,9 @@ class RowFileSource(Source):
 class DatasetsDiskSource(Source):
     """A folder written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict`` of splits)."""
 
-    def __init__(self, path: Path, split: str):
+    def __init__(self, path: Path, split: str, split_given: bool = False):
         self.path = path
-        self.split = split
+        self.split, self.split_given = split, split_given
         self.description = f"{path} (datasets folder)"
 
     def identity(self) -> str:
@@ -283,9 +309,15 @@ class DatasetsDiskSource(Source):
         except Exception as error:  # noqa: BLE001 - a damaged folder fails in arrow, json or fsspec code
             raise PipelineError(f"not a readable datasets folder ({first_line(error)})", self.path) from error
         if isinstance(data, datasets.DatasetDict):
-            if self.split not in data:
+            if self.split in data:
+                data = data[self.split]
+            elif len(data) == 1 and not self.split_given:  # a default split: the folder's one split is meant
+                data = next(iter(data.values()))
+            else:
                 raise PipelineError(f"has no split {self.split!r} (it has {', '.join(data)})", self.path)
-            data = data[self.split]
+        elif self.split_given and data.split is not None and str(data.split) != self.split:
+            raise PipelineError(f"holds the {data.split} split, not {self.split!r}: leave --split out, or give the "
+                                f"folder of the {self.split} split", self.path)
         missing = {"query", "passages"} - set(data.column_names)
         if missing:
             raise PipelineError(f"is not in the MS MARCO row layout (no column {', '.join(sorted(missing))}; it has "
@@ -307,6 +339,8 @@ class HubSource(Source):
     def __init__(self, config: str, split: str, data_dir: Path):
         if config not in HUB_CONFIGS:
             raise PipelineError(f"unknown MS MARCO config {config!r} (use one of {', '.join(HUB_CONFIGS)})")
+        if split not in HUB_SPLITS:  # before any download: datasets would fail only after reaching the hub
+            raise PipelineError(f"{HUB_DATASET} has no split {split!r} (it has {', '.join(HUB_SPLITS)})")
         self.config, self.split, self.data_dir = config, split, Path(data_dir)
         self.description = f"{HUB_DATASET} {config} [{split}] (hub, cached in {data_dir})"
 
@@ -332,18 +366,15 @@ class HubSource(Source):
         return self.data_dir / f"{HUB_DATASET.replace('/', '___')}_stream" / self.config / f"{self.split}.jsonl"
 
     def _stream_cache_rows(self) -> tuple[int, bool]:
-        """(rows in the stream cache, whether they are the whole split); (0, False) when there is none."""
-        manifest = self.stream_cache.with_suffix(".json")
-        if not (manifest.is_file() and self.stream_cache.is_file()):
-            return 0, False
+        """(rows in the stream cache, whether they are the whole split); (0, False) when there is none, or its
+        record (``<split>.json``, written after it) does not describe it (``fileio.cached_record``)."""
+        record = cached_record(self.stream_cache)
+        if record is None or record.get("source") != self.identity():
+            return 0, False  # none, damaged, or another split's: stream again, which rewrites both
         try:
-            info = json.loads(manifest.read_text())
-            rows, complete = int(info["rows"]), bool(info["complete"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0, False  # a damaged description: stream again, which rewrites both
-        if info.get("source") != self.identity() or info.get("size") != self.stream_cache.stat().st_size:
+            return int(record["rows"]), bool(record["complete"])
+        except (KeyError, TypeError, ValueError, OverflowError):
             return 0, False
-        return rows, complete
 
     def _streamed_rows(self, max_samples: int) -> Path:
         """The stream cache, holding at least the split's first ``max_samples`` rows (streamed if it did not)."""
@@ -378,8 +409,7 @@ class HubSource(Source):
                 bar.close()
 
         atomic_write(self.stream_cache, write)
-        save_json({"source": self.identity(), "rows": count, "complete": count < max_samples,
-                   "size": self.stream_cache.stat().st_size}, self.stream_cache.with_suffix(".json"))
+        save_cache_record(self.stream_cache, source=self.identity(), rows=count, complete=count < max_samples)
         info(f"Streamed the first {count:,} rows of {HUB_DATASET} {self.config} [{self.split}] into "
              f"{self.stream_cache}")
         return self.stream_cache
@@ -458,7 +488,7 @@ def hub_unreachable_reason(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT) ->
 def _check_readable(path: Path) -> None:
     try:
         if not path.is_file():
-            raise PipelineError("not a file" if path.exists() else "file not found", path)
+            raise PipelineError("not a file" if path.exists() else f"file not found{_nearby(path)}", path)
         if path.stat().st_size == 0:
             raise PipelineError("file is empty", path)
     except OSError as error:
@@ -488,14 +518,16 @@ _BOM = b"\xef\xbb\xbf"
 
 @overload
 def iter_tsv_lines(path: str | Path, columns: int, what: str = ..., *, with_offsets: Literal[False] = ...,
-                   unique: str | None = ..., key_columns: int = ...) -> Iterator[list[str]]: ...
+                   unique: str | None = ..., key_columns: int = ..., ids: tuple[str, ...] = ...
+                   ) -> Iterator[list[str]]: ...
 @overload
 def iter_tsv_lines(path: str | Path, columns: int, what: str = ..., *, with_offsets: Literal[True],
-                   unique: str | None = ..., key_columns: int = ...) -> Iterator[tuple[int, list[str]]]: ...
+                   unique: str | None = ..., key_columns: int = ..., ids: tuple[str, ...] = ...
+                   ) -> Iterator[tuple[int, list[str]]]: ...
 
 
 def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", *, with_offsets: bool = False,
-                   unique: str | None = None, key_columns: int = 1) -> Iterator[Any]:
+                   unique: str | None = None, key_columns: int = 1, ids: tuple[str, ...] = ()) -> Iterator[Any]:
     """The fields of each line of a tab-separated file, streamed: the one TSV reader of the project.
 
     One rule for every TSV (collection, queries, candidates, triples):
@@ -505,7 +537,10 @@ def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", 
       a line with fewer fields is refused (``line N has K tab-separated field(s), a WHAT file needs C``);
     - lines end with LF or CRLF; a CR inside a line stays in its text; a file with CR-only line ends (which
       would read as one line) is refused with the remedy; blank lines are skipped; a UTF-8 byte-order mark
-      is dropped; bytes that are not UTF-8 become U+FFFD;
+      is dropped; bytes that are not UTF-8 are read as Windows-1252 (``textfiles``: a Latin-1 file reads
+      right); a file that is not text (UTF-16, compressed, binary, a NUL byte on any line) is refused;
+    - ``ids`` names the leading fields that are ids (``("query id", "passage id")``): an id must be printable
+      text, not empty, without control characters or separators other than the plain space;
     - with ``unique`` (what the key is called, e.g. ``"query id"``), a line whose first ``key_columns``
       fields repeat an earlier line's is refused, naming the id and both lines (memory grows with the ids,
       so callers that stream 8.8M passages without keeping them leave it off).
@@ -515,48 +550,102 @@ def iter_tsv_lines(path: str | Path, columns: int, what: str = "tab-separated", 
     """
     path = Path(path)
     _check_readable(path)  # here, not at the first row: a missing file is named when the reader is made
-    bom = _check_line_ends(path)
+    bom = _check_tsv_head(path)
+    layout = _Layout(path, columns, what, ids)
     # one loop per mode and no wrapper unless repeats are checked: this streams the 8.8M-passage collection
-    rows = (_offset_rows if with_offsets else _text_rows)(path, columns, what, bom)
+    rows = (_offset_rows if with_offsets else _text_rows)(layout, bom)
     return _refuse_repeats(rows, path, unique, key_columns, with_offsets) if unique else rows
+
+
+@dataclass
+class _Layout:
+    """What a TSV's lines must hold: ``columns`` fields, of which the first ``len(ids)`` are ids."""
+
+    path: Path
+    columns: int
+    what: str
+    ids: tuple[str, ...]
+
+    def check(self, number: int, fields: list[str]) -> None:
+        """Refuse a line of too few fields; an id that is empty or not printable."""
+        if len(fields) < self.columns:
+            raise PipelineError(f"line {number} has {len(fields)} tab-separated field(s), a {self.what} file "
+                                f"needs {self.columns}", self.path)
+        for name, value in zip(self.ids, fields, strict=False):
+            if not value or not value.isprintable():
+                raise PipelineError(f"line {number}: {bad_id(name, value)}", self.path)
+
+
+_CHARACTER_NAMES = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return", "\x00": "a NUL byte"}
+
+
+def bad_id(name: str, value: str) -> str:
+    """Why ``value`` is not an id (empty, or holding a tab, line break, NUL or other character that is not
+    printable), for a message: a TSV line, a TREC run or a passage file written from it would read it as
+    another id."""
+    if not value:
+        return f"the {name} is empty"
+    odd = next(c for c in value if not c.isprintable())
+    what = _CHARACTER_NAMES.get(odd) or f"U+{ord(odd):04X} ({unicodedata.name(odd, 'a control character')})"
+    return (f"the {name} {short(repr(value), 60)} holds {what}; an id is printable text (no tab, line break or "
+            "control character)")
 
 
 def _open(path: Path, binary: bool) -> Any:
     try:
-        return open(path, "rb") if binary else open(path, encoding="utf-8", errors="replace", newline="\n")
+        return open(path, "rb") if binary else open(path, encoding="utf-8", errors=TEXT_ERRORS, newline="\n")
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
-def _too_few(path: Path, number: int, found: int, columns: int, what: str) -> PipelineError:
-    return PipelineError(f"line {number} has {found} tab-separated field(s), a {what} file needs {columns}", path)
+# A passage, query or judgment is a few KB (an MS MARCO document under 4 MB): a longer line is no such row, and
+# tokenising it takes ~25 times its size in memory (a file without line breaks would be read whole as one line)
+MAX_LINE = 16 * 2**20
 
 
-def _text_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[list[str]]:
-    with _open(path, binary=False) as handle:
+def bounded_lines(handle: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    """``(number, line)`` of each line of ``handle`` (text or bytes), never reading more than ``MAX_LINE`` of
+    one: a longer line is refused."""
+    for number, line in enumerate(iter(functools.partial(handle.readline, MAX_LINE + 1), handle.read(0)), 1):
+        if len(line) > MAX_LINE:
+            raise PipelineError(f"line {number} is longer than {MAX_LINE // 2**20} MiB, which no passage, query or "
+                                "judgment is (a file without line breaks?)", path)
+        yield number, line
+
+
+def _text_rows(layout: _Layout, bom: bool) -> Iterator[list[str]]:
+    columns, first, second = layout.columns, len(layout.ids) > 0, len(layout.ids) > 1  # ids: the checks inline
+    with _open(layout.path, binary=False) as handle:
         if bom:  # the mark is not part of the first id
             handle.read(1)
-        for number, line in enumerate(handle, 1):
+        for number, line in bounded_lines(handle, layout.path):
             line = line.rstrip("\r\n")
             if line:
+                if "\x00" in line:
+                    raise nul_error(layout.path, number)
                 fields = line.split("\t", columns - 1)
-                if len(fields) < columns:
-                    raise _too_few(path, number, len(fields), columns, what)
+                if len(fields) < columns or first and not (fields[0] and fields[0].isprintable()) or \
+                        second and not (fields[1] and fields[1].isprintable()):
+                    layout.check(number, fields)
                 yield fields
 
 
-def _offset_rows(path: Path, columns: int, what: str, bom: bool) -> Iterator[tuple[int, list[str]]]:
-    with _open(path, binary=True) as handle:
+def _offset_rows(layout: _Layout, bom: bool) -> Iterator[tuple[int, list[str]]]:
+    columns, first, second = layout.columns, len(layout.ids) > 0, len(layout.ids) > 1  # ids: the checks inline
+    with _open(layout.path, binary=True) as handle:
         offset = 0
         if bom:  # skipped, but counted: offsets are positions in the file
             offset = len(handle.read(len(_BOM)))
-        for number, raw in enumerate(handle, 1):
+        for number, raw in bounded_lines(handle, layout.path):
             start, offset = offset, offset + len(raw)
             line = raw.rstrip(b"\r\n")
             if line:
-                fields = line.decode("utf-8", "replace").split("\t", columns - 1)
-                if len(fields) < columns:
-                    raise _too_few(path, number, len(fields), columns, what)
+                if 0 in line:  # a NUL byte (memchr; faster than a bytes needle)
+                    raise nul_error(layout.path, number)
+                fields = line.decode("utf-8", TEXT_ERRORS).split("\t", columns - 1)  # textfiles.decode_text
+                if len(fields) < columns or first and not (fields[0] and fields[0].isprintable()) or \
+                        second and not (fields[1] and fields[1].isprintable()):
+                    layout.check(number, fields)
                 yield start, fields
 
 
@@ -591,13 +680,21 @@ def _line_numbers(path: Path, rows: set[int]) -> dict[int, int]:
     return found
 
 
-def _check_line_ends(path: Path) -> bool:
-    """Refuse CR-only line ends (old Mac files would read as one huge line); whether the file has a BOM."""
+def _read_head(path: Path) -> bytes:
+    """The first bytes of ``path``, refused if they are not UTF-8 text (``textfiles.check_text_head``)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_HEAD_BYTES)
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    check_text_head(path, head)
+    return head
+
+
+def _check_tsv_head(path: Path) -> bool:
+    """Refuse a file that is not text, or has CR-only line ends (old Mac files would read as one huge line);
+    whether the file has a UTF-8 BOM."""
+    head = _read_head(path)
     if b"\r" in head and b"\n" not in head:
         raise PipelineError("has CR-only line ends (old Mac style), so it would read as one line; convert them "
                             "to LF first (tr '\\r' '\\n' < old > new)", path)
@@ -607,14 +704,51 @@ def _check_line_ends(path: Path) -> bool:
 def read_collection(path: str | Path, *, with_offsets: bool = False, unique: bool = False) -> Iterator[Any]:
     """``[pid, text]`` of each passage of a ``collection.tsv``, streamed; ``with_offsets``: ``(offset, [pid,
     text])``. ``unique``: refuse a repeated passage id (costs memory for every id: callers that keep the
-    passages anyway ask for it)."""
-    return iter_tsv_lines(path, 2, "collection (pid<TAB>text)", with_offsets=with_offsets,
-                          unique="passage id" if unique else None)
+    passages anyway ask for it). A collection in which no passage holds a word is refused at once."""
+    rows = iter_tsv_lines(path, 2, "collection (pid<TAB>text)", with_offsets=with_offsets,
+                          unique="passage id" if unique else None, ids=("passage id",))
+    _require_a_word(Path(path))
+    return rows
+
+
+def _require_a_word(path: Path) -> None:
+    """Refuse a collection in which no passage holds a word (a letter or digit: every text empty, punctuation or
+    symbols), before any work: it would be indexed, ranked and evaluated as if it were text. The scan stops at
+    the first passage with a word, the first line of any real collection; a line without a tab stops it too
+    (the reader names that line)."""
+    passages = 0
+    with _open(path, binary=True) as handle:
+        for raw in handle:
+            _, tab, text = raw.partition(b"\t")
+            if not tab:
+                if raw.strip():
+                    return
+                continue
+            passages += 1
+            if tokenize(decode_text(text)):
+                return
+    raise PipelineError(f"holds no word: none of its {passages:,} passage(s) has a letter or digit (every text is "
+                        "empty, punctuation or symbols)", path)
 
 
 def read_queries(path: str | Path) -> dict[str, str]:
     """``{qid: text}`` of a queries TSV; a repeated query id is refused."""
-    return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id")}
+    return {qid: text for qid, text in iter_tsv_lines(path, 2, "queries (qid<TAB>text)", unique="query id",
+                                                      ids=("query id",))}
+
+
+def queries_with_words(queries: dict[str, str], where: str | Path | None = None) -> dict[str, str]:
+    """``queries`` less those without a single token (empty, or only punctuation and symbols): no system can
+    rank them, so their hits would be arbitrary passages (a million empty lines would make a run of hundreds of
+    MB of them). The count left out is said (``skipped N empty queries``); if none is left, an error."""
+    kept = {qid: text for qid, text in queries.items() if tokenize(text)}
+    skipped = len(queries) - len(kept)
+    if queries and not kept:
+        raise PipelineError(f"none of its {len(queries):,} queries has a word to search for", where)
+    if skipped:
+        prefix = f"{where}: " if where is not None else ""
+        info(f"{prefix}skipped {skipped:,} empty {'query' if skipped == 1 else 'queries'} (no word to search for)")
+    return kept
 
 
 _GRADE = re.compile(r"[+-]?[0-9]+")
@@ -630,22 +764,31 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """
     path = Path(path)
     _check_readable(path)
+    _read_head(path)
     qrels: dict[str, dict[str, int]] = {}
-    try:
-        handle = open(path, encoding="utf-8", errors="replace")  # universal newlines: CR-only files work too
+    try:  # universal newlines: CR-only files work too; -sig: a byte-order mark is dropped
+        handle = open(path, encoding="utf-8-sig", errors=TEXT_ERRORS)
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in bounded_lines(handle, path):
+            if "\x00" in line:
+                raise nul_error(path, number)
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 4:
                 raise PipelineError(f"line {number} is not a qrels line (qid 0 pid relevance)", path)
             qid, _, pid, grade = fields
+            for name, value in (("query id", qid), ("passage id", pid)):
+                if not value.isprintable():
+                    raise PipelineError(f"line {number}: {bad_id(name, value)}", path)
             if not _GRADE.fullmatch(grade):
                 raise PipelineError(f"line {number}: relevance {short(grade)!r} is not an integer", path)
-            value = max(int(grade), 0)
+            if len(grade.lstrip("+-").lstrip("0")) > 12:  # int() refuses over 4,300 digits with a bare ValueError
+                value = 0 if grade.startswith("-") else MAX_GRADE + 1
+            else:
+                value = max(int(grade), 0)
             if value > MAX_GRADE:
                 raise PipelineError(f"line {number}: relevance {short(grade)} is too large (at most {MAX_GRADE})",
                                     path)
@@ -661,7 +804,7 @@ def read_candidates(path: str | Path) -> Iterator[list[str]]:
     """``[qid, pid, query, passage]`` rows of a ``top1000``-layout file, streamed; a repeated (qid, pid) pair
     is refused."""
     return iter_tsv_lines(path, 4, "candidates (qid<TAB>pid<TAB>query<TAB>passage)", unique="query and passage id",
-                          key_columns=2)
+                          key_columns=2, ids=("query id", "passage id"))
 
 
 @dataclass
@@ -756,24 +899,86 @@ def _classify_tsv(path: Path) -> str | None:
     name = path.name.lower()
     if "qrels" in name:
         return "qrels"
+    if "topics" in name:  # before top*: topics.dl21.txt holds queries, not candidates
+        return "queries"
     if name.startswith("top") or "candidates" in name or "top1000" in name or "top100" in name:
         return "candidates"
     if "collection" in name or name.startswith("corpus"):
         return "collection"
-    if "queries" in name or "topics" in name:
+    if "queries" in name:
         return "queries"
     return None
 
 
-def _pick(paths: list[Path], split: str | None, kind: str) -> Path | None:
-    """The file of one kind: the one naming the split if any does, else the shortest name (the plain one)."""
-    if split:
-        paths = [p for p in paths if split.lower() in p.name.lower()] or paths
-    return min(paths, key=lambda p: (len(p.name), p.name)) if paths else None
+SPLIT_KINDS = ("queries", "qrels", "candidates")  # a collection serves every split, so its name rarely has one
+_VARIANT_SEPARATORS = ".-_"
 
 
-def tsv_files_from(paths: list[Path], split: str | None) -> TsvFiles:
-    """Sort the official TSV files (named one by one, or folders holding them) by kind."""
+def names_split(name: str, split: str) -> bool:
+    """Whether a file name holds ``split`` as a whole word (case aside): ``dl21`` is in ``queries.dl21.tsv`` and
+    ``qrels.dl21-passage.txt``, not in ``queries.dl2021.tsv``; ``dl2`` is in none of them."""
+    pattern = rf"(?<![a-z0-9]){re.escape(split.lower())}(?![a-z0-9])"
+    return bool(split) and re.search(pattern, name.lower()) is not None
+
+
+def _stem(path: Path) -> str:
+    name = path.name.lower()
+    return name[: -len(path.suffix)] if path.suffix and path.suffix.lower() in TSV_SUFFIXES else name
+
+
+def _plain(paths: list[Path]) -> Path | None:
+    """The file of which the others are variants: its name, less the suffix, starts each other's name, followed
+    by ``.``, ``-`` or ``_`` (``qrels.dl19-passage.txt`` beside ``qrels.dl19-passage.in-collection.txt``)."""
+    for path in sorted(paths, key=lambda p: (len(p.name), p.name)):
+        stem = _stem(path)
+        if all(other == path or (_stem(other).startswith(stem)
+                                 and _stem(other)[len(stem):len(stem) + 1] in tuple(_VARIANT_SEPARATORS))
+               for other in paths):
+            return path
+    return None
+
+
+def _listing(paths: list[Path], limit: int = 8) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _choose(kind: str, paths: list[Path], split: str | None, split_applies: bool, place: str, flag: str
+            ) -> Path | None:
+    """The one file of ``kind`` among ``paths`` (see ``tsv_files_from``), or a one-line error listing them."""
+    if not paths:
+        return None
+    naming = [p for p in paths if split and names_split(p.name, split)]
+    if not naming and split_applies and kind in SPLIT_KINDS:
+        raise PipelineError(f"{flag} {split} names none of the {kind} files {place} ({_listing(paths)}): give a "
+                            f"{flag} that their names hold, or name the files one by one")
+    chosen = naming or paths
+    plain = chosen[0] if len(chosen) == 1 else _plain(chosen)
+    if plain is None:
+        if naming:
+            found, remedy = f"name {flag} {split}", f"give a {flag} that only one of them holds"
+        else:
+            found = (f"and no {flag} was given to choose one" if kind in SPLIT_KINDS
+                     else "and none is the plain name of the others")
+            remedy = f"give the {flag} that one of their names holds" if kind in SPLIT_KINDS else "name one"
+        raise PipelineError(f"{len(chosen)} {kind} files {place} {found} ({_listing(chosen)}), so which one to read "
+                            f"cannot be told: {remedy}, or name the files one by one")
+    return plain
+
+
+def tsv_files_from(paths: list[Path], split: str | None, *, split_given: bool = True, flag: str = "--split"
+                   ) -> TsvFiles:
+    """Sort the official TSV files (named one by one, or folders holding them) by kind, and choose one per kind.
+
+    A split (``queries.<split>.tsv``) is a whole word of a name (``names_split``). Per kind, the files whose
+    names hold ``split``; none of them, the kind's files whatever their names. Among several, the plain one
+    (``_plain``: ``qrels.dl19-passage.txt`` before ``qrels.dl19-passage.in-collection.txt``); without a
+    plain one, a one-line error listing them. A split the user gave (``split_given``), or a default split
+    that some file's name holds, must name a file of each kind that is tied to a split (queries, qrels,
+    candidates) present: ``--split dl2021`` beside ``queries.dl21.tsv`` is an error listing the files, never
+    a fallback to another split. A default split no name holds leaves the files as they are: a folder with one
+    file of each kind needs no ``--split``. ``flag``: the option the messages name.
+    """
     found: dict[str, list[Path]] = {"collection": [], "queries": [], "qrels": [], "candidates": []}
     for path in paths:
         entries = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
@@ -789,38 +994,80 @@ def tsv_files_from(paths: list[Path], split: str | None) -> TsvFiles:
                                                                                 ".zip", ".tar") else \
                     f"has suffix {entry.suffix!r}; the {kind} file must be .tsv, .txt or .trec"
                 raise PipelineError(what, entry)
-    return TsvFiles(**{kind: _pick(found[kind], split, kind) for kind in found})
+    place = f"in {paths[0]}" if len(paths) == 1 and paths[0].is_dir() else "given"
+    named = any(names_split(p.name, split) for kind in SPLIT_KINDS for p in found[kind]) if split else False
+    applies = bool(split) and (split_given or named)
+    return TsvFiles(**{kind: _choose(kind, found[kind], split, applies, place, flag) for kind in found})
 
 
 # ---------------------------------------------------------------------------------------------- choosing
 
 
 def open_source(dataset_paths: list[str | Path] | None, config: str = "v1.1", split: str = "train",
-                data_dir: str | Path = "data", min_relevance: int = 1) -> Source:
-    """The source the user asked for: the hub by default, local files with ``--dataset-path``."""
+                data_dir: str | Path = "data", min_relevance: int = 1, *, split_given: bool = False) -> Source:
+    """The source the user asked for: the hub by default, local files with ``--dataset-path``.
+
+    ``split_given``: the user gave ``split`` (``--split``), so it must name what is read: a hub split, a split of
+    a ``datasets`` folder, the row files or the TSVs of a split (``tsv_files_from``); a split that names
+    nothing is an error listing what is there. A default split picks what it names and otherwise leaves a
+    folder's files as they are.
+    """
     if not dataset_paths:
         return HubSource(config, split, Path(data_dir))
     paths = [Path(p) for p in dataset_paths]
     for path in paths:
         if not path.exists():
-            raise PipelineError("not found", path)
+            raise PipelineError(f"not found{_nearby(path)}", path)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         if (folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists():
-            return DatasetsDiskSource(folder, split)
+            return DatasetsDiskSource(folder, split, split_given)
         rows = sorted(p for p in folder.iterdir() if p.suffix in ROW_SUFFIXES and p.is_file())
         if rows:
-            return RowFileSource(rows)
-        files = tsv_files_from(paths, split)
+            return RowFileSource(_row_files_of_split(rows, split, split_given, folder))
+        files = tsv_files_from(paths, split, split_given=split_given)
         if not any(vars(files).values()):
             raise PipelineError("holds no MS MARCO data (row .jsonl/.json/.parquet, a datasets folder, or "
-                                "collection/queries/qrels TSVs)", folder)
+                                f"collection/queries/qrels TSVs){_contents(folder)}", folder)
         return TsvSource(files, min_relevance)
     if all(p.is_file() and p.suffix in ROW_SUFFIXES for p in paths):
+        if split_given and not any(names_split(p.name, split) for p in paths):
+            raise PipelineError(f"--split {split} names none of the row files given ({_listing(paths)}); a row "
+                                "file is read whole, so leave --split out, or give the files of that split")
         return RowFileSource(paths)
     if any(p.suffix in ROW_SUFFIXES for p in paths if p.is_file()):
         raise PipelineError("mixes row-layout files with other files; give one kind at a time")
-    return TsvSource(tsv_files_from(paths, split), min_relevance)
+    return TsvSource(tsv_files_from(paths, split, split_given=split_given), min_relevance)
+
+
+def _row_files_of_split(rows: list[Path], split: str, split_given: bool, folder: Path) -> list[Path]:
+    """The row files of a folder that ``split`` names (``train-00000-of-00001.parquet``, ``validation.jsonl``);
+    none named: all of them for a default split, an error listing them for a split the user gave."""
+    named = [p for p in rows if names_split(p.name, split)]
+    if named:
+        return named
+    if split_given:
+        raise PipelineError(f"--split {split} names none of its row files ({_listing(rows)}): give a --split that "
+                            "their names hold, or leave --split out to read them all", folder)
+    return rows
+
+
+def _contents(folder: Path, near: str = "", limit: int = 8) -> str:
+    """``; FOLDER holds a, b, c`` for a message (the names most like ``near`` first), or that it is empty."""
+    try:
+        names = [entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()]
+    except OSError:
+        return ""
+    if not names:
+        return f"; {folder} is empty"
+    names.sort(key=lambda name: (-difflib.SequenceMatcher(None, near, name).ratio(), name) if near else name)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"; {folder} holds {', '.join(names[:limit])}{more}"
+
+
+def _nearby(path: Path) -> str:
+    """What the folder of a path that is not there holds, the names most like it first, for a message."""
+    return _contents(path.parent, path.name) if path.parent.is_dir() else ""
 
 
 __all__ = [

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -131,6 +132,21 @@ def tokenize_many(texts: list[str]) -> list[str]:
     if joined.count(TEXT_BREAK) != len(texts) - 1:  # a text holds line breaks: they only separate tokens
         joined = TEXT_BREAK.join(text.replace(TEXT_BREAK, " ") for text in texts)
     return _ASCII_TOKEN_OR_BREAK.findall(joined.lower() + TEXT_BREAK)
+
+
+PIECE_CHARACTERS = 4_000_000  # text tokenised in one pass: its token list (~50 bytes a token) stays near 100 MB
+
+
+def pieces(texts: list[str], characters: int = PIECE_CHARACTERS) -> Iterator[list[str]]:
+    """``texts`` in consecutive runs of about ``characters`` characters (a longer text alone), for
+    ``tokenize_many``: a chunk's token list holds a Python string per token, so memory follows the characters
+    tokenised at once, not the number of texts."""
+    start, size = 0, 0
+    for end, text in enumerate(texts, 1):
+        size += len(text)
+        if size >= characters or end == len(texts):
+            yield texts[start:end]
+            start, size = end, 0
 
 
 def _tokenize_mixed(texts: list[str]) -> list[str]:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .batches import TokenBatch, TripletArrays
 from .distributed import DistributedContext, all_reduce_max, all_reduce_mean, gather_with_gradients
-from .errors import PipelineError, first_line
+from .errors import PipelineError, first_line, short
 from .fileio import KIND_TRAINING_STATE, load_torch, save_torch
 from .model import GatheredRows, TwoTowerModel
 from .optim import RowAdam
@@ -269,6 +269,7 @@ class Trainer:
         self.log = TrainingLog(**{**state["log"], "settings": asdict(self.settings), "device": str(self.device)})
         self.position = _Position(**state["position"]) if "position" in state else _Position(
             state["epoch"], state["batch"], state["step"])
+        _check_position(self.position, self.settings)
         self.log.resumed_from_step.append(self.position.step)
         _set_rng_state(state["rng"])
         info(f"Resuming at epoch {self.position.epoch}, batch {self.position.batch + 1} "
@@ -342,6 +343,7 @@ class Trainer:
         when the tables stay in autograd). A subclass that trains with another objective overrides this alone
         (``benchmarks/levers_dl21.py`` adds a distillation term), and the loop around it stays the same."""
         queries, positives, negatives = (part.to(self.device) for part in batch[:3])
+        teacher = tuple(part.to(self.device) for part in batch[3]) if len(batch) > 3 else None
         gathered: list[GatheredRows] = []
         with self.autocast:
             if self.row_updates:
@@ -352,7 +354,11 @@ class Trainer:
             if self.context.enabled:
                 offset = self.context.rank * len(q)
                 p, n = gather_with_gradients(p), None if n is None else gather_with_gradients(n)
-            loss = self.loss_fn(q, p, n, label_offset=offset)
+                if teacher is not None:  # the teacher's candidates, gathered like the student's
+                    teacher = (teacher[0], gather_with_gradients(teacher[1]), gather_with_gradients(teacher[2]))
+            # the data carries a teacher's vectors only when its loss distils them (train_two_tower_from_triplets)
+            extra = {} if teacher is None else {"teacher": teacher}
+            loss = self.loss_fn(q, p, n, label_offset=offset, **extra)
         return loss, gathered
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -465,6 +471,23 @@ def _check_resumable(state: dict[str, Any], settings: TrainSettings, data_size: 
     if state["epoch"] > settings.epochs:
         raise PipelineError(f"cannot resume: the training state is at epoch {state['epoch']}, past --epochs "
                             f"{settings.epochs}")
+
+
+_STEP_LIMIT = 2**63 - 1  # steps and examples are counted in int64 tensors and numpy arrays
+
+
+def _check_position(position: _Position, settings: TrainSettings) -> None:
+    """A resumed position's numbers are ones the loop can hold: whole numbers within this run's epochs and int64,
+    finite sums: an edited state's ``batch`` of 1e30, or an epoch of 1.5, would fail inside the loop."""
+    counts = {"epoch": (position.epoch, 1, settings.epochs), "batch": (position.batch, 0, _STEP_LIMIT),
+              "step": (position.step, 0, _STEP_LIMIT), "epoch_examples": (position.epoch_examples, 0, _STEP_LIMIT)}
+    for name, (value, low, high) in counts.items():
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"its position's {name} is {short(value, 24)}, not a whole number from {low} to {high}")
+    for name in ("epoch_loss", "epoch_seconds"):
+        value = getattr(position, name)
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"its position's {name} is {short(value, 24)}, not a finite number of at least 0")
 
 
 class _NoAutocast:

@@ -27,9 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import PipelineError
-from .fileio import KIND_TRIPLETS, is_parquet, load_parquet, load_pickle, save_parquet, save_pickle
+from .fileio import (
+    KIND_TRIPLETS,
+    OutputKind,
+    is_parquet,
+    load_parquet,
+    load_pickle,
+    recognise_json,
+    recognise_tagged,
+    save_parquet,
+    save_pickle,
+)
 from .report import progress
+from .resources import check_memory
 from .sources import Passage, QueryRecord, text_id
 from .text import tokenize
 
@@ -42,6 +55,70 @@ PARQUET_IDS = {"query_id": "query_ids", "positive_id": "positive_ids", "negative
 
 
 @dataclass
+class TeacherLabels:
+    """A teacher's vectors of the triplets' texts (``generate_triplets.py --teacher``), for distillation.
+
+    One row per distinct query and per distinct passage (float16: cosines to 1e-3), and for each triplet the rows
+    of its query, positive and negative. A passage's row is the teacher's vector of the whole passage, also where
+    the triplet's positive is a cut of it (an inverse-cloze positive lacks its pseudo-query sentence).
+    """
+
+    name: str  # as given (a folder or a hub name)
+    identity: str  # the digest of the teacher's files (teacher.folder_identity)
+    queries: np.ndarray  # (distinct queries, dim) float16
+    passages: np.ndarray  # (distinct passages, dim) float16
+    query_rows: np.ndarray  # (triplets,) int32, rows of ``queries``
+    positive_rows: np.ndarray  # (triplets,) int32, rows of ``passages``
+    negative_rows: np.ndarray  # (triplets,) int32, rows of ``passages``
+
+    def __len__(self) -> int:
+        return len(self.query_rows)
+
+    def subset(self, indices: list[int]) -> TeacherLabels:
+        rows = np.asarray(indices, dtype=np.int64)
+        return TeacherLabels(self.name, self.identity, self.queries, self.passages, self.query_rows[rows],
+                             self.positive_rows[rows], self.negative_rows[rows])
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The teacher's float32 vectors of the queries, positives and negatives of triplets ``indices``."""
+        return (self.queries[self.query_rows[indices]].astype(np.float32),
+                self.passages[self.positive_rows[indices]].astype(np.float32),
+                self.passages[self.negative_rows[indices]].astype(np.float32))
+
+    def to_plain(self) -> dict[str, Any]:
+        """Plain values (bytes, not arrays) for the pickle, which ``fileio.load_pickle`` reads without globals."""
+        return {"name": self.name, "identity": self.identity, "dim": int(self.queries.shape[1]),
+                **{name: np.ascontiguousarray(getattr(self, name), dtype=dtype).tobytes()
+                   for name, dtype in _TEACHER_ARRAYS.items()}}
+
+    @classmethod
+    def from_plain(cls, data: Any, count: int, path: str | Path) -> TeacherLabels:
+        """Checked: the arrays' sizes fit the dimension and the triplets, every row exists, every value is finite."""
+        try:
+            dim = data["dim"]
+            if type(dim) is not int or not 0 < dim <= 65536:
+                raise ValueError(f"dimension {dim!r}")
+            arrays = {name: np.frombuffer(data[name], dtype=dtype) for name, dtype in _TEACHER_ARRAYS.items()}
+            queries, passages = arrays["queries"].reshape(-1, dim), arrays["passages"].reshape(-1, dim)
+            labels = cls(str(data["name"]), str(data["identity"]), queries, passages, arrays["query_rows"],
+                         arrays["positive_rows"], arrays["negative_rows"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise PipelineError(f"the triplets' teacher labels are damaged ({error})", path) from error
+        for name, matrix in (("query_rows", queries), ("positive_rows", passages), ("negative_rows", passages)):
+            rows = getattr(labels, name)
+            if len(rows) != count or (count and (rows.min() < 0 or rows.max() >= len(matrix))):
+                raise PipelineError(f"the triplets' teacher labels are damaged ({name} do not fit {count:,} "
+                                    f"triplets and {len(matrix):,} vectors)", path)
+        if not (np.isfinite(queries).all() and np.isfinite(passages).all()):
+            raise PipelineError("the triplets' teacher vectors hold NaN or infinite values", path)
+        return labels
+
+
+_TEACHER_ARRAYS = {"queries": np.float16, "passages": np.float16, "query_rows": np.int32,
+                   "positive_rows": np.int32, "negative_rows": np.int32}
+
+
+@dataclass
 class Triplets:
     query_ids: list[str] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
@@ -49,6 +126,7 @@ class Triplets:
     positives: list[str] = field(default_factory=list)
     negative_ids: list[str] = field(default_factory=list)
     negatives: list[str] = field(default_factory=list)
+    teacher: TeacherLabels | None = None  # the teacher's vectors of these texts, when made with one
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -66,12 +144,16 @@ class Triplets:
         self.negatives.append(negative)
 
     def extend(self, other: Triplets) -> None:
+        """Append ``other``'s triplets; teacher labels, which index rows of each file's own vectors, are dropped
+        (``teacher.label_triplets`` labels the whole set again)."""
         for name in COLUMNS:
             getattr(self, name).extend(getattr(other, name))
+        self.teacher = None
 
     def subset(self, indices: Iterable[int]) -> Triplets:
         indices = list(indices)
-        return Triplets(**{name: [getattr(self, name)[i] for i in indices] for name in COLUMNS})
+        teacher = self.teacher.subset(indices) if self.teacher is not None else None
+        return Triplets(**{name: [getattr(self, name)[i] for i in indices] for name in COLUMNS}, teacher=teacher)
 
     def without_queries(self, texts: Iterable[str]) -> Triplets:
         """The triplets whose query is none of ``texts`` (compared as tokens: case and punctuation aside), so
@@ -169,6 +251,9 @@ class ClozeStats:
     queries_kept_in_positive: int = 0
 
 
+CLOZE_TRIPLET_BYTES = 400  # a pseudo-query triplet beside its positive's text: the query, its id, six list slots
+
+
 def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, per_passage: int = 1,
                            max_query_words: int = 16, min_words: int = 8, keep_query_probability: float = 0.1,
                            total: int | None = None, keyword_share: float = 0.0) -> tuple[Triplets, ClozeStats]:
@@ -202,6 +287,10 @@ def inverse_cloze_triplets(passages: Iterable[tuple[str, str]], seed: int = 42, 
     triplets = Triplets()
     if len(kept) < 2:
         return triplets, stats
+    # each pseudo-query's positive is its own copy of the rest of its passage
+    check_memory(per_passage * (sum(len(text) for _, text in kept) + len(kept) * CLOZE_TRIPLET_BYTES),
+                 f"{per_passage:,} pseudo-queries from each of {len(kept):,} passages",
+                 "lower --ict-per-passage or --max-samples")
     rng = random.Random(seed)
     idf = word_idf([text for _, text in kept]) if keyword_share > 0 else {}
     for index, (pid, text) in enumerate(progress(kept, desc="Cutting pseudo-queries", unit="passage")):
@@ -273,6 +362,11 @@ def triplets_prefix(sample_size: int) -> str:
     return f"msmarco_triplets_{max(1, (sample_size + 500) // 1000)}k"
 
 
+TRIPLETS_OUTPUT = OutputKind("triplets file", recognise_tagged(KIND_TRIPLETS))
+# the fields every triplets metadata JSON holds (``driver.triplets.run``)
+TRIPLETS_METADATA_OUTPUT = OutputKind("triplets metadata", recognise_json("mode", "source", "num_triplets"))
+
+
 def metadata_path(triplets_path: str | Path) -> Path:
     """``<stem>_metadata.json`` beside the triplets file."""
     path = Path(triplets_path)
@@ -280,11 +374,15 @@ def metadata_path(triplets_path: str | Path) -> Path:
 
 
 def save_triplets(triplets: Triplets, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write ``triplets`` atomically: a parquet table when ``path`` ends in ``.parquet``, else the pickle."""
+    """Write ``triplets`` atomically: a parquet table when ``path`` ends in ``.parquet``, else the pickle (with
+    the teacher's labels, when there are some)."""
     if Path(path).suffix.lower() == ".parquet":
+        if triplets.teacher is not None:
+            raise PipelineError("teacher labels are kept in the pickle format only; write a .pkl", path)
         columns = {name: getattr(triplets, field) for name, field in (PARQUET_TEXTS | PARQUET_IDS).items()}
         return save_parquet(columns, path, KIND_TRIPLETS, metadata)
-    return save_pickle({**triplets.columns(), "metadata": metadata}, path, KIND_TRIPLETS)
+    teacher = {} if triplets.teacher is None else {"teacher": triplets.teacher.to_plain()}
+    return save_pickle({**triplets.columns(), "metadata": metadata, **teacher}, path, KIND_TRIPLETS)
 
 
 def load_triplets(path: str | Path) -> Triplets:
@@ -298,7 +396,10 @@ def load_triplets(path: str | Path) -> Triplets:
         if not isinstance(column, list) or not all(isinstance(x, str) for x in column):
             raise PipelineError(f"triplets file has no list of strings {name!r}", path)
         columns[name] = column
-    return _check_columns(columns, path)
+    triplets = _check_columns(columns, path)
+    if data.get("teacher") is not None:
+        triplets.teacher = TeacherLabels.from_plain(data["teacher"], len(triplets), path)
+    return triplets
 
 
 def _check_columns(columns: dict[str, list[str]], path: str | Path) -> Triplets:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .arrays import TokenArrays
 from .report import progress
-from .text import TEXT_BREAK, load_stemmer, tokenize, tokenize_many
+from .text import TEXT_BREAK, load_stemmer, pieces, tokenize, tokenize_many
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -33,6 +33,25 @@ class _StemmedIds(dict):
     def __missing__(self, token: str) -> int:
         value = self[token] = self._words.get(self._stem(token), UNK_ID)
         return value
+
+
+HEAD_CHARACTERS = 65_536  # texts longer than this (and 64 characters a wanted token) are cut before tokenising
+
+
+def _head(text: str, max_length: int) -> str:
+    """The start of ``text`` that holds its first ``max_length`` tokens (``text`` itself when it is short): a
+    prefix cut at whitespace, so every token in it is whole, grown until it holds ``max_length`` tokens or is
+    the whole text. ASCII only: a non-ASCII text is repaired and normalised as a whole (``text.repair``), which a
+    prefix could change."""
+    size = max(HEAD_CHARACTERS, 64 * max_length)
+    if len(text) <= size or not text.isascii():
+        return text
+    while size < len(text):
+        cut = max(text.rfind(" ", 0, size), text.rfind("\n", 0, size), text.rfind("\t", 0, size))
+        if cut > 0 and len(tokenize(text[:cut])) >= max_length:
+            return text[:cut]
+        size *= 4
+    return text
 
 
 class Vocabulary:
@@ -74,7 +93,30 @@ class Vocabulary:
         return ids[:max_length] if max_length else ids
 
     def encode_chunk(self, texts: list[str], max_length: int | None = None) -> TokenArrays:
-        """``encode`` for a list of texts, vectorised: one regex pass, a C-level dictionary map, numpy cuts."""
+        """``encode`` for a list of texts, vectorised: one regex pass, a C-level dictionary map, numpy cuts.
+
+        Memory follows the distinct text, not the list: a text listed many times (a pickle's shared references
+        load as one string) is tokenised once and its ids repeated; the distinct texts are tokenised in pieces of
+        about ``text.PIECE_CHARACTERS`` (``text.pieces``); with ``max_length``, a long text is
+        tokenised only as far as its first ``max_length`` tokens reach.
+        """
+        distinct = dict.fromkeys(texts)
+        if len(distinct) == len(texts):
+            return self._encode_distinct(texts, max_length)
+        for row, text in enumerate(distinct):
+            distinct[text] = row
+        arrays = self._encode_distinct(list(distinct), max_length)
+        ids, starts = arrays.gather(np.fromiter(map(distinct.__getitem__, texts), dtype=np.int64, count=len(texts)))
+        offsets = np.append(starts, len(ids))
+        return TokenArrays(ids.astype(np.int32), offsets)
+
+    def _encode_distinct(self, texts: list[str], max_length: int | None) -> TokenArrays:
+        if max_length:
+            texts = [_head(text, max_length) for text in texts]
+        parts = [self._encode_piece(piece, max_length) for piece in pieces(texts)]
+        return TokenArrays.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def _encode_piece(self, texts: list[str], max_length: int | None) -> TokenArrays:
         tokens = tokenize_many(texts)
         if self._stemmer is not None:
             if self._chunk_lookup is None:
@@ -85,6 +127,7 @@ class Vocabulary:
                 self._chunk_lookup = {**self.word_to_index, TEXT_BREAK: -1}
             found = map(self._chunk_lookup.get, tokens, repeat(UNK_ID))
         ids = np.fromiter(found, dtype=np.int32, count=len(tokens))
+        del tokens
         breaks = np.flatnonzero(ids < 0)  # one after each text's last token
         starts = np.concatenate([[0], breaks[:-1] + 1])
         lengths = breaks - starts

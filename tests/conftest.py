@@ -8,6 +8,9 @@ import random
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +120,26 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
         raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\n"
                              f"stderr:\n{result.stderr}")
     return result
+
+
+@contextmanager
+def claim_held_by_another_process(path: Path) -> Iterator[subprocess.Popen]:
+    """A second process that holds ``fileio.claim(path)``, as a run writing ``path`` does; SIGKILLed on exit
+    (its marker stays behind, its lock goes with it, as when a real run is killed)."""
+    ready = path.with_name(f".{path.name}.held")
+    code = ("import pathlib, sys, time\nfrom msmarco_search.fileio import claim\n"
+            "assert claim(sys.argv[1])\npathlib.Path(sys.argv[2]).touch()\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path), str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the holder never took its claim"
+        ready.unlink()
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 CBOW_SCRIPT = "text_embeddings/train_text_embeddings_cbow_msmarco.py"

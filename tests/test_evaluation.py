@@ -238,7 +238,7 @@ def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, tra
 def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_folder, corpus, capsys):
     """--ict-keywords SHARE: that share of pseudo-queries is 3-6 distinct words of the passage, drawn by IDF (so
     the passages' topic words, never the filler every passage shares), and the positive is the whole passage."""
-    from test_reliability import assert_one_line_error, cli
+    from test_reliability import assert_usage_error, cli
 
     from msmarco_search.text import tokenize
 
@@ -258,9 +258,9 @@ def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_fo
         uniform.append(sum(word.startswith("doc") for word in own) / len(own))
     # the topic words (each in a twelfth of the passages) are drawn more often than a uniform draw would
     assert sum(drawn) / len(drawn) > sum(uniform) / len(uniform) + 0.1
-    assert_one_line_error(cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder /
-                              "collection.tsv", "--ict-keywords", "1.5", "--output", tmp_path / "x.pkl"),
-                          "--ict-keywords is the share of keyword pseudo-queries, in [0, 1]; got 1.5")
+    assert_usage_error(cli(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder /
+                           "collection.tsv", "--ict-keywords", "1.5", "--output", tmp_path / "x.pkl"),
+                       "argument --ict-keywords: must lie between 0 and 1, got 1.5")
 
 
 def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_path, tsv_folder, trained_pipeline,

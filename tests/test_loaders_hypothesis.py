@@ -31,6 +31,7 @@ from msmarco_search.fileio import (
     save_torch,
 )
 from msmarco_search.sources import RowFileSource, TsvFiles, TsvSource, iter_tsv_lines, read_candidates, read_qrels
+from msmarco_search.textfiles import decode_text
 from msmarco_search.triplets import load_triplets
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
@@ -231,5 +232,5 @@ def test_the_tsv_reader_with_offsets_reads_what_it_reads_without(data, columns):
         return
     assert [fields for _, fields in offsets] == text
     for offset, fields in offsets:
-        line = data[offset:].split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+        line = decode_text(data[offset:].split(b"\n", 1)[0].rstrip(b"\r"))
         assert line.lstrip("\ufeff").split("\t", columns - 1) == fields

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CBOW_SCRIPT, SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script
+from conftest import (
+    CBOW_SCRIPT,
+    SHARED_DATA,
+    TRAIN_SCRIPT,
+    TRIPLETS_SCRIPT,
+    claim_held_by_another_process,
+    run_script,
+)
 
 from msmarco_search.cbow import load_embeddings
 from msmarco_search.model import TwoTowerConfig, TwoTowerModel, load_model
@@ -234,10 +241,8 @@ def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_pa
         assert load_model(target).metadata["model_id"] == first_id  # untouched
 
     refused("--output", target, words=f"{target}: already exists; pass --overwrite")
-    claim = target.with_name(".mine.pt.claim")  # what a run writing mine.pt holds
-    claim.touch()
-    refused("--output", target, "--overwrite", words=f"{target}: another run is writing this file")
-    claim.unlink()
+    with claim_held_by_another_process(target) as holder:  # a run writing mine.pt now
+        refused("--output", target, "--overwrite", words=f"{target}: another run (process {holder.pid}) is writing")
     state = target.with_name("mine_training_state.pt")  # an interrupted run's state is never overwritten
     state.write_bytes(b"not really a state")
     target.unlink()
@@ -251,7 +256,7 @@ def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_pa
     assert cli(capsys, TRAIN_SCRIPT, *quick, "--output", target)[0] == 0
     assert cli(capsys, TRAIN_SCRIPT, *quick, "--output", target, "--overwrite", "--seed", "7")[0] == 0
     assert load_model(target).metadata["training"]["arguments"]["seed"] == 7
-    assert not list(target.parent.glob(".*"))  # no claim markers or temporary files left
+    assert [p.name for p in target.parent.glob(".*")] == []  # no claim markers or temporary files left
 
 
 def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path):

@@ -41,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         raise PipelineError("give at least two models to average")
     if args.output is not None and args.output_dir is not None:
         raise PipelineError("give --output FILE or --output-dir DIR, not both")
-    if args.output is not None and args.output.resolve() in {p.resolve() for p in args.models}:
-        raise PipelineError("is one of the models to average; write the average to another file", args.output)
-    path = claim_model_path(args.output, args.output_dir or args.models[0].parent, args.overwrite)
+    # --output replaces only an earlier model, and never one of the models averaged
+    path = claim_model_path(args.output, args.output_dir or args.models[0].parent, args.overwrite, args.models)
     try:
         model = average_two_towers(args.models)
         meta = model.metadata

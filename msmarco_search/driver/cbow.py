@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-from collections.abc import Callable
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
+from msmarco_search.arguments import (
+    add_source_arguments,
+    cbow_window,
+    dimension,
+    epoch_count,
+    positive_int,
+    seed_int,
+    source_from_args,
+    thread_count,
+)
 from msmarco_search.cbow import (
     EMBEDDINGS_FILENAME,
     GENSIM_FILENAME,
     CbowSettings,
+    cbow_outputs,
     check_resumed_stemmer,
     claim_output_folder,
     embeddings_from_gensim,
@@ -27,22 +36,9 @@ from msmarco_search.cbow import (
     train_cbow,
 )
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.fileio import ensure_writable_dir
+from msmarco_search.fileio import check_output, ensure_writable_dir, output_path
 from msmarco_search.report import info, warn
 from msmarco_search.text import STEMMERS
-
-
-def _at_most(limit: int, base: Callable[[str], int], why: str) -> Callable[[str], int]:
-    """argparse type: ``base`` and at most ``limit``; gensim's C code keeps these in 32-bit ints (an
-    ``OverflowError`` traceback above 2**31) and values far below that already make no sense."""
-
-    def parse(text: str) -> int:
-        value = base(text)
-        if value > limit:
-            raise argparse.ArgumentTypeError(f"must be at most {limit:,} ({why}), got {value}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,14 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for msmarco_word2vec.pt (default ./checkpoints)")
     parser.add_argument("--max-samples", type=positive_int, default=None,
                         help="read at most this many queries (rows) or, for TSVs, collection passages")
-    parser.add_argument("--vector-size", type=_at_most(10_000, positive_int, "word vectors are 100 to 1,000-d"),
-                        default=300, help="embedding dimension (300)")
-    parser.add_argument("--window", type=_at_most(10_000, positive_int, "gensim trains on texts of at most 10,000 "
-                                                  "words"), default=5, help="context window (5)")
+    parser.add_argument("--vector-size", type=dimension, default=300, help="embedding dimension (300)")
+    parser.add_argument("--window", type=cbow_window, default=5, help="context window (5)")
     parser.add_argument("--min-count", type=positive_int, default=5, help="ignore rarer words (5)")
-    parser.add_argument("--epochs", type=_at_most(10_000, positive_int, "word2vec converges in 5 to 50"), default=5,
-                        help="passes over the corpus (5)")
-    parser.add_argument("--workers", type=_at_most(1024, non_negative_int, "one thread per core"), default=0,
+    parser.add_argument("--epochs", type=epoch_count, default=5, help="passes over the corpus (5)")
+    parser.add_argument("--workers", type=thread_count, default=0,
                         help=f"training threads; 0 = all CPU cores ({multiprocessing.cpu_count()} here)")
     parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--resume-from", type=Path, default=None,
@@ -75,17 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_outputs(checkpoint_dir: Path, data_dir: Path, save_gensim: bool) -> None:
-    """Every path the run will write, checked before the work: found at the end, a problem costs the run."""
-    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
-        raise PipelineError("is a file, not a folder; pass another -c/--checkpoint-dir", checkpoint_dir)
-    ensure_writable_dir(checkpoint_dir, "checkpoint folder")
+def _check_outputs(args: argparse.Namespace, checkpoint_dir: Path, data_dir: Path) -> None:
+    """Every path the run will write, checked before the work: found at the end, a problem costs the run. Each
+    output file replaces only an earlier one of its kind, never an input of the run (``fileio.check_output``);
+    the checkpoint folder itself is checked before it is claimed (``_main``)."""
     ensure_writable_dir(data_dir, "data folder")
-    for name in (EMBEDDINGS_FILENAME, GENSIM_FILENAME) if save_gensim else (EMBEDDINGS_FILENAME,):
-        target = checkpoint_dir / name
+    inputs = [path for path in (args.resume_from, *(args.dataset_path or [])) if path is not None]
+    for target, kind in cbow_outputs(checkpoint_dir, args.save_gensim_model).items():
         if target.exists() and not target.is_file():  # a folder there: the final rename would fail
             raise PipelineError("is in the way of the output file (it is not a file); move it or pass another -c",
                                 target)
+        check_output(target, kind, inputs, flag="-c/--checkpoint-dir")
 
 
 def _warn_about_ignored_flags(args: argparse.Namespace, model: object) -> None:
@@ -111,21 +104,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    checkpoint_dir = Path(args.checkpoint_dir)
+    checkpoint_dir = output_path(args.checkpoint_dir)  # a name of its own, through a link (an odd name: one line)
     info("Starting CBOW implementation with MS Marco dataset")
     info(f"Checkpoints will be saved to: {checkpoint_dir}")
-    _check_outputs(checkpoint_dir, Path(args.data_dir), args.save_gensim_model)
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise PipelineError("is a file, not a folder; pass another -c/--checkpoint-dir", checkpoint_dir)
+    ensure_writable_dir(checkpoint_dir, "checkpoint folder")
     # held until the files are written: a second run into this folder is refused, not silently overwritten
     with claim_output_folder(checkpoint_dir):
-        return _run(args, checkpoint_dir)
+        resumed = None
+        if args.resume_from is not None:  # before the corpus: a bad model is refused at once
+            resumed = load_gensim_model(args.resume_from)
+            check_resumed_stemmer(args.resume_from, args.stemmer)
+            _warn_about_ignored_flags(args, resumed)
+        _check_outputs(args, checkpoint_dir, Path(args.data_dir))
+        return _run(args, checkpoint_dir, resumed)
 
 
-def _run(args: argparse.Namespace, checkpoint_dir: Path) -> int:
-    resumed = None
-    if args.resume_from is not None:  # before the corpus: a bad model is refused at once
-        resumed = load_gensim_model(args.resume_from)
-        check_resumed_stemmer(args.resume_from, args.stemmer)
-        _warn_about_ignored_flags(args, resumed)
+def _run(args: argparse.Namespace, checkpoint_dir: Path, resumed: object | None) -> int:
     source = source_from_args(args)
     corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples, args.stemmer)
     info(f"✅ Dataset loaded (cached in: {args.data_dir})")

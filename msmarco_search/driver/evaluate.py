@@ -16,7 +16,14 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import (
+    DefaultSplit,
+    add_source_arguments,
+    non_negative_int,
+    positive_int,
+    relevance_grade,
+    source_from_args,
+)
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
@@ -30,11 +37,23 @@ from msmarco_search.evaluate import (
     rows_tasks,
     tsv_task,
 )
-from msmarco_search.fileio import ensure_writable_dir, release, save_json, timestamped_path
+from msmarco_search.fileio import (
+    OutputKind,
+    check_output,
+    claim_output,
+    ensure_writable_dir,
+    load_json,
+    output_path,
+    recognise_json,
+    release,
+    save_json,
+    timestamped_path,
+)
 from msmarco_search.index import BM25_DIR, load_index, saved_bm25_settings
 from msmarco_search.metrics import seed_summary
 from msmarco_search.provenance import training_overlap
 from msmarco_search.report import info, warn
+from msmarco_search.resources import HIT_BYTES, check_memory
 from msmarco_search.retrieval import (
     BM25Retriever,
     CbowRetriever,
@@ -43,12 +62,13 @@ from msmarco_search.retrieval import (
     Retriever,
     TwoTowerRetriever,
 )
-from msmarco_search.runs import FUSIONS, run_file_name, write_run
+from msmarco_search.runs import FUSIONS, TREC_RUN_OUTPUT, run_file_name, write_run
 from msmarco_search.vocab import vocabulary_fingerprint
 
 DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
 
 SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid", "two-tower-prf", "hybrid-prf")
+TASKS = ("rerank", "full")
 # what each system needs beside it: the -prf rows move the two-tower's query by a first ranking (its own, or
 # the hybrids')
 NEEDS = {"hybrid": ("two-tower", "bm25"), "two-tower-prf": ("two-tower",), "hybrid-prf": ("hybrid",)}
@@ -77,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     official.add_argument("--queries", type=Path, help="queries TSV (qid<TAB>text)")
     official.add_argument("--qrels", type=Path, help="TREC qrels (qid 0 pid grade)")
     official.add_argument("--candidates", type=Path, help="top1000-layout candidates: re-rank them instead")
-    official.add_argument("--relevance-threshold", type=relevance_threshold, default=2,
+    official.add_argument("--relevance-threshold", type=relevance_grade, default=2,
                           help="official files (--qrels) only: the lowest grade that MRR@10, R@100, R@1000 and MAP "
                                "count as relevant (2, the TREC DL rule; nDCG@10 uses the grades). Not "
                                "--min-relevance, which reads --dataset-path TSV sources")
@@ -104,31 +124,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-GRADE_LIMIT = 2**31 - 1  # qrels grades are C ints (sources.read_qrels refuses larger ones)
-
-
-def relevance_threshold(text: str) -> int:
-    """argparse type for ``--relevance-threshold``: a grade of at least 1 (0 counts unjudged-as-0 and non-relevant
-    passages as relevant; trec_eval's C code refuses it with a traceback, and a negative one was taken silently)."""
-    value = positive_int(text)
-    if value > GRADE_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be at most {GRADE_LIMIT} (the largest qrels grade), got {value}")
-    return value
-
-
 def check_baseline(args: argparse.Namespace, systems: list[Retriever]) -> None:
-    """``--baseline`` names one of the rows: checked before the systems run, not after (it was a one-line error
-    only once every system had ranked every query)."""
-    names = [s.name for s in systems] + [FIRST_STAGE]  # re-ranking's row (a full-ranking task checks it again)
-    if args.baseline is not None and args.baseline not in names:
-        raise PipelineError(f"--baseline {args.baseline} is not one of the systems ({', '.join(names)})")
+    """``--baseline`` names one of the rows of every task: checked before the systems run, not after. The
+    candidates' own row (``first-stage``) exists in re-ranking only."""
+    if args.baseline is None:
+        return
+    names = [s.name for s in systems]
+    kinds = task_kinds(args)
+    if args.baseline == FIRST_STAGE and "rerank" in kinds:
+        if "full" in kinds:
+            raise PipelineError(f"--baseline {FIRST_STAGE} is a row of the re-ranking task only, and the full-ranking "
+                                "task has none: add --tasks rerank, or choose one of the systems "
+                                f"({', '.join(names)})")
+        return
+    if args.baseline not in names:
+        rows = names + ([FIRST_STAGE] if kinds == ["rerank"] else [])
+        raise PipelineError(f"--baseline {args.baseline} is not one of the systems ({', '.join(rows)})")
+
+
+def task_kinds(args: argparse.Namespace) -> list[str]:
+    """What the tasks of this run do: ``rerank`` and/or ``full`` (official files: re-ranking with --candidates)."""
+    if any(x is not None for x in (args.collection, args.queries, args.qrels, args.candidates)):
+        return ["rerank" if args.candidates is not None else "full"]
+    return _split(args.tasks, TASKS, "--tasks")
 
 
 def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
     """Evaluation reads the hub's validation split, not train; and its two relevance flags say which is which."""
     for action in parser._actions:  # the shared source flags, with evaluation's own default and wording
         if action.dest == "split":
-            action.default = "validation"
+            action.default = DefaultSplit("validation")
             action.help = "split: hub/datasets split, or the <split> in queries.<split>.tsv (default validation)"
         elif action.dest == "min_relevance":
             action.help = ("--dataset-path TSV sources only: the lowest qrels grade that makes a passage one of "
@@ -137,10 +162,13 @@ def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def _split(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
+    """The names of a comma list, each once; an unknown name, or a list that names nothing, is an error."""
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     unknown = [v for v in values if v not in allowed]
     if unknown:
         raise PipelineError(f"{flag}: unknown value(s) {', '.join(unknown)} (use {', '.join(allowed)})")
+    if not values:
+        raise PipelineError(f"{flag} {text!r} names nothing (use {', '.join(allowed)})")
     return values
 
 
@@ -279,10 +307,22 @@ def make_tasks(args: argparse.Namespace):
         return [task], {"format": "official", "collection": str(args.collection), "queries": str(args.queries),
                         "qrels": str(args.qrels),
                         "candidates": None if args.candidates is None else str(args.candidates)}
-    wanted = _split(args.tasks, ("rerank", "full"), "--tasks")
+    wanted = _split(args.tasks, TASKS, "--tasks")
     source = source_from_args(args)
     tasks = rows_tasks(source.records(args.max_queries), full="full" in wanted, rerank="rerank" in wanted)
     return tasks, {"format": "rows", "source": source.description, "split": args.split}
+
+
+def check_run_memory(task, systems: list[Retriever], depth: int) -> None:
+    """A full ranking keeps every system's top --run-depth of every query (the runs are scored together) and
+    searches all queries at once: checked against the memory available before the first system runs, since
+    the depth, capped by the passages, still multiplies with the queries and the systems."""
+    if task.candidates is not None:  # re-ranking scores the candidates the files hold: as large as the data
+        return
+    queries, kept = len(task.queries), min(depth, len(task.pool))
+    needed = queries * kept * HIT_BYTES * (len(systems) + 1) + queries * min(65_536, len(task.pool)) * 4
+    check_memory(needed, f"keeping the top {kept:,} passages of {queries:,} queries for {len(systems)} "
+                         f"system{'s' if len(systems) > 1 else ''}", "lower --run-depth or --max-queries")
 
 
 def training_overlaps(task, systems: list[Retriever]) -> dict[str, dict | None]:
@@ -319,47 +359,74 @@ def _print_table(task, result, systems: list[Retriever]) -> None:
     info(format_table(result.metrics, task.metrics(), result.baseline, result.significance))
 
 
+# the fields every evaluation.json holds (``main``): --output-dir replaces only such a record
+EVALUATION_OUTPUT = OutputKind("evaluation record", recognise_json("created", "arguments", "systems", "tasks"))
+EVALUATION_FILE = "evaluation.json"
+
+
+def evaluation_inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file the evaluation reads: none of them is ever an output."""
+    models = parse_models(args.model)[0] if args.model else []
+    return [*models, *(Path(p) for p in args.dataset_path or []),
+            *(p for p in (args.embeddings, args.collection, args.queries, args.qrels, args.candidates, args.index_dir)
+              if p is not None)]
+
+
+def claim_output_dir(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The output folder and its ``evaluation.json``, claimed for this run before the work: a second evaluation
+    into the folder meanwhile is refused, not silently replaced by the later one (``fileio.claim_output``).
+    An earlier ``evaluation.json`` is replaced only with ``--overwrite``; any other file of that name, or a
+    file named like a run file (``run.*.trec``) that is not a TREC run, is never replaced."""
+    if args.output_dir is None:
+        output_dir = timestamped_path("outputs", "evaluation", "")  # claimed; released when the record is
+        ensure_writable_dir(output_dir)
+        return output_dir, output_dir
+    output_dir = output_path(args.output_dir)
+    ensure_writable_dir(output_dir)  # before the work: found at the end, it would cost the whole run
+    inputs = evaluation_inputs(args)
+    record = claim_output(output_dir / EVALUATION_FILE, EVALUATION_OUTPUT, inputs, flag="--output-dir")
+    try:
+        if record.exists() and record.stat().st_size and not args.overwrite:
+            raise PipelineError("already holds an evaluation.json; pass --overwrite to replace it, or choose another "
+                                "--output-dir", output_dir)
+        for run_file in sorted(output_dir.glob("run.*.trec")):
+            check_output(run_file, TREC_RUN_OUTPUT, inputs, flag="--output-dir")
+    except PipelineError:
+        release(record)
+        raise
+    return output_dir, record
+
+
+def forget_earlier_evaluation(output_dir: Path) -> None:
+    """Remove an earlier ``evaluation.json`` (with ``--overwrite``) and the run files it lists, before this
+    evaluation writes its own: a run killed half-way then leaves run files and no record, never the earlier
+    record beside this run's files."""
+    record = output_dir / EVALUATION_FILE
+    if not record.is_file() or EVALUATION_OUTPUT.recognise(record) is not None:
+        return
+    earlier = load_json(record)
+    for task in (earlier.get("tasks") or {}).values():
+        files = task.get("run_files") if isinstance(task, dict) else None
+        for name in (files.values() if isinstance(files, dict) else ()):
+            path = output_dir / Path(str(name)).name
+            if path.is_file() and TREC_RUN_OUTPUT.recognise(path) is None:
+                path.unlink()
+    record.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     resolve_embeddings(args)
     chosen = choose_systems(args)
     if not chosen and not args.word_benchmarks:
         raise PipelineError("nothing to do: --systems none without --word-benchmarks")
-    output_dir = args.output_dir
-    claimed = None
-    if output_dir is None:
-        output_dir = claimed = timestamped_path("outputs", "evaluation", "")
+    output_dir, claimed = claim_output_dir(args)
     try:
-        ensure_writable_dir(output_dir)  # before the work: found at the end, it would cost the whole run
-        if (output_dir / "evaluation.json").exists() and not args.overwrite:  # an earlier one was replaced silently
-            raise PipelineError("already holds an evaluation.json; pass --overwrite to replace it, or choose another "
-                                "--output-dir", output_dir)
         report = {"created": datetime.now().isoformat(timespec="seconds"),
                   "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "systems": {}, "tasks": {}}
         if chosen:
-            systems = build_systems(args, chosen)
-            check_baseline(args, systems)
-            report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
-            tasks, data = make_tasks(args)
-            report["data"] = data
-            for task in tasks:
-                result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
-                files = {}
-                for name, run in result.runs.items():
-                    path = write_run(run, output_dir / run_file_name(task.name, name), name)
-                    files[name] = str(path)
-                _print_table(task, result, systems)
-                overlaps = training_overlaps(task, systems)
-                warn_about_overlaps(task, overlaps)
-                report["tasks"][task.name] = {
-                    "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
-                    "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
-                    "relevance_threshold": task.threshold, "metrics": result.metrics,
-                    "per_query": result.per_query, "baseline": result.baseline, "training_overlap": overlaps,
-                    "significance": result.significance,
-                    "seeds": seed_summary(result.metrics, task.metrics()),
-                    "seconds": result.seconds, "run_files": files}
+            evaluate_systems(args, chosen, output_dir, report)
         if args.word_benchmarks:
             from msmarco_search.cbow import load_embeddings
             from msmarco_search.word_benchmarks import report_word_embedding_quality, word_embedding_quality
@@ -368,13 +435,43 @@ def main(argv: list[str] | None = None) -> int:
             quality = word_embedding_quality(matrix, vocab)
             report_word_embedding_quality(quality)
             report["word_embeddings"] = {"embeddings": str(args.embeddings), **quality}
-        json_path = save_json(report, output_dir / "evaluation.json")
+        forget_earlier_evaluation(output_dir)  # a word-benchmarks-only run writes no run file before it
+        json_path = save_json(report, output_dir / EVALUATION_FILE)
     finally:
-        if claimed is not None:
-            release(claimed)
+        release(claimed)
     info(f"\n💾 Saved the results to {json_path} and the run files to {output_dir}")
     return 0
 
+
+def evaluate_systems(args: argparse.Namespace, chosen: list[str], output_dir: Path, report: dict) -> None:
+    """Build the systems, rank every task's queries with each, write the runs and fill ``report``."""
+    systems = build_systems(args, chosen)
+    check_baseline(args, systems)
+    report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}
+    tasks, data = make_tasks(args)
+    report["data"] = data
+    inputs = evaluation_inputs(args)
+    for task in tasks:
+        check_run_memory(task, systems, args.run_depth)
+    for task in tasks:
+        result = evaluate_task(task, systems, args.run_depth, args.random_seeds, baseline=args.baseline)
+        forget_earlier_evaluation(output_dir)
+        files = {}
+        for name, run in result.runs.items():
+            path = check_output(output_dir / run_file_name(task.name, name), TREC_RUN_OUTPUT, inputs,
+                                flag="--output-dir")
+            files[name] = str(write_run(run, path, name))
+        _print_table(task, result, systems)
+        overlaps = training_overlaps(task, systems)
+        warn_about_overlaps(task, overlaps)
+        report["tasks"][task.name] = {
+            "kind": task.kind, "queries": len(task.queries), "passages": len(task.pool),
+            "candidates": None if task.candidates is None else sum(map(len, task.candidates.values())),
+            "relevance_threshold": task.threshold, "metrics": result.metrics,
+            "per_query": result.per_query, "baseline": result.baseline, "training_overlap": overlaps,
+            "significance": result.significance,
+            "seeds": seed_summary(result.metrics, task.metrics()),
+            "seconds": result.seconds, "run_files": files}
 
 
 def cli() -> None:

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from ..arguments import non_negative_float, positive_int
+from ..arguments import bm25_k1, feedback_weight, fraction, positive_int
 from ..bm25 import STEMMERS, BM25Settings
 from ..retrieval import DEFAULT_FEEDBACK_DEPTH, DEFAULT_FEEDBACK_WEIGHT, DEFAULT_FUSION_DEPTH
 from ..runs import DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K, FUSIONS
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU; the default), cpu, cuda, cuda:N, mps"
-
-
-def fraction(text: str) -> float:
-    """argparse type for a share in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {text}")
-    return value
 
 
 def add_fusion_arguments(parser: Any, several: bool) -> None:
@@ -50,7 +38,7 @@ def add_feedback_arguments(parser: Any) -> None:
     group.add_argument("--feedback-depth", type=positive_int, default=DEFAULT_FEEDBACK_DEPTH,
                        help="first hits whose passage vectors move the query vector (Rocchio) before the "
                             f"two-tower ranks again ({DEFAULT_FEEDBACK_DEPTH})")
-    group.add_argument("--feedback-weight", type=non_negative_float, default=DEFAULT_FEEDBACK_WEIGHT,
+    group.add_argument("--feedback-weight", type=feedback_weight, default=DEFAULT_FEEDBACK_WEIGHT,
                        help="their mean's weight against the query's own vector, 1 "
                             f"({DEFAULT_FEEDBACK_WEIGHT:g})")
 
@@ -61,7 +49,7 @@ def add_bm25_arguments(parser: Any, saved: bool = False) -> None:
     d = BM25Settings()
     group = parser.add_argument_group("BM25 (bm25s on the project's tokens)")
     note = " (default: the saved BM25 index's; another value is refused, rebuild the index with it)" if saved else ""
-    group.add_argument("--bm25-k1", type=non_negative_float, default=None if saved else d.k1,
+    group.add_argument("--bm25-k1", type=bm25_k1, default=None if saved else d.k1,
                        help=f"BM25 k1{note or f' ({d.k1})'}")
     group.add_argument("--bm25-b", type=fraction, default=None if saved else d.b, help=f"BM25 b{note or f' ({d.b})'}")
     group.add_argument("--bm25-stemmer", choices=STEMMERS, default=None if saved else d.stemmer,

@@ -1,18 +1,36 @@
 """Where a command writes its model: ``--output FILE`` exactly, or a fresh timestamped name in ``--output-dir``.
 
-Either way the path is claimed with an exclusive-create marker (``.NAME.claim``, the one
-``fileio.timestamped_path`` makes) for as long as the run writes it, so two runs never write one file; the
-caller drops the claim with ``fileio.release``. An existing file is replaced only when asked (``--overwrite``).
+Either way the path is claimed (``fileio.claim``: a locked ``.NAME.claim`` marker, taken over when the run that
+left it is gone) for as long as the run writes it, so two runs never write one file; the caller drops the claim
+with ``fileio.release``. ``--output`` replaces only an earlier model, never an input of the run, and only when
+asked (``--overwrite``): ``fileio.check_output``, the rule every output follows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import PipelineError
-from ..fileio import claim, ensure_writable_dir, release, timestamped_path
+from ..fileio import (
+    KIND_TRAINING_STATE,
+    KIND_TWO_TOWER,
+    OutputKind,
+    claim_output,
+    ensure_writable_dir,
+    output_path,
+    recognise_json,
+    recognise_tagged,
+    timestamped_path,
+)
+from ..plots import recognise_png
 
 MODEL_PREFIX, MODEL_SUFFIX = "two_tower_model", ".pt"
+MODEL_OUTPUT = OutputKind("two-tower model", recognise_tagged(KIND_TWO_TOWER))
+TRAINING_STATE_OUTPUT = OutputKind("training state", recognise_tagged(KIND_TRAINING_STATE))
+# the fields every training log holds (``driver.train.training_record``)
+TRAINING_LOG_OUTPUT = OutputKind("training log", recognise_json("arguments", "model_config", "finished"))
+PLOT_OUTPUT = OutputKind("training plot", recognise_png)
 
 
 def beside(model_path: Path, what: str, suffix: str) -> Path:
@@ -20,19 +38,22 @@ def beside(model_path: Path, what: str, suffix: str) -> Path:
     return model_path.with_name(f"{model_path.stem}_{what}{suffix}")
 
 
-def claim_model_path(output: Path | None, output_dir: Path, overwrite: bool = False) -> Path:
-    """``output`` (claimed; refused if it exists, unless ``overwrite``), or a new timestamped path in
-    ``output_dir``. Call ``fileio.release(path)`` when the run has written it (or failed)."""
+def companions(model_path: Path) -> dict[Path, OutputKind]:
+    """The files written beside a model, each with its kind: they are replaced by the same rule as the model."""
+    return {beside(model_path, "training_log", ".json"): TRAINING_LOG_OUTPUT,
+            beside(model_path, "training_log", ".png"): PLOT_OUTPUT}
+
+
+def claim_model_path(output: Path | None, output_dir: Path, overwrite: bool = False,
+                     inputs: Iterable[Path | None] = ()) -> Path:
+    """``output`` (claimed; an existing file there replaced only when it is an earlier model and ``overwrite``;
+    never one of ``inputs``), or a new timestamped path in ``output_dir``. Call ``fileio.release(path)`` when
+    the run has written it (or failed)."""
     if output is None:
         return timestamped_path(ensure_writable_dir(output_dir), MODEL_PREFIX, MODEL_SUFFIX)
-    output = Path(output)
+    output = output_path(output)
     if output.is_dir():
         raise PipelineError("is a folder; --output names the model file to write (or use --output-dir)", output)
+    inputs = [given for given in inputs if given is not None]
     ensure_writable_dir(output.parent)
-    if not claim(output):
-        raise PipelineError(f"another run is writing this file (if none is, delete .{output.name}.claim beside "
-                            "it)", output)
-    if output.exists() and not overwrite:
-        release(output)
-        raise PipelineError("already exists; pass --overwrite to replace it, or choose another --output", output)
-    return output
+    return claim_output(output, MODEL_OUTPUT, inputs, overwrite, flag="--output")

@@ -43,9 +43,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..arguments import add_source_arguments, non_negative_int, positive_int, seed_int, source_from_args
+from ..arguments import (
+    add_source_arguments,
+    available_cores,
+    batch_rows,
+    cbow_window,
+    dimension,
+    epoch_count,
+    ict_per_passage,
+    job_count,
+    positive_int,
+    seed_int,
+    source_from_args,
+    split_given,
+    thread_count,
+)
 from ..errors import PipelineError, run_cli
-from ..fileio import atomic_write, cache_key, cached_record, ensure_writable_dir, file_identity, save_cache_record
+from ..fileio import (
+    atomic_write,
+    cache_key,
+    cached_record,
+    ensure_writable_dir,
+    file_identity,
+    release,
+    save_cache_record,
+    timestamped_path,
+)
 from ..provenance import query_fingerprint
 from ..report import info, warn
 from ..sources import Source, TsvFiles, TsvSource, read_collection, read_queries, tsv_files_from
@@ -82,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(e.g. ../shared/data/msmarco-trec-dl-2019); its passages also feed CBOW and the "
                              "pseudo-queries, its queries and judgments never do")
     parser.add_argument("--evaluate-split", default=None,
-                        help="which queries.<split>/qrels.<split> of --evaluate-on (default: the shortest name)")
+                        help="which queries.<split>/qrels.<split> of --evaluate-on (default: its one file of each "
+                             "kind; the README's Data sources has the rule)")
     parser.add_argument("--extra-text", nargs="+", type=Path, default=[], metavar="FILE",
                         help="more text for CBOW only: TSVs of id<TAB>text (collections, query files)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("checkpoints"),
@@ -91,27 +115,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one model per seed, then their average (default 42,1,2; one seed: no average)")
     # 8 pseudo-queries per passage seen once against 4 seen twice (the same steps and time) on the DL 2021 split,
     # 3 seeds: two-tower nDCG@10 +0.036 (p 0.073), R@100 +0.013, hybrids +0.005/+0.009 (docs/benchmarks.md)
-    parser.add_argument("--epochs", type=positive_int, default=1, help="two-tower epochs (1)")
+    parser.add_argument("--epochs", type=epoch_count, default=1, help="two-tower epochs (1)")
     # 1,024 against 256 on the DL 2021 split, 3 seeds: two-tower nDCG@10 +0.015, hybrid +0.009, R@100 equal
     # (p 0.39 and 0.36 on 26 queries: not significant, but every seed mean moved up; docs/benchmarks.md)
-    parser.add_argument("--batch-size", type=positive_int, default=1024, help="two-tower batch (1024)")
+    parser.add_argument("--batch-size", type=batch_rows, default=1024, help="two-tower batch (1024)")
     # 40 against 20 on the DL 2021 split, two CBOW draws x 3 seeds: two-tower +0.011, two-tower-prf +0.016 (p 0.35
     # and 0.32: both draws and both systems moved up; docs/benchmarks.md), for about 2 more minutes of CBOW
-    parser.add_argument("--cbow-epochs", type=positive_int, default=40, help="CBOW epochs (40)")
-    parser.add_argument("--cbow-window", type=positive_int, default=20, help="CBOW window (20)")
-    parser.add_argument("--vector-size", type=positive_int, default=300, help="CBOW dimensions (300)")
+    parser.add_argument("--cbow-epochs", type=epoch_count, default=40, help="CBOW epochs (40)")
+    parser.add_argument("--cbow-window", type=cbow_window, default=20, help="CBOW window (20)")
+    parser.add_argument("--vector-size", type=dimension, default=300, help="CBOW dimensions (300)")
     parser.add_argument("--min-count", type=positive_int, default=3, help="CBOW: rarer words are dropped (3)")
-    parser.add_argument("--ict-per-passage", type=positive_int, default=8,
+    parser.add_argument("--ict-per-passage", type=ict_per_passage, default=8,
                         help="inverse-cloze pseudo-queries per passage (8; local collections only)")
     parser.add_argument("--label-queries", nargs="+", type=Path, default=[], metavar="FILE",
                         help="self-training: queries TSVs without judgments (e.g. the MS MARCO train queries) "
                              "that a first model (the first seed's) and BM25 label over the passages; the "
                              "labelled pairs they agree on join the triplets of the final models (not in the "
                              "recipe: on DL 2021 it cost the two-tower 0.036 nDCG@10; docs/benchmarks.md)")
-    parser.add_argument("--cbow-workers", type=non_negative_int, default=1,
+    parser.add_argument("--cbow-workers", type=thread_count, default=1,
                         help="CBOW threads (1: the same vectors every run; 0: one per core, faster, but the vectors "
                              "and every score after them change from run to run)")
-    parser.add_argument("--jobs", type=positive_int, default=available_cores(),
+    parser.add_argument("--jobs", type=job_count, default=available_cores(),
                         help="stages run side by side: CBOW beside the triplets, and the seeds (default: the "
                              f"cores, {available_cores()} here)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
@@ -121,11 +145,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except argparse.ArgumentTypeError as error:
         parser.error(f"argument --seeds: {error}")
     return args
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity where the system says, else all of them)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
@@ -213,7 +232,9 @@ class Workflow:
 
     def source_flags(self) -> list[str]:
         args = self.args
-        flags = ["--data-dir", args.data_dir, "--split", args.split, "--dataset-config", args.dataset_config]
+        flags = ["--data-dir", args.data_dir, "--dataset-config", args.dataset_config]
+        if split_given(args):  # a default split stays a default in the stages (a folder's files then need none)
+            flags += ["--split", args.split]
         if args.dataset_path:
             flags = ["--dataset-path", *args.dataset_path, *flags]
         return flags
@@ -222,7 +243,7 @@ class Workflow:
 def evaluation_files(args: argparse.Namespace) -> TsvFiles | None:
     if not args.evaluate_on:
         return None
-    files = tsv_files_from(list(args.evaluate_on), args.evaluate_split)
+    files = tsv_files_from(list(args.evaluate_on), args.evaluate_split, flag="--evaluate-split")
     if files.collection is None or files.queries is None or files.qrels is None:
         raise PipelineError("--evaluate-on needs a collection, a queries file and a qrels file",
                             args.evaluate_on[0])
@@ -373,6 +394,24 @@ def main(argv: list[str] | None = None) -> int:
     ensure_writable_dir(args.output_dir)
     ensure_writable_dir(args.data_dir, "data folder")
     workflow = Workflow(args, source)
+    # every file of this run is named with its stamp: claimed for the run's life, so that a second job started
+    # in the same second takes another stamp instead of writing (and replacing) this one's files
+    claimed = timestamped_path(args.output_dir, "pipeline", "")
+    workflow.stamp = claimed.name.removeprefix("pipeline_")
+    try:
+        model = run_stages(workflow, evaluation)
+    finally:
+        release(claimed)
+    info("\n== time per stage")
+    for stage, seconds in workflow.timings:
+        info(f"  {seconds:7.1f} s  {stage}")
+    info(f"  {time.perf_counter() - started:7.1f} s  in all; the model: {model}")
+    return 0
+
+
+def run_stages(workflow: Workflow, evaluation: TsvFiles | None) -> Path:
+    """Every stage in turn (CBOW beside the triplets); the final model."""
+    args = workflow.args
     if args.dataset_path:
         corpus = ["--dataset-path", write_corpus(workflow, evaluation), "--data-dir", args.data_dir]
     else:  # the hub's queries and passages, as stage 1 reads them
@@ -387,11 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     triplets = self_training_triplets(workflow, triplets, embeddings, evaluation)
     model = train_models(workflow, triplets, embeddings)
     evaluate(workflow, model, embeddings, evaluation)
-    info("\n== time per stage")
-    for stage, seconds in workflow.timings:
-        info(f"  {seconds:7.1f} s  {stage}")
-    info(f"  {time.perf_counter() - started:7.1f} s  in all; the model: {model}")
-    return 0
+    return model
 
 
 if __name__ == "__main__":

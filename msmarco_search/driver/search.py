@@ -1,7 +1,8 @@
 """Search passages with a trained two-tower model, BM25, or a hybrid of the two.
 
   index  encode a collection with the model's passage tower and save the index beside the model
-         (<model stem>_index/: vectors.npy, ids.npy, offsets.npy, bm25/, manifest.json [, faiss.index]);
+         (<model stem>_index/: vectors.npy, ids.npy, id_offsets.npy, offsets.npy, bm25/, manifest.json
+         [, faiss.index]);
          built in .<name>.new and swapped in when complete; under torchrun each process encodes a shard
   faiss  add a faiss index (flat, hnsw, ivf, ivfpq) to a built index from its stored vectors, no encoding,
          and measure its recall against exact search
@@ -30,13 +31,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from msmarco_search.arguments import add_source_arguments, non_negative_int, positive_int, source_from_args
+from msmarco_search.arguments import (
+    add_source_arguments,
+    batch_rows,
+    hnsw_links,
+    non_negative_int,
+    positive_int,
+    source_from_args,
+)
 from msmarco_search.bm25 import BM25Settings
 from msmarco_search.device import pick_device
 from msmarco_search.distributed import context_from_environment, init_distributed, shutdown_distributed
 from msmarco_search.driver.flags import DEVICE_HELP, add_bm25_arguments, add_feedback_arguments, add_fusion_arguments
 from msmarco_search.errors import PipelineError, run_cli
-from msmarco_search.fileio import ensure_writable_dir
+from msmarco_search.fileio import claim_output, ensure_writable_dir, output_path, release
 from msmarco_search.index import (
     BM25_DIR,
     FAISS_FILE,
@@ -48,15 +56,17 @@ from msmarco_search.index import (
     add_faiss,
     build_index,
     default_index_dir,
+    faiss_search_parameters,
     load_index,
     update_manifest,
 )
 from msmarco_search.model import load_model
 from msmarco_search.report import info
+from msmarco_search.resources import HIT_BYTES, check_memory
 from msmarco_search.retrieval import DEFAULT_REFINE, faiss_recall
-from msmarco_search.runs import check_trec_ids, write_trec_run
+from msmarco_search.runs import TREC_RUN_OUTPUT, check_trec_ids, write_trec_run
 from msmarco_search.search import SYSTEMS, SearchOptions, SearchSession, known_words, make_retrievers, snippet
-from msmarco_search.sources import read_queries
+from msmarco_search.sources import queries_with_words, read_queries
 
 
 def port_number(text: str) -> int:
@@ -116,7 +126,7 @@ def add_faiss_build_arguments(parser: argparse.ArgumentParser, required: bool) -
                         help=("the" if required else "also build a") + " faiss index: flat (exact), hnsw "
                              "(graph), ivf (clustered) or ivfpq (clustered, product-quantised: the one that fits "
                              "8.8M passages in memory); its recall against exact search is measured and printed")
-    parser.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW links per node (32)")
+    parser.add_argument("--hnsw-m", type=hnsw_links, default=32, help="HNSW links per node (32)")
     parser.add_argument("--ivf-lists", type=positive_int, default=None,
                         help="IVF clusters (default: about 4 x sqrt(passages); at most passages / 39, which faiss "
                              "needs to train them)")
@@ -146,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="where the index goes (default: <model stem>_index/ beside the model)")
     index.add_argument("--max-passages", type=positive_int, default=None,
                        help="index only the first N passages")
-    index.add_argument("--batch-size", type=positive_int, default=1024, help="passages encoded at once (1024)")
+    index.add_argument("--batch-size", type=batch_rows, default=1024, help="passages encoded at once (1024)")
     index.add_argument("--dtype", choices=["auto", *sorted(VECTOR_DTYPES)], default="auto",
                        help=f"stored vector type; float16 halves the file (auto: float16 from {FLOAT16_FROM:,} "
                             "passages, else float32)")
@@ -177,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "the other")
     query.add_argument("--snippet", type=non_negative_int, default=120,
                        help="characters of passage text shown (120; 0: all)")
-    query.add_argument("--batch-size", type=positive_int, default=1024,
+    query.add_argument("--batch-size", type=batch_rows, default=1024,
                        help="queries encoded and searched at once; exact search reads the matrix once per batch (1024)")
     add_search_arguments(query)
     add_faiss_parser(commands)
@@ -207,6 +217,7 @@ def run_index(args: argparse.Namespace) -> int:
         settings = replace(faiss_settings(args), batch_size=args.batch_size, dtype=args.dtype,
                            max_passages=args.max_passages)
         bm25 = None if args.no_bm25 else BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
+        check_recall_search(args)
         queries = recall_queries(args)  # read before the encoding: a bad file fails first
         manifest = build_index(model, args.model, source, index_dir, settings, bm25, context)
     finally:
@@ -231,8 +242,17 @@ def faiss_settings(args: argparse.Namespace) -> IndexSettings:
     return IndexSettings(faiss=args.faiss, hnsw_m=args.hnsw_m, ivf_lists=args.ivf_lists or 0, pq_m=args.pq_m or 0)
 
 
+def check_recall_search(args: argparse.Namespace) -> None:
+    """The search settings the recall measurement will use (``--nprobe``, ``--ef-search``), checked against what
+    faiss can hold before anything is built: found only after the build, they cost the whole build."""
+    if args.faiss is not None:
+        faiss_search_parameters(args.faiss, args.nprobe, args.ef_search)
+
+
 def recall_queries(args: argparse.Namespace) -> list[str] | None:
-    return None if args.recall_queries is None else list(read_queries(args.recall_queries).values())
+    if args.recall_queries is None:
+        return None
+    return list(queries_with_words(read_queries(args.recall_queries), args.recall_queries).values())
 
 
 def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: dict,
@@ -254,6 +274,7 @@ def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: di
 
 def run_faiss(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
+    check_recall_search(args)
     queries = recall_queries(args)  # read before the build: a bad file fails first
     model = load_model(args.model, pick_device("auto"))
     manifest = add_faiss(index_dir, model, args.model, faiss_settings(args))
@@ -287,30 +308,55 @@ def print_hits(index: PassageIndex, searcher, query: str, hits, width: int, labe
         info(f"{rank:4d}  {pid:<{id_width}}  {score:9.4f}  {snippet(index.text(position), width)}")
 
 
-def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list) -> None:
+def check_search_memory(args: argparse.Namespace, index: PassageIndex, queries: int) -> None:
+    """The memory a batch search holds, checked before the first query: every query's top -k until the listing
+    or run is written, and per batch of queries a --chunk-rows block of scores, the deepest candidate lists (the
+    hybrid's --fusion-depth, IV-PQ's -k x --refine re-scored vectors). Each is capped by the passages, but their
+    product with the queries is not."""
+    count, systems = len(index), SYSTEMS if args.system == "all" else (args.system,)
+    depth = max(args.top_k, args.fusion_depth if {"hybrid", "hybrid-prf"} & set(systems) else 0)
+    batch = min(args.batch_size, queries)
+    needed = queries * min(args.top_k, count) * HIT_BYTES
+    needed += batch * (min(args.chunk_rows, count) * 4 + min(depth, count) * HIT_BYTES)
+    faiss = index.manifest.get("faiss") or {}
+    if faiss.get("type") == "ivfpq" and args.search != "exact":
+        needed += batch * min(args.top_k * args.refine, count) * (index.manifest["dim"] * 4 + 12)
+    check_memory(needed, f"searching {queries:,} queries for their top {args.top_k:,} ({batch:,} at a time, "
+                         f"over {count:,} passages)", "lower -k, --batch-size, --chunk-rows, --fusion-depth or "
+                                                        "--refine, or split the queries file")
+
+
+def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list, run_files: dict[str, Path]) -> None:
     queries = read_queries(args.queries)
     if not queries:
         raise PipelineError("holds no queries", args.queries)
+    queries = queries_with_words(queries, args.queries)
     if args.run_file is not None:
         check_trec_ids(queries, "query", args.queries)
+    check_search_memory(args, index, len(queries))
     qids, texts = list(queries), list(queries.values())
     for searcher in searchers:
         started = time.perf_counter()
         results = []
+        # a query of words the model never saw is one vector (<unk>'s) for all such queries: its hits are the
+        # same arbitrary passages, listed with a note (print_hits), and left out of a run
+        known = [known_words(searcher, text) for text in texts]
         for start in range(0, len(texts), args.batch_size):
-            chunk = texts[start:start + args.batch_size]
-            for qid, query, hits in zip(qids[start:start + args.batch_size], chunk,
-                                        searcher.search(chunk, args.top_k), strict=True):
+            rows = [i for i in range(start, min(start + args.batch_size, len(texts))) if known[i]]
+            found = dict(zip(rows, searcher.search([texts[i] for i in rows], args.top_k), strict=True)) if rows else {}
+            for i in range(start, min(start + args.batch_size, len(texts))):
+                hits = found.get(i, [])
                 if args.run_file is None:
-                    print_hits(index, searcher, query, hits, args.snippet, label=f"{qid}: ")
-                results.append((qid, [(index.pid(position), score) for position, score in hits]))
+                    print_hits(index, searcher, texts[i], hits, args.snippet, label=f"{qids[i]}: ")
+                if i in found:
+                    results.append((qids[i], [(index.pid(position), score) for position, score in hits]))
         seconds = time.perf_counter() - started
+        unknown = known.count(False)
         info(f"{searcher.name}: {len(texts):,} queries in {seconds:.2f} s "
-             f"({len(texts) / max(seconds, 1e-9):,.0f} queries/s; {searcher.description})")
+             f"({len(texts) / max(seconds, 1e-9):,.0f} queries/s; {searcher.description})"
+             + (f"; skipped {unknown:,} with no word the model knows" if unknown else ""))
         if args.run_file is not None:
-            path = args.run_file
-            if len(searchers) > 1:
-                path = path.with_name(f"{path.stem}.{searcher.name}{path.suffix}")
+            path = run_files[searcher.name]
             write_trec_run(path, results, args.tag or searcher.name)
             info(f"💾 Wrote TREC run to {path}")
 
@@ -334,41 +380,56 @@ def interactive(args: argparse.Namespace, index: PassageIndex, searchers: list) 
         info()
 
 
-def run_file_paths(args: argparse.Namespace) -> list[Path]:
-    """The run files ``--run-file`` names, checked before the search: a folder there, or one that cannot be
-    written, was found only once every query had been searched."""
+def run_file_paths(args: argparse.Namespace, index_dir: Path) -> dict[str, Path]:
+    """The run files ``--run-file`` names, claimed before the search (``fileio.claim_output``): each replaces
+    only an earlier TREC run, never the model, the queries or any other file, nor a run another query is
+    writing; a folder there, or one that cannot be written, is found before every query has been searched.
+    The caller releases them. ``{system: its run file}``."""
     if args.run_file is None:
-        return []
+        return {}
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     paths = [args.run_file if len(systems) == 1 else
              args.run_file.with_name(f"{args.run_file.stem}.{system}{args.run_file.suffix}") for system in systems]
-    for path in paths:
-        if path.is_dir():
-            raise PipelineError("is a folder; --run-file names the TREC run file to write", path)
-        ensure_writable_dir(path.parent, "run file's folder")
-    return paths
+    claimed: dict[str, Path] = {}
+    try:
+        for system, given in zip(systems, paths, strict=True):
+            path = output_path(given)
+            if path.is_dir():
+                raise PipelineError("is a folder; --run-file names the TREC run file to write", path)
+            ensure_writable_dir(path.parent, "run file's folder")
+            claimed[system] = claim_output(path, TREC_RUN_OUTPUT, [args.model, args.queries, index_dir],
+                                           flag="--run-file")
+    except PipelineError:
+        for path in claimed.values():
+            release(path)
+        raise
+    return claimed
 
 
 def run_query(args: argparse.Namespace) -> int:
     index_dir = args.index_dir or default_index_dir(args.model)
-    run_file_paths(args)
-    device = pick_device(args.device)
-    model = load_model(args.model, device)
-    index = load_index(index_dir, model, args.model)
+    run_files = run_file_paths(args, index_dir)
     try:
-        searchers = make_searchers(args, index, model)
-        info(f"Index: {len(index):,} passages in {index_dir}; "
-             + "; ".join(f"{s.name}: {s.description}" for s in searchers))
-        if args.queries is not None:
-            batch_mode(args, index, searchers)
-        elif args.query:
-            query = " ".join(args.query)
-            for searcher in searchers:
-                print_hits(index, searcher, query, searcher.search([query], args.top_k)[0], args.snippet)
-        else:
-            interactive(args, index, searchers)
+        device = pick_device(args.device)
+        model = load_model(args.model, device)
+        index = load_index(index_dir, model, args.model)
+        try:
+            searchers = make_searchers(args, index, model)
+            info(f"Index: {len(index):,} passages in {index_dir}; "
+                 + "; ".join(f"{s.name}: {s.description}" for s in searchers))
+            if args.queries is not None:
+                batch_mode(args, index, searchers, run_files)
+            elif args.query:
+                query = " ".join(args.query)
+                for searcher in searchers:
+                    print_hits(index, searcher, query, searcher.search([query], args.top_k)[0], args.snippet)
+            else:
+                interactive(args, index, searchers)
+        finally:
+            index.close()
     finally:
-        index.close()
+        for path in run_files.values():
+            release(path)
     return 0
 
 

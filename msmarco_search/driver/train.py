@@ -31,12 +31,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arguments import non_negative_int, positive_float, positive_int, seed_int
+from ..arguments import (
+    batch_rows,
+    cosine_margin,
+    dimension,
+    dimension_or_zero,
+    epoch_count,
+    fraction_below_one,
+    learning_rate,
+    non_negative_int,
+    positive_int,
+    processes,
+    seed_int,
+    softmax_scale,
+    thread_count,
+)
 from ..cbow import load_embeddings
 from ..device import pick_device
 from ..distributed import DistributedContext, context_from_environment, init_distributed, shutdown_distributed
 from ..errors import PipelineError, run_cli
-from ..fileio import content_sample, load_json, release, save_json
+from ..fileio import check_output, claim_output, content_sample, load_side_record, release, save_side_record
 from ..losses import InBatchSoftmaxLoss, TripletMarginLoss
 from ..model import TOWERS, TwoTowerModel, build_model, save_two_tower
 from ..plots import plot_training_log
@@ -46,7 +60,15 @@ from ..train import TrainingInterrupted, TrainingLog, TrainSettings, load_traini
 from ..training_data import TrainingData, TripletsFile
 from ..triplets import Triplets, metadata_path
 from ..validation import Validator
-from .output import MODEL_PREFIX, MODEL_SUFFIX, beside, claim_model_path
+from .output import (
+    MODEL_OUTPUT,
+    MODEL_PREFIX,
+    MODEL_SUFFIX,
+    TRAINING_STATE_OUTPUT,
+    beside,
+    claim_model_path,
+    companions,
+)
 
 DEFAULT_OUTPUT_DIR = Path("checkpoints")
 LOSSES = ("softmax", "triplet")
@@ -57,13 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("triplets_file", type=Path,
                         help="triplets .pkl or .parquet from preprocessing/generate_triplets.py, or a triples TSV "
                              "(query<TAB>positive<TAB>negative, as triples.train.small.tsv)")
-    parser.add_argument("--epochs", type=positive_int, default=1, help="training epochs (1)")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="triplets per batch (32)")
-    parser.add_argument("--learning-rate", type=positive_float, default=1e-4,
+    parser.add_argument("--epochs", type=epoch_count, default=1, help="training epochs (1)")
+    parser.add_argument("--batch-size", type=batch_rows, default=32, help="triplets per batch (32)")
+    parser.add_argument("--learning-rate", type=learning_rate, default=1e-4,
                         help="learning rate of the dense layers (1e-4)")
-    parser.add_argument("--embedding-learning-rate", type=positive_float, default=1e-2,
+    parser.add_argument("--embedding-learning-rate", type=learning_rate, default=1e-2,
                         help="learning rate of the word vectors and token weights (sparse updates; 1e-2)")
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers (0)")
+    parser.add_argument("--num-workers", type=processes(0), default=0, help="DataLoader workers (0)")
     parser.add_argument("--no-save", action="store_true", help="do not save the trained model")
     parser.add_argument("--embeddings", type=Path, default=Path("checkpoints/msmarco_word2vec.pt"),
                         help="CBOW embeddings file (checkpoints/msmarco_word2vec.pt)")
@@ -79,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cache folder for the tokenised triplets (./data)")
     parser.add_argument("--seed", type=seed_int, default=42, help="random seed (42)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--threads", type=non_negative_int, default=1,
+    parser.add_argument("--threads", type=thread_count, default=1,
                         help="CPU threads for PyTorch (1: fastest on a small or shared CPU, see "
                              "docs/benchmarks.md; 0 = PyTorch's default, all cores)")
     run = parser.add_argument_group("checkpoints and resuming")
@@ -100,9 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--init-token-weights", choices=("one", "idf"), default="one",
                        help="start the learned word weights at 1 (a plain mean) or at the IDF of the word over "
                             "the triplets' passages (the zero-shot IDF-weighted mean)")
-    model.add_argument("--output-dim", type=non_negative_int, default=0,
+    model.add_argument("--output-dim", type=dimension_or_zero, default=0,
                        help="size of the output vectors (0 = the embedding size)")
-    model.add_argument("--gru-hidden-dim", type=positive_int, default=256, help="GRU state size per direction")
+    model.add_argument("--gru-hidden-dim", type=dimension, default=256, help="GRU state size per direction")
     model.add_argument("--max-query-length", type=positive_int, default=32, help="tokens kept per query (32)")
     model.add_argument("--max-passage-length", type=positive_int, default=128,
                        help="tokens kept per passage (128)")
@@ -110,11 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective.add_argument("--loss", choices=LOSSES, default="softmax",
                            help="softmax: in-batch softmax with each triplet's negative (default); "
                                 "triplet: the classic margin loss")
-    objective.add_argument("--scale", type=positive_float, default=20.0, help="softmax inverse temperature (20)")
-    objective.add_argument("--margin", type=positive_float, default=0.2, help="triplet-loss margin (0.2)")
+    objective.add_argument("--scale", type=softmax_scale, default=20.0, help="softmax inverse temperature (20)")
+    objective.add_argument("--margin", type=cosine_margin, default=0.2, help="triplet-loss margin (0.2)")
     parser.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps (10)")
     validation = parser.add_argument_group("validation")
-    validation.add_argument("--validation-fraction", type=float, default=0.05,
+    validation.add_argument("--validation-fraction", type=fraction_below_one, default=0.05,
                             help="share of the queries held out to score MRR@10 on (0.05, at most 2000 "
                                  "queries; 0 = none)")
     validation.add_argument("--validation-queries", type=non_negative_int, default=None,
@@ -201,30 +223,36 @@ def check_flags(args: argparse.Namespace) -> None:
         raise PipelineError("--output and --no-save contradict each other; give one of them")
     if args.output is not None and args.output_dir is not None:
         raise PipelineError("give --output FILE or --output-dir DIR, not both")
-    if args.output is not None:  # with --overwrite the model would replace this run's own input, after the work
-        for given in (args.triplets_file, args.embeddings, args.resume):
-            if given is not None and given.exists() and args.output.resolve() == given.resolve():
-                raise PipelineError(f"is an input of this run ({given}); write the model to another file", args.output)
 
 
 def plan_outputs(args: argparse.Namespace, context: DistributedContext, resume: dict[str, Any] | None) -> Outputs:
-    """The model path (claimed by the first process) and the training-state path of this run."""
+    """The model path (claimed by the first process) and the training-state path of this run. ``--output`` is
+    never an input of the run (with --overwrite the model would replace it after the work), and replaces only an
+    earlier model; an interrupted run's claim (its process gone) is taken over."""
     if args.no_save:
         return Outputs(None, None, False)
     output_dir = args.output_dir or DEFAULT_OUTPUT_DIR
     if not context.is_main:  # never written: only the first process saves
         model = args.output or output_dir / f"{MODEL_PREFIX}{MODEL_SUFFIX}"
         return Outputs(model, args.resume or beside(model, "training_state", ".pt"), False)
+    inputs = [args.triplets_file, args.embeddings, args.resume]
     saved = Path(resume["model_path"]) if resume is not None and resume.get("model_path") else None
     if args.output is None and saved is not None and not saved.exists():
-        model, claimed = saved, False  # the interrupted run's own name
+        model = claim_output(saved, MODEL_OUTPUT, inputs, flag="--output")  # the interrupted run's own name
     else:
-        model, claimed = claim_model_path(args.output, output_dir, args.overwrite), True
-    outputs = Outputs(model, args.resume or beside(model, "training_state", ".pt"), claimed)
-    if args.output is not None and args.resume is None and outputs.state.exists() and not args.overwrite:
+        model = claim_model_path(args.output, output_dir, args.overwrite, inputs)
+    outputs = Outputs(model, args.resume or beside(model, "training_state", ".pt"), True)
+    try:
+        for companion, kind in companions(model).items():  # the log and its plot follow the model's rule
+            check_output(companion, kind, inputs, flag="--output")
+        if args.resume is None:
+            if args.output is not None and outputs.state.exists() and not args.overwrite:
+                raise PipelineError("an interrupted run's training state is here; continue it with --resume "
+                                    f"{outputs.state}, or pass --overwrite to start over", outputs.state)
+            check_output(outputs.state, TRAINING_STATE_OUTPUT, inputs, flag="--output")
+    except PipelineError:
         outputs.release()
-        raise PipelineError(f"an interrupted run's training state is here; continue it with --resume {outputs.state}"
-                            ", or pass --overwrite to start over", outputs.state)
+        raise
     return outputs
 
 
@@ -316,18 +344,14 @@ def trained_on(args: argparse.Namespace, data: TrainingData, metadata: dict[str,
 
 def triplets_metadata(triplets_file: Path) -> dict[str, Any] | None:
     """The metadata JSON beside the triplets (their source, for the model's record), or None. It only describes
-    the triplets, so a damaged one is a warning, not a reason to refuse the training."""
+    the triplets, so a damaged one, or one that describes other triplets (the file replaced after it), is a
+    warning, not a reason to refuse the training."""
     described = metadata_path(triplets_file)
-    if not described.is_file():
+    if not described.is_file() or not triplets_file.is_file():
         return None
-    try:
-        metadata = load_json(described)
-    except PipelineError as error:
-        warn(f"{error}; the model will not record the triplets' source")
-        return None
-    if not isinstance(metadata, dict):
-        warn(f"{described}: not a triplets metadata object; the model will not record the triplets' source")
-        return None
+    metadata, why = load_side_record(described, triplets_file)
+    if metadata is None:
+        warn(f"{why}; the model will not record the triplets' source")
     return metadata
 
 
@@ -339,8 +363,11 @@ def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, recor
     save_two_tower(outputs.model, model, {"training": {k: v for k, v in record.items() if k != "steps"},
                                           "embeddings_file": str(args.embeddings.resolve()),
                                           "trained_on": trained_on(args, data, metadata)})
-    log_path = save_json(record, beside(outputs.model, "training_log", ".json"))
+    # the log last, naming the model it belongs to: a run killed before it leaves no log of another model
+    # that a reader would take for this one's (``fileio.load_side_record``)
+    log_path = beside(outputs.model, "training_log", ".json")
     plot_path = plot_training_log(record, log_path.with_suffix(".png"))
+    save_side_record(record, log_path, outputs.model)
     outputs.release()
     info(f"💾 Saved model to {outputs.model}")
     info(f"💾 Saved training log to {log_path} (plot: {plot_path})")

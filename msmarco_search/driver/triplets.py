@@ -29,14 +29,32 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..arguments import add_source_arguments, positive_int, seed_int, source_from_args
+from ..arguments import (
+    add_source_arguments,
+    fraction,
+    ict_per_passage,
+    positive_int,
+    seed_int,
+    source_from_args,
+    split_given,
+)
 from ..errors import PipelineError, run_cli
-from ..fileio import ensure_writable_dir, release, save_json, starts_as_pickle_or_parquet, timestamped_path
+from ..fileio import (
+    check_output,
+    claim_output,
+    ensure_writable_dir,
+    output_path,
+    release,
+    save_side_record,
+    timestamped_path,
+)
 from ..report import info
-from ..sources import Source, open_source, read_queries
+from ..sources import Source, open_source, queries_with_words, read_queries
 from ..triplets import (
     NEGATIVE_STRATEGIES,
     TRIPLET_FORMATS,
+    TRIPLETS_METADATA_OUTPUT,
+    TRIPLETS_OUTPUT,
     ClozeStats,
     Triplets,
     TripletStats,
@@ -77,15 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="queries TSVs (qid<TAB>text) of queries kept for evaluation: drop every triplet whose "
                              "query is one of them (compared as tokens), pseudo-queries and included ones too")
     cloze = parser.add_argument_group("inverse cloze (--mode ict)")
-    cloze.add_argument("--ict-per-passage", type=positive_int, default=1,
+    cloze.add_argument("--ict-per-passage", type=ict_per_passage, default=1,
                        help="pseudo-queries cut from each passage (1)")
     cloze.add_argument("--ict-max-query-words", type=positive_int, default=16,
                        help="longest pseudo-query, in words (16)")
     cloze.add_argument("--ict-min-words", type=positive_int, default=8,
                        help="passages shorter than this many words are skipped (8)")
-    cloze.add_argument("--ict-keep-query", type=float, default=0.1,
+    cloze.add_argument("--ict-keep-query", type=fraction, default=0.1,
                        help="probability that the pseudo-query stays in its positive passage (0.1)")
-    cloze.add_argument("--ict-keywords", type=float, default=0.0, metavar="SHARE",
+    cloze.add_argument("--ict-keywords", type=fraction, default=0.0, metavar="SHARE",
                        help="share of pseudo-queries that are keyword-style instead: 3-6 of the passage's rarest "
                             "words, drawn by IDF (0)")
     cloze.add_argument("--ict-mine-negatives", type=Path, default=None, metavar="MODEL",
@@ -140,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Make and save the triplets; a problem the user can fix raises ``PipelineError``."""
     started = time.perf_counter()
-    check_output(args)  # before the work, not after it
+    claimed = claim_output_file(args)  # before the work, not after it
+    try:
+        return make_and_save(args, claimed, started)
+    finally:
+        if claimed is not None:
+            release(claimed)
+
+
+def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float) -> int:
+    """Make the triplets and save them to ``claimed`` (``--output``) or a new timestamped name."""
     included = [load_triplets(path) for path in args.include]
     held_out = [text for path in args.exclude_queries for text in read_queries(path).values()]
     if args.mode == "ict":
@@ -161,11 +188,11 @@ def run(args: argparse.Namespace) -> int:
         excluded, triplets = len(triplets) - len(kept), kept
         info(f"➖ {excluded:,} triplets dropped: their query is one of the {len(held_out):,} queries of "
              f"{', '.join(map(str, args.exclude_queries))}")
-    path = args.output if args.output is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
-                                                                          f".{args.format}")
+    path = claimed if claimed is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
+                                                                 f".{args.format}")
     try:
         metadata = {
-            "mode": args.mode, "source": description, "source_identity": identity, "split": args.split,
+            "mode": args.mode, "source": description, "source_identity": identity, "split": str(args.split),
             "dataset_config": args.dataset_config if not args.dataset_path else None,
             "negative_strategy": negative_strategy(args),
             "seed": args.seed, "max_samples": args.max_samples, "format": args.format,
@@ -178,9 +205,10 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(time.perf_counter() - started, 3),
         }
         save_triplets(triplets, path, metadata)
-        save_json(metadata, metadata_path(path))
+        # the metadata last, naming the triplets it describes (``fileio.save_side_record``)
+        save_side_record(metadata, metadata_path(path), path)
     finally:
-        if args.output is None:
+        if claimed is None:
             release(path)
     if included:
         info(f"➕ {len(triplets) - made:,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
@@ -201,20 +229,31 @@ def negative_strategy(args: argparse.Namespace) -> str:
     return args.negatives
 
 
-def check_output(args: argparse.Namespace) -> None:
-    """Refuse an output that cannot be written now, rather than after minutes of work."""
+def output_inputs(args: argparse.Namespace) -> list[Path]:
+    """Every file this run reads: its output may be none of them (``--include X --output X`` would replace X)."""
+    return [*args.include, *args.exclude_queries, *args.queries, *map(Path, args.dataset_path or []),
+            *(path for path in (args.label_model, args.ict_mine_negatives) if path is not None)]
+
+
+def claim_output_file(args: argparse.Namespace) -> Path | None:
+    """Claim ``--output`` before the work (``fileio.claim_output``): an earlier triplets file there is replaced,
+    anything else (often this run's own --dataset-path) and any input of the run are refused, as is a file
+    that another run is writing; the metadata JSON beside it follows the same rule."""
     if args.output is None:
         ensure_writable_dir(Path(args.output_dir or args.data_dir))
-        return
-    if args.output.is_dir():
-        raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)",
-                            args.output)
-    if args.output.is_file() and not starts_as_pickle_or_parquet(args.output):
-        # --output replaces an earlier triplets file; anything else there is someone's data (often this run's
-        # own --dataset-path, which would be lost under the pickle)
-        raise PipelineError("exists and is not a triplets file (a pickle or parquet); --output replaces only an "
-                            "earlier triplets file, so choose another name", args.output)
-    ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."))
+        return None
+    inputs = output_inputs(args)
+    output = output_path(args.output)
+    if output.is_dir():
+        raise PipelineError("is a folder; --output names the triplets file itself (or use --output-dir)", output)
+    ensure_writable_dir(output.parent)
+    path = claim_output(output, TRIPLETS_OUTPUT, inputs, flag="--output")
+    try:
+        check_output(metadata_path(path), TRIPLETS_METADATA_OUTPUT, inputs, flag="--output")
+    except PipelineError:
+        release(path)
+        raise
+    return path
 
 
 def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Triplets, TripletStats, str, str, int]:
@@ -237,7 +276,8 @@ def query_triplets(args: argparse.Namespace, have_included: bool) -> tuple[Tripl
 
 def passage_sources(args: argparse.Namespace) -> list[Source]:
     """Every source named, each --dataset-path on its own (or the hub)."""
-    sources = ([open_source([path], args.dataset_config, args.split, args.data_dir, args.min_relevance)
+    sources = ([open_source([path], args.dataset_config, args.split, args.data_dir, args.min_relevance,
+                            split_given=split_given(args))
                 for path in args.dataset_path] if args.dataset_path else [source_from_args(args)])
     for source in sources:
         info(f"Passages from: {source.description}")
@@ -277,7 +317,7 @@ def pseudo_labels(args: argparse.Namespace, held_out: list[str],
     queries: list[tuple[str, str]] = []
     seen: set[str] = set()
     for path in args.queries:
-        for qid, text in read_queries(path).items():
+        for qid, text in queries_with_words(read_queries(path), path).items():
             fingerprint = query_fingerprint(text)
             # a query kept for evaluation is never labelled; a query repeated across files is labelled once
             if fingerprint not in excluded and fingerprint not in seen and len(queries) < args.max_samples:
@@ -309,9 +349,6 @@ def inverse_cloze(args: argparse.Namespace) -> tuple[Triplets, ClozeStats, str, 
     def passages() -> Iterator[tuple[str, str]]:
         return all_passages(sources, args.max_samples)
 
-    if not 0.0 <= args.ict_keywords <= 1.0:  # before the passages are read (nan fails here too)
-        raise PipelineError(f"--ict-keywords is the share of keyword pseudo-queries, in [0, 1]; got "
-                            f"{args.ict_keywords}")
     miner = None
     if args.ict_mine_negatives is not None:  # a bad model file fails before the passages are cut
         from ..device import pick_device
@@ -358,9 +395,10 @@ def mined_negatives(args: argparse.Namespace, triplets: Triplets, passages: Iter
 
 
 def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The arguments as JSON values (paths as text)."""
+    """The arguments as JSON values (paths as text; ``--split``'s default, a ``str`` subclass, as plain text: the
+    triplets pickle holds plain data only)."""
     return {key: [str(p) if isinstance(p, Path) else p for p in value] if isinstance(value, list)
-            else str(value) if isinstance(value, Path) else value for key, value in arguments.items()}
+            else str(value) if isinstance(value, (Path, str)) else value for key, value in arguments.items()}
 
 
 __all__ = ["main", "parse_args", "run"]
