@@ -1,7 +1,7 @@
 """Average two-tower models into one (a uniform "model soup"): the mean of their weights.
 
 Train the same recipe with a few seeds (--seed), then average them; the soup searches as fast as one model and
-is usually better than the typical one of its parts (measured in docs/benchmarks.md). The models must have the same
+is usually better than the typical one of its parts (measured in docs/experiments.md). The models must have the same
 settings and vocabulary.
 
     uv run training/average_two_tower_models.py MODEL.pt MODEL.pt [MODEL.pt ...] [--output FILE | --output-dir DIR]

@@ -20,7 +20,7 @@ from msmarco_search.training.plots import recognise_png
 MODEL_PREFIX, MODEL_SUFFIX = "two_tower_model", ".pt"
 MODEL_OUTPUT = OutputKind("two-tower model", recognise_tagged(KIND_TWO_TOWER))
 TRAINING_STATE_OUTPUT = OutputKind("training state", recognise_tagged(KIND_TRAINING_STATE))
-# the fields every training log holds (``driver.train.training_record``)
+# the fields every training log holds (``cli.train.training_record``)
 TRAINING_LOG_OUTPUT = OutputKind("training log", recognise_json("arguments", "model_config", "finished"))
 PLOT_OUTPUT = OutputKind("training plot", recognise_png)
 

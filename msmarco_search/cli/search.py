@@ -292,7 +292,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)  # now: a client that connects before uvicorn is up waits in the backlog, not refused
+        sock.listen(2048)  # from here on, a client that connects before uvicorn is up waits in the backlog, not refused
     except OSError as error:
         raise PipelineError(f"cannot listen on {host} port {port}: {error.strerror or error}") from error
     return sock

@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=thread_count, default=1,
                         help="CPU threads for PyTorch (1: fastest on a small or shared CPU, see "
-                             "docs/benchmarks.md; 0 = PyTorch's default, all cores)")
+                             "docs/experiments.md; 0 = PyTorch's default, all cores)")
     run = parser.add_argument_group("checkpoints and resuming")
     run.add_argument("--resume", type=Path, default=None, metavar="STATE",
                      help="continue from a ..._training_state.pt written by an interrupted run of the same command")
@@ -198,7 +198,8 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
     info(f"Using device: {device}" + (f" ({context.world_size} processes)" if context.enabled else "")
          + (f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""))
     check_flags(args)
-    described = triplets_metadata(args.triplets_file)  # now: read at the end, a damaged one lost the model
+    # before the work: read at the end, a damaged one would cost the model
+    described = triplets_metadata(args.triplets_file)
     resume = load_training_state(args.resume) if args.resume is not None else None
     outputs = plan_outputs(args, context, resume)  # before hours of training, not after them
     try:

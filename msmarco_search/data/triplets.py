@@ -162,7 +162,7 @@ def triplets_prefix(sample_size: int) -> str:
 
 
 TRIPLETS_OUTPUT = OutputKind("triplets file", recognise_tagged(KIND_TRIPLETS))
-# the fields every triplets metadata JSON holds (``driver.triplets.run``)
+# the fields every triplets metadata JSON holds (``cli.triplets.make_and_save``)
 TRIPLETS_METADATA_OUTPUT = OutputKind("triplets metadata", recognise_json("mode", "source", "num_triplets"))
 
 
