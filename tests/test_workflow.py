@@ -180,7 +180,7 @@ def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_
 
     import pytest
 
-    from msmarco_search.cli.pipeline import CBOW_SCRIPT, Stage, Workflow
+    from msmarco_search.cli.pipeline import Stage, Workflow
     from msmarco_search.core.errors import PipelineError
 
     words = [f"word{i}" for i in range(200)]
@@ -191,11 +191,11 @@ def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_
     workflow = Workflow(SimpleNamespace(jobs=2, data_dir=tmp_path, output_dir=tmp_path), source=None)
     with pytest.raises(PipelineError, match=r"stage 'CBOW, a missing file' failed \(exit status 2\).*after \[1\]$"):
         workflow.run_side_by_side([
-            [Stage("CBOW, a missing file", CBOW_SCRIPT, ["--dataset-path", tmp_path / "missing.tsv"])],
-            [Stage("CBOW of minutes", CBOW_SCRIPT, ["--dataset-path", tmp_path / "collection.tsv", "-c", slow,
-                                                    "--data-dir", tmp_path / "data", "--epochs", 1_000,
-                                                    "--min-count", 1, "--workers", 1, "--no-word-benchmarks"])],
-            [Stage("never started", CBOW_SCRIPT, ["--help"])]])
+            [Stage("CBOW, a missing file", "cbow", ["--dataset-path", tmp_path / "missing.tsv"])],
+            [Stage("CBOW of minutes", "cbow", ["--dataset-path", tmp_path / "collection.tsv", "-c", slow,
+                                               "--data-dir", tmp_path / "data", "--epochs", 1_000,
+                                               "--min-count", 1, "--workers", 1, "--no-word-benchmarks"])],
+            [Stage("never started", "cbow", ["--help"])]])
     out = capsys.readouterr().out
     assert "== CBOW, a missing file [1]" in out and "== CBOW of minutes [2]" in out
     assert any(line.startswith("[1] error: ") and "missing.tsv" in line for line in out.splitlines())
