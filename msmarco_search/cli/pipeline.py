@@ -67,7 +67,6 @@ from msmarco_search.core.commands import MODULE_COMMAND, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.core.text import TOKENIZER_VERSION
-from msmarco_search.data.provenance import query_fingerprint
 from msmarco_search.data.records import Source
 from msmarco_search.data.tsv import TsvFiles, TsvSource, tsv_files_from
 from msmarco_search.io.atomic import atomic_write, cache_key, ensure_writable_dir, file_identity
@@ -251,6 +250,8 @@ def corpus_lines(source: Source, evaluation: TsvFiles | None, extra: Iterable[Pa
     A text is one of them when its tokens are (``provenance.query_fingerprint``, as the leak check compares):
     "What is X?" in a query file must not slip through as "what is x".
     """
+    from msmarco_search.data.provenance import query_fingerprint
+
     held_out: set[int] = set()
     texts: list[Iterable[str]] = [source.corpus_texts()]
     if evaluation is not None:
