@@ -202,3 +202,18 @@ def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_
     assert "[2] Training completed" not in out and not (slow / "msmarco_word2vec.pt").exists()  # stopped
     assert "never started" not in out  # the third lane waited for a job slot and then saw the failure
     assert [name for name, _ in workflow.timings][-1] == "the 3 lanes above, side by side (wall time)"
+
+
+def test_each_stage_runs_from_the_package_and_is_shown_as_the_user_started_the_job(monkeypatch):
+    """A stage runs as this interpreter's ``-m msmarco_search COMMAND`` (no path of the repository), and is
+    printed as the command the user types: ``msmarco-train`` under ``msmarco-pipeline``, ``python -m
+    msmarco_search train`` under ``python -m msmarco_search pipeline`` (and scripts/run_pipeline.sh)."""
+    from msmarco_search.cli.pipeline import Stage
+    from msmarco_search.core import commands
+
+    stage = Stage("two-tower, seed 1", "train", [Path("t.pkl"), "--seed", 1])
+    assert stage.argv() == [sys.executable, "-m", "msmarco_search", "train", "t.pkl", "--seed", "1"]
+    monkeypatch.setattr(commands, "_form", commands.CONSOLE)  # how this process was started, restored after
+    assert stage.shown() == "msmarco-train t.pkl --seed 1"
+    commands.started_as(commands.MODULE)
+    assert stage.shown() == "python -m msmarco_search train t.pkl --seed 1"

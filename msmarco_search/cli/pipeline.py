@@ -6,9 +6,10 @@
 own command and passes the next one the exact file it wrote (``--output``), never a search for the newest file.
 A stage runs as ``python -m msmarco_search COMMAND ...`` with this interpreter, never through a path in the
 repository, so the job runs wherever the package is installed, from any folder. Each stage is printed before it
-runs as that same command, ``python -m msmarco_search COMMAND ...`` (so is the search command suggested at the
-end): what runs, and what the user can type to rerun it by hand wherever the package is installed, whether or not
-its console commands are on the PATH:
+runs as the command the user types to rerun it by hand, in the form the job was started in (``core.commands``):
+``msmarco-train ...`` under ``msmarco-pipeline`` (the console commands are then on the PATH), ``python -m
+msmarco_search train ...`` under ``python -m msmarco_search pipeline`` and ``scripts/run_pipeline.sh``; so is the
+search command suggested at the end:
 
 1. the CBOW corpus: every text of the training source (queries and passages), the passages of the evaluation
    collection (bare text, no label) and any ``--extra-text`` files, minus any line that equals an evaluation
@@ -63,7 +64,7 @@ from msmarco_search.cli.arguments import (
     split_given,
     thread_count,
 )
-from msmarco_search.core.commands import MODULE_COMMAND, program
+from msmarco_search.core.commands import command, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.core.text import TOKENIZER_VERSION
@@ -152,8 +153,8 @@ class Stage:
         return [sys.executable, "-m", "msmarco_search", self.command, *map(str, self.arguments)]
 
     def shown(self) -> str:
-        """The stage as the user types it (the module's rule)."""
-        return " ".join([MODULE_COMMAND, self.command, *map(str, self.arguments)])
+        """The stage as the user types it, in the form the job was started in (the module's rule)."""
+        return " ".join([command(self.command), *map(str, self.arguments)])
 
     def failure(self, status: int) -> str:
         """The job's one-line error when this stage exits with ``status`` (its own message is printed above)."""
@@ -368,7 +369,7 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
         workflow.run(Stage("evaluate against BM25", "evaluate",
                            [*common, "--collection", evaluation.collection, "--queries", evaluation.queries,
                             "--qrels", evaluation.qrels]))
-        info(f"\nSearch the new index:\n  {MODULE_COMMAND} search query {model} --system all "
+        info(f"\nSearch the new index:\n  {command('search')} query {model} --system all "
              "\"what is a lobster roll\"")
     elif not args.dataset_path:
         workflow.run(Stage("evaluate on MS MARCO validation", "evaluate",
