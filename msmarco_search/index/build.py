@@ -163,7 +163,7 @@ class _Build:
 
     collection: Path
     final_collection: str  # the collection's path as the finished index records it
-    collection_sample: str  # fileio.content_sample of the collection, taken before the encoding
+    collection_sample: str  # atomic.content_sample of the collection, taken before the encoding
     count: int
     dtype: str
     dim: int
