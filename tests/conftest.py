@@ -19,6 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# the tests never touch the network: a hub name (the main job's default teacher) is read from the local cache
+# or is unavailable, at once, in this process and in every command it starts (tests of the hub itself unset it)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 FILLER = "the a of and to in is for on with as by at from that this it are be".split()
 
 
