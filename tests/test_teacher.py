@@ -2,9 +2,8 @@
 them, its reference row in the evaluation, the main job with and without one, and the teacher folders and caches
 that are refused.
 
-The teacher is a tiny sentence-transformers model built here, offline (a 2-layer, 32-d BERT over a vocabulary of
-letters and digits, mean-pooled and normalised, saved as safetensors with its modules.json): every code path of a
-real one, in milliseconds a text. Nothing here touches the network (conftest sets HF_HUB_OFFLINE).
+The teacher is a tiny sentence-transformers model built offline (conftest's ``teacher_folder``): every code path of
+a real one, in milliseconds a text. Nothing here touches the network (conftest sets HF_HUB_OFFLINE).
 """
 
 from __future__ import annotations
@@ -25,33 +24,6 @@ from conftest import ROOT, TRIPLETS_SCRIPT, Corpus, make_corpus, write_tsv_folde
 from msmarco_search.cli import run
 from msmarco_search.core.text import tokenize
 from msmarco_search.data.triplets import load_triplets, metadata_path
-
-LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-
-
-@pytest.fixture(scope="session")
-def teacher_folder(tmp_path_factory) -> Path:
-    """A tiny sentence-transformers model folder: model.safetensors, modules.json, tokenizer, pooling."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    work = tmp_path_factory.mktemp("teacher")
-    bert = work / "bert"
-    bert.mkdir()
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *LETTERS, *(f"##{c}" for c in LETTERS), *".,?!"]
-    (bert / "vocab.txt").write_text("\n".join(words) + "\n")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(bert, safe_serialization=True)
-    BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), do_lower_case=True).save_pretrained(bert)
-    transformer = Transformer(str(bert), max_seq_length=64)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
-                                         Normalize()], device="cpu")
-    folder = work / "tiny-teacher"
-    model.save(str(folder), safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
