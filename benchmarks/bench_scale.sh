@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Full scale (issue 14): index a cycled copy of the DL 2019 pool (N passages under fresh ids) with the dense
+# Full scale: index a cycled copy of the DL 2019 pool (N passages under fresh ids) with the dense
 # index, IVF-PQ and the saved BM25 index, then answer BM25 and hybrid queries from the saved indexes.
 # Prints the build's own report and /usr/bin/time's wall time and peak memory for each command.
 #

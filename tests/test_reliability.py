@@ -36,7 +36,7 @@ from msmarco_search.io.atomic import atomic_write
 from msmarco_search.io.safe_load import KIND_TRIPLETS, load_pickle
 from msmarco_search.training.model_file import load_model
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------- shared checks
 
 _MODULES: dict[str, object] = {}
 
@@ -177,9 +177,7 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
                               triplets), "t.pkl", "not a gensim Word2Vec model (it holds a dict)")
 
 
-
-# ------------------------------------------- issue 12's holes: gensim side files, torch writes, model files,
-# ------------------------------------------- the CBOW output folder (one block, to ease merging)
+# ----------------------------------- gensim side files, torch writes, model files, the CBOW output folder
 
 SEARCH_SCRIPT = "search/search.py"
 
@@ -592,8 +590,6 @@ def test_word_benchmark_files_missing_or_of_another_layout_are_one_line(work):
     (work / "bench" / "questions-words.txt").write_text(": family\nking queen man woman\n")
     assert word_embedding_quality(matrix, vocab, folder=work / "bench")["analogies"]["in_vocabulary"] == 1
 
-
-# ------------------------------------------------------------------ end of issue 12's block
 
 
 def test_files_of_the_wrong_kind_are_named(work, capsys, trained_pipeline):
@@ -1100,8 +1096,8 @@ def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
 
 
 # =====================================================================================================
-# Input holes in the readers (issue 12): qrels grades, row value types, repeated ids, CR-only line ends,
-# and the triplets command's --output. (Block kept separate to ease merging.)
+# Inputs the readers refuse or read right: qrels grades, row value types, repeated ids, CR-only line ends,
+# and the triplets command's --output.
 # =====================================================================================================
 
 EVALUATE_SCRIPT = "evaluation/evaluate.py"

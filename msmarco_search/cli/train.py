@@ -15,10 +15,8 @@ end, and on Ctrl-C/SIGTERM); run the same command with --resume that file to con
 stopped. Several processes: torchrun --nproc-per-node N training/train_two_tower_from_triplets.py ...
 (data parallel; --batch-size is per process).
 
-Triplets made with a teacher (the triplets command's --teacher) carry its vectors of every query and passage:
-the loss is then the in-batch softmax plus --distill-weight x the KL between the teacher's in-batch scores and
-the student's (--distill-weight 0: as without a teacher). The model stays static: the teacher is never needed
-to index or search.
+Triplets made with a teacher (the triplets command's --teacher) carry its vectors: the loss is then the in-batch
+softmax plus --distill-weight x the KL from the teacher's in-batch scores (0: as without a teacher).
 """
 
 from __future__ import annotations
@@ -32,9 +30,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from msmarco_search.cli.arguments import (
     batch_rows,
@@ -58,36 +54,27 @@ from msmarco_search.cli.output import (
     claim_model_path,
     companions,
 )
-from msmarco_search.cli.train_objective import (
-    Objective,
-    add_objective_arguments,
-    check_resumed_objective,
-    choose_objective,
-)
+from msmarco_search.cli.train_objective import Objective, add_objective_arguments, choose_objective
 from msmarco_search.core.commands import command, command_words, program
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
-from msmarco_search.data.provenance import training_provenance
-from msmarco_search.data.tokens import TrainingData, TripletsFile
-from msmarco_search.data.triplets import Triplets, metadata_path
-from msmarco_search.embeddings.cbow import load_embeddings
-from msmarco_search.evaluation.validation import Validator, split_validation
+from msmarco_search.data.triplets import metadata_path
 from msmarco_search.io.atomic import content_sample
 from msmarco_search.io.outputs import check_output, claim_output, release
 from msmarco_search.io.records import load_side_record, save_side_record
 from msmarco_search.training.config import TOWERS
-from msmarco_search.training.distributed import (
-    DistributedContext,
-    context_from_environment,
-    init_distributed,
-    shutdown_distributed,
-)
-from msmarco_search.training.model import TwoTowerModel, build_model
-from msmarco_search.training.model_file import save_two_tower
 from msmarco_search.training.plots import plot_training_log
-from msmarco_search.training.state import TrainingInterrupted, TrainingLog, TrainSettings, load_training_state
-from msmarco_search.training.trainer import train_two_tower
+
+if TYPE_CHECKING:
+    import torch
+
+    from msmarco_search.data.tokens import TrainingData, TripletsFile
+    from msmarco_search.data.triplets import Triplets
+    from msmarco_search.evaluation.validation import Validator
+    from msmarco_search.training.distributed import DistributedContext
+    from msmarco_search.training.model import TwoTowerModel
+    from msmarco_search.training.state import TrainingInterrupted, TrainingLog, TrainSettings
 
 DEFAULT_OUTPUT_DIR = Path("checkpoints")
 
@@ -122,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=thread_count, default=1,
                         help="CPU threads for PyTorch (1: fastest on a small or shared CPU, see "
-                             "docs/benchmarks.md; 0 = PyTorch's default, all cores)")
+                             "docs/experiments.md; 0 = PyTorch's default, all cores)")
     run = parser.add_argument_group("checkpoints and resuming")
     run.add_argument("--resume", type=Path, default=None, metavar="STATE",
                      help="continue from a ..._training_state.pt written by an interrupted run of the same command")
@@ -179,6 +166,8 @@ class Outputs:
 def main(argv: list[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(arguments)
+    from msmarco_search.training.distributed import context_from_environment, init_distributed, shutdown_distributed
+
     context = context_from_environment()
     if not context.is_main:  # only the first process prints and writes files
         os.environ["MSMARCO_SEARCH_NO_PROGRESS"] = "1"
@@ -194,12 +183,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, arguments: list[str], context: DistributedContext, device: torch.device) -> int:
     """Load, train, save, print; the exit status (128 + the signal number when interrupted)."""
+    import torch
+
+    from msmarco_search.data.tokens import TripletsFile
+    from msmarco_search.training.state import TrainingInterrupted, load_training_state
+    from msmarco_search.training.trainer import train_two_tower
+
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     info(f"Using device: {device}" + (f" ({context.world_size} processes)" if context.enabled else "")
          + (f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""))
     check_flags(args)
-    described = triplets_metadata(args.triplets_file)  # now: read at the end, a damaged one lost the model
+    # before the work: read at the end, a damaged one would cost the model
+    described = triplets_metadata(args.triplets_file)
     resume = load_training_state(args.resume) if args.resume is not None else None
     outputs = plan_outputs(args, context, resume)  # before hours of training, not after them
     try:
@@ -207,12 +203,9 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
         if args.init_token_weights == "idf" and triplets_file.streamed:
             raise PipelineError("--init-token-weights idf needs a triplets .pkl (a triples TSV is not read whole)",
                                 args.triplets_file)
-        objective = choose_objective(args, triplets_file.triplets.teacher if triplets_file.triplets else None)
-        check_resumed_objective(resume, objective, args.resume)
-        info(f"Objective: {objective.describe()}")
+        objective = choose_objective(args, triplets_file.triplets, resume)
         model, data = load_model_and_data(args, triplets_file, context, device, resume)
-        if objective.teacher is None:  # weight 0: the batches carry no teacher vectors, as without labels
-            data.tokens.teacher = None
+        objective.prepare(data.tokens)
         validator = make_validator(args, data, model, context, resumed=resume is not None)
         try:
             log = train_two_tower(model, data.tokens, objective.make_loss(), train_settings(args), device,
@@ -277,6 +270,10 @@ def plan_outputs(args: argparse.Namespace, context: DistributedContext, resume: 
 
 def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, context: DistributedContext,
                         device: torch.device, resume: dict[str, Any] | None) -> tuple[TwoTowerModel, TrainingData]:
+    from msmarco_search.embeddings.cbow import load_embeddings
+    from msmarco_search.evaluation.validation import split_validation
+    from msmarco_search.training.model import build_model
+
     if not args.embeddings.exists():
         raise PipelineError(f"CBOW embeddings not found; run {command('cbow')} first or pass --embeddings",
                             args.embeddings)
@@ -315,6 +312,8 @@ def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, c
 def make_validator(args: argparse.Namespace, data: TrainingData, model: TwoTowerModel, context: DistributedContext,
                    resumed: bool) -> Validator | None:
     """Scores the held-out queries as training goes; the first process validates, the others train on."""
+    from msmarco_search.evaluation.validation import Validator
+
     if data.validation is None or not context.is_main:
         if args.triplets_file.suffix.lower() == ".tsv":
             info("Validation: none for a triples TSV input")
@@ -326,6 +325,8 @@ def make_validator(args: argparse.Namespace, data: TrainingData, model: TwoTower
 
 
 def train_settings(args: argparse.Namespace) -> TrainSettings:
+    from msmarco_search.training.state import TrainSettings
+
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          embedding_learning_rate=args.embedding_learning_rate, seed=args.seed,
                          num_workers=args.num_workers, log_every=args.log_every,
@@ -357,6 +358,8 @@ def training_record(args: argparse.Namespace, model: TwoTowerModel, data: Traini
 def trained_on(args: argparse.Namespace, data: TrainingData, metadata: dict[str, Any] | None) -> dict[str, Any]:
     """What evaluation checks its queries against: the triplets' source and every query text of the file
     (held-out ones too: they were looked at to pick the epoch)."""
+    from msmarco_search.data.provenance import training_provenance
+
     streamed = args.triplets_file.suffix.lower() == ".tsv"
     return training_provenance(str(args.triplets_file), metadata,
                                None if streamed else data.texts.queries)
@@ -377,6 +380,8 @@ def triplets_metadata(triplets_file: Path) -> dict[str, Any] | None:
 
 def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, record: dict[str, Any],
          data: TrainingData, metadata: dict[str, Any] | None) -> None:
+    from msmarco_search.training.model_file import save_two_tower
+
     if outputs.model is None:
         info("Not saving the model (--no-save)")
         return

@@ -15,6 +15,7 @@ from typing import Any
 from msmarco_search.cli.arguments import cosine_margin, distill_weight, softmax_scale
 from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError
+from msmarco_search.core.report import info
 from msmarco_search.teacher.settings import DISTILL_WEIGHT, TEACHER_SCALE
 
 LOSSES = ("softmax", "triplet")
@@ -62,6 +63,12 @@ class Objective:
         return (f"{text} + {self.distill_weight:g} x KL to the teacher {self.teacher['name']} "
                 f"(teacher scale {self.teacher_scale:g})")
 
+    def prepare(self, data: Any) -> None:
+        """Without distillation the batches of ``data`` (``TripletArrays``) carry no teacher vectors: the run is
+        then the one the same triplets without labels give."""
+        if self.teacher is None:
+            data.teacher = None
+
     def make_loss(self) -> Any:
         from msmarco_search.training.losses import InBatchDistillationLoss, InBatchSoftmaxLoss, TripletMarginLoss
 
@@ -72,8 +79,17 @@ class Objective:
         return InBatchSoftmaxLoss(self.scale)
 
 
-def choose_objective(args: argparse.Namespace, labels: Any) -> Objective:
-    """The objective of this run, given the triplets' teacher labels (``TeacherLabels`` or None)."""
+def choose_objective(args: argparse.Namespace, triplets: Any, resume: dict[str, Any] | None) -> Objective:
+    """The objective of this run, for ``triplets`` (None: a triples TSV) and the training state it resumes (which
+    must have had the same objective), printed."""
+    objective = _objective(args, None if triplets is None else triplets.teacher)
+    _check_resumed(resume, objective, args.resume)
+    info(f"Objective: {objective.describe()}")
+    return objective
+
+
+def _objective(args: argparse.Namespace, labels: Any) -> Objective:
+    """The objective given the triplets' teacher labels (``TeacherLabels`` or None)."""
     weight = args.distill_weight
     if weight is None:  # not given: distil what the triplets carry, into the loss that can take it
         weight = DISTILL_WEIGHT if labels is not None and args.loss == "softmax" else 0.0
@@ -90,7 +106,7 @@ def choose_objective(args: argparse.Namespace, labels: Any) -> Objective:
     return Objective(args.loss, args.scale, args.margin, weight, args.teacher_scale, teacher)
 
 
-def check_resumed_objective(resume: dict[str, Any] | None, objective: Objective, state_path: Any) -> None:
+def _check_resumed(resume: dict[str, Any] | None, objective: Objective, state_path: Any) -> None:
     """A resumed run continues the interrupted run's objective, or not at all."""
     if resume is None or "objective" not in resume:
         return

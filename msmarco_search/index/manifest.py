@@ -91,7 +91,7 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
             raise ValueError(f"unknown dtype {manifest['dtype']!r}")
         manifest["collection"] = str(manifest["collection"])
         sizes = [manifest.get("collection_size"), *manifest["files"].values()]
-        if not all(type(size) is int for size in sizes):  # an edited manifest: a size as text was a traceback
+        if not all(type(size) is int for size in sizes):  # an edited manifest: a size as text
             raise ValueError(f"file sizes are not whole numbers ({sizes})")
         samples = manifest["samples"] = dict(manifest.get("samples") or {})
         if not all(isinstance(sample, str) for sample in [manifest["collection_sample"], *samples.values()]):
