@@ -392,9 +392,11 @@ def test_the_main_job_without_a_teacher_says_so_in_one_line_and_trains_the_recip
     for name, flags, line in (
             ("missing", ["--teacher", missing], f"warning: no teacher ({missing}: no such teacher model folder); "
                                                 "training today's recipe without one"),
-            # the default, the hub's model, offline and not cached here
-            ("default", [], "warning: no teacher (sentence-transformers/all-MiniLM-L6-v2: cannot fetch the teacher "
-                            "from the Hugging Face hub"),
+            # a hub name, offline and not cached here
+            ("hub", ["--teacher", "sentence-transformers/all-MiniLM-L6-v2"],
+             "warning: no teacher (sentence-transformers/all-MiniLM-L6-v2: cannot fetch the teacher "
+             "from the Hugging Face hub"),
+            ("default", [], None),  # off by default
             ("none", ["--teacher", "none"], None)):
         status, err, stages = _stages_of(monkeypatch, tmp_path / name, *flags)
         assert status == 0

@@ -19,13 +19,15 @@ from msmarco_search.teacher.settings import DISTILL_WEIGHT, HUB_TEACHER, NO_TEAC
 
 
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--teacher`` (on by default: the hub name) and ``--teacher-queries``."""
-    parser.add_argument("--teacher", default=HUB_TEACHER, metavar="MODEL",
-                        help="the teacher distilled into the two-tower: a sentence-transformers model folder (read "
-                             "offline) or a hub name (default: the hub's " + HUB_TEACHER + "; the st extra). Its "
+    """``--teacher`` (off by default) and ``--teacher-queries``."""
+    # Off by default: the recipe on the scoreboard is the one measured without a teacher, and a cold teacher cache
+    # costs more than the whole job on 2 cores (docs/results.md).
+    parser.add_argument("--teacher", default=NO_TEACHER, metavar="MODEL",
+                        help="a teacher distilled into the two-tower: a sentence-transformers model folder (read "
+                             "offline) or a hub name (such as " + HUB_TEACHER + "; the st extra). Its "
                              f"vectors label the triplets (cached under --data-dir), the training adds their "
                              f"in-batch KL (weight {DISTILL_WEIGHT:g}, teacher scale {TEACHER_SCALE:g}), and the "
-                             "evaluation shows it as a reference row. 'none': today's recipe without one; a "
+                             "evaluation shows it as a reference row. Default 'none': the recipe without one; a "
                              "teacher that cannot be had here falls back to that, saying so in one line")
     parser.add_argument("--teacher-queries", nargs="+", type=Path, default=[], metavar="FILE",
                         help="queries TSVs without judgments (e.g. the MS MARCO train queries) that the teacher "
