@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: CBOW vectors, triplets, the two-tower models of 3 seeds and their average, the index of the
 # evaluation collection, and the scoreboard against BM25 (msmarco_search/cli/pipeline.py; --help lists the
-# flags).
+# flags). A teacher (--teacher FOLDER or hub name; --teacher none: off) labels the triplets, is distilled into the
+# two-tower and shows as a reference row.
 #
 #   scripts/run_pipeline.sh [SAMPLE_SIZE] [--dataset-path PATH... --split SPLIT] [--evaluate-on PATH...] [...]
 #

@@ -19,6 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# the tests never touch the network: a hub name (the main job's default teacher) is read from the local cache
+# or is unavailable, at once, in this process and in every command it starts (tests of the hub itself unset it)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 FILLER = "the a of and to in is for on with as by at from that this it are be".split()
 
 
@@ -109,6 +113,36 @@ def rows_file(tmp_path_factory, corpus) -> Path:
 @pytest.fixture(scope="session")
 def tsv_folder(tmp_path_factory, corpus) -> Path:
     return write_tsv_folder(corpus, tmp_path_factory.mktemp("tsv") / "msmarco")
+
+
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="session")
+def teacher_folder(tmp_path_factory) -> Path:
+    """A tiny sentence-transformers model, built offline: a 2-layer, 32-d BERT over a vocabulary of letters and
+    digits, mean-pooled and normalised, saved as model.safetensors with its modules.json (a teacher)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    work = tmp_path_factory.mktemp("teacher")
+    bert = work / "bert"
+    bert.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *LETTERS, *(f"##{c}" for c in LETTERS), *".,?!"]
+    (bert / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(bert, safe_serialization=True)
+    BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), do_lower_case=True).save_pretrained(bert)
+    transformer = Transformer(str(bert), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
+                                         Normalize()], device="cpu")
+    folder = work / "tiny-teacher"
+    model.save(str(folder), safe_serialization=True)
+    return folder
 
 
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -34,9 +34,15 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
                           "--seeds", "1,2", "--epochs", "3", "--cbow-epochs", "2", "--vector-size", "16",
                           "--min-count", "1", "--ict-per-passage", "1", "--min-relevance", "1",
-                          "--label-queries", unjudged,
+                          "--label-queries", unjudged, "--teacher", tmp_path / "no-such-teacher",
                           "--output-dir", tmp_path / "checkpoints", "--data-dir", tmp_path / "data", cwd=tmp_path)
     out = result.stdout + result.stderr
+    # a teacher that is not here: one line, and today's recipe without it
+    assert f"warning: no teacher ({tmp_path / 'no-such-teacher'}: no such teacher model folder); training today's " \
+           "recipe without one" in result.stderr.splitlines()
+    assert "--distill-weight" not in out
+    for made in (tmp_path / "data").glob("msmarco_triplets_*_metadata.json"):
+        assert json.loads(made.read_text())["teacher"] is None
     for stage in ("CBOW word vectors", "triplets: judged pairs", "two-tower that labels the --label-queries, seed 1",
                   "triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
                   "two-tower, seed 1", "two-tower, seed 2",
@@ -97,7 +103,7 @@ def test_the_main_job_gives_the_same_model_and_scores_side_by_side_and_one_stage
         out = tmp_path / f"jobs{jobs}"
         result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
                               "--seeds", "1,2", "--cbow-epochs", "2", "--vector-size", "16", "--min-count", "1",
-                              "--ict-per-passage", "1", "--min-relevance", "1", "--jobs", jobs,
+                              "--ict-per-passage", "1", "--min-relevance", "1", "--jobs", jobs, "--teacher", "none",
                               "--output-dir", out / "checkpoints", "--data-dir", out / "data", cwd=tmp_path)
         outputs[jobs] = (out / "checkpoints", result.stdout)
     side_by_side, one_at_a_time = outputs[2][1], outputs[1][1]

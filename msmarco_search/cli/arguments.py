@@ -170,6 +170,10 @@ learning_rate = real_number(0, 10, "rates in use are 1e-5 to 0.1; far above, Ada
 # the softmax's logits are scale x cosine: 10 to 100 are used (20 by default)
 softmax_scale = real_number(0, 1000, "logits are scale x cosine; 10 to 100 are used", low_open=True)
 cosine_margin = real_number(0, 2, "cosines differ by at most 2, so a larger margin is never met", low_open=True)
+teacher_margin = real_number(0, 2, "cosines differ by at most 2, so a larger margin is never met")
+cosine_score = real_number(-1, 1, "the teacher's scores are cosines")
+# the KL's share beside the in-batch softmax: 0.5 to 2 are measured; far above, the hard labels no longer count
+distill_weight = real_number(0, 1000, "0.5 to 2 are used; far above, the hard labels no longer count")
 # BM25 k1: 0.5 to 2 in use; by 1,000 term frequency no longer saturates
 bm25_k1 = real_number(0, 1000, "0.5 to 2 are used; by 1,000 term frequency no longer saturates")
 # the Rocchio weight of the feedback vectors against the query's own (unit) vector: past 10**6 the query weighs

@@ -5,6 +5,10 @@ re-ranking of the candidates (top1000 layout). Otherwise the row layout (the hub
 --dataset-path): re-rank each query's passages (with the random-order baseline) and rank all passages of the
 evaluated queries pooled together.
 
+--teacher MODEL adds the teacher's row (a sentence-transformers model: the ceiling the static two-tower learns
+toward, never a system that is shipped), with p-values like every other row; its vectors are cached under
+--data-dir.
+
 Metrics from ir_measures: nDCG@10 on the graded labels; MRR@10, R@100, R@1000 and MAP with relevant =
 grade >= --relevance-threshold (row layout: is_selected). Prints a table, writes evaluation.json (every
 number and the settings) and one TREC run file per system and task into --output-dir.
@@ -46,6 +50,7 @@ from msmarco_search.io.atomic import ensure_writable_dir, save_json
 from msmarco_search.io.outputs import OutputKind, check_output, claim_output, output_path, release, timestamped_path
 from msmarco_search.io.runs import TREC_RUN_OUTPUT, run_file_name, write_run
 from msmarco_search.io.safe_load import load_json, recognise_json
+from msmarco_search.teacher.settings import BATCH_SIZE
 
 if TYPE_CHECKING:
     from msmarco_search.search.retrieval import Retriever
@@ -96,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tuning.add_argument("--random-seeds", type=non_negative_int, default=10,
                         help="shuffles averaged for the random re-ranking baseline (10)")
     tuning.add_argument("--device", default="auto", help=f"device for the two-tower models: {DEVICE_HELP}")
+    tuning.add_argument("--teacher", default=None, metavar="MODEL",
+                        help="add a 'teacher' row: a sentence-transformers model folder (read offline) or hub name, "
+                             "ranking by its own vectors, cached under --data-dir (teacher_vectors_<id>.npz). A "
+                             "reference, never shipped; needs the st extra")
+    tuning.add_argument("--teacher-batch-size", type=positive_int, default=BATCH_SIZE,
+                        help=f"texts the teacher encodes at once ({BATCH_SIZE})")
     add_bm25_arguments(parser)
     add_fusion_arguments(parser, several=True)
     add_feedback_arguments(parser)

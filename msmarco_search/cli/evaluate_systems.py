@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
 
-SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid", "two-tower-prf", "hybrid-prf")
+SYSTEMS = ("two-tower", "bm25", "cbow", "hybrid", "two-tower-prf", "hybrid-prf", "teacher")
 
 
 # what each system needs beside it: the -prf rows move the two-tower's query by a first ranking (its own, or
@@ -72,18 +72,23 @@ def embeddings_match(args: argparse.Namespace, towers: list[Retriever], vocab_fi
 
 
 def choose_systems(args: argparse.Namespace) -> list[str]:
+    """The systems to evaluate: --systems, or all that the given files allow; --teacher adds its reference row."""
+    teacher = ["teacher"] if args.teacher is not None else []
     if args.systems is None:
         chosen = ["bm25"]
         if args.embeddings.is_file():
             chosen.append("cbow")
         if args.model:
             chosen = ["two-tower", *chosen, "hybrid", "two-tower-prf", "hybrid-prf"]
-        return chosen
+        return chosen + teacher
     if args.systems.strip() == "none":
         return []
     chosen = split_names(args.systems, SYSTEMS, "--systems")
     if {"two-tower", "hybrid", "two-tower-prf", "hybrid-prf"} & set(chosen) and not args.model:
         raise PipelineError("--systems two-tower/hybrid/two-tower-prf/hybrid-prf need at least one --model")
+    if "teacher" in chosen and args.teacher is None:
+        raise PipelineError("--systems teacher needs --teacher MODEL (a sentence-transformers folder or hub name)")
+    chosen += [name for name in teacher if name not in chosen]
     for system in ("hybrid-prf", "hybrid", "two-tower-prf"):  # hybrid-prf first: it adds hybrid, which adds more
         if system in chosen:
             chosen += [need for need in NEEDS[system] if need not in chosen]
@@ -149,7 +154,24 @@ def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever
     if "hybrid-prf" in chosen:
         systems += [FeedbackRetriever(hybrid.dense, hybrid, args.feedback_depth, args.feedback_weight)
                     for hybrid in hybrids]
+    if "teacher" in chosen:
+        systems.append(teacher_system(args))
     return systems
+
+
+def teacher_system(args: argparse.Namespace) -> Retriever:
+    """The teacher's row (``--teacher``): the reference a static two-tower learns toward, never a system that is
+    shipped. Its vectors of the collection and the queries come from its cache under --data-dir, so the
+    collection is encoded once for every evaluation (and not at all after the triplets command labelled it)."""
+    from msmarco_search.search.dense import TeacherRetriever
+    from msmarco_search.teacher.cache import TeacherCache
+    from msmarco_search.teacher.model import load_teacher
+
+    teacher = load_teacher(args.teacher, device=str(pick_device(args.device)), batch_size=args.teacher_batch_size)
+    cache = TeacherCache(teacher, args.data_dir)
+    cache.check()
+    info(f"Teacher: {teacher.name} ({teacher.dim}-d, files {teacher.identity}); vectors cached in {cache.path}")
+    return TeacherRetriever(cache)
 
 
 def parse_models(values: list[str]) -> tuple[list[Path], list[str]]:

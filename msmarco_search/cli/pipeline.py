@@ -25,6 +25,10 @@ search command suggested at the end:
    and the average of their weights;
 6. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
 
+With a teacher (``--teacher``, on by default; ``pipeline_teacher``), the stage that writes the final triplets has
+the teacher encode their queries and passages, the training distils its in-batch scores beside the in-batch
+softmax, and the evaluation adds the teacher as a reference row; the model shipped stays static.
+
 The settings are those chosen on TREC DL 2021 (``benchmarks/quality_dl19.sh select``); the benchmark's recipe
 run calls this same workflow.
 
@@ -49,6 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from msmarco_search.cli import pipeline_teacher
 from msmarco_search.cli.arguments import (
     add_source_arguments,
     available_cores,
@@ -132,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stages run side by side: CBOW beside the triplets, and the seeds (default: the "
                              f"cores, {available_cores()} here)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    pipeline_teacher.add_teacher_arguments(parser)
     args = parser.parse_args(argv)
     try:
         args.seed_list = [seed_int(seed) for seed in args.seeds.split(",")]
@@ -166,6 +172,7 @@ class Workflow:
 
     def __init__(self, args: argparse.Namespace, source: Source):
         self.args, self.source = args, source
+        self.teacher: str | None = None  # the teacher the stages use (``pipeline_teacher.teacher_in_use``)
         self.stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
         self.data_dir, self.output_dir = Path(args.data_dir), Path(args.output_dir)
         self.timings: list[tuple[str, float]] = []
@@ -309,12 +316,13 @@ def triplet_stages(workflow: Workflow, evaluation: TsvFiles | None) -> tuple[lis
                      "--negatives", negatives, *held_out, "--output", judged])]
     collections = [c for c in (local_collection(workflow.source), evaluation and evaluation.collection) if c]
     if not collections:
+        stages[-1].arguments += pipeline_teacher.triplets_flags(args, workflow.teacher)
         return stages, judged
     both = data / f"msmarco_triplets_recipe_{workflow.stamp}.pkl"
     stages.append(Stage("triplets: inverse-cloze pseudo-queries plus the judged pairs", "triplets",
                         ["--mode", "ict", "--dataset-path", *collections, "--max-samples", args.sample_size,
                          "--ict-per-passage", args.ict_per_passage, "--include", judged, *held_out, "--data-dir", data,
-                         "--output", both]))
+                         "--output", both, *pipeline_teacher.triplets_flags(args, workflow.teacher)]))
     return stages, both
 
 
@@ -322,7 +330,8 @@ def train_stage(workflow: Workflow, name: str, triplets: Path, embeddings: Path,
     args = workflow.args
     return Stage(name, "train", [triplets, "--embeddings", embeddings, "--epochs", args.epochs, "--batch-size",
                                       args.batch_size, *RECIPE, "--seed", seed, "--device", args.device,
-                                      "--data-dir", args.data_dir, "--output", model])
+                                      "--data-dir", args.data_dir, "--output", model,
+                                      *pipeline_teacher.train_flags(workflow.teacher)])
 
 
 def self_training_triplets(workflow: Workflow, triplets: Path, embeddings: Path,
@@ -340,7 +349,8 @@ def self_training_triplets(workflow: Workflow, triplets: Path, embeddings: Path,
     workflow.run(Stage("triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
                        "triplets", ["--mode", "pseudo-labels", "--dataset-path", *collections, "--queries",
                                          *args.label_queries, "--label-model", labeller, "--include", triplets,
-                                         *held_out, "--device", args.device, "--data-dir", data, "--output", labelled]))
+                                         *held_out, "--device", args.device, "--data-dir", data, "--output", labelled,
+                                         *pipeline_teacher.triplets_flags(args, workflow.teacher)]))
     return labelled
 
 
@@ -362,7 +372,7 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
     args = workflow.args
     report = model.with_name(f"{model.stem}_evaluation")
     common = ["--model", f"recipe={model}", "--embeddings", embeddings, "--device", args.device,
-              "--output-dir", report]
+              "--output-dir", report, "--data-dir", args.data_dir, *pipeline_teacher.evaluate_flags(workflow.teacher)]
     if evaluation is not None:
         workflow.run(Stage("index the evaluation collection", "search",
                            ["index", model, "--dataset-path", evaluation.collection, "--device", args.device]))
@@ -373,8 +383,7 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
              "\"what is a lobster roll\"")
     elif not args.dataset_path:
         workflow.run(Stage("evaluate on MS MARCO validation", "evaluate",
-                           [*common, "--split", "validation", "--data-dir", args.data_dir, "--dataset-config",
-                            args.dataset_config]))
+                           [*common, "--split", "validation", "--dataset-config", args.dataset_config]))
     else:
         info("\nNo evaluation: give --evaluate-on with the official files of queries the model never saw.")
 
@@ -382,7 +391,8 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    for flag, paths in (("--extra-text", args.extra_text), ("--label-queries", args.label_queries)):
+    for flag, paths in (("--extra-text", args.extra_text), ("--label-queries", args.label_queries),
+                        ("--teacher-queries", args.teacher_queries)):
         for path in paths:
             if not path.is_file():
                 raise PipelineError(f"{flag} file not found", path)
@@ -391,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_writable_dir(args.output_dir)
     ensure_writable_dir(args.data_dir, "data folder")
     workflow = Workflow(args, source)
+    workflow.teacher = pipeline_teacher.teacher_in_use(args)
     # every file of this run is named with its stamp: claimed for the run's life, so that a second job started
     # in the same second takes another stamp instead of writing (and replacing) this one's files
     claimed = timestamped_path(args.output_dir, "pipeline", "")

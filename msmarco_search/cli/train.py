@@ -14,6 +14,9 @@ While training, ..._training_state.pt holds a resumable state (every --checkpoin
 end, and on Ctrl-C/SIGTERM); run the same command with --resume that file to continue exactly where it
 stopped. Several processes: torchrun --nproc-per-node N training/train_two_tower_from_triplets.py ...
 (data parallel; --batch-size is per process).
+
+Triplets made with a teacher (the triplets command's --teacher) carry its vectors: the loss is then the in-batch
+softmax plus --distill-weight x the KL from the teacher's in-batch scores (0: as without a teacher).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 from msmarco_search.cli.arguments import (
     batch_rows,
-    cosine_margin,
     dimension,
     dimension_or_zero,
     epoch_count,
@@ -41,7 +43,6 @@ from msmarco_search.cli.arguments import (
     positive_int,
     processes,
     seed_int,
-    softmax_scale,
     thread_count,
 )
 from msmarco_search.cli.output import (
@@ -53,6 +54,7 @@ from msmarco_search.cli.output import (
     claim_model_path,
     companions,
 )
+from msmarco_search.cli.train_objective import Objective, add_objective_arguments, choose_objective
 from msmarco_search.core.commands import command, command_words, program
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
@@ -66,7 +68,6 @@ from msmarco_search.training.plots import plot_training_log
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from msmarco_search.data.tokens import TrainingData, TripletsFile
     from msmarco_search.data.triplets import Triplets
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
     from msmarco_search.training.state import TrainingInterrupted, TrainingLog, TrainSettings
 
 DEFAULT_OUTPUT_DIR = Path("checkpoints")
-LOSSES = ("softmax", "triplet")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,12 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--max-query-length", type=positive_int, default=32, help="tokens kept per query (32)")
     model.add_argument("--max-passage-length", type=positive_int, default=128,
                        help="tokens kept per passage (128)")
-    objective = parser.add_argument_group("objective")
-    objective.add_argument("--loss", choices=LOSSES, default="softmax",
-                           help="softmax: in-batch softmax with each triplet's negative (default); "
-                                "triplet: the classic margin loss")
-    objective.add_argument("--scale", type=softmax_scale, default=20.0, help="softmax inverse temperature (20)")
-    objective.add_argument("--margin", type=cosine_margin, default=0.2, help="triplet-loss margin (0.2)")
+    add_objective_arguments(parser)
     parser.add_argument("--log-every", type=positive_int, default=10, help="log the loss every N steps (10)")
     validation = parser.add_argument_group("validation")
     validation.add_argument("--validation-fraction", type=fraction_below_one, default=0.05,
@@ -208,12 +203,14 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
         if args.init_token_weights == "idf" and triplets_file.streamed:
             raise PipelineError("--init-token-weights idf needs a triplets .pkl (a triples TSV is not read whole)",
                                 args.triplets_file)
+        objective = choose_objective(args, triplets_file.triplets, resume)
         model, data = load_model_and_data(args, triplets_file, context, device, resume)
+        objective.prepare(data.tokens)
         validator = make_validator(args, data, model, context, resumed=resume is not None)
         try:
-            log = train_two_tower(model, data.tokens, make_loss(args), train_settings(args), device,
+            log = train_two_tower(model, data.tokens, objective.make_loss(), train_settings(args), device,
                                   state_path=outputs.state, resume=resume, context=context,
-                                  state_extra=state_extra(args, model, outputs),
+                                  state_extra=state_extra(args, model, outputs, objective),
                                   after_epoch=validator.after_epoch if validator else None,
                                   after_step=validator.after_step if validator and args.validate_every else None)
         except TrainingInterrupted as stop:
@@ -226,7 +223,7 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
              f"({log.examples_seen / max(log.training_seconds, 1e-9):,.0f} triplets/s)")
         if not context.is_main:
             return 0
-        save(args, outputs, model, training_record(args, model, data, log, validator), data, described)
+        save(args, outputs, model, training_record(args, model, data, log, validator, objective), data, described)
     finally:
         outputs.release()
     similarity_test(model, data.texts)
@@ -327,12 +324,6 @@ def make_validator(args: argparse.Namespace, data: TrainingData, model: TwoTower
     return Validator(data.validation, model, args.validate_every, keep_best=not args.keep_last)
 
 
-def make_loss(args: argparse.Namespace) -> nn.Module:
-    from msmarco_search.training.losses import InBatchSoftmaxLoss, TripletMarginLoss
-
-    return InBatchSoftmaxLoss(args.scale) if args.loss == "softmax" else TripletMarginLoss(args.margin)
-
-
 def train_settings(args: argparse.Namespace) -> TrainSettings:
     from msmarco_search.training.state import TrainSettings
 
@@ -346,16 +337,19 @@ def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def state_extra(args: argparse.Namespace, model: TwoTowerModel, outputs: Outputs) -> dict[str, Any]:
+def state_extra(args: argparse.Namespace, model: TwoTowerModel, outputs: Outputs,
+                objective: Objective) -> dict[str, Any]:
     """What each training state keeps beside the weights: a resumed run checks its settings against these."""
     return {"model_config": vars(model.config), "model_path": str(outputs.model) if outputs.model else None,
-            "arguments": recorded_arguments(args), "triplets_sample": content_sample(args.triplets_file)}
+            "arguments": recorded_arguments(args), "triplets_sample": content_sample(args.triplets_file),
+            "objective": objective.record()}
 
 
 def training_record(args: argparse.Namespace, model: TwoTowerModel, data: TrainingData, log: TrainingLog,
-                    validator: Validator | None) -> dict[str, Any]:
+                    validator: Validator | None, objective: Objective) -> dict[str, Any]:
     """The training log's content (the model file keeps it too, without the per-step entries)."""
     return {**log.as_dict(), "arguments": recorded_arguments(args), "model_config": vars(model.config),
+            "objective": objective.record(),
             "num_triplets": data.total, "num_training_triplets": len(data.tokens),
             "validation": validator.report() if validator else None,
             "finished": datetime.now().isoformat(timespec="seconds")}

@@ -17,6 +17,14 @@ train queries) over the passages of --dataset-path with a trained model (--label
 hybrid's first passage is the positive where the model and BM25 both rank it in their top
 --pseudo-agree-depth (other queries are dropped), a passage of hybrid ranks --pseudo-negative-ranks the
 negative (never a near-duplicate of the positive).
+
+--teacher MODEL (a sentence-transformers folder or hub name; the st extra): once the triplets are made, the
+teacher encodes every triplet's query and passages (a passage whole, also where an inverse-cloze positive is a
+cut of it) and the triplets file carries its vectors, which the training distils (--distill-weight). The vectors
+are cached under --data-dir, so a second run encodes only new texts. --teacher-queries adds unjudged real
+queries labelled by the teacher's ranking over the training pool (the --dataset-path passages; for judged
+queries, the triplets' own); it never labels an evaluation query, which this command knows through
+--exclude-queries.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from msmarco_search.cli.arguments import (
     source_from_args,
     split_given,
 )
+from msmarco_search.cli.triplets_teacher import add_teacher_arguments, check_teacher_arguments, open_teacher
 from msmarco_search.core.commands import program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
@@ -122,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar=("FIRST", "LAST"),
                         help="hybrid ranks the negative is drawn from (10 50); with --ict-mine-negatives, the "
                              "model's ranks")
-    labels.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    labels.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps (also "
+                                                         "the teacher's)")
+    add_teacher_arguments(parser)
     add_source_arguments(parser)
     args = parser.parse_args(argv)
     suffix = None if args.output is None else args.output.suffix.lower().lstrip(".")
@@ -139,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--pseudo-negative-ranks: need --pseudo-agree-depth < FIRST <= LAST")
     if not first <= last:
         parser.error("--pseudo-negative-ranks: need FIRST <= LAST")
+    check_teacher_arguments(parser, args)
     return args
 
 
@@ -158,6 +170,7 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
     """Make the triplets and save them to ``claimed`` (``--output``) or a new timestamped name."""
     included = [load_triplets(path) for path in args.include]
     held_out = [text for path in args.exclude_queries for text in read_queries(path).values()]
+    teacher = open_teacher(args, held_out)  # before the work: a refused model or cache costs seconds
     if args.mode == "ict":
         triplets, stats, description, identity, sample_size = inverse_cloze(args)
         prefix = triplets_prefix(sample_size).replace("msmarco_triplets_", "msmarco_triplets_ict_")
@@ -170,12 +183,17 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
     made = len(triplets)
     for extra in included:
         triplets.extend(extra)
+    pool = None
+    if teacher is not None:
+        pool = training_pool(args, triplets)
+        teacher.add_labelled_queries(triplets, pool)
     excluded = 0
     if args.exclude_queries:
         kept = triplets.without_queries(held_out)
         excluded, triplets = len(triplets) - len(kept), kept
         info(f"➖ {excluded:,} triplets dropped: their query is one of the {len(held_out):,} queries of "
              f"{', '.join(map(str, args.exclude_queries))}")
+    taught = teacher.label(triplets, dict(zip(pool.ids, pool.texts_, strict=True))) if teacher is not None else None
     path = claimed if claimed is not None else timestamped_path(args.output_dir or args.data_dir, prefix,
                                                                  f".{args.format}")
     try:
@@ -188,6 +206,7 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
             "triplets_made": made, "triplets_excluded": excluded,
             "excluded_queries": [str(p) for p in args.exclude_queries],
             "included": {str(p): len(t) for p, t in zip(args.include, included, strict=True)},
+            "teacher": taught,
             **vars(stats), "arguments": _plain(vars(args)),
             "created": datetime.now().isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3),
@@ -199,7 +218,7 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
         if claimed is None:
             release(path)
     if included:
-        info(f"➕ {len(triplets) - made:,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
+        info(f"➕ {sum(map(len, included)):,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
     info(f"💾 Saved triplets to {path}")
     info(f"💾 Saved metadata to {metadata_path(path)}")
     return 0
@@ -219,7 +238,8 @@ def negative_strategy(args: argparse.Namespace) -> str:
 
 def output_inputs(args: argparse.Namespace) -> list[Path]:
     """Every file this run reads: its output may be none of them (``--include X --output X`` would replace X)."""
-    return [*args.include, *args.exclude_queries, *args.queries, *map(Path, args.dataset_path or []),
+    return [*args.include, *args.exclude_queries, *args.queries, *args.teacher_queries,
+            *map(Path, args.dataset_path or []),
             *(path for path in (args.label_model, args.ict_mine_negatives) if path is not None)]
 
 
@@ -289,6 +309,16 @@ def passage_pool(passages: Iterator[tuple[str, str]]) -> Any:
         ids.append(pid)
         texts.append(text)
     return PassagePool(ids, texts)
+
+
+def training_pool(args: argparse.Namespace, triplets: Triplets) -> Any:
+    """The passages the training may see (a ``PassagePool``), which the teacher ranks for ``--teacher-queries`` and
+    encodes whole: the --dataset-path passages (--mode ict: the first --max-samples of each, those cut into
+    pseudo-queries), or, for judged queries, the triplets' own passages."""
+    if args.mode != "queries":
+        return passage_pool(all_passages(passage_sources(args), args.max_samples if args.mode == "ict" else None))
+    ids, texts = triplets.positive_ids + triplets.negative_ids, triplets.positives + triplets.negatives
+    return passage_pool(iter(dict(zip(ids, texts, strict=True)).items()))
 
 
 def pseudo_labels(args: argparse.Namespace, held_out: list[str],

@@ -33,6 +33,13 @@ class TeacherCache:
     def __init__(self, teacher: Teacher, data_dir: str | Path):
         self.teacher = teacher
         self.path = Path(data_dir) / f"teacher_vectors_{teacher.identity}.npz"
+        self.encoded = 0  # distinct texts this cache object had the teacher encode, over all calls
+        self.reused = 0  # distinct texts of a call found in the file, summed over calls
+
+    def check(self) -> None:
+        """Read the file's header and arrays now (a cache of another teacher, of another dimension or damaged is a
+        one-line error), before hours of other work."""
+        self._load()
 
     def _load(self) -> tuple[np.ndarray, np.ndarray]:
         empty = (np.zeros(0, dtype="V16"), np.zeros((0, self.teacher.dim), dtype=np.float16))
@@ -56,6 +63,8 @@ class TeacherCache:
         if keys.dtype != np.dtype("V16") or vectors.dtype != np.float16 or len(keys) != len(vectors):
             raise PipelineError("teacher cache is damaged (its keys and vectors do not match); delete it",
                                 self.path)
+        if not np.isfinite(vectors).all():
+            raise PipelineError("teacher cache is damaged (NaN or infinite values); delete it", self.path)
         return keys, vectors
 
     def vectors(self, texts: Sequence[str], desc: str = "Teacher encoding") -> np.ndarray:
@@ -64,6 +73,7 @@ class TeacherCache:
         row_of = {key.tobytes(): row for row, key in enumerate(keys)}
         wanted = [text_digest(text) for text in texts]
         missing = list({key: text for key, text in zip(wanted, texts, strict=True) if key not in row_of}.items())
+        self.reused += len(set(wanted)) - len(missing)
         if missing:
             info(f"The teacher encodes {len(missing):,} texts ({len(texts) - sum(k not in row_of for k in wanted):,} "
                  f"of {len(texts):,} from its cache {self.path.name})")
@@ -72,6 +82,7 @@ class TeacherCache:
             new_keys = np.frombuffer(b"".join(key for key, _ in missing), dtype="V16")
             keys, stored = np.concatenate([keys, new_keys]), np.concatenate([stored, fresh])
             self._save(keys, stored)
+            self.encoded += len(missing)
         return stored[[row_of[key] for key in wanted]].astype(np.float32)
 
     def _save(self, keys: np.ndarray, vectors: np.ndarray) -> None:
