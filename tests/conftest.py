@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -120,6 +121,65 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
         raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\n"
                              f"stderr:\n{result.stderr}")
     return result
+
+
+_SCRIPT_MODULES: dict[str, object] = {}
+
+
+def _script_module(path: str):
+    """The script as a module (scripts are files, not package modules), loaded once."""
+    if path not in _SCRIPT_MODULES:
+        spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as importing does: a script's dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _SCRIPT_MODULES[path] = module
+    return _SCRIPT_MODULES[path]
+
+
+def cli(capsys, script: str, *args) -> tuple[int, str, str]:
+    """Run ``script``'s main with ``args`` the way ``python script.py args`` does: (exit status, stdout, stderr)."""
+    from msmarco_search.cli import run
+    from msmarco_search.core.commands import SCRIPT
+
+    module = _script_module(script)
+    with pytest.raises(SystemExit) as stop:
+        run(module.main, [str(a) for a in args], form=SCRIPT)
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(result: tuple[int, str, str], *words: str) -> str:
+    """The project's answer to bad input: exit status 2 and one line, ``error: ...``, holding each of ``words``."""
+    status, _, err = result
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def assert_usage_error(result: tuple[int, str, str], *words: str) -> None:
+    """argparse's answer: the usage line, then ``prog: error: argument --flag: problem``, exit 2."""
+    status, _, err = result
+    assert status == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "error: argument" in last, err
+    for word in words:
+        assert word in last, (word, last)
+
+
+# the smallest CBOW run the commands accept: one epoch of 8-dimensional vectors on one reproducible thread
+CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """A fresh folder the test runs in, as a user's working folder, with progress bars off."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
+    return tmp_path
 
 
 @contextmanager

@@ -239,7 +239,7 @@ def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, tra
 def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_folder, corpus, capsys):
     """--ict-keywords SHARE: that share of pseudo-queries is 3-6 distinct words of the passage, drawn by IDF (so
     the passages' topic words, never the filler every passage shares), and the positive is the whole passage."""
-    from test_reliability import assert_usage_error, cli
+    from conftest import assert_usage_error, cli
 
     from msmarco_search.core.text import tokenize
 
@@ -498,8 +498,8 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
 def test_mean_over_seeds_compares_settings_on_their_seed_means_with_p_values(tmp_path, capsys):
     """--baseline: the difference of each setting to the baseline setting, query by query on the mean of its
     seeds, with scipy's paired t-test and Wilcoxon p-values."""
+    from conftest import cli
     from scipy.stats import ttest_rel, wilcoxon
-    from test_reliability import cli
 
     queries = [f"q{i}" for i in range(8)]
     a1, a2 = [0.1 * i for i in range(8)], [0.1 * i + 0.02 for i in range(8)]
@@ -555,7 +555,7 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
 
     # models of other settings are refused in one line, naming the file
     # (through the scripts' main in this process: a fresh interpreter costs seconds of imports)
-    from test_reliability import cli
+    from conftest import cli
 
     monkeypatch.chdir(work)  # where the scripts ran: its checkpoints/ and data/ are the defaults
     wide = tmp_path / "wide"  # a model whose weights do not matter, only its shape

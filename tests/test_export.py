@@ -343,8 +343,8 @@ def test_refuses_bad_output_folders(trained_pipeline, tmp_path):
 def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path, offline, capsys):
     from types import SimpleNamespace
 
+    from conftest import cli
     from sentence_transformers import SentenceTransformer
-    from test_reliability import cli
 
     def export(*args):  # the script's main in this process (the fixture exports through a fresh interpreter)
         status, out, err = cli(capsys, EXPORT_SCRIPT, *args)

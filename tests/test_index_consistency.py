@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, make_corpus
-from test_reliability import assert_one_line_error, cli
+from conftest import ROOT, SEARCH_SCRIPT, assert_one_line_error, cli, hits_by_system, make_corpus
 
 from msmarco_search.index import faiss as index_faiss
 from msmarco_search.index import load as index_load
@@ -37,13 +36,6 @@ from msmarco_search.search.options import SYSTEMS
 faiss = pytest.importorskip("faiss")
 
 SEARCH = SEARCH_SCRIPT
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 def _copy(search_setup, work: Path, name: str = "model_index") -> tuple[Path, Path]:

@@ -22,14 +22,16 @@ import pytest
 import torch
 from conftest import (
     CBOW_SCRIPT,
+    CBOW_TINY,
     ROOT,
     SEARCH_SCRIPT,
     TRAIN_SCRIPT,
     TRIPLETS_SCRIPT,
+    assert_one_line_error,
     claim_held_by_another_process,
+    cli,
     run_script,
 )
-from test_reliability import CBOW_TINY, assert_one_line_error, cli
 
 from msmarco_search.data.triplets import load_triplets, metadata_path
 from msmarco_search.io import outputs
@@ -39,13 +41,6 @@ from msmarco_search.training.model_file import load_model
 EVALUATE = "evaluation/evaluate.py"
 AVERAGE = "training/average_two_tower_models.py"
 EXPORT = "training/export_sentence_transformers.py"
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -54,7 +54,7 @@ def test_stemmed_vectors_give_a_model_that_stems_what_it_reads(tmp_path, capsys)
     """CBOW --stemmer english: the vectors are of stems, and the vocabulary (saved with them, then with the
     two-tower trained on them) stems every text it encodes, so "running" and "runs" are one word to the model.
     The export refuses such a model (a sentence-transformers tokenizer cannot stem)."""
-    from test_reliability import assert_one_line_error, cli
+    from conftest import assert_one_line_error, cli
 
     rng = random.Random(0)
     forms = ["running", "runs", "runner", "cats", "cat", "connected", "connection", "connects", "jumping", "jumped"]
@@ -223,7 +223,7 @@ def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
 def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_path, capsys, monkeypatch):
     # the first run goes through the command line; the others run the same script's main in this process
     # (the refusals come before any work, and each fresh interpreter costs seconds of start-up)
-    from test_reliability import cli
+    from conftest import cli
 
     monkeypatch.chdir(tmp_path)
     quick = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "2",
@@ -274,7 +274,7 @@ def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path):
 
 
 def test_scripts_have_help(tmp_path, capsys):
-    from test_reliability import cli
+    from conftest import cli
 
     # one script through a fresh interpreter, the others through their main in this process (the same file
     # and argv; each interpreter costs seconds of imports)
@@ -352,7 +352,7 @@ def test_the_python_api_gives_normalised_float32_arrays_that_rank_like_the_model
 
 
 def test_the_levers_benchmark_lists_its_levers_and_refuses_a_work_folder_without_the_levers_step(tmp_path, capsys):
-    from test_reliability import cli
+    from conftest import cli
 
     status, out, _ = cli(capsys, "benchmarks/levers_dl21.py", "--list")
     names = [line.split()[0] for line in out.splitlines()]

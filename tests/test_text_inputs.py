@@ -25,8 +25,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
-from test_reliability import assert_one_line_error, cli
+from conftest import (
+    CBOW_SCRIPT,
+    ROOT,
+    SEARCH_SCRIPT,
+    TRIPLETS_SCRIPT,
+    assert_one_line_error,
+    cli,
+    make_corpus,
+    write_tsv_folder,
+)
 
 from msmarco_search.cli import run
 from msmarco_search.data.triplets import load_triplets
@@ -35,13 +43,6 @@ EVALUATE = "evaluation/evaluate.py"
 EXPORT = "training/export_sentence_transformers.py"
 AVERAGE = "training/average_two_tower_models.py"
 CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1", "--no-word-benchmarks")
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 def _row(query: str, query_id, texts: list[str], ids: list[str] | None = None,
