@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -10,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,27 @@ def write_tsv_folder(corpus: Corpus, folder: Path, split: str = "train", candida
     (folder / f"qrels.{split}.tsv").write_text("".join(qrels))
     if candidates:
         (folder / f"top1000.{split}.tsv").write_text("".join(top))
+    return folder
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills once per test run, in whichever pytest-xdist worker asks first.
+
+    Session fixtures are per worker; this one is shared by all of them (the workers' temporary folders have one
+    parent), so a minutes-long fixture is built once and the tests that read it may run anywhere. A worker that
+    asks while another builds it waits for the lock. Tests only read it; one that writes copies it first.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / f"built-once-{name}"
+    with open(root / f"built-once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when build fails
+        if not (folder / ".complete").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".complete").touch()
     return folder
 
 
