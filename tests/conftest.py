@@ -171,6 +171,22 @@ def cli(capsys, script: str, *args) -> tuple[int, str, str]:
     return stop.value.code, captured.out, captured.err
 
 
+def run_main(capsys, script: str, *args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``run_script`` in this process: ``cli`` in the folder ``cwd`` with progress bars off, as a CompletedProcess.
+
+    For runs whose output is the point, not the process: a fresh interpreter costs seconds of imports (torch,
+    sentence-transformers) that this process has already paid. Each command still runs as a real process in
+    the tests where its exit status or the absence of a traceback is the point.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
+        status, out, err = cli(capsys, script, *args)
+    if check and status != 0:
+        raise AssertionError(f"{script} exited {status}\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess([script, *map(str, args)], status, out, err)
+
+
 def assert_one_line_error(result: tuple[int, str, str], *words: str) -> str:
     """The project's answer to bad input: exit status 2 and one line, ``error: ...``, holding each of ``words``."""
     status, _, err = result
