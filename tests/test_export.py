@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_main, run_script
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -299,34 +299,34 @@ def _no_temp_left(parent, name: str) -> None:
     assert not [path for path in parent.iterdir() if path.name.startswith(f".{name}.")]
 
 
-def test_refuses_files_that_are_not_models(tmp_path):
+def test_refuses_files_that_are_not_models(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a model\n")
-    line = _error(run_script(EXPORT_SCRIPT, text, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, text, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
     assert line.startswith(f"error: {text}: ")
-    line = _error(run_script(EXPORT_SCRIPT, tmp_path / "missing.pt", "--output-dir", tmp_path / "out", cwd=tmp_path,
-                             check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, tmp_path / "missing.pt", "--output-dir", tmp_path / "out",
+                           cwd=tmp_path, check=False))
     assert "file not found" in line
     assert not (tmp_path / "out").exists()
     _no_temp_left(tmp_path, "out")
 
 
-def test_refuses_a_gru_model(tmp_path):
+def test_refuses_a_gru_model(tmp_path, capsys):
     vocab = Vocabulary.from_words(["hello", "world"])
     model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=8, tower="gru", gru_hidden_dim=4), vocab)
     path = save_two_tower(tmp_path / "gru.pt", model, {})
-    line = _error(run_script(EXPORT_SCRIPT, path, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, path, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
     assert line.startswith(f"error: {path}: ") and "'gru'" in line and "mean" in line
     assert not (tmp_path / "out").exists()
 
 
-def test_refuses_bad_output_folders(trained_pipeline, tmp_path):
+def test_refuses_bad_output_folders(trained_pipeline, tmp_path, capsys):
     model = trained_pipeline["model"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", a_file, cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, model, "--output-dir", a_file, cwd=tmp_path, check=False))
     assert line.startswith(f"error: {a_file}: ") and "not a folder" in line
-    line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", a_file / "sub", cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, model, "--output-dir", a_file / "sub", cwd=tmp_path, check=False))
     assert line.startswith(f"error: {a_file / 'sub'}: ") and "cannot write" in line
     assert a_file.read_text() == "x"
     if os.geteuid() != 0:  # root writes anywhere
@@ -334,7 +334,8 @@ def test_refuses_bad_output_folders(trained_pipeline, tmp_path):
         locked.mkdir()
         locked.chmod(0o555)
         try:
-            line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", locked / "out", cwd=tmp_path, check=False))
+            line = _error(run_main(capsys, EXPORT_SCRIPT, model, "--output-dir", locked / "out", cwd=tmp_path,
+                                   check=False))
             assert "cannot write" in line
         finally:
             locked.chmod(0o755)
