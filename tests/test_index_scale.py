@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FILLER, ROOT, run_script
+from conftest import FILLER, ROOT, run_main
 
 from msmarco_search.cli.search import main as search_command
 from msmarco_search.core.errors import PipelineError
@@ -139,7 +139,9 @@ def sharded(tmp_path_factory, trained_pipeline) -> dict:
     model = work / "model.pt"
     shutil.copy(trained_pipeline["model"], model)
     collection = _collection(work / "collection.tsv", 81)
-    run_script(SEARCH_SCRIPT, "index", model, "--dataset-path", collection, "--index-dir", work / "one", cwd=work)
+    # the one-process build runs in this process; the sharded builds need torchrun's processes
+    assert search_command(["index", str(model), "--dataset-path", str(collection), "--index-dir",
+                           str(work / "one")]) == 0
     first = _torchrun_index(model, collection, work / "two", work)
     assert first.returncode == 0, first.stdout + first.stderr
     # an interrupted sharded build: shard 0 finished, shard 1 half-written (no record)
@@ -210,12 +212,12 @@ def test_bad_shards_are_refused_in_one_line(sharded, tmp_path, damage, message):
         _read(index, sharded["model"])
 
 
-def test_a_bad_shard_ends_search_with_one_line_and_exit_2(sharded, tmp_path):
+def test_a_bad_shard_ends_search_with_one_line_and_exit_2(sharded, tmp_path, capsys):
     index = tmp_path / "index"
     shutil.copytree(sharded["work"] / "two", index)
     shutil.rmtree(index / "shards" / "0-of-2")
-    result = run_script(SEARCH_SCRIPT, "query", sharded["model"], "--index-dir", index, "w1", cwd=tmp_path,
-                        check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "query", sharded["model"], "--index-dir", index, "w1", cwd=tmp_path,
+                      check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ") and "0-of-2: shard missing" in result.stderr
 
@@ -278,8 +280,8 @@ def test_faiss_is_added_to_a_built_index_without_encoding_again(tmp_path, traine
     with pytest.raises(PipelineError, match="another build is writing this folder now"):
         search_command(["faiss", str(model), "--faiss", "hnsw"])
     running.release()
-    result = run_script(SEARCH_SCRIPT, "faiss", model, "--index-dir", tmp_path / "nowhere", "--faiss", "flat",
-                        cwd=tmp_path, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "faiss", model, "--index-dir", tmp_path / "nowhere", "--faiss", "flat",
+                      cwd=tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
