@@ -30,7 +30,7 @@ from conftest import (
     assert_one_line_error,
     claim_held_by_another_process,
     cli,
-    run_script,
+    run_main,
 )
 
 from msmarco_search.data.triplets import load_triplets, metadata_path
@@ -64,8 +64,8 @@ def test_an_index_replaces_only_an_earlier_index(work, capsys, trained_pipeline,
     collection = tsv_folder / "collection.tsv"
     before = snapshot(model_dir)
     # the model's own folder as --index-dir
-    result = run_script(SEARCH_SCRIPT, "index", model, "--index-dir", model_dir, "--dataset-path", collection,
-                        "--no-bm25", cwd=work, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", model, "--index-dir", model_dir, "--dataset-path", collection,
+                      "--no-bm25", cwd=work, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == (f"error: {model_dir}: holds an input of this run ({model}); write the search "
                                      "index elsewhere")
@@ -262,8 +262,8 @@ def test_odd_output_paths_are_one_line(work, capsys, trained_pipeline, rows_file
     long = "x" * 300  # longer than a file name may be
     os.mkfifo(work / "fifo")
     # "." and "/" as --index-dir, a name too long for the file system, a FIFO, a folder where a file goes
-    result = run_script(SEARCH_SCRIPT, "index", model, "--index-dir", ".", "--dataset-path",
-                        tsv_folder / "collection.tsv", cwd=work, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", model, "--index-dir", ".", "--dataset-path",
+                      tsv_folder / "collection.tsv", cwd=work, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == (f"error: {work}: holds an input of this run ({model}); write the search index "
                                      "elsewhere")
