@@ -31,6 +31,7 @@ from conftest import (
     assert_one_line_error,
     assert_usage_error,
     cli,
+    run_main,
     run_script,
     write_tsv_folder,
 )
@@ -1069,15 +1070,16 @@ def _tiny_tsv_files(folder: Path, qrels: str) -> list[str]:
             str(folder / "queries.tsv"), "--qrels", str(folder / "qrels.txt"), "--output-dir", str(folder / "out")]
 
 
-def test_negative_and_huge_qrels_grades_through_the_evaluation_script(tmp_path):
-    # query 2 is judged only -2 (spam, as in the TREC Web tracks): pytrec_eval segfaulted (exit 139) on it
+def test_negative_and_huge_qrels_grades_through_the_evaluation_script(tmp_path, capsys):
+    # query 2 is judged only -2 (spam, as in the TREC Web tracks), which crashes pytrec_eval (exit 139): a real
+    # process, so that a crash fails this test, not its pytest worker
     spam = run_script(EVALUATE_SCRIPT, *_tiny_tsv_files(tmp_path / "spam", "1 0 10 1\n2 0 11 -2\n2 0 12 -99\n"),
                       cwd=tmp_path, check=False)
     assert spam.returncode == 0, spam.stderr
     report = json.loads((tmp_path / "spam" / "out" / "evaluation.json").read_text())
     assert report["tasks"]["full"]["metrics"]["bm25"]["nDCG@10"] >= 0
-    huge = run_script(EVALUATE_SCRIPT, *_tiny_tsv_files(tmp_path / "huge", "1 0 10 99999999999999999999\n"),
-                      cwd=tmp_path, check=False)
+    huge = run_main(capsys, EVALUATE_SCRIPT, *_tiny_tsv_files(tmp_path / "huge", "1 0 10 99999999999999999999\n"),
+                    cwd=tmp_path, check=False)
     assert huge.returncode == 2 and "Traceback" not in huge.stderr, huge.stderr
     assert huge.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'huge' / 'qrels.txt'}: line 1: relevance 99999999999999999999 is too large "
