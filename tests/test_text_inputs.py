@@ -33,6 +33,7 @@ from conftest import (
     assert_one_line_error,
     cli,
     make_corpus,
+    run_main,
     write_tsv_folder,
 )
 
@@ -245,8 +246,8 @@ def test_passage_ids_are_indexed_as_written_and_never_joined_into_one(work, caps
     assert sorted(index.pid(i) for i in range(len(index))) == ["p  1", "p 1"]  # two ids, not "p 1" twice
     index.close()
     rows.write_text(_row("what is a", 1, ["first", "second"], ["a\tb", "a b"]))  # joined words: "a b" twice
-    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows, "--index-dir",
-                  work / "index2", cwd=work)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows,
+                      "--index-dir", work / "index2", cwd=work, check=False)
     _one_line(result, "rows.jsonl (line 1): passage 1: the passage id 'a\\tb' holds a tab")
     assert not (work / "index2").exists()
 
@@ -258,8 +259,8 @@ def test_a_collection_without_a_word_is_refused_before_any_work(work, capsys, tr
     folder = work / "punct"
     folder.mkdir()
     (folder / "collection.tsv").write_text("1\t...\n2\t!!! ???\n3\t\n4\t— · ★ 🙂\n")
-    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", folder / "collection.tsv",
-                  "--index-dir", work / "index", cwd=work)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path",
+                      folder / "collection.tsv", "--index-dir", work / "index", cwd=work, check=False)
     _one_line(result, "collection.tsv: holds no word: none of its 4 passage(s) has a letter or digit")
     assert "Indexing passages" not in result.stdout and not (work / "index").exists()
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", folder, *CBOW_TINY),
