@@ -3,6 +3,7 @@ offline with ``SentenceTransformer(DIR)``, give the project's own query and pass
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -24,7 +25,10 @@ from msmarco_search.training.export import build_tokenizer
 from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model, save_two_tower
 
-sentence_transformers = pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
+# the `st` extra (in the dev group too), looked up without importing it: the import takes seconds, which only the
+# tests that load an export pay
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None,
+                                reason="sentence-transformers (the `st` extra) is not installed")
 
 EXPORT_SCRIPT = "training/export_sentence_transformers.py"
 MIN_COSINE = 0.9999
@@ -123,6 +127,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(norms, 1e-12))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["separate", "shared_one_stack", "shared_plain"])
 def test_exported_model_gives_the_projects_vectors(name, models, exported, corpus, offline):
     from sentence_transformers import SentenceTransformer
@@ -146,6 +151,7 @@ def test_exported_model_gives_the_projects_vectors(name, models, exported, corpu
     assert _cosines(st_model.encode(texts[:50]), expected_passages[:50]).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_the_router_picks_the_right_tower(models, exported, corpus, offline):
     """Separate towers give different vectors for one text; encode_query must be the query tower's, not the other."""
     from sentence_transformers import SentenceTransformer
@@ -158,6 +164,7 @@ def test_the_router_picks_the_right_tower(models, exported, corpus, offline):
     assert _cosines(st_model.encode_query(texts), model.encode_queries(texts)).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_texts_without_tokens_get_the_heads_bias_direction(models, exported, offline):
     """Empty and non-Latin texts have no token: the project's vector is normalize(bias), not zero."""
     from sentence_transformers import SentenceTransformer
@@ -172,6 +179,7 @@ def test_texts_without_tokens_get_the_heads_bias_direction(models, exported, off
     assert _cosines(st_model.encode_query([""] * 3), model.encode_queries([""] * 3)).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_folder_layout_safetensors_and_model_card(models, exported):
     for name, folder in exported.items():
         files = [path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()]
@@ -273,6 +281,7 @@ def test_tokenizer_matches_the_project_on_any_text(text):
     assert _CUT_TOKENIZER.encode(text, add_special_tokens=False).ids == _VOCAB.encode(text, 3)
 
 
+@pytest.mark.slow
 def test_tokenizer_matches_the_project_on_every_character():
     """Every character Unicode 3.2 assigned, inside a word and alone: the two libraries' Unicode tables agree on all
     of them. (Newer characters can differ: tokenizers' accent and letter tables are older than Python's.)"""
@@ -341,6 +350,7 @@ def test_refuses_bad_output_folders(trained_pipeline, tmp_path, capsys):
             locked.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path, offline, capsys):
     from types import SimpleNamespace
 
@@ -380,6 +390,7 @@ def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path,
     assert _cosines(vectors, load_model(model).encode_queries(texts)).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_says_how_to_install_sentence_transformers_when_it_is_missing(trained_pipeline, tmp_path, monkeypatch):
     hidden = tmp_path / "hide"
     (hidden / "sentence_transformers").mkdir(parents=True)

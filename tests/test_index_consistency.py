@@ -132,6 +132,7 @@ def _get(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_a_running_server_answers_from_the_index_it_opened_after_a_rebuild(search_setup, work, capsys):
     """The server opened the index of the fixture's 52 passages; the folder is then rebuilt over 24 others (the
     old folder is removed). The server answers every system's queries as before, ids and texts of the index it
@@ -559,6 +560,7 @@ def _limit_files_to(size: int):
     return limit
 
 
+@pytest.mark.slow
 def test_a_faiss_index_that_cannot_be_written_is_one_line_and_the_index_is_left_whole(search_setup, work):
     """``search.py faiss`` whose write fails (a file-size limit: the same failed write as a full disk's) ends with
     one line and status 2; the index keeps its manifest and faiss index, and no temporary file is left."""

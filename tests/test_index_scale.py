@@ -67,6 +67,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}"))
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_the_old_index_answering_and_the_next_build_cleans_up(tmp_path, trained_pipeline,
                                                                                    capsys):
     model = tmp_path / "model.pt"
@@ -159,6 +160,7 @@ def _read(index_dir: Path, model_path: Path):
     return load_index(index_dir, load_model(model_path), model_path)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_index_like_one(sharded):
     work, model = sharded["work"], sharded["model"]
     assert "2 shards" in sharded["first"].stdout and sharded["first"].stdout.count("Saved index of 81") == 1
@@ -181,6 +183,7 @@ def test_two_gloo_processes_index_like_one(sharded):
         assert (work / f"one.{system}.trec").read_text() == (work / f"two.{system}.trec").read_text()
 
 
+@pytest.mark.slow
 def test_an_interrupted_sharded_build_resumes_with_the_shards_done(sharded):
     out = sharded["again"].stdout
     assert "Reusing 0-of-2 (passages 0-40)" in out and "Indexing passages 40-81" in out
@@ -204,6 +207,7 @@ def _edit_json(path: Path, **changes) -> None:
     (lambda d: _edit_json(d / "shards" / "0-of-2" / "shard.json", collection_size=5),
      "shard built by another collection"),
 ])
+@pytest.mark.slow
 def test_bad_shards_are_refused_in_one_line(sharded, tmp_path, damage, message):
     index = tmp_path / "index"
     shutil.copytree(sharded["work"] / "two", index)
@@ -212,6 +216,7 @@ def test_bad_shards_are_refused_in_one_line(sharded, tmp_path, damage, message):
         _read(index, sharded["model"])
 
 
+@pytest.mark.slow
 def test_a_bad_shard_ends_search_with_one_line_and_exit_2(sharded, tmp_path, capsys):
     index = tmp_path / "index"
     shutil.copytree(sharded["work"] / "two", index)

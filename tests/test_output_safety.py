@@ -318,6 +318,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> No
     assert path.exists(), f"{path} never appeared (the process exited {process.poll()})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("named", [True, False], ids=["output", "timestamped"])
 def test_a_killed_training_leaves_a_claim_that_the_rerun_and_resume_take_over(work, capsys, trained_pipeline,
                                                                               named):

@@ -30,6 +30,7 @@ from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model
 
 
+@pytest.mark.slow
 def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_file, capsys):
     first = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "16",
                        "--epochs", "2", "-c", tmp_path / "ckpt", cwd=tmp_path)
@@ -264,6 +265,7 @@ def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_pa
     assert [p.name for p in target.parent.glob(".*")] == []  # no claim markers or temporary files left
 
 
+@pytest.mark.slow
 def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path, capsys):
     model = trained_pipeline["model"]
     soup = tmp_path / "soup.pt"
@@ -308,6 +310,7 @@ def test_pipeline_runs_on_real_rows_and_tsvs(tmp_path):
     assert np.isfinite(json.loads(metadata_path(triplets[1]).read_text())["num_triplets"])
 
 
+@pytest.mark.slow
 def test_console_commands_are_installed_and_end_bad_input_with_one_line(tmp_path):
     commands = ["cbow", "triplets", "train", "average", "export", "search", "evaluate", "pipeline"]
     executables = [Path(sys.executable).parent / f"msmarco-{command}" for command in commands]

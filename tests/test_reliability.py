@@ -1077,6 +1077,7 @@ def _tiny_tsv_files(folder: Path, qrels: str) -> list[str]:
             str(folder / "queries.tsv"), "--qrels", str(folder / "qrels.txt"), "--output-dir", str(folder / "out")]
 
 
+@pytest.mark.slow
 def test_negative_and_huge_qrels_grades_through_the_evaluation_script(tmp_path, capsys):
     # query 2 is judged only -2 (spam, as in the TREC Web tracks), which crashes pytrec_eval (exit 139): a real
     # process, so that a crash fails this test, not its pytest worker

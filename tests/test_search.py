@@ -70,6 +70,7 @@ def test_query_on_the_command_line_prints_each_systems_hits(search_setup):
     assert float(score) > 0 and search_setup["passages"][3].startswith(" ".join(words).rstrip("…"))
 
 
+@pytest.mark.slow
 def test_queries_read_from_stdin_until_end_of_input(search_setup):
     # (not topic 5: the toy model ranks p5 sixth for m5, and equal-weight RRF over the full lists then puts a
     # filler passage ranked 4th and 2nd above it)

@@ -310,6 +310,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, small_setup):
     assert load_training_state(tmp_path / "state.pt")["step"] == 5
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(work, corpus, trained_pipeline, capsys):
     tsv = _write_triples_tsv(corpus, work / "triples.train.tsv", repeat=1)
     args = [str(ROOT / TRAIN_SCRIPT), tsv, "--embeddings", trained_pipeline["embeddings"], "--batch-size", "4",
@@ -361,6 +362,7 @@ def test_cbow_continues_from_a_saved_gensim_model(work, rows_file, capsys):
 # ---------------------------------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one_with_the_doubled_batch(tmp_path, trained_pipeline):
     common = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "3",
               "--log-every", "1", "--learning-rate", "3e-3", "--data-dir", tmp_path / "data",

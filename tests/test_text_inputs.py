@@ -146,6 +146,7 @@ def test_a_nul_byte_past_the_first_mebibyte_is_refused_too(work, capsys):
     assert not (work / "checkpoints" / "msmarco_word2vec.pt").exists()
 
 
+@pytest.mark.slow
 def test_not_text_given_to_search_and_evaluation_is_one_line_with_exit_2(work, trained_pipeline, tsv_folder):
     folder = work / "c"
     folder.mkdir()
@@ -423,6 +424,7 @@ def test_evaluation_lists_that_name_nothing_and_a_baseline_of_no_task_are_refuse
 # ------------------------------------------------------------------------------------ a full disk
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, capsys):
     pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
     from msmarco_search.data.vocab import Vocabulary
@@ -448,6 +450,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, capsys):
         assert sorted(p.name for p in work.iterdir()) == ["model.pt", "ok"]  # no export, no temporary folder
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_torch_ends_its_file_is_one_line(work, trained_pipeline, capsys):
     model = trained_pipeline["model"]
     status, _, err = cli(capsys, AVERAGE, model, model, "--output", work / "ok.pt")  # the size of the file
@@ -460,6 +463,7 @@ def test_a_full_disk_while_torch_ends_its_file_is_one_line(work, trained_pipelin
     assert sorted(p.name for p in work.iterdir()) == ["ok.pt"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_bm25_is_written_is_one_line(work, trained_pipeline):
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]

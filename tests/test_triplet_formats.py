@@ -54,6 +54,7 @@ def test_datasets_reads_the_parquet_as_it_is(parquet_triplets, trained_pipeline,
     assert dataset[0]["positive_id"] == expected.positive_ids[0]
 
 
+@pytest.mark.slow
 def test_sentence_transformers_trains_on_it(parquet_triplets, tmp_path):
     st = pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
     import datasets

@@ -53,6 +53,7 @@ def main_job(tmp_path_factory) -> dict[int, Path]:
     return {jobs: folder / f"jobs{jobs}" for jobs in (2, 1)}
 
 
+@pytest.mark.slow
 def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_index(tmp_path, corpus, main_job):
     run = main_job[2]  # side by side, as on a machine of two cores or more
     held_out = Corpus(corpus.queries[1::2], corpus.passages)
@@ -106,6 +107,7 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     assert torch.load(final[0], weights_only=True)["kind"] == "two-tower-model"
 
 
+@pytest.mark.slow
 def test_the_main_job_gives_the_same_model_and_scores_side_by_side_and_one_stage_at_a_time(main_job):
     """CBOW on one thread and each seed on one thread: run twice, side by side (CBOW beside the triplets, the
     seeds beside each other) and one stage at a time, the job writes the same vectors, weights and scores."""
@@ -183,6 +185,7 @@ def test_a_damaged_cached_cbow_corpus_is_rebuilt_not_reused(tmp_path, capsys):
     assert path.read_text() == "t0\tfirst text\nt1\tsecond text\n"
 
 
+@pytest.mark.slow
 def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_path, capsys):
     """The first stage to fail stops the other lane's (a CBOW of minutes here) and the error names it; its own
     message is above, after its lane's number."""
