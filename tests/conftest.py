@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -145,10 +146,10 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
     return result
 
 
-_SCRIPT_MODULES: dict[str, object] = {}
+_SCRIPT_MODULES: dict[str, ModuleType] = {}
 
 
-def _script_module(path: str):
+def _script_module(path: str) -> ModuleType:
     """The script as a module (scripts are files, not package modules), loaded once."""
     if path not in _SCRIPT_MODULES:
         spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
@@ -159,7 +160,7 @@ def _script_module(path: str):
     return _SCRIPT_MODULES[path]
 
 
-def cli(capsys, script: str, *args) -> tuple[int, str, str]:
+def cli(capsys: pytest.CaptureFixture[str], script: str, *args: object) -> tuple[int, str, str]:
     """Run ``script``'s main with ``args`` the way ``python script.py args`` does: (exit status, stdout, stderr)."""
     from msmarco_search.cli import run
     from msmarco_search.core.commands import SCRIPT
@@ -171,7 +172,8 @@ def cli(capsys, script: str, *args) -> tuple[int, str, str]:
     return stop.value.code, captured.out, captured.err
 
 
-def run_main(capsys, script: str, *args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_main(capsys: pytest.CaptureFixture[str], script: str, *args: object, cwd: Path,
+             check: bool = True) -> subprocess.CompletedProcess:
     """``run_script`` in this process: ``cli`` in the folder ``cwd`` with progress bars off, as a CompletedProcess.
 
     For runs whose output is the point, not the process: a fresh interpreter costs seconds of imports (torch,
