@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import json
 import os
 import random
@@ -9,10 +11,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -100,6 +103,27 @@ def write_tsv_folder(corpus: Corpus, folder: Path, split: str = "train", candida
     return folder
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that ``build`` fills once per test run, in whichever pytest-xdist worker asks first.
+
+    Session fixtures are per worker; this one is shared by all of them (the workers' temporary folders have one
+    parent), so a minutes-long fixture is built once and the tests that read it may run anywhere. A worker that
+    asks while another builds it waits for the lock. Tests only read it; one that writes copies it first.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / f"built-once-{name}"
+    with open(root / f"built-once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when build fails
+        if not (folder / ".complete").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".complete").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Corpus:
     return make_corpus()
@@ -154,6 +178,82 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
         raise AssertionError(f"{script} exited {result.returncode}\nstdout:\n{result.stdout}\n"
                              f"stderr:\n{result.stderr}")
     return result
+
+
+_SCRIPT_MODULES: dict[str, ModuleType] = {}
+
+
+def _script_module(path: str) -> ModuleType:
+    """The script as a module (scripts are files, not package modules), loaded once."""
+    if path not in _SCRIPT_MODULES:
+        spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as importing does: a script's dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _SCRIPT_MODULES[path] = module
+    return _SCRIPT_MODULES[path]
+
+
+def cli(capsys: pytest.CaptureFixture[str], script: str, *args: object) -> tuple[int, str, str]:
+    """Run ``script``'s main with ``args`` the way ``python script.py args`` does: (exit status, stdout, stderr)."""
+    from msmarco_search.cli import run
+    from msmarco_search.core.commands import SCRIPT
+
+    module = _script_module(script)
+    with pytest.raises(SystemExit) as stop:
+        run(module.main, [str(a) for a in args], form=SCRIPT)
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out, captured.err
+
+
+def run_main(capsys: pytest.CaptureFixture[str], script: str, *args: object, cwd: Path,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """``run_script`` in this process: ``cli`` in the folder ``cwd`` with progress bars off, as a CompletedProcess.
+
+    For runs whose output is the point, not the process: a fresh interpreter costs seconds of imports (torch,
+    sentence-transformers) that this process has already paid. Each command still runs as a real process in
+    the tests where its exit status or the absence of a traceback is the point.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
+        status, out, err = cli(capsys, script, *args)
+    if check and status != 0:
+        raise AssertionError(f"{script} exited {status}\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess([script, *map(str, args)], status, out, err)
+
+
+def assert_one_line_error(result: tuple[int, str, str], *words: str) -> str:
+    """The project's answer to bad input: exit status 2 and one line, ``error: ...``, holding each of ``words``."""
+    status, _, err = result
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def assert_usage_error(result: tuple[int, str, str], *words: str) -> None:
+    """argparse's answer: the usage line, then ``prog: error: argument --flag: problem``, exit 2."""
+    status, _, err = result
+    assert status == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert "error: argument" in last, err
+    for word in words:
+        assert word in last, (word, last)
+
+
+# the smallest CBOW run the commands accept: one epoch of 8-dimensional vectors on one reproducible thread
+CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """A fresh folder the test runs in, as a user's working folder, with progress bars off."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
+    return tmp_path
 
 
 @contextmanager
@@ -248,7 +348,14 @@ def hits_by_system(stdout: str) -> dict[str, list[list[str]]]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests on ../shared/data are opt-in: set MSMARCO_REAL_DATA=1 to run them."""
+    """The slow tests first, and those on ../shared/data opt-in (set MSMARCO_REAL_DATA=1 to run them).
+
+    Slow first, the main job's two runs (minutes) first of all: pytest-xdist's workers start on the longest tests
+    and end together on short ones, instead of one worker starting the main job when the other has nothing left
+    to do. The sort is stable: each file's order is kept otherwise.
+    """
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 "main_job" not in getattr(item, "fixturenames", ())))
     if os.environ.get("MSMARCO_REAL_DATA") == "1":
         return
     skip = pytest.mark.skip(reason="real-data test; set MSMARCO_REAL_DATA=1 to run it")

@@ -10,7 +10,7 @@ import ir_measures
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script, write_tsv_folder
+from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_main, run_script, write_tsv_folder
 
 from msmarco_search.data.records import text_id
 from msmarco_search.data.triplets import load_triplets, metadata_path
@@ -103,11 +103,11 @@ def _check_run_files(report, task, qrels_fn):
             pytest.approx(metrics), name
 
 
-def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
+def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus, capsys):
     out = tmp_path / "eval"
-    result = run_script(EVALUATE_SCRIPT, "--model", trained_pipeline["model"], "--embeddings",
-                        trained_pipeline["embeddings"], "--dataset-path", trained_pipeline["rows"],
-                        "--output-dir", out, "--max-queries", "120", cwd=tmp_path)
+    result = run_main(capsys, EVALUATE_SCRIPT, "--model", trained_pipeline["model"], "--embeddings",
+                      trained_pipeline["embeddings"], "--dataset-path", trained_pipeline["rows"], "--output-dir", out,
+                      "--max-queries", "120", cwd=tmp_path)
     assert "=== rerank:" in result.stdout and "=== full:" in result.stdout and "random" in result.stdout
     report = _report(out)
     rerank, full = report["tasks"]["rerank"], report["tasks"]["full"]
@@ -145,7 +145,7 @@ def test_evaluation_script_on_rows(trained_pipeline, tmp_path, corpus):
     assert lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1" and lines[0].endswith(" two-tower")
 
 
-def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus):
+def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus, capsys):
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
     # graded judgments: grade 1 on the first relevant passage of each query, which threshold 2 ignores
     graded = []
@@ -157,7 +157,7 @@ def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus)
             trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
             folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems", "hybrid,cbow",
             "--fusion", "linear", "--fusion-weight", "0.7"]
-    run_script(EVALUATE_SCRIPT, *args, "--output-dir", tmp_path / "full", cwd=tmp_path)
+    run_main(capsys, EVALUATE_SCRIPT, *args, "--output-dir", tmp_path / "full", cwd=tmp_path)
     report = _report(tmp_path / "full")
     metrics = report["tasks"]["full"]["metrics"]
     model_stem = trained_pipeline["model"].stem.removeprefix("two_tower_model_")
@@ -176,8 +176,8 @@ def test_evaluation_script_on_official_files(trained_pipeline, tmp_path, corpus)
         qrels.setdefault(qid, {})[pid] = int(grade)
     _check_run_files(report, "full", lambda: qrels)
 
-    run_script(EVALUATE_SCRIPT, *args, "--candidates", folder / "top1000.dev.tsv", "--relevance-threshold", "1",
-               "--output-dir", tmp_path / "rerank", cwd=tmp_path)
+    run_main(capsys, EVALUATE_SCRIPT, *args, "--candidates", folder / "top1000.dev.tsv", "--relevance-threshold", "1",
+             "--output-dir", tmp_path / "rerank", cwd=tmp_path)
     report = _report(tmp_path / "rerank")
     rerank = report["tasks"]["rerank"]
     assert rerank["relevance_threshold"] == 1 and "random" in rerank["metrics"]
@@ -210,10 +210,10 @@ def test_evaluation_script_errors_are_one_line(tmp_path, trained_pipeline):
     assert "usage:" in run_script(EVALUATE_SCRIPT, "--help", cwd=tmp_path).stdout
 
 
-def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, trained_pipeline, corpus):
+def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, trained_pipeline, corpus, capsys):
     out = tmp_path / "ict"
-    run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder / "collection.tsv", "--seed", "5",
-               "--include", trained_pipeline["triplets"], "--output-dir", out, cwd=tmp_path)
+    run_main(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", tsv_folder / "collection.tsv", "--seed", "5",
+             "--include", trained_pipeline["triplets"], "--output-dir", out, cwd=tmp_path)
     path = next(out.glob("msmarco_triplets_ict_*.pkl"))
     triplets = load_triplets(path)
     metadata = json.loads(metadata_path(path).read_text())
@@ -239,7 +239,7 @@ def test_inverse_cloze_triplets_from_a_bare_collection(tmp_path, tsv_folder, tra
 def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_folder, corpus, capsys):
     """--ict-keywords SHARE: that share of pseudo-queries is 3-6 distinct words of the passage, drawn by IDF (so
     the passages' topic words, never the filler every passage shares), and the positive is the whole passage."""
-    from test_reliability import assert_usage_error, cli
+    from conftest import assert_usage_error, cli
 
     from msmarco_search.core.text import tokenize
 
@@ -265,7 +265,7 @@ def test_keyword_pseudo_queries_are_rare_words_of_their_passage(tmp_path, tsv_fo
 
 
 def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_path, tsv_folder, trained_pipeline,
-                                                                            corpus):
+                                                                            corpus, capsys):
     passages = {pid: (text, topic) for pid, text, topic in corpus.passages}
     # queries in the passages' own words (so BM25 finds them), one query kept for evaluation, one of no known word
     queries = [(f"q{pid}", " ".join(text.lower().rstrip(".").split()[:8])) for pid, (text, _) in passages.items()]
@@ -274,9 +274,9 @@ def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_p
     held_out = tmp_path / "queries.eval.tsv"
     held_out.write_text(f"e1\t{queries[0][1].upper()}\n")
     out = tmp_path / "labelled.pkl"
-    run_script(TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", tsv_folder / "collection.tsv",
-               "--queries", queries_file, "--label-model", trained_pipeline["model"], "--pseudo-agree-depth", "9",
-               "--pseudo-negative-ranks", "10", "30", "--exclude-queries", held_out, "--output", out, cwd=tmp_path)
+    run_main(capsys, TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", tsv_folder / "collection.tsv",
+             "--queries", queries_file, "--label-model", trained_pipeline["model"], "--pseudo-agree-depth", "9",
+             "--pseudo-negative-ranks", "10", "30", "--exclude-queries", held_out, "--output", out, cwd=tmp_path)
     triplets, metadata = load_triplets(out), json.loads(metadata_path(out).read_text())
     assert metadata["mode"] == "pseudo-labels" and metadata["queries_read"] == len(queries)  # held out: not read
     assert 0 < metadata["pseudo_labelled"] == len(triplets) <= len(queries) - 1
@@ -288,12 +288,12 @@ def test_pseudo_labels_label_real_style_queries_where_model_and_bm25_agree(tmp_p
     same = sum(passages[pid][1] == passages[qid[4:]][1] for qid, pid in zip(triplets.query_ids,
                                                                            triplets.positive_ids, strict=True))
     assert same >= 0.8 * len(triplets)
-    bad = run_script(TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", tsv_folder / "collection.tsv",
-                     "--queries", queries_file, cwd=tmp_path, check=False)
+    bad = run_main(capsys, TRIPLETS_SCRIPT, "--mode", "pseudo-labels", "--dataset-path", tsv_folder / "collection.tsv",
+                   "--queries", queries_file, cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "--label-model" in bad.stderr
 
 
-def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_folder, trained_pipeline):
+def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_folder, trained_pipeline, capsys):
     """--ict-mine-negatives keeps the pseudo-queries and positives and draws each negative from the model's
     ranks FIRST-LAST for that pseudo-query, never the positive's own passage."""
     from msmarco_search.io.msmarco_files import read_collection
@@ -303,11 +303,11 @@ def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_fold
 
     collection = tsv_folder / "collection.tsv"
     plain, mined = tmp_path / "plain.pkl", tmp_path / "mined.pkl"
-    run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-per-passage", "2",
-               "--output", plain, cwd=tmp_path)
-    run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-per-passage", "2",
-               "--ict-mine-negatives", trained_pipeline["model"], "--pseudo-negative-ranks", "2", "6",
-               "--output", mined, cwd=tmp_path)
+    run_main(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-per-passage", "2",
+             "--output", plain, cwd=tmp_path)
+    run_main(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-per-passage", "2",
+             "--ict-mine-negatives", trained_pipeline["model"], "--pseudo-negative-ranks", "2", "6", "--output", mined,
+             cwd=tmp_path)
     before, after = load_triplets(plain), load_triplets(mined)
     metadata = json.loads(metadata_path(mined).read_text())
     assert (after.query_ids, after.queries, after.positives) == (before.query_ids, before.queries, before.positives)
@@ -329,14 +329,14 @@ def test_ict_negatives_mined_with_a_model_are_its_near_misses(tmp_path, tsv_fold
     assert changed >= 0.8 * len(after)
     assert metadata["negative_model_id"] == load_model(trained_pipeline["model"]).metadata["model_id"]
     assert metadata["arguments"]["pseudo_negative_ranks"] == [2, 6]
-    refused = run_script(TRIPLETS_SCRIPT, "--dataset-path", collection, "--ict-mine-negatives",
-                         trained_pipeline["model"], cwd=tmp_path, check=False)
+    refused = run_main(capsys, TRIPLETS_SCRIPT, "--dataset-path", collection, "--ict-mine-negatives",
+                       trained_pipeline["model"], cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "--ict-mine-negatives goes with --mode ict" in refused.stderr
     for model, ranks, message in ((trained_pipeline["model"], ["900", "990"], "there are only"),
                                   (tmp_path / "missing.pt", ["2", "6"], "missing.pt")):
-        refused = run_script(TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection, "--ict-mine-negatives",
-                             model, "--pseudo-negative-ranks", *ranks, "--output", tmp_path / "x.pkl", cwd=tmp_path,
-                             check=False)
+        refused = run_main(capsys, TRIPLETS_SCRIPT, "--mode", "ict", "--dataset-path", collection,
+                           "--ict-mine-negatives", model, "--pseudo-negative-ranks", *ranks, "--output",
+                           tmp_path / "x.pkl", cwd=tmp_path, check=False)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.pkl").exists()
 
@@ -395,13 +395,14 @@ def test_row_layout_evaluation_on_real_ms_marco_rows(tmp_path):
     assert rerank["bm25"]["MRR@10"] > rerank["random"]["MRR@10"]
 
 
-def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path):
+def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipeline, tmp_path, capsys):
     from msmarco_search.evaluation.validation import Validator, split_validation
     from msmarco_search.training.model_file import load_model
 
-    result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
-                        "--epochs", "3", "--batch-size", "32", "--learning-rate", "3e-3", "--validation-queries",
-                        "24", "--validate-every", "4", "--seed", "7", "--output-dir", tmp_path, cwd=tmp_path)
+    result = run_main(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings",
+                      trained_pipeline["embeddings"], "--epochs", "3", "--batch-size", "32", "--learning-rate", "3e-3",
+                      "--validation-queries", "24", "--validate-every", "4", "--seed", "7", "--output-dir", tmp_path,
+                      cwd=tmp_path)
     assert "Validation after epoch 3: MRR@10" in result.stdout
     model_path = next(tmp_path.glob("two_tower_model_*.pt"))
     log = json.loads(model_path.with_name(model_path.stem + "_training_log.json").read_text())
@@ -424,15 +425,15 @@ def test_training_validates_keeps_the_best_model_and_plots_its_log(trained_pipel
         validation["best"]["MRR@10"])
 
 
-def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file):
+def test_cbow_training_ends_with_word_benchmarks(tmp_path, rows_file, capsys):
     from conftest import CBOW_SCRIPT
 
     args = ["--dataset-path", rows_file, "--min-count", "1", "--vector-size", "8", "--epochs", "1", "-c", tmp_path]
-    result = run_script(CBOW_SCRIPT, *args, cwd=tmp_path)
+    result = run_main(capsys, CBOW_SCRIPT, *args, cwd=tmp_path)
     assert "=== Word-embedding quality ===" in result.stdout
     assert "Analogies (questions-words.txt): accuracy n/a on 0 of 19,544 questions" in result.stdout
     assert "wordsim353: Spearman n/a (0.0% of pairs in vocabulary)" in result.stdout
-    skipped = run_script(CBOW_SCRIPT, *args, "--no-word-benchmarks", cwd=tmp_path)
+    skipped = run_main(capsys, CBOW_SCRIPT, *args, "--no-word-benchmarks", cwd=tmp_path)
     assert "Word-embedding quality" not in skipped.stdout
 
 
@@ -451,13 +452,13 @@ def test_idf_counts_each_word_once_per_text():
     assert inverse_document_frequency(vocab, []).shape == (len(vocab),)
 
 
-def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
+def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path, capsys):
     from msmarco_search.data.vocab import inverse_document_frequency
     from msmarco_search.training.model_file import load_model
 
-    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
-               "--init-token-weights", "idf", "--embedding-learning-rate", "1e-12", "--learning-rate", "1e-12",
-               "--validation-fraction", "0", "--output-dir", tmp_path, cwd=tmp_path)
+    run_main(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+             "--init-token-weights", "idf", "--embedding-learning-rate", "1e-12", "--learning-rate", "1e-12",
+             "--validation-fraction", "0", "--output-dir", tmp_path, cwd=tmp_path)
     model = load_model(next(tmp_path.glob("two_tower_model_*.pt")))
     vocab = model.vocab
     triplets = load_triplets(trained_pipeline["triplets"])
@@ -468,22 +469,22 @@ def test_token_weights_can_start_at_the_idf(trained_pipeline, tmp_path):
         assert weights[vocab.word_to_index["the"]] < weights[vocab.word_to_index["doc0y1"]]
 
 
-def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, corpus):
+def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, corpus, capsys):
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
     model = trained_pipeline["model"]
-    evaluated = run_script(EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}",
-                           "--model", f"recipe-soup={model}", "--embeddings",
-                           trained_pipeline["embeddings"], "--collection", folder / "collection.tsv", "--queries",
-                           folder / "queries.dev.tsv", "--qrels", folder / "qrels.dev.tsv", "--systems",
-                           "two-tower,bm25,hybrid", "--fusion", "rrf", "--output-dir", tmp_path / "eval", cwd=tmp_path)
+    evaluated = run_main(capsys, EVALUATE_SCRIPT, "--model", f"recipe-s1={model}", "--model", f"recipe-s2={model}",
+                         "--model", f"recipe-soup={model}", "--embeddings", trained_pipeline["embeddings"],
+                         "--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
+                         folder / "qrels.dev.tsv", "--systems", "two-tower,bm25,hybrid", "--fusion", "rrf",
+                         "--output-dir", tmp_path / "eval", cwd=tmp_path)
     metrics = _report(tmp_path / "eval")["tasks"]["full"]["metrics"]
     # the evaluation table itself gives the mean (min-max) over the seeds of a setting
     assert "mean over seeds (min-max), for models named NAME-s<SEED>:" in evaluated.stdout
     seeds = _report(tmp_path / "eval")["tasks"]["full"]["seeds"]
     assert set(seeds) == {"two-tower[recipe]", "hybrid-rrf[recipe]"} and seeds["two-tower[recipe]"]["seeds"] == 2
     assert seeds["two-tower[recipe]"]["nDCG@10"]["mean"] == pytest.approx(metrics["two-tower[recipe-s1]"]["nDCG@10"])
-    printed = run_script("benchmarks/mean_over_seeds.py", tmp_path / "eval" / "evaluation.json", "--metrics",
-                         "nDCG@10", cwd=tmp_path).stdout.splitlines()
+    printed = run_main(capsys, "benchmarks/mean_over_seeds.py", tmp_path / "eval" / "evaluation.json", "--metrics",
+                       "nDCG@10", cwd=tmp_path).stdout.splitlines()
     assert printed[-1] == "bm25: k1 0.9, b 0.4, stemmer english"
     rows = {tuple(line.split()[:3]): line.split()[3] for line in printed[2:-1]}
     assert rows == {("recipe", "two-tower", "2"): f"{metrics['two-tower[recipe-s1]']['nDCG@10']:.4f}",
@@ -498,8 +499,8 @@ def test_mean_over_seeds_groups_models_by_setting(trained_pipeline, tmp_path, co
 def test_mean_over_seeds_compares_settings_on_their_seed_means_with_p_values(tmp_path, capsys):
     """--baseline: the difference of each setting to the baseline setting, query by query on the mean of its
     seeds, with scipy's paired t-test and Wilcoxon p-values."""
+    from conftest import cli
     from scipy.stats import ttest_rel, wilcoxon
-    from test_reliability import cli
 
     queries = [f"q{i}" for i in range(8)]
     a1, a2 = [0.1 * i for i in range(8)], [0.1 * i + 0.02 for i in range(8)]
@@ -533,10 +534,11 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
 
     work = trained_pipeline["work"]
     other = tmp_path / "seed7"
-    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--epochs", "2", "--batch-size", "32", "--learning-rate",
-               "3e-3", "--seed", "7", "--output-dir", other, cwd=work)
+    run_main(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--epochs", "2", "--batch-size", "32",
+             "--learning-rate", "3e-3", "--seed", "7", "--output-dir", other, cwd=work)
     second = next(other.glob("two_tower_model_*.pt"))
-    done = run_script(AVERAGE_SCRIPT, trained_pipeline["model"], second, "--output-dir", tmp_path / "soup", cwd=work)
+    done = run_main(capsys, AVERAGE_SCRIPT, trained_pipeline["model"], second, "--output-dir", tmp_path / "soup",
+                    cwd=work)
     soup_path = next((tmp_path / "soup").glob("two_tower_model_*.pt"))
     assert str(soup_path) in done.stderr + done.stdout
     soup, first, seven = load_model(soup_path), load_model(trained_pipeline["model"]), load_model(second)
@@ -548,14 +550,14 @@ def test_averaging_models_of_two_seeds_gives_the_mean_weights(trained_pipeline, 
 
     # the soup is a model like any other: evaluation loads it
     folder = write_tsv_folder(corpus, tmp_path / "tsv", split="dev")
-    run_script(EVALUATE_SCRIPT, "--model", soup_path, "--embeddings", trained_pipeline["embeddings"],
-               "--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
-               folder / "qrels.dev.tsv", "--systems", "two-tower", "--output-dir", tmp_path / "eval", cwd=work)
+    run_main(capsys, EVALUATE_SCRIPT, "--model", soup_path, "--embeddings", trained_pipeline["embeddings"],
+             "--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
+             folder / "qrels.dev.tsv", "--systems", "two-tower", "--output-dir", tmp_path / "eval", cwd=work)
     assert _report(tmp_path / "eval")["tasks"]["full"]["metrics"]["two-tower"]["nDCG@10"] > 0.5
 
     # models of other settings are refused in one line, naming the file
     # (through the scripts' main in this process: a fresh interpreter costs seconds of imports)
-    from test_reliability import cli
+    from conftest import cli
 
     monkeypatch.chdir(work)  # where the scripts ran: its checkpoints/ and data/ are the defaults
     wide = tmp_path / "wide"  # a model whose weights do not matter, only its shape
@@ -585,7 +587,7 @@ def test_evaluation_flags_have_one_name_per_meaning(capsys, monkeypatch):
     assert "unrecognized arguments: --hybrid-weight" in capsys.readouterr().err
 
 
-def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipeline, tmp_path, corpus):
+def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipeline, tmp_path, corpus, capsys):
     from msmarco_search.data.vocab import Vocabulary
     from msmarco_search.embeddings.cbow import load_embeddings, save_embeddings
 
@@ -593,15 +595,15 @@ def test_cbow_rows_use_the_models_own_embeddings_and_refuse_others(trained_pipel
     files = ["--collection", folder / "collection.tsv", "--queries", folder / "queries.dev.tsv", "--qrels",
              folder / "qrels.dev.tsv", "--systems", "two-tower,cbow", "--max-queries", "20"]
     # no --embeddings, from another folder: the CBOW rows use the vectors the model was trained from
-    run_script(EVALUATE_SCRIPT, "--model", trained_pipeline["model"], *files, "--output-dir", tmp_path / "own",
-               cwd=tmp_path)
+    run_main(capsys, EVALUATE_SCRIPT, "--model", trained_pipeline["model"], *files, "--output-dir", tmp_path / "own",
+             cwd=tmp_path)
     systems = _report(tmp_path / "own")["systems"]
     assert systems["cbow-mean"]["embeddings"] == str(trained_pipeline["embeddings"].resolve())
 
     matrix, vocab, _ = load_embeddings(trained_pipeline["embeddings"])
     other = save_embeddings(tmp_path / "other.pt", matrix[:-1], Vocabulary(vocab.index_to_word[:-1]), {})
-    refused = run_script(EVALUATE_SCRIPT, "--model", trained_pipeline["model"], *files, "--embeddings", other,
-                         "--output-dir", tmp_path / "other", cwd=tmp_path, check=False)
+    refused = run_main(capsys, EVALUATE_SCRIPT, "--model", trained_pipeline["model"], *files, "--embeddings", other,
+                       "--output-dir", tmp_path / "other", cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "other.pt: these CBOW embeddings are not the ones" in refused.stderr
 

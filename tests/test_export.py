@@ -3,6 +3,7 @@ offline with ``SentenceTransformer(DIR)``, give the project's own query and pass
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_main, run_script
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,10 @@ from msmarco_search.training.export import build_tokenizer
 from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model, save_two_tower
 
-sentence_transformers = pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
+# the `st` extra (in the dev group too), looked up without importing it: the import takes seconds, which only the
+# tests that load an export pay
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None,
+                                reason="sentence-transformers (the `st` extra) is not installed")
 
 EXPORT_SCRIPT = "training/export_sentence_transformers.py"
 MIN_COSINE = 0.9999
@@ -123,6 +127,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, (a * b).sum(1) / np.maximum(norms, 1e-12))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["separate", "shared_one_stack", "shared_plain"])
 def test_exported_model_gives_the_projects_vectors(name, models, exported, corpus, offline):
     from sentence_transformers import SentenceTransformer
@@ -146,6 +151,7 @@ def test_exported_model_gives_the_projects_vectors(name, models, exported, corpu
     assert _cosines(st_model.encode(texts[:50]), expected_passages[:50]).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_the_router_picks_the_right_tower(models, exported, corpus, offline):
     """Separate towers give different vectors for one text; encode_query must be the query tower's, not the other."""
     from sentence_transformers import SentenceTransformer
@@ -158,6 +164,7 @@ def test_the_router_picks_the_right_tower(models, exported, corpus, offline):
     assert _cosines(st_model.encode_query(texts), model.encode_queries(texts)).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_texts_without_tokens_get_the_heads_bias_direction(models, exported, offline):
     """Empty and non-Latin texts have no token: the project's vector is normalize(bias), not zero."""
     from sentence_transformers import SentenceTransformer
@@ -172,6 +179,7 @@ def test_texts_without_tokens_get_the_heads_bias_direction(models, exported, off
     assert _cosines(st_model.encode_query([""] * 3), model.encode_queries([""] * 3)).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_folder_layout_safetensors_and_model_card(models, exported):
     for name, folder in exported.items():
         files = [path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()]
@@ -273,6 +281,7 @@ def test_tokenizer_matches_the_project_on_any_text(text):
     assert _CUT_TOKENIZER.encode(text, add_special_tokens=False).ids == _VOCAB.encode(text, 3)
 
 
+@pytest.mark.slow
 def test_tokenizer_matches_the_project_on_every_character():
     """Every character Unicode 3.2 assigned, inside a word and alone: the two libraries' Unicode tables agree on all
     of them. (Newer characters can differ: tokenizers' accent and letter tables are older than Python's.)"""
@@ -299,34 +308,34 @@ def _no_temp_left(parent, name: str) -> None:
     assert not [path for path in parent.iterdir() if path.name.startswith(f".{name}.")]
 
 
-def test_refuses_files_that_are_not_models(tmp_path):
+def test_refuses_files_that_are_not_models(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a model\n")
-    line = _error(run_script(EXPORT_SCRIPT, text, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, text, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
     assert line.startswith(f"error: {text}: ")
-    line = _error(run_script(EXPORT_SCRIPT, tmp_path / "missing.pt", "--output-dir", tmp_path / "out", cwd=tmp_path,
-                             check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, tmp_path / "missing.pt", "--output-dir", tmp_path / "out",
+                           cwd=tmp_path, check=False))
     assert "file not found" in line
     assert not (tmp_path / "out").exists()
     _no_temp_left(tmp_path, "out")
 
 
-def test_refuses_a_gru_model(tmp_path):
+def test_refuses_a_gru_model(tmp_path, capsys):
     vocab = Vocabulary.from_words(["hello", "world"])
     model = TwoTowerModel(TwoTowerConfig(vocab_size=len(vocab), embedding_dim=8, tower="gru", gru_hidden_dim=4), vocab)
     path = save_two_tower(tmp_path / "gru.pt", model, {})
-    line = _error(run_script(EXPORT_SCRIPT, path, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, path, "--output-dir", tmp_path / "out", cwd=tmp_path, check=False))
     assert line.startswith(f"error: {path}: ") and "'gru'" in line and "mean" in line
     assert not (tmp_path / "out").exists()
 
 
-def test_refuses_bad_output_folders(trained_pipeline, tmp_path):
+def test_refuses_bad_output_folders(trained_pipeline, tmp_path, capsys):
     model = trained_pipeline["model"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", a_file, cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, model, "--output-dir", a_file, cwd=tmp_path, check=False))
     assert line.startswith(f"error: {a_file}: ") and "not a folder" in line
-    line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", a_file / "sub", cwd=tmp_path, check=False))
+    line = _error(run_main(capsys, EXPORT_SCRIPT, model, "--output-dir", a_file / "sub", cwd=tmp_path, check=False))
     assert line.startswith(f"error: {a_file / 'sub'}: ") and "cannot write" in line
     assert a_file.read_text() == "x"
     if os.geteuid() != 0:  # root writes anywhere
@@ -334,17 +343,19 @@ def test_refuses_bad_output_folders(trained_pipeline, tmp_path):
         locked.mkdir()
         locked.chmod(0o555)
         try:
-            line = _error(run_script(EXPORT_SCRIPT, model, "--output-dir", locked / "out", cwd=tmp_path, check=False))
+            line = _error(run_main(capsys, EXPORT_SCRIPT, model, "--output-dir", locked / "out", cwd=tmp_path,
+                                   check=False))
             assert "cannot write" in line
         finally:
             locked.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path, offline, capsys):
     from types import SimpleNamespace
 
+    from conftest import cli
     from sentence_transformers import SentenceTransformer
-    from test_reliability import cli
 
     def export(*args):  # the script's main in this process (the fixture exports through a fresh interpreter)
         status, out, err = cli(capsys, EXPORT_SCRIPT, *args)
@@ -379,6 +390,7 @@ def test_refuses_a_non_empty_folder_unless_overwrite(trained_pipeline, tmp_path,
     assert _cosines(vectors, load_model(model).encode_queries(texts)).min() >= MIN_COSINE
 
 
+@pytest.mark.slow
 def test_says_how_to_install_sentence_transformers_when_it_is_missing(trained_pipeline, tmp_path, monkeypatch):
     hidden = tmp_path / "hide"
     (hidden / "sentence_transformers").mkdir(parents=True)

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, make_corpus
-from test_reliability import assert_one_line_error, cli
+from conftest import ROOT, SEARCH_SCRIPT, assert_one_line_error, cli, hits_by_system, make_corpus
 
 from msmarco_search.index import faiss as index_faiss
 from msmarco_search.index import load as index_load
@@ -37,13 +36,6 @@ from msmarco_search.search.options import SYSTEMS
 faiss = pytest.importorskip("faiss")
 
 SEARCH = SEARCH_SCRIPT
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 def _copy(search_setup, work: Path, name: str = "model_index") -> tuple[Path, Path]:
@@ -140,6 +132,7 @@ def _get(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.slow
 def test_a_running_server_answers_from_the_index_it_opened_after_a_rebuild(search_setup, work, capsys):
     """The server opened the index of the fixture's 52 passages; the folder is then rebuilt over 24 others (the
     old folder is removed). The server answers every system's queries as before, ids and texts of the index it
@@ -567,6 +560,7 @@ def _limit_files_to(size: int):
     return limit
 
 
+@pytest.mark.slow
 def test_a_faiss_index_that_cannot_be_written_is_one_line_and_the_index_is_left_whole(search_setup, work):
     """``search.py faiss`` whose write fails (a file-size limit: the same failed write as a full disk's) ends with
     one line and status 2; the index keeps its manifest and faiss index, and no temporary file is left."""

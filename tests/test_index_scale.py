@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FILLER, ROOT, run_script
+from conftest import FILLER, ROOT, run_main
 
 from msmarco_search.cli.search import main as search_command
 from msmarco_search.core.errors import PipelineError
@@ -67,6 +67,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}"))
 
 
+@pytest.mark.slow
 def test_a_killed_build_leaves_the_old_index_answering_and_the_next_build_cleans_up(tmp_path, trained_pipeline,
                                                                                    capsys):
     model = tmp_path / "model.pt"
@@ -139,7 +140,9 @@ def sharded(tmp_path_factory, trained_pipeline) -> dict:
     model = work / "model.pt"
     shutil.copy(trained_pipeline["model"], model)
     collection = _collection(work / "collection.tsv", 81)
-    run_script(SEARCH_SCRIPT, "index", model, "--dataset-path", collection, "--index-dir", work / "one", cwd=work)
+    # the one-process build runs in this process; the sharded builds need torchrun's processes
+    assert search_command(["index", str(model), "--dataset-path", str(collection), "--index-dir",
+                           str(work / "one")]) == 0
     first = _torchrun_index(model, collection, work / "two", work)
     assert first.returncode == 0, first.stdout + first.stderr
     # an interrupted sharded build: shard 0 finished, shard 1 half-written (no record)
@@ -157,6 +160,7 @@ def _read(index_dir: Path, model_path: Path):
     return load_index(index_dir, load_model(model_path), model_path)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_index_like_one(sharded):
     work, model = sharded["work"], sharded["model"]
     assert "2 shards" in sharded["first"].stdout and sharded["first"].stdout.count("Saved index of 81") == 1
@@ -179,6 +183,7 @@ def test_two_gloo_processes_index_like_one(sharded):
         assert (work / f"one.{system}.trec").read_text() == (work / f"two.{system}.trec").read_text()
 
 
+@pytest.mark.slow
 def test_an_interrupted_sharded_build_resumes_with_the_shards_done(sharded):
     out = sharded["again"].stdout
     assert "Reusing 0-of-2 (passages 0-40)" in out and "Indexing passages 40-81" in out
@@ -202,6 +207,7 @@ def _edit_json(path: Path, **changes) -> None:
     (lambda d: _edit_json(d / "shards" / "0-of-2" / "shard.json", collection_size=5),
      "shard built by another collection"),
 ])
+@pytest.mark.slow
 def test_bad_shards_are_refused_in_one_line(sharded, tmp_path, damage, message):
     index = tmp_path / "index"
     shutil.copytree(sharded["work"] / "two", index)
@@ -210,12 +216,13 @@ def test_bad_shards_are_refused_in_one_line(sharded, tmp_path, damage, message):
         _read(index, sharded["model"])
 
 
-def test_a_bad_shard_ends_search_with_one_line_and_exit_2(sharded, tmp_path):
+@pytest.mark.slow
+def test_a_bad_shard_ends_search_with_one_line_and_exit_2(sharded, tmp_path, capsys):
     index = tmp_path / "index"
     shutil.copytree(sharded["work"] / "two", index)
     shutil.rmtree(index / "shards" / "0-of-2")
-    result = run_script(SEARCH_SCRIPT, "query", sharded["model"], "--index-dir", index, "w1", cwd=tmp_path,
-                        check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "query", sharded["model"], "--index-dir", index, "w1", cwd=tmp_path,
+                      check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ") and "0-of-2: shard missing" in result.stderr
 
@@ -278,8 +285,8 @@ def test_faiss_is_added_to_a_built_index_without_encoding_again(tmp_path, traine
     with pytest.raises(PipelineError, match="another build is writing this folder now"):
         search_command(["faiss", str(model), "--faiss", "hnsw"])
     running.release()
-    result = run_script(SEARCH_SCRIPT, "faiss", model, "--index-dir", tmp_path / "nowhere", "--faiss", "flat",
-                        cwd=tmp_path, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "faiss", model, "--index-dir", tmp_path / "nowhere", "--faiss", "flat",
+                      cwd=tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 

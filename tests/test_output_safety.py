@@ -22,14 +22,16 @@ import pytest
 import torch
 from conftest import (
     CBOW_SCRIPT,
+    CBOW_TINY,
     ROOT,
     SEARCH_SCRIPT,
     TRAIN_SCRIPT,
     TRIPLETS_SCRIPT,
+    assert_one_line_error,
     claim_held_by_another_process,
-    run_script,
+    cli,
+    run_main,
 )
-from test_reliability import CBOW_TINY, assert_one_line_error, cli
 
 from msmarco_search.data.triplets import load_triplets, metadata_path
 from msmarco_search.io import outputs
@@ -39,13 +41,6 @@ from msmarco_search.training.model_file import load_model
 EVALUATE = "evaluation/evaluate.py"
 AVERAGE = "training/average_two_tower_models.py"
 EXPORT = "training/export_sentence_transformers.py"
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -69,8 +64,8 @@ def test_an_index_replaces_only_an_earlier_index(work, capsys, trained_pipeline,
     collection = tsv_folder / "collection.tsv"
     before = snapshot(model_dir)
     # the model's own folder as --index-dir
-    result = run_script(SEARCH_SCRIPT, "index", model, "--index-dir", model_dir, "--dataset-path", collection,
-                        "--no-bm25", cwd=work, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", model, "--index-dir", model_dir, "--dataset-path", collection,
+                      "--no-bm25", cwd=work, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == (f"error: {model_dir}: holds an input of this run ({model}); write the search "
                                      "index elsewhere")
@@ -267,8 +262,8 @@ def test_odd_output_paths_are_one_line(work, capsys, trained_pipeline, rows_file
     long = "x" * 300  # longer than a file name may be
     os.mkfifo(work / "fifo")
     # "." and "/" as --index-dir, a name too long for the file system, a FIFO, a folder where a file goes
-    result = run_script(SEARCH_SCRIPT, "index", model, "--index-dir", ".", "--dataset-path",
-                        tsv_folder / "collection.tsv", cwd=work, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", model, "--index-dir", ".", "--dataset-path",
+                      tsv_folder / "collection.tsv", cwd=work, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == (f"error: {work}: holds an input of this run ({model}); write the search index "
                                      "elsewhere")
@@ -323,6 +318,7 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> No
     assert path.exists(), f"{path} never appeared (the process exited {process.poll()})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("named", [True, False], ids=["output", "timestamped"])
 def test_a_killed_training_leaves_a_claim_that_the_rerun_and_resume_take_over(work, capsys, trained_pipeline,
                                                                               named):

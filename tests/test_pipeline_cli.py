@@ -18,6 +18,7 @@ from conftest import (
     TRAIN_SCRIPT,
     TRIPLETS_SCRIPT,
     claim_held_by_another_process,
+    run_main,
     run_script,
 )
 
@@ -29,7 +30,8 @@ from msmarco_search.training.model import TwoTowerModel
 from msmarco_search.training.model_file import load_model
 
 
-def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_file):
+@pytest.mark.slow
+def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_file, capsys):
     first = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "16",
                        "--epochs", "2", "-c", tmp_path / "ckpt", cwd=tmp_path)
     assert "Processed and cached" in first.stdout
@@ -40,12 +42,13 @@ def test_cbow_writes_a_safe_embeddings_file_and_reuses_its_cache(tmp_path, rows_
     assert data["word_to_index"]["ask0x1"] == data["index_to_word"].index("ask0x1")
     assert torch.all(data["embeddings"][0] == 0)
 
-    second = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "16",
-                        "--epochs", "2", "-c", tmp_path / "ckpt", cwd=tmp_path)
+    # the reruns go through the same script's main in this process (a fresh interpreter costs seconds of imports)
+    second = run_main(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "16",
+                      "--epochs", "2", "-c", tmp_path / "ckpt", cwd=tmp_path)
     assert "Loading cached processed texts" in second.stdout
 
-    other = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--max-samples", "50", "--min-count", "1",
-                       "--vector-size", "16", "--epochs", "1", "-c", tmp_path / "ckpt", cwd=tmp_path)
+    other = run_main(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, "--max-samples", "50", "--min-count", "1",
+                     "--vector-size", "16", "--epochs", "1", "-c", tmp_path / "ckpt", cwd=tmp_path)
     assert "Loading cached processed texts" not in other.stdout
     assert len(list((tmp_path / "data").glob("cbow_corpus_*.txt"))) == 2
 
@@ -54,15 +57,15 @@ def test_stemmed_vectors_give_a_model_that_stems_what_it_reads(tmp_path, capsys)
     """CBOW --stemmer english: the vectors are of stems, and the vocabulary (saved with them, then with the
     two-tower trained on them) stems every text it encodes, so "running" and "runs" are one word to the model.
     The export refuses such a model (a sentence-transformers tokenizer cannot stem)."""
-    from test_reliability import assert_one_line_error, cli
+    from conftest import assert_one_line_error, cli
 
     rng = random.Random(0)
     forms = ["running", "runs", "runner", "cats", "cat", "connected", "connection", "connects", "jumping", "jumped"]
     lines = [f"d{i}\t" + " ".join(rng.choices(forms, k=12)) for i in range(150)]
     (tmp_path / "collection.tsv").write_text("\n".join(lines) + "\n")
-    run_script(CBOW_SCRIPT, "--dataset-path", tmp_path / "collection.tsv", "--stemmer", "english", "--min-count",
-               "1", "--vector-size", "16", "--epochs", "1", "--workers", "1", "-c", tmp_path / "ck",
-               "--no-word-benchmarks", cwd=tmp_path)
+    run_main(capsys, CBOW_SCRIPT, "--dataset-path", tmp_path / "collection.tsv", "--stemmer", "english",
+             "--min-count", "1", "--vector-size", "16", "--epochs", "1", "--workers", "1", "-c", tmp_path / "ck",
+             "--no-word-benchmarks", cwd=tmp_path)
     _, vocab, metadata = load_embeddings(tmp_path / "ck" / "msmarco_word2vec.pt")
     assert vocab.stemmer == metadata["stemmer"] == "english"
     assert {"run", "cat", "connect", "jump"} <= set(vocab.index_to_word) and "running" not in vocab.word_to_index
@@ -169,10 +172,10 @@ def test_trained_two_tower_beats_untrained(trained_pipeline):
     assert after - before >= 0.25, (before, after)
 
 
-def test_training_prints_the_similarity_test_and_honours_no_save(trained_pipeline, tmp_path):
-    result = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
-                        "--no-save", "--tower", "gru", "--gru-hidden-dim", "16", "--batch-size", "64",
-                        "--output-dir", tmp_path / "models", cwd=tmp_path)
+def test_training_prints_the_similarity_test_and_honours_no_save(trained_pipeline, tmp_path, capsys):
+    result = run_main(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings",
+                      trained_pipeline["embeddings"], "--no-save", "--tower", "gru", "--gru-hidden-dim", "16",
+                      "--batch-size", "64", "--output-dir", tmp_path / "models", cwd=tmp_path)
     assert "=== Quick similarity test ===" in result.stdout and "[relevant]" in result.stdout
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
     # each query's passages are listed once, and labelled by that query's own judgments
@@ -194,25 +197,26 @@ def test_training_prints_the_similarity_test_and_honours_no_save(trained_pipelin
 
 
 @pytest.mark.parametrize("loss", ["triplet", "softmax"])
-def test_frozen_embeddings_and_losses_train(trained_pipeline, tmp_path, loss):
-    run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
-               "--loss", loss, "--freeze-embeddings", "--output-dir", tmp_path, cwd=tmp_path)
+def test_frozen_embeddings_and_losses_train(trained_pipeline, tmp_path, loss, capsys):
+    run_main(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"],
+             "--loss", loss, "--freeze-embeddings", "--output-dir", tmp_path, cwd=tmp_path)
     model = load_model(next(tmp_path.glob("two_tower_model_*.pt")))
     matrix, _, _ = load_embeddings(trained_pipeline["embeddings"])
     assert torch.equal(model.query_tower.embedding.weight.detach()[2:], matrix[2:])
 
 
-def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
+def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline, capsys):
+    # the first through a fresh interpreter, the others through the script's main in this process
     missing = run_script(TRAIN_SCRIPT, tmp_path / "nope.pkl", cwd=tmp_path, check=False)
     empty = tmp_path / "empty.pkl"
     empty.write_bytes(b"")
-    wrong_kind = run_script(TRAIN_SCRIPT, trained_pipeline["embeddings"], "--embeddings",
-                            trained_pipeline["embeddings"], cwd=tmp_path, check=False)
-    no_embeddings = run_script(TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", tmp_path / "x.pt",
-                               cwd=tmp_path, check=False)
+    wrong_kind = run_main(capsys, TRAIN_SCRIPT, trained_pipeline["embeddings"], "--embeddings",
+                          trained_pipeline["embeddings"], cwd=tmp_path, check=False)
+    no_embeddings = run_main(capsys, TRAIN_SCRIPT, trained_pipeline["triplets"], "--embeddings", tmp_path / "x.pt",
+                             cwd=tmp_path, check=False)
     for result, words in [(missing, "nope.pkl: file not found"),
-                          (run_script(TRAIN_SCRIPT, empty, "--embeddings", trained_pipeline["embeddings"],
-                                      cwd=tmp_path, check=False), "empty.pkl: file is empty"),
+                          (run_main(capsys, TRAIN_SCRIPT, empty, "--embeddings", trained_pipeline["embeddings"],
+                                    cwd=tmp_path, check=False), "empty.pkl: file is empty"),
                           (wrong_kind, "msmarco_word2vec.pt"),
                           (no_embeddings, "x.pt: CBOW embeddings not found")]:
         assert result.returncode == 2, result.stderr
@@ -221,15 +225,15 @@ def test_bad_inputs_end_with_one_line(tmp_path, trained_pipeline):
 
 
 def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_path, capsys, monkeypatch):
-    # the first run goes through the command line; the others run the same script's main in this process
-    # (the refusals come before any work, and each fresh interpreter costs seconds of start-up)
-    from test_reliability import cli
+    # the runs go through the script's main in this process (each fresh interpreter costs seconds of start-up;
+    # the trained_pipeline fixture trains through the command line)
+    from conftest import cli
 
     monkeypatch.chdir(tmp_path)
     quick = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "2",
              "--validation-fraction", "0", "--data-dir", trained_pipeline["work"] / "data"]
     target = tmp_path / "models" / "mine.pt"
-    done = run_script(TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
+    done = run_main(capsys, TRAIN_SCRIPT, *quick, "--output", target, cwd=tmp_path)
     assert f"Saved model to {target}" in done.stdout
     assert sorted(p.name for p in target.parent.iterdir()) == ["mine.pt", "mine_training_log.json",
                                                                "mine_training_log.png"]  # no claim, no state
@@ -261,20 +265,23 @@ def test_output_writes_exactly_there_and_never_clobbers(trained_pipeline, tmp_pa
     assert [p.name for p in target.parent.glob(".*")] == []  # no claim markers or temporary files left
 
 
-def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path):
+@pytest.mark.slow
+def test_averaging_writes_exactly_to_output(trained_pipeline, tmp_path, capsys):
     model = trained_pipeline["model"]
     soup = tmp_path / "soup.pt"
     run_script("training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path)
     assert load_model(soup).metadata["averaged_from"] == [str(model), str(model)]
-    again = run_script("training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path,
-                       check=False)
+    # the refusal and the overwrite through the same script's main in this process
+    again = run_main(capsys, "training/average_two_tower_models.py", model, model, "--output", soup, cwd=tmp_path,
+                     check=False)
     assert again.returncode == 2 and f"{soup}: already exists; pass --overwrite" in again.stderr
-    run_script("training/average_two_tower_models.py", model, model, "--output", soup, "--overwrite", cwd=tmp_path)
+    run_main(capsys, "training/average_two_tower_models.py", model, model, "--output", soup, "--overwrite",
+             cwd=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["soup.pt"]
 
 
 def test_scripts_have_help(tmp_path, capsys):
-    from test_reliability import cli
+    from conftest import cli
 
     # one script through a fresh interpreter, the others through their main in this process (the same file
     # and argv; each interpreter costs seconds of imports)
@@ -303,6 +310,7 @@ def test_pipeline_runs_on_real_rows_and_tsvs(tmp_path):
     assert np.isfinite(json.loads(metadata_path(triplets[1]).read_text())["num_triplets"])
 
 
+@pytest.mark.slow
 def test_console_commands_are_installed_and_end_bad_input_with_one_line(tmp_path):
     commands = ["cbow", "triplets", "train", "average", "export", "search", "evaluate", "pipeline"]
     executables = [Path(sys.executable).parent / f"msmarco-{command}" for command in commands]
@@ -352,7 +360,7 @@ def test_the_python_api_gives_normalised_float32_arrays_that_rank_like_the_model
 
 
 def test_the_levers_benchmark_lists_its_levers_and_refuses_a_work_folder_without_the_levers_step(tmp_path, capsys):
-    from test_reliability import cli
+    from conftest import cli
 
     status, out, _ = cli(capsys, "benchmarks/levers_dl21.py", "--list")
     names = [line.split()[0] for line in out.splitlines()]

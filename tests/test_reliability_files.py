@@ -14,21 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TRAIN_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
-from test_reliability import assert_one_line_error, assert_usage_error, cli
+from conftest import (
+    TRAIN_SCRIPT,
+    TRIPLETS_SCRIPT,
+    assert_one_line_error,
+    assert_usage_error,
+    cli,
+    make_corpus,
+    write_tsv_folder,
+)
 
 from msmarco_search.training.model_file import load_model
 
 SEARCH = "search/search.py"
 EVALUATE = "evaluation/evaluate.py"
 AVERAGE = "training/average_two_tower_models.py"
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import ir_measures
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, run_script
+from conftest import ROOT, SEARCH_SCRIPT, hits_by_system, run_main, run_script
 
 from msmarco_search.cli.search import main as search_command
 from msmarco_search.core.errors import PipelineError
@@ -70,6 +70,7 @@ def test_query_on_the_command_line_prints_each_systems_hits(search_setup):
     assert float(score) > 0 and search_setup["passages"][3].startswith(" ".join(words).rstrip("…"))
 
 
+@pytest.mark.slow
 def test_queries_read_from_stdin_until_end_of_input(search_setup):
     # (not topic 5: the toy model ranks p5 sixth for m5, and equal-weight RRF over the full lists then puts a
     # filler passage ranked 4th and 2nd above it)
@@ -85,11 +86,12 @@ def test_queries_read_from_stdin_until_end_of_input(search_setup):
 
 @pytest.fixture(scope="session")
 def batch_runs(search_setup) -> dict[str, Path]:
+    """Run files of every system written by batch searches (the command's main, in this process)."""
     folder = search_setup["folder"]
-    run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
-               folder / "exact.trec", "--system", "all", "--search", "exact", "-k", "5", cwd=folder)
-    run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
-               folder / "faiss.trec", "--search", "faiss", "-k", "5", "--tag", "faiss-flat", cwd=folder)
+    assert search_main("query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
+                       folder / "exact.trec", "--system", "all", "--search", "exact", "-k", "5") == 0
+    assert search_main("query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
+                       folder / "faiss.trec", "--search", "faiss", "-k", "5", "--tag", "faiss-flat") == 0
     return {"two-tower": folder / "exact.two-tower.trec", "bm25": folder / "exact.bm25.trec",
             "hybrid": folder / "exact.hybrid.trec", "faiss": folder / "faiss.trec"}
 
@@ -145,21 +147,21 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_an_index_built_by_another_model_is_refused(search_setup, tmp_path):
+def test_an_index_built_by_another_model_is_refused(search_setup, tmp_path, capsys):
     model = load_model(search_setup["model"])
     other = save_two_tower(tmp_path / "other.pt", TwoTowerModel(model.config, model.vocab), {})
-    result = run_script(SEARCH_SCRIPT, "query", other, "--index-dir", search_setup["index"], "what is ask1x1",
-                        cwd=tmp_path, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "query", other, "--index-dir", search_setup["index"], "what is ask1x1",
+                      cwd=tmp_path, check=False)
     message = _one_line_error(result)
     assert "manifest.json" in message and "another model" in message
 
 
-def test_a_truncated_index_is_refused(search_setup, tmp_path):
+def test_a_truncated_index_is_refused(search_setup, tmp_path, capsys):
     index = shutil.copytree(search_setup["index"], tmp_path / "index")
     vectors = index / "vectors.npy"
     vectors.write_bytes(vectors.read_bytes()[:-100])
-    result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", index, "what is ask1x1",
-                        cwd=tmp_path, check=False)
+    result = run_main(capsys, SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", index, "what is ask1x1",
+                      cwd=tmp_path, check=False)
     message = _one_line_error(result)
     assert "vectors.npy" in message and "truncated" in message
 
@@ -347,16 +349,16 @@ def _ranking(path: Path) -> dict[str, list[str]]:
     return {qid: [docid for docid, _, _ in hits] for qid, hits in _run(path).items()}
 
 
-def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path):
+def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path, capsys):
     """One retrieval path: the run `search.py query --run-file` writes for each system is the run that
     `evaluate.py` writes for it (full ranking of the same collection, same depth)."""
     folder, depth = search_setup["folder"], 40
-    run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
-               tmp_path / "search.trec", "--system", "all", "--search", "exact", "-k", depth, cwd=folder)
-    run_script("evaluation/evaluate.py", "--model", search_setup["model"], "--collection",
-               folder / "collection.tsv", "--queries", folder / "queries.tsv", "--qrels", folder / "qrels.txt",
-               "--systems", "two-tower,bm25,hybrid,two-tower-prf,hybrid-prf",
-               "--fusion", "rrf", "--run-depth", depth, "--output-dir", tmp_path / "eval", cwd=folder)
+    run_main(capsys, SEARCH_SCRIPT, "query", search_setup["model"], "--queries", folder / "queries.tsv", "--run-file",
+             tmp_path / "search.trec", "--system", "all", "--search", "exact", "-k", depth, cwd=folder)
+    run_main(capsys, "evaluation/evaluate.py", "--model", search_setup["model"], "--collection",
+             folder / "collection.tsv", "--queries", folder / "queries.tsv", "--qrels", folder / "qrels.txt",
+             "--systems", "two-tower,bm25,hybrid,two-tower-prf,hybrid-prf", "--fusion", "rrf", "--run-depth", depth,
+             "--output-dir", tmp_path / "eval", cwd=folder)
     for system, evaluated in [("two-tower", "two-tower"), ("bm25", "bm25"), ("hybrid", "hybrid-rrf"),
                               ("two-tower-prf", "two-tower-prf"), ("hybrid-prf", "hybrid-rrf-prf")]:
         searched = _ranking(tmp_path / f"search.{system}.trec")
@@ -419,24 +421,25 @@ def test_a_saved_bm25_index_reloads_with_the_same_scores(search_setup, tmp_path)
         assert np.array_equal(a, b)
 
 
-def test_a_mismatched_saved_bm25_index_is_refused(search_setup, tmp_path):
+def test_a_mismatched_saved_bm25_index_is_refused(search_setup, tmp_path, capsys):
     folder, index = search_setup["folder"], search_setup["index"]
-    other_settings = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "bm25", "--bm25-k1", "1.2",
-                                "what is ask1x1", cwd=folder, check=False)
+    other_settings = run_main(capsys, SEARCH_SCRIPT, "query", search_setup["model"], "--system", "bm25", "--bm25-k1",
+                              "1.2", "what is ask1x1", cwd=folder, check=False)
     message = _one_line_error(other_settings)
     assert "bm25.json" in message and "k1 0.9" in message and "k1 1.2" in message
     (tmp_path / "collection.tsv").write_text("\n".join(STEMMING) + "\n")
     (tmp_path / "queries.tsv").write_text("q1\trunner race\n")
     (tmp_path / "qrels.txt").write_text("q1 0 r1 1\n")
-    other_collection = run_script("evaluation/evaluate.py", "--collection", tmp_path / "collection.tsv", "--queries",
-                                  tmp_path / "queries.tsv", "--qrels", tmp_path / "qrels.txt", "--systems", "bm25",
-                                  "--index-dir", index, "--output-dir", tmp_path / "eval", cwd=tmp_path, check=False)
+    other_collection = run_main(capsys, "evaluation/evaluate.py", "--collection", tmp_path / "collection.tsv",
+                                "--queries", tmp_path / "queries.tsv", "--qrels", tmp_path / "qrels.txt", "--systems",
+                                "bm25", "--index-dir", index, "--output-dir", tmp_path / "eval", cwd=tmp_path,
+                                check=False)
     assert "another collection" in _one_line_error(other_collection)
     damaged = shutil.copytree(index, tmp_path / "index")
     vocabulary = damaged / "bm25" / "vocab.index.json"
     vocabulary.write_text(vocabulary.read_text()[:-10])
-    truncated = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", damaged, "--system", "bm25",
-                           "what is ask1x1", cwd=folder, check=False)
+    truncated = run_main(capsys, SEARCH_SCRIPT, "query", search_setup["model"], "--index-dir", damaged, "--system",
+                         "bm25", "what is ask1x1", cwd=folder, check=False)
     assert "vocab.index.json" in _one_line_error(truncated)
 
 
@@ -458,16 +461,16 @@ def test_an_evaluation_output_folder_that_is_a_file_is_refused_before_the_work(t
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {blocker}: cannot write to this output folder")
 
 
-def test_a_query_of_unknown_words_says_so_instead_of_arbitrary_hits(search_setup):
-    result = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "all", "zqxj wvkp",
-                        cwd=search_setup["folder"])
+def test_a_query_of_unknown_words_says_so_instead_of_arbitrary_hits(search_setup, capsys):
+    result = run_main(capsys, SEARCH_SCRIPT, "query", search_setup["model"], "--system", "all", "zqxj wvkp",
+                      cwd=search_setup["folder"])
     blocks = result.stdout.split("[")
     for system in ("two-tower]", "hybrid]"):  # the hybrid would fuse the dense half's arbitrary ranking
         block = next(b for b in blocks if b.startswith(system))
         assert "(no known words in the query: the model has never seen any of them)" in block
         assert not any(line.strip()[:1].isdigit() for line in block.splitlines()[1:])
-    # a batch of queries prints the same note (the query id before the query once counted as one of its words)
+    # a batch of queries prints the same note (the query id before the query is not one of its words)
     (search_setup["folder"] / "unknown.tsv").write_text("q1\tzqxj wvkp\n")
-    batch = run_script(SEARCH_SCRIPT, "query", search_setup["model"], "--system", "two-tower", "--queries",
-                       search_setup["folder"] / "unknown.tsv", cwd=search_setup["folder"]).stdout
+    batch = run_main(capsys, SEARCH_SCRIPT, "query", search_setup["model"], "--system", "two-tower", "--queries",
+                     search_setup["folder"] / "unknown.tsv", cwd=search_setup["folder"]).stdout
     assert "[two-tower] q1: zqxj wvkp\n   (no known words in the query" in batch

@@ -308,7 +308,7 @@ def test_a_failing_search_is_a_500_that_shows_no_traceback_and_no_path(search_se
 
 
 def test_serve_without_the_serve_extra_says_how_to_install_it(search_setup, capsys, monkeypatch):
-    from test_reliability import assert_one_line_error, cli
+    from conftest import assert_one_line_error, cli
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed: import fails
     result = cli(capsys, SEARCH_SCRIPT, "serve", search_setup["model"], "--port", "0")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, run_script
+from conftest import CBOW_SCRIPT, ROOT, TRAIN_SCRIPT, cli
 
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.data.tokens import TripletArrays, read_tsv_chunks, tokenise_triplets, triples_tsv_arrays
@@ -310,47 +310,51 @@ def test_nan_loss_stops_and_keeps_the_last_good_state(tmp_path, small_setup):
     assert load_training_state(tmp_path / "state.pt")["step"] == 5
 
 
-def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(tmp_path, corpus, trained_pipeline):
-    tsv = _write_triples_tsv(corpus, tmp_path / "triples.train.tsv", repeat=1)
+@pytest.mark.slow
+def test_sigterm_saves_a_state_and_resume_finishes_from_a_triples_tsv(work, corpus, trained_pipeline, capsys):
+    tsv = _write_triples_tsv(corpus, work / "triples.train.tsv", repeat=1)
     args = [str(ROOT / TRAIN_SCRIPT), tsv, "--embeddings", trained_pipeline["embeddings"], "--batch-size", "4",
-            "--epochs", "100", "--checkpoint-every", "5", "--output-dir", tmp_path / "out"]
+            "--epochs", "100", "--checkpoint-every", "5", "--output-dir", work / "out"]
     env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1"}
-    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=tmp_path, env=env, text=True,
+    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=work, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "out").glob("*_training_state.pt")) and time.monotonic() < deadline:
+    while not list((work / "out").glob("*_training_state.pt")) and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stdout + stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
-    state_path = next((tmp_path / "out").glob("*_training_state.pt"))
+    state_path = next((work / "out").glob("*_training_state.pt"))
     assert "interrupted by SIGTERM" in stderr and f"--resume {state_path}" in stderr
     assert "Tokenised 240 triplets" in stdout
     state = load_training_state(state_path)
     epochs = str(max(state["epoch"], 2))
     args[args.index("100")] = epochs
-    resumed = run_script(*map(str, args[:1]), *map(str, args[1:]), "--resume", state_path, cwd=tmp_path)
-    assert "Resuming at epoch" in resumed.stdout and "Loading cached token arrays" in resumed.stdout
+    # the signal needs a real process; the resume runs the same script's main in this process, in the same folder
+    status, out, err = cli(capsys, TRAIN_SCRIPT, *args[1:], "--resume", state_path)
+    assert status == 0, err
+    assert "Resuming at epoch" in out and "Loading cached token arrays" in out
     model = state_path.with_name(state_path.name.replace("_training_state", ""))
     log = json.loads(model.with_name(model.stem + "_training_log.json").read_text())
     assert log["resumed_from_step"] == [state["step"]] and len(log["epochs"]) == int(epochs)
     assert not state_path.exists()  # removed once the model is saved
 
 
-def test_cbow_continues_from_a_saved_gensim_model(tmp_path, rows_file):
+def test_cbow_continues_from_a_saved_gensim_model(work, rows_file, capsys):
     from msmarco_search.data.sources import open_source
     from msmarco_search.embeddings.cbow import CbowSettings, embeddings_from_gensim, prepare_corpus, train_cbow
 
-    corpus_file, _ = prepare_corpus(open_source([rows_file]), tmp_path / "data", None)
+    corpus_file, _ = prepare_corpus(open_source([rows_file]), work / "data", None)
     first_model, _ = train_cbow(corpus_file, CbowSettings(vector_size=8, min_count=1, epochs=1, workers=1))
-    (tmp_path / "ckpt").mkdir()
-    first_model.save(str(tmp_path / "ckpt" / "w2v.gensim"))
+    (work / "ckpt").mkdir()
+    first_model.save(str(work / "ckpt" / "w2v.gensim"))
     first, vocab = embeddings_from_gensim(first_model)
-    run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "8", "--epochs", "2",
-               "--resume-from", tmp_path / "ckpt" / "w2v.gensim", "-c", tmp_path / "ckpt", "--data-dir",
-               tmp_path / "data", cwd=tmp_path)
-    second, vocab2, _ = load_embeddings(tmp_path / "ckpt" / "msmarco_word2vec.pt")
+    status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--vector-size", "8",
+                         "--epochs", "2", "--resume-from", work / "ckpt" / "w2v.gensim", "-c", work / "ckpt",
+                         "--data-dir", work / "data")
+    assert status == 0, err
+    second, vocab2, _ = load_embeddings(work / "ckpt" / "msmarco_word2vec.pt")
     assert vocab2.index_to_word == vocab.index_to_word
     assert first.shape == second.shape and not torch.allclose(first, second)
 
@@ -358,6 +362,7 @@ def test_cbow_continues_from_a_saved_gensim_model(tmp_path, rows_file):
 # ---------------------------------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_like_one_with_the_doubled_batch(tmp_path, trained_pipeline):
     common = [trained_pipeline["triplets"], "--embeddings", trained_pipeline["embeddings"], "--max-steps", "3",
               "--log-every", "1", "--learning-rate", "3e-3", "--data-dir", tmp_path / "data",

@@ -25,8 +25,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CBOW_SCRIPT, ROOT, SEARCH_SCRIPT, TRIPLETS_SCRIPT, make_corpus, write_tsv_folder
-from test_reliability import assert_one_line_error, cli
+from conftest import (
+    CBOW_SCRIPT,
+    ROOT,
+    SEARCH_SCRIPT,
+    TRIPLETS_SCRIPT,
+    assert_one_line_error,
+    cli,
+    make_corpus,
+    run_main,
+    write_tsv_folder,
+)
 
 from msmarco_search.cli import run
 from msmarco_search.data.triplets import load_triplets
@@ -35,13 +44,6 @@ EVALUATE = "evaluation/evaluate.py"
 EXPORT = "training/export_sentence_transformers.py"
 AVERAGE = "training/average_two_tower_models.py"
 CBOW_TINY = ("--min-count", "1", "--vector-size", "8", "--epochs", "1", "--workers", "1", "--no-word-benchmarks")
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MSMARCO_SEARCH_NO_PROGRESS", "1")
-    return tmp_path
 
 
 def _row(query: str, query_id, texts: list[str], ids: list[str] | None = None,
@@ -144,6 +146,7 @@ def test_a_nul_byte_past_the_first_mebibyte_is_refused_too(work, capsys):
     assert not (work / "checkpoints" / "msmarco_word2vec.pt").exists()
 
 
+@pytest.mark.slow
 def test_not_text_given_to_search_and_evaluation_is_one_line_with_exit_2(work, trained_pipeline, tsv_folder):
     folder = work / "c"
     folder.mkdir()
@@ -244,8 +247,8 @@ def test_passage_ids_are_indexed_as_written_and_never_joined_into_one(work, caps
     assert sorted(index.pid(i) for i in range(len(index))) == ["p  1", "p 1"]  # two ids, not "p 1" twice
     index.close()
     rows.write_text(_row("what is a", 1, ["first", "second"], ["a\tb", "a b"]))  # joined words: "a b" twice
-    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows, "--index-dir",
-                  work / "index2", cwd=work)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", rows,
+                      "--index-dir", work / "index2", cwd=work, check=False)
     _one_line(result, "rows.jsonl (line 1): passage 1: the passage id 'a\\tb' holds a tab")
     assert not (work / "index2").exists()
 
@@ -257,8 +260,8 @@ def test_a_collection_without_a_word_is_refused_before_any_work(work, capsys, tr
     folder = work / "punct"
     folder.mkdir()
     (folder / "collection.tsv").write_text("1\t...\n2\t!!! ???\n3\t\n4\t— · ★ 🙂\n")
-    result = _run(SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path", folder / "collection.tsv",
-                  "--index-dir", work / "index", cwd=work)
+    result = run_main(capsys, SEARCH_SCRIPT, "index", trained_pipeline["model"], "--dataset-path",
+                      folder / "collection.tsv", "--index-dir", work / "index", cwd=work, check=False)
     _one_line(result, "collection.tsv: holds no word: none of its 4 passage(s) has a letter or digit")
     assert "Indexing passages" not in result.stdout and not (work / "index").exists()
     assert_one_line_error(cli(capsys, CBOW_SCRIPT, "--dataset-path", folder, *CBOW_TINY),
@@ -421,7 +424,8 @@ def test_evaluation_lists_that_name_nothing_and_a_baseline_of_no_task_are_refuse
 # ------------------------------------------------------------------------------------ a full disk
 
 
-def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, trained_pipeline):
+@pytest.mark.slow
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, capsys):
     pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
     from msmarco_search.data.vocab import Vocabulary
     from msmarco_search.training.config import TwoTowerConfig
@@ -434,8 +438,10 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, trained_
     config = TwoTowerConfig(vocab_size=len(vocab), embedding_dim=1, output_dim=1, shared_towers=True,
                             max_query_length=32, max_passage_length=32)  # one stack: no router
     model = save_two_tower(work / "model.pt", TwoTowerModel(config, vocab), {})
-    done = _run(EXPORT, model, "--output-dir", work / "ok", cwd=work)
-    assert done.returncode == 0, done.stderr
+    # the export that fits runs in this process; the two that do not, as real processes under the limit (each
+    # imports sentence-transformers, tens of seconds)
+    status, _, err = cli(capsys, EXPORT, model, "--output-dir", work / "ok")
+    assert status == 0, err
     sizes = {path.name: path.stat().st_size for path in (work / "ok").rglob("*") if path.is_file()}
     assert sizes["tokenizer.json"] > 4 * sizes["model.safetensors"]
     for limit, words in ((sizes["tokenizer.json"] // 2, "cannot write the export (File too large); free some space"),
@@ -444,10 +450,11 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(work, trained_
         assert sorted(p.name for p in work.iterdir()) == ["model.pt", "ok"]  # no export, no temporary folder
 
 
-def test_a_full_disk_while_torch_ends_its_file_is_one_line(work, trained_pipeline):
+@pytest.mark.slow
+def test_a_full_disk_while_torch_ends_its_file_is_one_line(work, trained_pipeline, capsys):
     model = trained_pipeline["model"]
-    done = _run(AVERAGE, model, model, "--output", work / "ok.pt", cwd=work)
-    assert done.returncode == 0, done.stderr
+    status, _, err = cli(capsys, AVERAGE, model, model, "--output", work / "ok.pt")  # the size of the file
+    assert status == 0, err
     size = (work / "ok.pt").stat().st_size
     # the weights fit, the end of the zip file does not: torch's C++ stream fails as it closes the file
     line = _one_line(_run(AVERAGE, model, model, "--output", work / "avg.pt", cwd=work, file_limit=size - 200),
@@ -456,6 +463,7 @@ def test_a_full_disk_while_torch_ends_its_file_is_one_line(work, trained_pipelin
     assert sorted(p.name for p in work.iterdir()) == ["ok.pt"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_bm25_is_written_is_one_line(work, trained_pipeline):
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script
+from conftest import TRAIN_SCRIPT, run_main, run_script
 
 from msmarco_search.cli import run
 from msmarco_search.cli.triplets import main as triplets_main
@@ -20,10 +20,13 @@ TEXTS = ["anchor", "positive", "negative"]
 
 @pytest.fixture(scope="module")
 def parquet_triplets(tmp_path_factory, trained_pipeline):
-    """The triplets of the trained pipeline fixture (same source, same seed), written as parquet by the script."""
+    """The triplets of the trained pipeline fixture (same source, same seed), written as parquet by the script's
+    main in this process (the fixture's .pkl came through the command line)."""
     folder = tmp_path_factory.mktemp("parquet")
-    run_script(TRIPLETS_SCRIPT, "--dataset-path", trained_pipeline["rows"], "--max-samples", "1000",
-               "--format", "parquet", "--output-dir", folder, cwd=folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert triplets_main(["--dataset-path", str(trained_pipeline["rows"]), "--max-samples", "1000",
+                              "--format", "parquet", "--output-dir", str(folder)]) == 0
     (path,) = folder.glob("msmarco_triplets_*.parquet")
     return path
 
@@ -51,6 +54,7 @@ def test_datasets_reads_the_parquet_as_it_is(parquet_triplets, trained_pipeline,
     assert dataset[0]["positive_id"] == expected.positive_ids[0]
 
 
+@pytest.mark.slow
 def test_sentence_transformers_trains_on_it(parquet_triplets, tmp_path):
     st = pytest.importorskip("sentence_transformers")  # the `st` extra; in the dev group too
     import datasets
@@ -74,10 +78,10 @@ def test_sentence_transformers_trains_on_it(parquet_triplets, tmp_path):
     assert trainer.train().global_step == 2
 
 
-def test_the_training_script_reads_parquet(parquet_triplets, trained_pipeline, tmp_path):
-    result = run_script(TRAIN_SCRIPT, parquet_triplets, "--embeddings", trained_pipeline["embeddings"],
-                        "--epochs", "1", "--batch-size", "32", "--output-dir", tmp_path / "models",
-                        "--data-dir", tmp_path / "data", cwd=tmp_path)
+def test_the_training_script_reads_parquet(parquet_triplets, trained_pipeline, tmp_path, capsys):
+    result = run_main(capsys, TRAIN_SCRIPT, parquet_triplets, "--embeddings", trained_pipeline["embeddings"],
+                      "--epochs", "1", "--batch-size", "32", "--output-dir", tmp_path / "models",
+                      "--data-dir", tmp_path / "data", cwd=tmp_path)
     assert f"triplets from {parquet_triplets}" in result.stdout  # (some queries held out for validation)
     assert list((tmp_path / "models").glob("two_tower_model_*.pt"))
 

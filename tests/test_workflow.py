@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import ROOT, Corpus, run_script, write_tsv_folder
+from conftest import ROOT, Corpus, built_once, make_corpus, run_script, write_tsv_folder
 
 from msmarco_search.training.model_file import load_model
 
@@ -22,26 +23,47 @@ def run_pipeline(*args: object, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_index(tmp_path, corpus):
+def _main_job_twice(folder: Path) -> None:
+    """The recipe's main job on the fixture corpus, run side by side (``--jobs 2``) and one stage at a time."""
+    corpus = make_corpus()
     # judged queries of every other topic query train; the rest are the evaluation queries, never trained on
-    train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
-    held_out = Corpus(corpus.queries[1::2], corpus.passages)
-    evaluation = write_tsv_folder(held_out, tmp_path / "dl", split="dev", candidates=False)
+    train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), folder / "train", split="train")
+    evaluation = write_tsv_folder(Corpus(corpus.queries[1::2], corpus.passages), folder / "dl", split="dev",
+                                  candidates=False)
     # self-training queries without judgments, in the passages' words so that the labeller and BM25 can agree
-    unjudged = tmp_path / "queries.unjudged.tsv"
+    unjudged = folder / "queries.unjudged.tsv"
     unjudged.write_text("".join(f"u{pid}\t{' '.join(text.lower().rstrip('.').split()[:8])}\n"
                                 for pid, text, _ in corpus.passages))
-    result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
-                          "--seeds", "1,2", "--epochs", "3", "--cbow-epochs", "2", "--vector-size", "16",
-                          "--min-count", "1", "--ict-per-passage", "1", "--min-relevance", "1",
-                          "--label-queries", unjudged, "--teacher", tmp_path / "no-such-teacher",
-                          "--output-dir", tmp_path / "checkpoints", "--data-dir", tmp_path / "data", cwd=tmp_path)
-    out = result.stdout + result.stderr
+    for jobs in (2, 1):
+        out = folder / f"jobs{jobs}"
+        out.mkdir()
+        result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
+                              "--seeds", "1,2", "--epochs", "3", "--cbow-epochs", "2", "--vector-size", "16",
+                              "--min-count", "1", "--ict-per-passage", "1", "--min-relevance", "1",
+                              "--label-queries", unjudged, "--jobs", jobs, "--teacher", folder / "no-such-teacher",
+                              "--output-dir", out / "checkpoints", "--data-dir", out / "data", cwd=out)
+        (out / "stdout.txt").write_text(result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="session")
+def main_job(tmp_path_factory) -> dict[int, Path]:
+    """``{jobs: folder}``: the two runs of ``_main_job_twice``, made once for the whole test run; tests only read
+    them (each folder holds ``checkpoints/``, ``data/`` and the job's output in ``stdout.txt``)."""
+    folder = built_once(tmp_path_factory, "main-job", _main_job_twice)
+    return {jobs: folder / f"jobs{jobs}" for jobs in (2, 1)}
+
+
+@pytest.mark.slow
+def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_index(tmp_path, corpus, main_job):
+    run = main_job[2]  # side by side, as on a machine of two cores or more
+    held_out = Corpus(corpus.queries[1::2], corpus.passages)
+    out = (run / "stdout.txt").read_text()
     # a teacher that is not here: one line, and today's recipe without it
-    assert f"warning: no teacher ({tmp_path / 'no-such-teacher'}: no such teacher model folder); training today's " \
-           "recipe without one" in result.stderr.splitlines()
+    teacher = run.parent / "no-such-teacher"
+    assert f"warning: no teacher ({teacher}: no such teacher model folder); training today's recipe without " \
+           "one" in out.splitlines()
     assert "--distill-weight" not in out
-    for made in (tmp_path / "data").glob("msmarco_triplets_*_metadata.json"):
+    for made in (run / "data").glob("msmarco_triplets_*_metadata.json"):
         assert json.loads(made.read_text())["teacher"] is None
     for stage in ("CBOW word vectors", "triplets: judged pairs", "two-tower that labels the --label-queries, seed 1",
                   "triplets: the --label-queries labelled by that model and BM25, plus the triplets above",
@@ -49,12 +71,12 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
                   "the average of the 2 seeds' weights", "index the evaluation collection", "evaluate against BM25"):
         assert f"== {stage}" in out
     # the final models trained on the self-training pairs as well
-    labelled = next((tmp_path / "data").glob("msmarco_triplets_selftrain_*_metadata.json"))
+    labelled = next((run / "data").glob("msmarco_triplets_selftrain_*_metadata.json"))
     assert json.loads(labelled.read_text())["pseudo_labelled"] > 0
     # the commands are printed as a user would run them, wherever the package is installed
     assert "$ python -m msmarco_search train " in out
 
-    models = sorted(m for m in (tmp_path / "checkpoints").glob("two_tower_model_*.pt") if "_labeller" not in m.name)
+    models = sorted(m for m in (run / "checkpoints").glob("two_tower_model_*.pt") if "_labeller" not in m.name)
     final = [m for m in models if "_seed" not in m.name]
     assert len(final) == 1 and len(models) == 3
     model = load_model(final[0])
@@ -62,7 +84,7 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     assert model.config.shared_towers  # the recipe's settings reached the training stage
 
     # the CBOW corpus holds the passages but none of the evaluation queries
-    corpus_file = next((tmp_path / "data").glob("pipeline_corpus_*/collection.tsv"))
+    corpus_file = next((run / "data").glob("pipeline_corpus_*/collection.tsv"))
     lines = {line.split("\t", 1)[1] for line in corpus_file.read_text().splitlines()}
     assert {" ".join(text.split()) for _, text, _ in corpus.passages} <= lines
     evaluated = {text for _, text, _ in held_out.queries}
@@ -92,21 +114,11 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     assert torch.load(final[0], weights_only=True)["kind"] == "two-tower-model"
 
 
-def test_the_main_job_gives_the_same_model_and_scores_side_by_side_and_one_stage_at_a_time(tmp_path, corpus):
+@pytest.mark.slow
+def test_the_main_job_gives_the_same_model_and_scores_side_by_side_and_one_stage_at_a_time(main_job):
     """CBOW on one thread and each seed on one thread: run twice, side by side (CBOW beside the triplets, the
     seeds beside each other) and one stage at a time, the job writes the same vectors, weights and scores."""
-    train = write_tsv_folder(Corpus(corpus.queries[::2], corpus.passages), tmp_path / "train", split="train")
-    evaluation = write_tsv_folder(Corpus(corpus.queries[1::2], corpus.passages), tmp_path / "dl", split="dev",
-                                  candidates=False)
-    outputs = {}
-    for jobs in (2, 1):
-        out = tmp_path / f"jobs{jobs}"
-        result = run_pipeline(1000, "--dataset-path", train, "--split", "train", "--evaluate-on", evaluation,
-                              "--seeds", "1,2", "--cbow-epochs", "2", "--vector-size", "16", "--min-count", "1",
-                              "--ict-per-passage", "1", "--min-relevance", "1", "--jobs", jobs, "--teacher", "none",
-                              "--output-dir", out / "checkpoints", "--data-dir", out / "data", cwd=tmp_path)
-        outputs[jobs] = (out / "checkpoints", result.stdout)
-    side_by_side, one_at_a_time = outputs[2][1], outputs[1][1]
+    side_by_side, one_at_a_time = ((main_job[jobs] / "stdout.txt").read_text() for jobs in (2, 1))
     # side by side: each heading and output line names its lane; one at a time: plain headings
     assert "== CBOW word vectors [1]" in side_by_side and "== triplets: judged pairs [2]" in side_by_side
     assert "== two-tower, seed 1 [1]" in side_by_side and "== two-tower, seed 2 [2]" in side_by_side
@@ -114,13 +126,15 @@ def test_the_main_job_gives_the_same_model_and_scores_side_by_side_and_one_stage
     assert "== CBOW word vectors\n" in one_at_a_time and "side by side" not in one_at_a_time
 
     def saved(checkpoints: Path) -> tuple[dict, dict, dict]:
-        final = next(m for m in checkpoints.glob("two_tower_model_*.pt") if "_seed" not in m.name)
+        final = next(m for m in checkpoints.glob("two_tower_model_*.pt") if "_seed" not in m.name
+                     and "_labeller" not in m.name)
         report = json.loads((final.with_name(f"{final.stem}_evaluation") / "evaluation.json").read_text())
         vectors = torch.load(checkpoints / "msmarco_word2vec.pt", weights_only=True)["embeddings"]
         return ({"vectors": vectors}, torch.load(final, weights_only=True)["state_dict"],
                 report["tasks"]["full"]["metrics"])
 
-    (vectors_a, weights_a, metrics_a), (vectors_b, weights_b, metrics_b) = saved(outputs[2][0]), saved(outputs[1][0])
+    (vectors_a, weights_a, metrics_a), (vectors_b, weights_b, metrics_b) = (
+        saved(main_job[jobs] / "checkpoints") for jobs in (2, 1))
     assert torch.equal(vectors_a["vectors"], vectors_b["vectors"])
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
@@ -178,6 +192,7 @@ def test_a_damaged_cached_cbow_corpus_is_rebuilt_not_reused(tmp_path, capsys):
     assert path.read_text() == "t0\tfirst text\nt1\tsecond text\n"
 
 
+@pytest.mark.slow
 def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_path, capsys):
     """The first stage to fail stops the other lane's (a CBOW of minutes here) and the error names it; its own
     message is above, after its lane's number."""
