@@ -54,7 +54,8 @@ else
           --pools "$DATA/msmarco-trec-dl-2019/collection.tsv" "$DATA/msmarco-v2-trec-dl-2021/collection.tsv")
     [ -f "$QUERIES" ] || made+=(--queries-output "$QUERIES" --queries-from "$DATA/msmarco-queries/queries.dev.small.tsv")
     echo "== make $N distinct passages"
-    timed uv run --project "$ROOT" "$ROOT/benchmarks/make_dataset.py" "${made[@]}"
+    # not timed: a size the machine cannot hold is refused in one line on stderr, and the script stops there
+    uv run --project "$ROOT" "$ROOT/benchmarks/make_dataset.py" "${made[@]}"
   fi
 fi
 INDEX=$WORK/index_$NAME
@@ -67,7 +68,8 @@ timed uv run --project "$ROOT" "$ROOT/search/search.py" index "$MODEL" --dataset
   --index-dir "$INDEX" "${faiss[@]}" "$@"
 uv run --project "$ROOT" python -c "import json,sys; m=json.load(open(sys.argv[1])); \
 print({k: m[k] for k in ('count','dtype','encode_seconds')}, m['bm25'], m['faiss'])" "$INDEX/manifest.json"
-du -sh "$INDEX" "$INDEX"/* "$INDEX"/bm25/*
+du -sh "$INDEX"/* "$INDEX"/bm25/*  # each part, then the whole (du counts a file once: the whole last)
+du -sh "$INDEX"
 for system in bm25 hybrid two-tower; do
   echo "== query: $system, the 43 DL 2019 queries one batch, from the saved indexes"
   timed uv run --project "$ROOT" "$ROOT/search/search.py" query "$MODEL" --index-dir "$INDEX" --system "$system" \

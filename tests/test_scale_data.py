@@ -124,3 +124,22 @@ def test_an_existing_file_is_never_replaced(tmp_path, capsys):
     assert_one_line_error(make(capsys, pool, mine, 10, 0), "collection.tsv: already exists, and this script "
                           "replaces no file")
     assert mine.read_text() == "1\tmine\n"
+
+
+def test_bench_scale_refuses_a_size_the_machine_cannot_hold_before_any_work(tmp_path):
+    """Through the benchmark as it is run: the distinct collection it makes by default is refused in one line
+    on stderr, exit 2, and nothing is written."""
+    data = tmp_path / "data"
+    for pool in ("msmarco-trec-dl-2019", "msmarco-v2-trec-dl-2021"):
+        (data / pool).mkdir(parents=True)
+        write_pool(data / pool)[0].rename(data / pool / "collection.tsv")
+    (data / "msmarco-queries").mkdir()
+    (data / "msmarco-queries" / "queries.dev.small.tsv").write_text("1\twhat is a bank\n", encoding="utf-8")
+    work = tmp_path / "work"
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "bench_scale.sh"), "m.pt", "2000000000", str(work)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "DATA": str(data)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: a collection of 2,000,000,000 passages"), result.stderr
+    assert "lower --size" in lines[0]
+    assert sorted(os.listdir(work)) == []
