@@ -5,7 +5,7 @@
 #   OLD=/tmp/old-main bash benchmarks/before_after.sh MODEL.pt TRIPLETS.pkl EMBEDDINGS.pt
 #
 # Each of 3 rounds indexes the DL 2019 pool (dense only) and trains 300 steps, old then new; it prints the
-# wall time of each index command and the triplets/s of each training run (docs/benchmarks.md has the figures).
+# wall time of each index command and the triplets/s of each training run (docs/experiments.md, "Search and index speed", has the figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NEW=$PWD

@@ -1,4 +1,4 @@
-"""The GPU check (issue 14): training, indexing, exact search and torchrun on the machine at hand; one table.
+"""The GPU check: training, indexing, exact search and torchrun on the machine at hand; one table.
 
 Run through ``benchmarks/gpu_check.sh`` (which installs the project with uv first). Everything it needs it
 builds in ``--work``: a triples TSV (``make_dataset.py``: real text where ``../shared/data`` is present,
@@ -9,7 +9,7 @@ Rows: training triplets/s (``train_throughput.py``, bf16 autocast on CUDA, batch
 (``search/search.py index``, end to end, and the passage tower alone on tokenised passages); exact search
 (``dense.exact_search`` over the encoded passages, on the device); ``torchrun`` of the training script
 on every GPU present (NCCL; gloo with 2 processes on the CPU). ``--cpu-smoke``: the same on the CPU at small
-sizes, to prove the script end to end where no GPU is lent.
+sizes, to prove the script end to end where there is no GPU.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def check_training(inputs: dict, sizes: dict, device: str, batch: int) -> str:
     _run([sys.executable, ROOT / "benchmarks" / "train_throughput.py", "--triplets", inputs["triples"],
           "--embeddings", inputs["embeddings"], "--systems", "trainable", "--device", device, "--batch-size", batch,
           "--steps", sizes["steps"], "--warmup", sizes["warmup"], "--json", out,
-          # on the CPU one thread (docs/benchmarks.md: more threads on shared cores are slower); on a GPU all
+          # on the CPU one thread (docs/experiments.md, "Training speed": more threads on shared cores are
+          # slower); on a GPU all
           "--threads", 1 if device == "cpu" else 0], 900)
     rate = json.loads(out.read_text())["median_triplets_per_second"]["trainable"]
     return f"{rate:,.0f} triplets/s"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14, for a freshly lent GPU machine (under 8 minutes): installs the project with uv
+# The GPU check, for a fresh GPU machine (under 8 minutes): installs the project with uv
 # from pyproject.toml + uv.lock, builds its own data, and prints one table (benchmarks/gpu_check.py):
 # training triplets/s (bf16, batch 1,024 and 8,192), indexing 1M passages, exact search on the GPU, and
 # torchrun DDP with NCCL on the GPUs present.

@@ -1,4 +1,4 @@
-"""Issue 13's levers on the DL 2021 split: the recipe trained with one change, seeds 42, 1 and 2, against a control.
+"""Quality levers on the DL 2021 split: the recipe trained with one change, seeds 42, 1 and 2, against a control.
 
 Needs the quality script's levers step first; its WORK holds the CBOW vectors, the DL 2021 split (judged pairs of
 27 queries train, the other 26 are evaluated over the DL 2021 pool) and the recipe's triplets. The rows in the docs
@@ -15,7 +15,8 @@ on the recipe's triplets (no held-out slice, so the control is not the quality s
 the DL 2021 pool for the 26 held-out queries with the two-tower and with ``two-tower-prf`` (depth 3, weight 2: the
 library's retrievers). It prints each system's nDCG@10 and R@100, mean (min-max) over the seeds, and the paired
 t-test over the queries of the seeds' mean against the control's. Per-query scores are kept in WORK/levers/, so
-a lever already measured is only printed again. Results and their reading: docs/benchmarks.md, "Sixth session".
+a lever already measured is only printed again. Results and their reading: docs/experiments.md, "Quality levers"
+(the rows against control F).
 """
 
 from __future__ import annotations

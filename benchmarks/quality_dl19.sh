@@ -21,11 +21,11 @@ WORK=${WORK:-/tmp/msmarco_quality_dl19}
 DL19=$DATA/msmarco-trec-dl-2019
 DL21=$DATA/msmarco-v2-trec-dl-2021
 # 40 CBOW epochs, not 20: on the DL 2021 split, two CBOW draws each gave the two-tower +0.009-0.013 and two-tower-prf
-# +0.013-0.020 (3 seeds each; benchmarks/levers_dl21.py cbow-40-epochs cbow-40-epochs-seed-7, docs/benchmarks.md)
+# +0.013-0.020 (3 seeds each; benchmarks/levers_dl21.py cbow-40-epochs cbow-40-epochs-seed-7, docs/experiments.md)
 CBOW_EPOCHS=${CBOW_EPOCHS:-40}
 CBOW_WINDOW=${CBOW_WINDOW:-20}
 # the recipe's inverse-cloze pseudo-queries per passage and two-tower epochs: 8 fresh cuts of each passage seen
-# once, chosen on DL 2021 (the x8-e1 row of docs/benchmarks.md) over 4 cuts seen twice (RECIPE_ICT=4
+# once, chosen on DL 2021 (the 8 x 1 row of docs/experiments.md, "Inverse-cloze pseudo-queries") over 4 cuts seen twice (RECIPE_ICT=4
 # RECIPE_EPOCHS=2 gives the rows measured before it)
 RECIPE_ICT=${RECIPE_ICT:-8}
 RECIPE_EPOCHS=${RECIPE_EPOCHS:-1}
@@ -220,7 +220,7 @@ if want select; then
   uv run benchmarks/mean_over_seeds.py "$WORK/eval_select_window/evaluation.json"
 fi
 
-# Issue 13's levers, each against the recipe on the DL 2021 split (split_dl21; 3 seeds each, with the recipe's
+# The self-training lever, against the recipe on the DL 2021 split (split_dl21; 3 seeds each, with the recipe's
 # CBOW vectors): the recipe's training data there (judged pairs of the train half + 4 inverse-cloze
 # pseudo-queries per passage of both pools) against the same plus self-training pairs: the 50K MS MARCO train
 # queries labelled over both pools by the recipe's seed-42 model fused with BM25 (mining.py).

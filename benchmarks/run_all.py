@@ -1,4 +1,4 @@
-"""Speed benchmarks of every stage, each in its own process (wall time, rate, peak memory); writes the table.
+"""Speed benchmarks of every stage, each in its own process (wall time, rate, peak memory), as a table.
 
     uv run benchmarks/run_all.py                 # 50k queries (MS MARCO v1.1 scale), ~25 min on 2 cores
     uv run benchmarks/run_all.py --size 2000 --repeats 1 --no-write    # a quick run
@@ -12,7 +12,8 @@ matrix product, one query at a time); the triples TSV streamed into token arrays
 should not grow with the input). Peak memory is the stage process's maximum resident set
 (``os.wait4``), and the load average is recorded next to each figure: the machine is shared.
 Timed figures are medians over ``--repeats`` runs. With ``--profile``, a torch.profiler table of the
-training step is added.
+training step is added. The table replaces the block between the ``speed:begin`` and ``speed:end`` markers of
+docs/results.md ("Stages at 50K queries"); ``--no-write`` only prints it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "benchmarks.md"
+DOC = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- speed:begin (written by benchmarks/run_all.py) -->", "<!-- speed:end -->"
 CBOW = "text_embeddings/train_text_embeddings_cbow_msmarco.py"
 TRIPLETS = "preprocessing/generate_triplets.py"
@@ -233,14 +234,6 @@ def stage_profile(work: Path, steps: int) -> None:
 # ------------------------------------------------------------------------------------------------ the driver
 
 
-def goal_status(value: float, goal: float, lower_is_better: bool) -> str:
-    met = value <= goal if lower_is_better else value >= goal
-    if met:
-        return "met"
-    ratio = value / goal if lower_is_better else goal / value
-    return f"**missed** ({ratio:.2f}x {'over' if lower_is_better else 'under'})"
-
-
 def run_all(args: argparse.Namespace) -> dict:
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -332,8 +325,6 @@ def run_all(args: argparse.Namespace) -> dict:
 def table(results: dict, args: argparse.Namespace, command: str) -> str:
     r = results
     size = args.size
-    pipeline_wall = r["cbow_file"]["wall"] + r["triplets"]["wall"] + r["train_mean"]["wall"]
-    peak = max(v["rss_mib"] for k, v in r.items() if isinstance(v, dict) and "rss_mib" in v)
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {platform.node() and 'development machine'}, {os.cpu_count()} CPU cores, {platform.machine()}, "
@@ -375,22 +366,7 @@ def table(results: dict, args: argparse.Namespace, command: str) -> str:
                      f"{run['tsv_mib']:.0f} MiB), then 20 steps | {int(lines_count) / run['wall']:,.0f} lines/s "
                      f"(whole process) | {run['wall']:.1f} | {run['rss_mib']:.0f} (at the end: heap "
                      f"{run['anon_mib']:.0f}, mapped token files {run['file_mib']:.0f}) | {run['load']:.1f} |")
-    lines += [
-        "",
-        "| goal (2-core CPU, 50k) | measured | status |",
-        "|---|---|---|",
-        f"| CBOW (5 epochs) + triplets + one two-tower epoch <= 180 s wall | {pipeline_wall:.0f} s "
-        f"({r['cbow_file']['wall']:.0f} + {r['triplets']['wall']:.0f} + {r['train_mean']['wall']:.0f}) | "
-        f"{goal_status(pipeline_wall, 180, True)} |",
-        f"| two-tower >= 5,000 triplets/s (mean tower) | {r['train_mean']['rate']:,.0f} (frozen: "
-        f"{r['train_mean_frozen']['rate']:,.0f}) | {goal_status(r['train_mean']['rate'], 5000, False)} |",
-        f"| query latency p50 <= 20 ms over 100k passages | {index['p50']:.2f} ms | "
-        f"{goal_status(index['p50'], 20, True)} |",
-        f"| peak memory < 3 GB (3,072 MiB) | {peak:,.0f} MiB | {goal_status(peak, 3072, True)} |",
-        "",
-        "Stage commands (each run as its own process):",
-        "",
-    ]
+    lines += ["", "Stage commands (each run as its own process):", ""]
     for key in ("cbow_file", "cbow_iterator", "triplets", "train_mean", "train_mean_frozen", "train_mean_all_threads",
                 "train_gru", "index"):
         if key in r:
@@ -403,13 +379,11 @@ def table(results: dict, args: argparse.Namespace, command: str) -> str:
 
 
 def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip() + "\n\n## Speed (benchmarks/run_all.py)\n\n" + block + "\n"
-    DOC.write_text(doc)
+    """Replace the block between the markers of docs/results.md ("Stages at 50K queries") with ``text``."""
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{DOC}: the markers {BEGIN} and {END} are missing; the table was not written")
+    DOC.write_text(doc[:doc.index(BEGIN)] + f"{BEGIN}\n{text}\n{END}" + doc[doc.index(END) + len(END):])
 
 
 def main(argv: list[str] | None = None) -> int:

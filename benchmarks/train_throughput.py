@@ -86,18 +86,30 @@ def _vectors(args: argparse.Namespace, texts):
     return torch.randn(len(vocab), args.dim, generator=torch.Generator().manual_seed(0)) * 0.1, vocab
 
 
-def _package(name: str, checkout: Path | None):
-    """``msmarco_search`` of this checkout, or of ``checkout`` imported as ``msmarco_search_before``."""
+# where each class the step needs lives: in the package's subpackages, and in a checkout of the flat package
+# (one module per concern, before the subpackages), which ``--before`` may name
+HOMES = {"TripletArrays": "data.tokens", "TwoTowerConfig": "training.config", "TwoTowerModel": "training.model",
+         "InBatchSoftmaxLoss": "training.losses", "Trainer": "training.trainer", "TrainSettings": "training.state",
+         "Vocabulary": "data.vocab"}
+FLAT_HOMES = {"TripletArrays": "batches", "TwoTowerConfig": "model", "TwoTowerModel": "model",
+              "InBatchSoftmaxLoss": "losses", "Trainer": "train", "TrainSettings": "train", "Vocabulary": "vocab"}
+
+
+def _classes(checkout: Path | None) -> dict[str, type]:
+    """The classes of ``HOMES`` from ``msmarco_search`` of this checkout, or of ``checkout`` imported as
+    ``msmarco_search_before`` (a benchmark of two checkouts side by side: modules found by name)."""
     if checkout is None:
-        return importlib.import_module(f"msmarco_search.{name}")
+        return {name: getattr(importlib.import_module(f"msmarco_search.{home}"), name) for name, home in HOMES.items()}
+    folder = checkout.resolve() / "msmarco_search"
     if "msmarco_search_before" not in sys.modules:
-        folder = checkout.resolve() / "msmarco_search"
         spec = importlib.util.spec_from_file_location("msmarco_search_before", folder / "__init__.py",
                                                       submodule_search_locations=[str(folder)])
         package = importlib.util.module_from_spec(spec)
         sys.modules["msmarco_search_before"] = package
         spec.loader.exec_module(package)
-    return importlib.import_module(f"msmarco_search_before.{name}")
+    homes = HOMES if (folder / "core").is_dir() else FLAT_HOMES
+    return {name: getattr(importlib.import_module(f"msmarco_search_before.{home}"), name)
+            for name, home in homes.items()}
 
 
 def _project(args: argparse.Namespace, texts, matrix, words: list[str], system: str) -> Callable[[int], None]:
@@ -106,16 +118,16 @@ def _project(args: argparse.Namespace, texts, matrix, words: list[str], system: 
     import torch
 
     checkout = Path(args.before) if system == "before" else None
-    batches, losses, models, train = (_package(n, checkout) for n in ("batches", "losses", "model", "train"))
-    vocab = _package("vocab", checkout).Vocabulary(words)
+    c = _classes(checkout)
+    vocab = c["Vocabulary"](words)
     device = torch.device(args.device)
-    data = batches.TripletArrays(vocab.encode_many(texts[0], 32), vocab.encode_many(texts[1], 128),
-                                 vocab.encode_many(texts[2], 128))
-    config = models.TwoTowerConfig(vocab_size=len(vocab), embedding_dim=matrix.shape[1],
-                                   freeze_embeddings=system == "frozen")
+    data = c["TripletArrays"](vocab.encode_many(texts[0], 32), vocab.encode_many(texts[1], 128),
+                              vocab.encode_many(texts[2], 128))
+    config = c["TwoTowerConfig"](vocab_size=len(vocab), embedding_dim=matrix.shape[1],
+                                 freeze_embeddings=system == "frozen")
     settings = {"batch_size": args.batch_size} | ({"row_updates": False} if system == "autograd" else {})
-    trainer = train.Trainer(models.TwoTowerModel(config, vocab, matrix), data, losses.InBatchSoftmaxLoss(20.0),
-                            train.TrainSettings(**settings), device)
+    trainer = c["Trainer"](c["TwoTowerModel"](config, vocab, matrix), data, c["InBatchSoftmaxLoss"](20.0),
+                           c["TrainSettings"](**settings), device)
 
     def step(i: int) -> None:
         trainer.step(data.batch(np.arange(i * args.batch_size, (i + 1) * args.batch_size)))

@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in COMMANDS:
         run(COMMANDS[arguments[0]][0](), arguments[1:], form=MODULE)
-    parser = argparse.ArgumentParser(prog=MODULE_COMMAND, description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=MODULE_COMMAND,
+                                     description="Every command of the package, where its console commands "
+                                                 "(msmarco-COMMAND) may not be on the PATH.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="commands:\n" + "\n".join(f"  {name:<9} {what}"
                                                                       for name, (_, what) in COMMANDS.items())

@@ -1,4 +1,4 @@
-"""Small MS MARCO-format fixtures built on the fly, and a helper that runs the scripts like a user does."""
+"""Small MS MARCO-format fixtures built on the fly, and a function that runs the scripts as a user does."""
 
 from __future__ import annotations
 

@@ -366,7 +366,7 @@ def test_bm25_on_dl19_matches_the_published_pool_figures(tmp_path):
                tmp_path / "plain", cwd=tmp_path)
     stemmed = _report(tmp_path / "stemmed")["tasks"]["full"]["metrics"]["bm25"]
     plain = _report(tmp_path / "plain")["tasks"]["full"]["metrics"]["bm25"]
-    # issue 11: Snowball-stemmed BM25 (k1 0.9, b 0.4) scores about 0.474 nDCG@10 on this pool, 0.435 without
+    # Snowball-stemmed BM25 (k1 0.9, b 0.4) scores about 0.474 nDCG@10 on this pool, 0.435 without
     assert stemmed["nDCG@10"] == pytest.approx(0.474, abs=0.01)
     assert plain["nDCG@10"] == pytest.approx(0.435, abs=0.01)
     # the issue quotes about MRR@10 0.567, R@100 0.56 for the unstemmed BM25

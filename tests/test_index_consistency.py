@@ -591,12 +591,14 @@ def test_faiss_search_settings_faiss_cannot_hold_are_refused_before_the_build(se
     # refused before the build: in one line here, or by argparse where the flag's own range already excludes it
     status, out, err = cli(capsys, SEARCH, "index", model, "--dataset-path", collection, "--faiss", "hnsw",
                            "--ef-search", 2**31)
-    assert status == 2 and "Traceback" not in err and f"--ef-search {2**31}" in err.strip().splitlines()[-1], err
+    last = err.strip().splitlines()[-1]
+    assert status == 2 and "Traceback" not in err and "--ef-search" in last and str(2**31) in last, err
     assert "Indexing" not in out and not (work / "model_index").exists()
     assert not (work / ".model_index.new").exists()
     model_copy, index = _copy(search_setup, work, "copied_index")
     before = (index / MANIFEST).read_bytes()
     status, out, err = cli(capsys, SEARCH, "faiss", model_copy, "--index-dir", index, "--faiss", "ivf", "--nprobe",
                            2**64)
-    assert status == 2 and "Traceback" not in err and f"--nprobe {2**64}" in err.strip().splitlines()[-1], err
+    last = err.strip().splitlines()[-1]
+    assert status == 2 and "Traceback" not in err and "--nprobe" in last and str(2**64) in last, err
     assert (index / MANIFEST).read_bytes() == before and "Built faiss" not in out

@@ -1,4 +1,4 @@
-"""The index at scale (issue 14): BM25 streamed into bm25s's matrix, builds swapped in whole (a SIGKILLed build
+"""The index at scale: BM25 streamed into bm25s's matrix, builds swapped in whole (a SIGKILLed build
 leaves the old index answering), and sharded builds under torchrun read as one index."""
 
 from __future__ import annotations

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import msmarco_search
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.text import tokenize
 from msmarco_search.data.generation import generate_triplets
@@ -185,6 +188,76 @@ def test_state_shapes_match_the_modules(tower, shared, token_weights):
                             shared_towers=shared, token_weights=token_weights)
     model = TwoTowerModel(config, vocab)
     assert state_shapes(config) == {name: tuple(value.shape) for name, value in model.state_dict().items()}
+
+
+# The subpackages by stage, lowest first: each imports only from itself and the ones before it (the package's
+# ``__init__`` and ``__main__`` sit above them all), so data flows one way and training never reaches search
+# or evaluation.
+LAYERS = ("core", "io", "data", "embeddings", "teacher", "training", "index", "search", "evaluation", "labels", "cli")
+
+
+def _project_imports(path: Path) -> list[tuple[int, str]]:
+    """Every import of ``path`` that names the package, at any depth (inside functions and under TYPE_CHECKING
+    too): (line, module); a relative import is returned as ``.`` (the package names its modules in full)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            found.append((node.lineno, "."))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] if node.module != "msmarco_search" else [f"msmarco_search.{a.name}"
+                                                                           for a in node.names]
+            found += [(node.lineno, name) for name in names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return [(line, name) for line, name in found if name == "." or name.split(".")[0] == "msmarco_search"]
+
+
+def test_each_subpackage_imports_only_the_ones_below_it():
+    package = Path(msmarco_search.__file__).parent
+    wrong, seen = [], 0
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        if len(parts) == 1:  # __init__, __main__: the package's face, above every layer
+            assert path.stem in ("__init__", "__main__"), f"{path}: a module outside the subpackages"
+            continue
+        layer = parts[0]
+        assert layer in LAYERS, f"{path}: subpackage {layer} has no place in LAYERS"
+        for line, name in _project_imports(path):
+            seen += 1
+            target = name.split(".")[1] if name.count(".") else ""
+            if name == "." or target not in LAYERS or LAYERS.index(target) > LAYERS.index(layer):
+                wrong.append(f"{path.relative_to(package)}:{line} ({layer}) imports {name}")
+    assert seen > 300, "the imports were not found"
+    assert not wrong, "\n".join(wrong)
+
+
+def test_help_names_the_command_and_imports_nothing_heavy():
+    """``--help`` of every command, as ``python -m msmarco_search COMMAND --help`` runs it: its usage line names
+    the command so, and no module that takes seconds to import is imported before the arguments are parsed."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "numpy", "gensim", "datasets", "faiss", "bm25s", "sentence_transformers", "scipy", "pandas",
+             "pyarrow", "matplotlib", "fastapi", "ir_measures", "ftfy", "tqdm")
+    code = ("import contextlib, io, sys\n"
+            "from msmarco_search.__main__ import main\n"
+            "from msmarco_search.cli import COMMANDS\n"
+            "for name in COMMANDS:\n"
+            "    shown = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(shown):\n"
+            "        try:\n"
+            "            main([name, '--help'])\n"
+            "        except SystemExit as stop:\n"
+            "            assert stop.code == 0, (name, stop.code)\n"
+            f"    loaded = sorted(m for m in {heavy!r} if m in sys.modules)\n"
+            "    print(name, '|', shown.getvalue().splitlines()[0], '|', ' '.join(loaded))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    lines = [line.split(" | ") for line in result.stdout.splitlines()]
+    assert [name for name, _, _ in lines] == ["cbow", "triplets", "train", "average", "export", "search", "evaluate",
+                                              "pipeline"]
+    for name, usage, loaded in lines:
+        assert usage.startswith(f"usage: python -m msmarco_search {name} "), usage
+        assert loaded == "", f"{name} --help imports {loaded}"
 
 
 def test_training_never_imports_evaluation_or_search():

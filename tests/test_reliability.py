@@ -36,7 +36,7 @@ from msmarco_search.io.atomic import atomic_write
 from msmarco_search.io.safe_load import KIND_TRIPLETS, load_pickle
 from msmarco_search.training.model_file import load_model
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------- shared checks
 
 _MODULES: dict[str, object] = {}
 
@@ -177,9 +177,7 @@ def test_gensim_models_saved_by_the_script_resume_through_the_safe_loader(work, 
                               triplets), "t.pkl", "not a gensim Word2Vec model (it holds a dict)")
 
 
-
-# ------------------------------------------- issue 12's holes: gensim side files, torch writes, model files,
-# ------------------------------------------- the CBOW output folder (one block, to ease merging)
+# ----------------------------------- gensim side files, torch writes, model files, the CBOW output folder
 
 SEARCH_SCRIPT = "search/search.py"
 
@@ -536,13 +534,20 @@ def test_cbow_flags_beyond_what_gensim_can_take_are_refused(work, capsys):
     assert_usage_error(cli(capsys, CBOW_SCRIPT, "--window", "100000000000"), "must be at most 10,000")
 
 
-def test_the_cbow_driver_returns_its_status(work, capsys, rows_file):
+def test_the_cbow_command_ends_with_its_status(work, capsys, rows_file):
+    """``main`` returns 0 when done and raises a problem the user can fix, which ``cli.run`` prints as one line
+    with exit status 2; argparse ends a bad flag (2) and --help (0) itself."""
     from msmarco_search.cli.cbow import main
 
-    assert main(["--vector-size", "0"]) == 2
-    assert main(["--help"]) == 0 and "--checkpoint-dir" in capsys.readouterr().out
-    assert main(["--dataset-path", str(work / "missing.jsonl"), *CBOW_TINY]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"error: {work / 'missing.jsonl'}: not found; ")
+    for flags, expected in ((["--vector-size", "0"], 2), (["--help"], 0)):
+        with pytest.raises(SystemExit) as stop:
+            main(flags)
+        assert stop.value.code == expected
+    assert "--checkpoint-dir" in capsys.readouterr().out
+    with pytest.raises(PipelineError, match="missing.jsonl: not found; "):
+        main(["--dataset-path", str(work / "missing.jsonl"), *CBOW_TINY])
+    status, _, err = cli(capsys, CBOW_SCRIPT, "--dataset-path", work / "missing.jsonl", *CBOW_TINY)
+    assert status == 2 and err.strip().startswith(f"error: {work / 'missing.jsonl'}: not found; ")
     result = run_script(CBOW_SCRIPT, "--dataset-path", work / "missing.jsonl", cwd=work, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {work / 'missing.jsonl'}: "
@@ -592,8 +597,6 @@ def test_word_benchmark_files_missing_or_of_another_layout_are_one_line(work):
     (work / "bench" / "questions-words.txt").write_text(": family\nking queen man woman\n")
     assert word_embedding_quality(matrix, vocab, folder=work / "bench")["analogies"]["in_vocabulary"] == 1
 
-
-# ------------------------------------------------------------------ end of issue 12's block
 
 
 def test_files_of_the_wrong_kind_are_named(work, capsys, trained_pipeline):
@@ -1100,8 +1103,8 @@ def test_out_of_memory_and_ctrl_c_are_one_line(capsys):
 
 
 # =====================================================================================================
-# Input holes in the readers (issue 12): qrels grades, row value types, repeated ids, CR-only line ends,
-# and the triplets command's --output. (Block kept separate to ease merging.)
+# Inputs the readers refuse or read right: qrels grades, row value types, repeated ids, CR-only line ends,
+# and the triplets command's --output.
 # =====================================================================================================
 
 EVALUATE_SCRIPT = "evaluation/evaluate.py"
@@ -1274,13 +1277,15 @@ def test_triplets_output_file_and_sensible_names(work, capsys, rows_file):
                        "not allowed with argument")
 
 
-def test_the_triplets_command_is_importable_and_returns_its_status(work, capsys, rows_file):
+def test_the_triplets_command_is_importable_and_ends_with_its_status(work, capsys, rows_file):
     from msmarco_search.cli.triplets import main
 
     assert main(["--dataset-path", str(rows_file), "--output", str(work / "t.pkl")]) == 0
-    assert main(["--dataset-path", str(work / "missing.jsonl")]) == 2
-    assert "missing.jsonl: not found; " in capsys.readouterr().err.strip()  # and what its folder holds
-    assert main(["--help"]) == 0
+    with pytest.raises(PipelineError, match="missing.jsonl: not found; "):  # and what its folder holds
+        main(["--dataset-path", str(work / "missing.jsonl")])
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
 
 
 def test_min_relevance_must_be_at_least_1(work, capsys):

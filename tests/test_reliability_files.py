@@ -1,4 +1,4 @@
-"""Bad inputs beyond issue 12's list (docs/reliability.md, "Saved indexes, run files and outputs"): every file kind
+"""Bad inputs of every saved file (docs/reliability.md, "Saved indexes, run files and outputs"): every file kind
 the scripts read or write, edited, damaged or in the wrong place, through the scripts' command lines.
 
 The search and evaluation cases share one index of the trained fixture model, built once per module; each case
@@ -267,7 +267,7 @@ def test_a_damaged_training_state_or_one_of_other_triplets_is_refused(work, caps
                                                         if name.endswith("embedding.weight")}), "state_dict")):
         data = torch.load(state, weights_only=True)
         change(data)
-        torch.save(data, work / "bad.pt")  # each was a traceback, after the data and model were loaded
+        torch.save(data, work / "bad.pt")  # each found after the data and model are loaded
         result = cli(capsys, TRAIN_SCRIPT, triplets, *common, "--output", work / "m2.pt", "--resume", work / "bad.pt")
         assert_one_line_error(result, "bad.pt: training state is damaged or does not fit this run", words)
     # other triplets of the same size passed every check, and the run went on over other data

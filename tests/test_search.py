@@ -366,7 +366,7 @@ def test_search_and_evaluation_write_the_same_runs(search_setup, tmp_path):
             assert all(len(hits) == depth for hits in searched.values())
 
 
-# ---------------------------------------------------------------------------------------------- BM25 (issue 11)
+# ------------------------------------------------------------------------------------------------------ BM25
 
 STEMMING = ["r1\tRunners running in the marathon races", "c1\tCooking recipes for a quick dinner",
             "h1\tThe history of the printing press"]

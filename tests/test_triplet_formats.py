@@ -19,7 +19,7 @@ TEXTS = ["anchor", "positive", "negative"]
 
 @pytest.fixture(scope="module")
 def parquet_triplets(tmp_path_factory, trained_pipeline):
-    """The triplets of the session's pipeline (same source, same seed), written as parquet by the script."""
+    """The triplets of the trained pipeline fixture (same source, same seed), written as parquet by the script."""
     folder = tmp_path_factory.mktemp("parquet")
     run_script(TRIPLETS_SCRIPT, "--dataset-path", trained_pipeline["rows"], "--max-samples", "1000",
                "--format", "parquet", "--output-dir", folder, cwd=folder)

@@ -180,7 +180,7 @@ def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_
 
     import pytest
 
-    from msmarco_search.cli.pipeline import CBOW_SCRIPT, Stage, Workflow
+    from msmarco_search.cli.pipeline import Stage, Workflow
     from msmarco_search.core.errors import PipelineError
 
     words = [f"word{i}" for i in range(200)]
@@ -191,14 +191,29 @@ def test_a_failing_stage_side_by_side_stops_the_job_with_one_line_naming_it(tmp_
     workflow = Workflow(SimpleNamespace(jobs=2, data_dir=tmp_path, output_dir=tmp_path), source=None)
     with pytest.raises(PipelineError, match=r"stage 'CBOW, a missing file' failed \(exit status 2\).*after \[1\]$"):
         workflow.run_side_by_side([
-            [Stage("CBOW, a missing file", CBOW_SCRIPT, ["--dataset-path", tmp_path / "missing.tsv"])],
-            [Stage("CBOW of minutes", CBOW_SCRIPT, ["--dataset-path", tmp_path / "collection.tsv", "-c", slow,
-                                                    "--data-dir", tmp_path / "data", "--epochs", 1_000,
-                                                    "--min-count", 1, "--workers", 1, "--no-word-benchmarks"])],
-            [Stage("never started", CBOW_SCRIPT, ["--help"])]])
+            [Stage("CBOW, a missing file", "cbow", ["--dataset-path", tmp_path / "missing.tsv"])],
+            [Stage("CBOW of minutes", "cbow", ["--dataset-path", tmp_path / "collection.tsv", "-c", slow,
+                                               "--data-dir", tmp_path / "data", "--epochs", 1_000,
+                                               "--min-count", 1, "--workers", 1, "--no-word-benchmarks"])],
+            [Stage("never started", "cbow", ["--help"])]])
     out = capsys.readouterr().out
     assert "== CBOW, a missing file [1]" in out and "== CBOW of minutes [2]" in out
     assert any(line.startswith("[1] error: ") and "missing.tsv" in line for line in out.splitlines())
     assert "[2] Training completed" not in out and not (slow / "msmarco_word2vec.pt").exists()  # stopped
     assert "never started" not in out  # the third lane waited for a job slot and then saw the failure
     assert [name for name, _ in workflow.timings][-1] == "the 3 lanes above, side by side (wall time)"
+
+
+def test_each_stage_runs_from_the_package_and_is_shown_as_the_user_started_the_job(monkeypatch):
+    """A stage runs as this interpreter's ``-m msmarco_search COMMAND`` (no path of the repository), and is
+    printed as the command the user types: ``msmarco-train`` under ``msmarco-pipeline``, ``python -m
+    msmarco_search train`` under ``python -m msmarco_search pipeline`` (and scripts/run_pipeline.sh)."""
+    from msmarco_search.cli.pipeline import Stage
+    from msmarco_search.core import commands
+
+    stage = Stage("two-tower, seed 1", "train", [Path("t.pkl"), "--seed", 1])
+    assert stage.argv() == [sys.executable, "-m", "msmarco_search", "train", "t.pkl", "--seed", "1"]
+    monkeypatch.setattr(commands, "_form", commands.CONSOLE)  # how this process was started, restored after
+    assert stage.shown() == "msmarco-train t.pkl --seed 1"
+    commands.started_as(commands.MODULE)
+    assert stage.shown() == "python -m msmarco_search train t.pkl --seed 1"

@@ -6,7 +6,10 @@ becomes one line ``error: ...`` and exit status 2, running out of memory the sam
 The console commands of ``[project.scripts]`` (``msmarco-cbow``, ...) are the ``run_*`` functions below,
 ``python -m msmarco_search COMMAND`` is ``__main__``, and the repository's seed-named scripts call ``run``
 themselves; each tells ``run`` how it was started (``core.commands``: messages and ``--help`` then name commands
-that way). A command is imported only when it runs, so that ``--help`` imports nothing it does not need.
+that way). A command is imported only when it runs, and each command imports the library's modules that need
+torch, numpy, gensim, faiss or bm25s inside its functions, after its arguments are parsed: ``--help`` and a
+refused flag then take a bare interpreter's start, not the seconds of those imports (``tests/test_library.py``
+holds it).
 """
 
 from __future__ import annotations

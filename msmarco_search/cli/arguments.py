@@ -29,7 +29,7 @@ def add_source_arguments(parser: Any) -> None:
     group.add_argument("--dataset-config", default="v1.1", choices=HUB_CONFIGS, help="hub config (default v1.1)")
     group.add_argument("--split", default=DefaultSplit("train"),
                        help="split: hub/datasets split, or the <split> in queries.<split>.tsv (default train; a "
-                            "split given must name what is read: see the README's Data sources)")
+                            "split given must name what is read: the rule is in docs/data.md)")
     group.add_argument("--data-dir", default="data", help="cache folder for the hub and derived files (./data)")
     group.add_argument("--min-relevance", type=relevance_grade, default=1,
                        help="TSV qrels: the lowest grade that counts as relevant (default 1; at least 1, since "

@@ -1,7 +1,7 @@
 """Average two-tower models into one (a uniform "model soup"): the mean of their weights.
 
 Train the same recipe with a few seeds (--seed), then average them; the soup searches as fast as one model and
-is usually better than the typical one of its parts (measured in docs/benchmarks.md). The models must have the same
+is usually better than the typical one of its parts (measured in docs/experiments.md). The models must have the same
 settings and vocabulary.
 
     uv run training/average_two_tower_models.py MODEL.pt MODEL.pt [MODEL.pt ...] [--output FILE | --output-dir DIR]
@@ -20,7 +20,6 @@ from msmarco_search.core.commands import program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.io.outputs import release
-from msmarco_search.training.model_file import average_two_towers, save_two_tower
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from msmarco_search.training.model_file import average_two_towers, save_two_tower
+
     if len(args.models) < 2:
         raise PipelineError("give at least two models to average")
     if args.output is not None and args.output_dir is not None:

@@ -25,20 +25,7 @@ from msmarco_search.core.commands import program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.core.text import STEMMERS
-from msmarco_search.embeddings.cbow import (
-    EMBEDDINGS_FILENAME,
-    CbowSettings,
-    cbow_outputs,
-    check_resumed_stemmer,
-    claim_output_folder,
-    embeddings_from_gensim,
-    prepare_corpus,
-    save_embeddings,
-    save_gensim_model,
-    train_cbow,
-)
 from msmarco_search.io.atomic import ensure_writable_dir
-from msmarco_search.io.gensim_safe import GENSIM_FILENAME, load_gensim_model
 from msmarco_search.io.outputs import check_output, output_path
 
 
@@ -59,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume-from", type=Path, default=None,
                         help="continue training a gensim model saved with --save-gensim-model")
     parser.add_argument("--save-gensim-model", action="store_true",
-                        help=f"also save the full gensim model ({GENSIM_FILENAME}) to continue later")
+                        help="also save the full gensim model (msmarco_word2vec.gensim) to continue later")
     parser.add_argument("--stemmer", choices=STEMMERS, default="none",
                         help="stem the corpus's words (Snowball English) before training, so the vectors, and the "
                              "two-tower trained on them, are of stems; recorded in the embeddings file (none). "
@@ -73,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_outputs(args: argparse.Namespace, checkpoint_dir: Path, data_dir: Path) -> None:
     """Every path the run will write, checked before the work: found at the end, a problem costs the run. Each
     output file replaces only an earlier one of its kind, never an input of the run (``outputs.check_output``);
-    the checkpoint folder itself is checked before it is claimed (``_main``)."""
+    the checkpoint folder itself is checked before it is claimed (``main``)."""
+    from msmarco_search.embeddings.cbow import cbow_outputs
+
     ensure_writable_dir(data_dir, "data folder")
     inputs = [path for path in (args.resume_from, *(args.dataset_path or [])) if path is not None]
     for target, kind in cbow_outputs(checkpoint_dir, args.save_gensim_model).items():
@@ -94,6 +83,9 @@ def _warn_about_ignored_flags(args: argparse.Namespace, model: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Train the vectors and save them; a problem the user can fix raises ``PipelineError`` (``cli.run`` prints it)."""
     args = parse_args(argv)
+    from msmarco_search.embeddings.cbow import check_resumed_stemmer, claim_output_folder
+    from msmarco_search.io.gensim_safe import load_gensim_model
+
     checkpoint_dir = output_path(args.checkpoint_dir)  # a name of its own, through a link (an odd name: one line)
     info("Starting CBOW implementation with MS Marco dataset")
     info(f"Checkpoints will be saved to: {checkpoint_dir}")
@@ -112,6 +104,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, checkpoint_dir: Path, resumed: object | None) -> int:
+    from msmarco_search.embeddings.cbow import (
+        EMBEDDINGS_FILENAME,
+        CbowSettings,
+        embeddings_from_gensim,
+        prepare_corpus,
+        save_embeddings,
+        save_gensim_model,
+        train_cbow,
+    )
+    from msmarco_search.io.gensim_safe import GENSIM_FILENAME
+
     source = source_from_args(args)
     corpus_file, _ = prepare_corpus(source, args.data_dir, args.max_samples, args.stemmer)
     info(f"✅ Dataset loaded (cached in: {args.data_dir})")

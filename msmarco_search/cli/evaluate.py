@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msmarco_search.cli.arguments import (
     DEVICE_HELP,
@@ -40,22 +41,14 @@ from msmarco_search.core.commands import command, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.core.resources import HIT_BYTES, check_memory
-from msmarco_search.data.provenance import training_overlap
-from msmarco_search.evaluation.evaluate import (
-    DEFAULT_RUN_DEPTH,
-    FIRST_STAGE,
-    evaluate_task,
-    format_table,
-    rows_tasks,
-    tsv_task,
-)
-from msmarco_search.evaluation.metrics import seed_summary
+from msmarco_search.evaluation.metrics import DEFAULT_RUN_DEPTH, FIRST_STAGE, seed_summary
 from msmarco_search.io.atomic import ensure_writable_dir, save_json
 from msmarco_search.io.outputs import OutputKind, check_output, claim_output, output_path, release, timestamped_path
 from msmarco_search.io.runs import TREC_RUN_OUTPUT, run_file_name, write_run
 from msmarco_search.io.safe_load import load_json, recognise_json
-from msmarco_search.search.dense import TwoTowerRetriever
-from msmarco_search.search.retrieval import BM25Retriever, Retriever
+
+if TYPE_CHECKING:
+    from msmarco_search.search.retrieval import Retriever
 
 TASKS = ("rerank", "full")
 
@@ -149,6 +142,8 @@ def _row_layout_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def make_tasks(args: argparse.Namespace):
+    from msmarco_search.evaluation.evaluate import rows_tasks, tsv_task
+
     official = [args.collection, args.queries, args.qrels]
     if any(x is not None for x in [*official, args.candidates]):
         if any(x is None for x in official):
@@ -181,6 +176,9 @@ def check_run_memory(task, systems: list[Retriever], depth: int) -> None:
 
 def training_overlaps(task, systems: list[Retriever]) -> dict[str, dict | None]:
     """Per two-tower system, the evaluation queries whose text it was trained on (None: not recorded)."""
+    from msmarco_search.data.provenance import training_overlap
+    from msmarco_search.search.dense import TwoTowerRetriever
+
     overlaps = {}
     for system in systems:
         if isinstance(system, TwoTowerRetriever):
@@ -200,6 +198,9 @@ def warn_about_overlaps(task, overlaps: dict[str, dict | None]) -> None:
 
 def _print_table(task, result, systems: list[Retriever]) -> None:
     """The task's table, its header naming what is ranked and the BM25 variant."""
+    from msmarco_search.evaluation.evaluate import format_table
+    from msmarco_search.search.retrieval import BM25Retriever
+
     if task.candidates is None:
         ranked = f"{len(task.pool):,} passages ranked per query"
     else:
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_systems(args: argparse.Namespace, chosen: list[str], output_dir: Path, report: dict) -> None:
     """Build the systems, rank every task's queries with each, write the runs and fill ``report``."""
+    from msmarco_search.evaluation.evaluate import evaluate_task
+
     systems = build_systems(args, chosen)
     check_baseline(args, systems)
     report["systems"] = {s.name: {"kind": type(s).__name__, **s.settings()} for s in systems}

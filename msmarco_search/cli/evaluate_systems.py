@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msmarco_search.core.commands import command
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
-from msmarco_search.data.vocab import vocabulary_fingerprint
-from msmarco_search.evaluation.evaluate import (
-    hybrid_name,
-)
 from msmarco_search.index.bm25 import BM25Settings
 from msmarco_search.index.layout import BM25_DIR
-from msmarco_search.index.load import load_index, saved_bm25_settings
-from msmarco_search.search.dense import CbowRetriever, TwoTowerRetriever
 from msmarco_search.search.fusion import FUSIONS
-from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
-from msmarco_search.search.retrieval import BM25Retriever, Retriever
+
+if TYPE_CHECKING:
+    from msmarco_search.search.retrieval import BM25Retriever, Retriever
 
 DEFAULT_EMBEDDINGS = Path("checkpoints/msmarco_word2vec.pt")
 
@@ -97,6 +93,9 @@ def choose_systems(args: argparse.Namespace) -> list[str]:
 def _bm25(args: argparse.Namespace) -> BM25Retriever:
     """BM25 with the flags' settings: built over the task's pool, or with --index-dir the BM25 index saved
     with a search index (refused unless it was built with these settings over this --collection)."""
+    from msmarco_search.index.load import load_index, saved_bm25_settings
+    from msmarco_search.search.retrieval import BM25Retriever
+
     settings = BM25Settings(args.bm25_k1, args.bm25_b, args.bm25_stemmer)
     if args.index_dir is None:
         return BM25Retriever(settings)
@@ -111,6 +110,11 @@ def _bm25(args: argparse.Namespace) -> BM25Retriever:
 
 
 def build_systems(args: argparse.Namespace, chosen: list[str]) -> list[Retriever]:
+    from msmarco_search.data.vocab import vocabulary_fingerprint
+    from msmarco_search.evaluation.evaluate import hybrid_name
+    from msmarco_search.search.dense import CbowRetriever, TwoTowerRetriever
+    from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
+
     systems: list[Retriever] = []
     towers: list[Retriever] = []
     if "two-tower" in chosen:

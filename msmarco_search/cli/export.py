@@ -15,7 +15,6 @@ from pathlib import Path
 
 from msmarco_search.core.commands import program
 from msmarco_search.core.report import info
-from msmarco_search.training.export import export_sentence_transformers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from msmarco_search.training.export import export_sentence_transformers
+
     folder = export_sentence_transformers(args.model, args.output_dir, overwrite=args.overwrite)
     info(f"💾 Exported {args.model} to {folder}; load it with SentenceTransformer({str(folder)!r}) "
          "(sentence-transformers)")

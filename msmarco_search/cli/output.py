@@ -20,7 +20,7 @@ from msmarco_search.training.plots import recognise_png
 MODEL_PREFIX, MODEL_SUFFIX = "two_tower_model", ".pt"
 MODEL_OUTPUT = OutputKind("two-tower model", recognise_tagged(KIND_TWO_TOWER))
 TRAINING_STATE_OUTPUT = OutputKind("training state", recognise_tagged(KIND_TRAINING_STATE))
-# the fields every training log holds (``driver.train.training_record``)
+# the fields every training log holds (``cli.train.training_record``)
 TRAINING_LOG_OUTPUT = OutputKind("training log", recognise_json("arguments", "model_config", "finished"))
 PLOT_OUTPUT = OutputKind("training plot", recognise_png)
 
@@ -39,7 +39,7 @@ def companions(model_path: Path) -> dict[Path, OutputKind]:
 def claim_model_path(output: Path | None, output_dir: Path, overwrite: bool = False,
                      inputs: Iterable[Path | None] = ()) -> Path:
     """``output`` (claimed; an existing file there replaced only when it is an earlier model and ``overwrite``;
-    never one of ``inputs``), or a new timestamped path in ``output_dir``. Call ``fileio.release(path)`` when
+    never one of ``inputs``), or a new timestamped path in ``output_dir``. Call ``outputs.release(path)`` when
     the run has written it (or failed)."""
     if output is None:
         return timestamped_path(ensure_writable_dir(output_dir), MODEL_PREFIX, MODEL_SUFFIX)

@@ -6,9 +6,10 @@
 own command and passes the next one the exact file it wrote (``--output``), never a search for the newest file.
 A stage runs as ``python -m msmarco_search COMMAND ...`` with this interpreter, never through a path in the
 repository, so the job runs wherever the package is installed, from any folder. Each stage is printed before it
-runs as that same command, ``python -m msmarco_search COMMAND ...`` (so is the search command suggested at the
-end): what runs, and what the user can type to rerun it by hand wherever the package is installed, whether or not
-its console commands are on the PATH:
+runs as the command the user types to rerun it by hand, in the form the job was started in (``core.commands``):
+``msmarco-train ...`` under ``msmarco-pipeline`` (the console commands are then on the PATH), ``python -m
+msmarco_search train ...`` under ``python -m msmarco_search pipeline`` and ``scripts/run_pipeline.sh``; so is the
+search command suggested at the end:
 
 1. the CBOW corpus: every text of the training source (queries and passages), the passages of the evaluation
    collection (bare text, no label) and any ``--extra-text`` files, minus any line that equals an evaluation
@@ -18,7 +19,7 @@ its console commands are on the PATH:
    plus, for local passage collections, 8 inverse-cloze pseudo-queries per passage of the training and the
    evaluation collections (no labels), less any triplet whose query is an evaluation query;
 4. with ``--label-queries`` (self-training): a first two-tower model (the first seed's) trained on those
-   triplets, which, fused with BM25, labels the queries over the same passages (``mining.py``: kept where the
+   triplets, which, fused with BM25, labels the queries over the same passages (``labels/mining.py``: kept where the
    model and BM25 both rank the hybrid's first passage in their top 3); those pairs join the triplets;
 5. the two-tower model, once per seed (shared towers, IDF-initialised word weights, in-batch softmax, 1 epoch),
    and the average of their weights;
@@ -63,11 +64,10 @@ from msmarco_search.cli.arguments import (
     split_given,
     thread_count,
 )
-from msmarco_search.core.commands import MODULE_COMMAND, program
+from msmarco_search.core.commands import command, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
 from msmarco_search.core.text import TOKENIZER_VERSION
-from msmarco_search.data.provenance import query_fingerprint
 from msmarco_search.data.records import Source
 from msmarco_search.data.tsv import TsvFiles, TsvSource, tsv_files_from
 from msmarco_search.io.atomic import atomic_write, cache_key, ensure_writable_dir, file_identity
@@ -75,7 +75,7 @@ from msmarco_search.io.msmarco_files import read_collection, read_queries
 from msmarco_search.io.outputs import release, timestamped_path
 from msmarco_search.io.records import cached_record, save_cache_record
 
-# The recipe's two-tower settings (chosen on DL 2021; see docs/benchmarks.md). --epochs, --batch-size and
+# The recipe's two-tower settings (chosen on DL 2021; see docs/experiments.md). --epochs, --batch-size and
 # --seed come from the workflow's own flags.
 RECIPE = ["--shared-towers", "--init-token-weights", "idf", "--loss", "softmax", "--scale", "20",
           "--learning-rate", "1e-4", "--embedding-learning-rate", "1e-2"]
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "pseudo-queries, its queries and judgments never do")
     parser.add_argument("--evaluate-split", default=None,
                         help="which queries.<split>/qrels.<split> of --evaluate-on (default: its one file of each "
-                             "kind; the README's Data sources has the rule)")
+                             "kind; docs/data.md has the rule)")
     parser.add_argument("--extra-text", nargs="+", type=Path, default=[], metavar="FILE",
                         help="more text for CBOW only: TSVs of id<TAB>text (collections, query files)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("checkpoints"),
@@ -107,13 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="42,1,2",
                         help="one model per seed, then their average (default 42,1,2; one seed: no average)")
     # 8 pseudo-queries per passage seen once against 4 seen twice (the same steps and time) on the DL 2021 split,
-    # 3 seeds: two-tower nDCG@10 +0.036 (p 0.073), R@100 +0.013, hybrids +0.005/+0.009 (docs/benchmarks.md)
+    # 3 seeds: two-tower nDCG@10 +0.036 (p 0.073), R@100 +0.013, hybrids +0.005/+0.009 (docs/experiments.md)
     parser.add_argument("--epochs", type=epoch_count, default=1, help="two-tower epochs (1)")
     # 1,024 against 256 on the DL 2021 split, 3 seeds: two-tower nDCG@10 +0.015, hybrid +0.009, R@100 equal
-    # (p 0.39 and 0.36 on 26 queries: not significant, but every seed mean moved up; docs/benchmarks.md)
+    # (p 0.39 and 0.36 on 26 queries: not significant, but every seed mean moved up; docs/experiments.md)
     parser.add_argument("--batch-size", type=batch_rows, default=1024, help="two-tower batch (1024)")
     # 40 against 20 on the DL 2021 split, two CBOW draws x 3 seeds: two-tower +0.011, two-tower-prf +0.016 (p 0.35
-    # and 0.32: both draws and both systems moved up; docs/benchmarks.md), for about 2 more minutes of CBOW
+    # and 0.32: both draws and both systems moved up; docs/experiments.md), for about 2 more minutes of CBOW
     parser.add_argument("--cbow-epochs", type=epoch_count, default=40, help="CBOW epochs (40)")
     parser.add_argument("--cbow-window", type=cbow_window, default=20, help="CBOW window (20)")
     parser.add_argument("--vector-size", type=dimension, default=300, help="CBOW dimensions (300)")
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="self-training: queries TSVs without judgments (e.g. the MS MARCO train queries) "
                              "that a first model (the first seed's) and BM25 label over the passages; the "
                              "labelled pairs they agree on join the triplets of the final models (not in the "
-                             "recipe: on DL 2021 it cost the two-tower 0.036 nDCG@10; docs/benchmarks.md)")
+                             "recipe: on DL 2021 it cost the two-tower 0.036 nDCG@10; docs/experiments.md)")
     parser.add_argument("--cbow-workers", type=thread_count, default=1,
                         help="CBOW threads (1: the same vectors every run; 0: one per core, faster, but the vectors "
                              "and every score after them change from run to run)")
@@ -153,8 +153,8 @@ class Stage:
         return [sys.executable, "-m", "msmarco_search", self.command, *map(str, self.arguments)]
 
     def shown(self) -> str:
-        """The stage as the user types it (the module's rule)."""
-        return " ".join([MODULE_COMMAND, self.command, *map(str, self.arguments)])
+        """The stage as the user types it, in the form the job was started in (the module's rule)."""
+        return " ".join([command(self.command), *map(str, self.arguments)])
 
     def failure(self, status: int) -> str:
         """The job's one-line error when this stage exits with ``status`` (its own message is printed above)."""
@@ -251,6 +251,8 @@ def corpus_lines(source: Source, evaluation: TsvFiles | None, extra: Iterable[Pa
     A text is one of them when its tokens are (``provenance.query_fingerprint``, as the leak check compares):
     "What is X?" in a query file must not slip through as "what is x".
     """
+    from msmarco_search.data.provenance import query_fingerprint
+
     held_out: set[int] = set()
     texts: list[Iterable[str]] = [source.corpus_texts()]
     if evaluation is not None:
@@ -367,7 +369,7 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
         workflow.run(Stage("evaluate against BM25", "evaluate",
                            [*common, "--collection", evaluation.collection, "--queries", evaluation.queries,
                             "--qrels", evaluation.qrels]))
-        info(f"\nSearch the new index:\n  {MODULE_COMMAND} search query {model} --system all "
+        info(f"\nSearch the new index:\n  {command('search')} query {model} --system all "
              "\"what is a lobster roll\"")
     elif not args.dataset_path:
         workflow.run(Stage("evaluate on MS MARCO validation", "evaluate",

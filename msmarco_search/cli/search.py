@@ -49,8 +49,6 @@ from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info
 from msmarco_search.index.bm25 import BM25Settings
-from msmarco_search.index.build import add_faiss, build_index, update_manifest
-from msmarco_search.index.faiss import faiss_search_parameters
 from msmarco_search.index.layout import (
     BM25_DIR,
     FAISS_FILE,
@@ -60,13 +58,8 @@ from msmarco_search.index.layout import (
     IndexSettings,
     default_index_dir,
 )
-from msmarco_search.index.load import load_index
 from msmarco_search.io.msmarco_files import queries_with_words, read_queries
-from msmarco_search.search.dense import faiss_recall
 from msmarco_search.search.options import DEFAULT_QUEUE, DEFAULT_REFINE, MAX_PARALLEL, MAX_QUEUE, SYSTEMS
-from msmarco_search.search.session import SearchSession
-from msmarco_search.training.distributed import context_from_environment, init_distributed, shutdown_distributed
-from msmarco_search.training.model_file import load_model
 
 
 def port_number(text: str) -> int:
@@ -215,6 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_index(args: argparse.Namespace) -> int:
+    from msmarco_search.index.build import build_index
+    from msmarco_search.training.distributed import context_from_environment, init_distributed, shutdown_distributed
+    from msmarco_search.training.model_file import load_model
+
     context = context_from_environment()
     device = init_distributed(context, pick_device(args.device))
     try:
@@ -252,6 +249,8 @@ def faiss_settings(args: argparse.Namespace) -> IndexSettings:
 def check_recall_search(args: argparse.Namespace) -> None:
     """The search settings the recall measurement will use (``--nprobe``, ``--ef-search``), checked against what
     faiss can hold before anything is built: found only after the build, they cost the whole build."""
+    from msmarco_search.index.faiss import faiss_search_parameters
+
     if args.faiss is not None:
         faiss_search_parameters(args.faiss, args.nprobe, args.ef_search)
 
@@ -266,6 +265,10 @@ def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: di
                   queries: list[str] | None) -> dict:
     """The faiss index's recall@10 against exact search on ``queries`` (``None``: sampled pseudo-queries) and
     its speed, printed and added to the manifest."""
+    from msmarco_search.index.build import update_manifest
+    from msmarco_search.index.load import load_index
+    from msmarco_search.search.dense import faiss_recall
+
     index = load_index(index_dir, model, args.model)
     try:
         measured = faiss_recall(index, model, queries, nprobe=args.nprobe, ef_search=args.ef_search,
@@ -280,6 +283,9 @@ def measure_faiss(args: argparse.Namespace, index_dir: Path, model, manifest: di
 
 
 def run_faiss(args: argparse.Namespace) -> int:
+    from msmarco_search.index.build import add_faiss
+    from msmarco_search.training.model_file import load_model
+
     index_dir = args.index_dir or default_index_dir(args.model)
     check_recall_search(args)
     queries = recall_queries(args)  # read before the build: a bad file fails first
@@ -300,7 +306,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)  # now: a client that connects before uvicorn is up waits in the backlog, not refused
+        sock.listen(2048)  # from here on, a client that connects before uvicorn is up waits in the backlog, not refused
     except OSError as error:
         raise PipelineError(f"cannot listen on {host} port {port}: {error.strerror or error}") from error
     return sock
@@ -314,6 +320,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise PipelineError(f"the search page needs FastAPI and uvicorn ({error.name} is missing): "
                             "uv sync --extra serve") from error
+    from msmarco_search.index.load import load_index
+    from msmarco_search.search.session import SearchSession
+    from msmarco_search.training.model_file import load_model
+
     sock = listening_socket(args.host, args.port)
     gate = SearchGate(args.parallel or available_cores(), args.queue)
     threads = max(1, available_cores() // gate.parallel)  # each search's share of the cores

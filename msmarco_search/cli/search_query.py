@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
@@ -14,17 +15,19 @@ from msmarco_search.core.resources import HIT_BYTES, check_memory
 from msmarco_search.index.layout import (
     default_index_dir,
 )
-from msmarco_search.index.load import PassageIndex, load_index
 from msmarco_search.io.atomic import ensure_writable_dir
 from msmarco_search.io.msmarco_files import queries_with_words, read_queries
 from msmarco_search.io.outputs import claim_output, output_path, release
 from msmarco_search.io.runs import TREC_RUN_OUTPUT, check_trec_ids, write_trec_run
 from msmarco_search.search.options import SYSTEMS, SearchOptions
-from msmarco_search.search.session import known_words, make_retrievers, snippet
-from msmarco_search.training.model_file import load_model
+
+if TYPE_CHECKING:
+    from msmarco_search.index.load import PassageIndex
 
 
 def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list:
+    from msmarco_search.search.session import make_retrievers
+
     systems = list(SYSTEMS) if args.system == "all" else [args.system]
     options = SearchOptions(search=args.search, nprobe=args.nprobe, ef_search=args.ef_search, refine=args.refine,
                             chunk_rows=args.chunk_rows, fusion=args.fusion, fusion_weight=args.fusion_weight,
@@ -35,6 +38,8 @@ def make_searchers(args: argparse.Namespace, index: PassageIndex, model) -> list
 
 
 def print_hits(index: PassageIndex, searcher, query: str, hits, width: int, label: str = "") -> None:
+    from msmarco_search.search.session import known_words, snippet
+
     info(f"[{searcher.name}] {label}{query}")
     if not known_words(searcher, query):
         info("   (no known words in the query: the model has never seen any of them)")
@@ -66,6 +71,8 @@ def check_search_memory(args: argparse.Namespace, index: PassageIndex, queries: 
 
 
 def batch_mode(args: argparse.Namespace, index: PassageIndex, searchers: list, run_files: dict[str, Path]) -> None:
+    from msmarco_search.search.session import known_words
+
     queries = read_queries(args.queries)
     if not queries:
         raise PipelineError("holds no queries", args.queries)
@@ -146,6 +153,9 @@ def run_file_paths(args: argparse.Namespace, index_dir: Path) -> dict[str, Path]
 
 
 def run_query(args: argparse.Namespace) -> int:
+    from msmarco_search.index.load import load_index
+    from msmarco_search.training.model_file import load_model
+
     index_dir = args.index_dir or default_index_dir(args.model)
     run_files = run_file_paths(args, index_dir)
     try:

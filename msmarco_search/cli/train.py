@@ -27,10 +27,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from msmarco_search.cli.arguments import (
     batch_rows,
@@ -60,27 +57,23 @@ from msmarco_search.core.commands import command, command_words, program
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, warn
-from msmarco_search.data.provenance import training_provenance
-from msmarco_search.data.tokens import TrainingData, TripletsFile
-from msmarco_search.data.triplets import Triplets, metadata_path
-from msmarco_search.embeddings.cbow import load_embeddings
-from msmarco_search.evaluation.validation import Validator, split_validation
+from msmarco_search.data.triplets import metadata_path
 from msmarco_search.io.atomic import content_sample
 from msmarco_search.io.outputs import check_output, claim_output, release
 from msmarco_search.io.records import load_side_record, save_side_record
 from msmarco_search.training.config import TOWERS
-from msmarco_search.training.distributed import (
-    DistributedContext,
-    context_from_environment,
-    init_distributed,
-    shutdown_distributed,
-)
-from msmarco_search.training.losses import InBatchSoftmaxLoss, TripletMarginLoss
-from msmarco_search.training.model import TwoTowerModel, build_model
-from msmarco_search.training.model_file import save_two_tower
 from msmarco_search.training.plots import plot_training_log
-from msmarco_search.training.state import TrainingInterrupted, TrainingLog, TrainSettings, load_training_state
-from msmarco_search.training.trainer import train_two_tower
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from msmarco_search.data.tokens import TrainingData, TripletsFile
+    from msmarco_search.data.triplets import Triplets
+    from msmarco_search.evaluation.validation import Validator
+    from msmarco_search.training.distributed import DistributedContext
+    from msmarco_search.training.model import TwoTowerModel
+    from msmarco_search.training.state import TrainingInterrupted, TrainingLog, TrainSettings
 
 DEFAULT_OUTPUT_DIR = Path("checkpoints")
 LOSSES = ("softmax", "triplet")
@@ -116,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=thread_count, default=1,
                         help="CPU threads for PyTorch (1: fastest on a small or shared CPU, see "
-                             "docs/benchmarks.md; 0 = PyTorch's default, all cores)")
+                             "docs/experiments.md; 0 = PyTorch's default, all cores)")
     run = parser.add_argument_group("checkpoints and resuming")
     run.add_argument("--resume", type=Path, default=None, metavar="STATE",
                      help="continue from a ..._training_state.pt written by an interrupted run of the same command")
@@ -178,6 +171,8 @@ class Outputs:
 def main(argv: list[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(arguments)
+    from msmarco_search.training.distributed import context_from_environment, init_distributed, shutdown_distributed
+
     context = context_from_environment()
     if not context.is_main:  # only the first process prints and writes files
         os.environ["MSMARCO_SEARCH_NO_PROGRESS"] = "1"
@@ -193,12 +188,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, arguments: list[str], context: DistributedContext, device: torch.device) -> int:
     """Load, train, save, print; the exit status (128 + the signal number when interrupted)."""
+    import torch
+
+    from msmarco_search.data.tokens import TripletsFile
+    from msmarco_search.training.state import TrainingInterrupted, load_training_state
+    from msmarco_search.training.trainer import train_two_tower
+
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     info(f"Using device: {device}" + (f" ({context.world_size} processes)" if context.enabled else "")
          + (f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""))
     check_flags(args)
-    described = triplets_metadata(args.triplets_file)  # now: read at the end, a damaged one lost the model
+    # before the work: read at the end, a damaged one would cost the model
+    described = triplets_metadata(args.triplets_file)
     resume = load_training_state(args.resume) if args.resume is not None else None
     outputs = plan_outputs(args, context, resume)  # before hours of training, not after them
     try:
@@ -271,6 +273,10 @@ def plan_outputs(args: argparse.Namespace, context: DistributedContext, resume: 
 
 def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, context: DistributedContext,
                         device: torch.device, resume: dict[str, Any] | None) -> tuple[TwoTowerModel, TrainingData]:
+    from msmarco_search.embeddings.cbow import load_embeddings
+    from msmarco_search.evaluation.validation import split_validation
+    from msmarco_search.training.model import build_model
+
     if not args.embeddings.exists():
         raise PipelineError(f"CBOW embeddings not found; run {command('cbow')} first or pass --embeddings",
                             args.embeddings)
@@ -309,6 +315,8 @@ def load_model_and_data(args: argparse.Namespace, triplets_file: TripletsFile, c
 def make_validator(args: argparse.Namespace, data: TrainingData, model: TwoTowerModel, context: DistributedContext,
                    resumed: bool) -> Validator | None:
     """Scores the held-out queries as training goes; the first process validates, the others train on."""
+    from msmarco_search.evaluation.validation import Validator
+
     if data.validation is None or not context.is_main:
         if args.triplets_file.suffix.lower() == ".tsv":
             info("Validation: none for a triples TSV input")
@@ -320,10 +328,14 @@ def make_validator(args: argparse.Namespace, data: TrainingData, model: TwoTower
 
 
 def make_loss(args: argparse.Namespace) -> nn.Module:
+    from msmarco_search.training.losses import InBatchSoftmaxLoss, TripletMarginLoss
+
     return InBatchSoftmaxLoss(args.scale) if args.loss == "softmax" else TripletMarginLoss(args.margin)
 
 
 def train_settings(args: argparse.Namespace) -> TrainSettings:
+    from msmarco_search.training.state import TrainSettings
+
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          embedding_learning_rate=args.embedding_learning_rate, seed=args.seed,
                          num_workers=args.num_workers, log_every=args.log_every,
@@ -352,6 +364,8 @@ def training_record(args: argparse.Namespace, model: TwoTowerModel, data: Traini
 def trained_on(args: argparse.Namespace, data: TrainingData, metadata: dict[str, Any] | None) -> dict[str, Any]:
     """What evaluation checks its queries against: the triplets' source and every query text of the file
     (held-out ones too: they were looked at to pick the epoch)."""
+    from msmarco_search.data.provenance import training_provenance
+
     streamed = args.triplets_file.suffix.lower() == ".tsv"
     return training_provenance(str(args.triplets_file), metadata,
                                None if streamed else data.texts.queries)
@@ -372,6 +386,8 @@ def triplets_metadata(triplets_file: Path) -> dict[str, Any] | None:
 
 def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, record: dict[str, Any],
          data: TrainingData, metadata: dict[str, Any] | None) -> None:
+    from msmarco_search.training.model_file import save_two_tower
+
     if outputs.model is None:
         info("Not saving the model (--no-save)")
         return

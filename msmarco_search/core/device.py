@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from msmarco_search.core.errors import PipelineError
+
+if TYPE_CHECKING:  # torch is imported when a device is picked: the commands' --help imports this module
+    import torch
 
 
 def pick_device(requested: str | None = None) -> torch.device:
     """Return ``requested`` if it exists on this machine, else the best available device."""
+    import torch
+
     if requested in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")

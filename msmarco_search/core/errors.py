@@ -1,4 +1,4 @@
-"""The project's one error type, and the helpers that keep its messages to one line (``cli.run`` prints it)."""
+"""The project's one error type, and the functions that keep its messages to one line (``cli.run`` prints it)."""
 
 from __future__ import annotations
 

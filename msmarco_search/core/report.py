@@ -7,8 +7,6 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from tqdm.auto import tqdm
-
 T = TypeVar("T")
 
 
@@ -22,5 +20,7 @@ def warn(message: str) -> None:
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs) -> Iterator[T]:
     """A tqdm bar; ``MSMARCO_SEARCH_NO_PROGRESS=1`` silences it (handy in logs and tests)."""
+    from tqdm.auto import tqdm  # here, not at the top: --help and the commands that print no bar need none
+
     disable = os.environ.get("MSMARCO_SEARCH_NO_PROGRESS") == "1"
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, **kwargs)

@@ -31,8 +31,6 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-import ftfy
-
 # Bump when the token definition changes: caches keyed on it are then rebuilt.
 TOKENIZER_VERSION = "unicode-v2"
 TEXT_BREAK = "\n"
@@ -96,6 +94,8 @@ def repair(text: str) -> str:
     try:
         return text.encode("latin-1").decode("utf-8")
     except UnicodeError:
+        import ftfy  # here: a few texts need it, and every command's --help imports this module
+
         return ftfy.fix_encoding(text)
 
 

@@ -121,7 +121,7 @@ def tokenise_triplets(triplets: Triplets, vocab: Vocabulary, max_query_length: i
     return arrays
 
 
-CHUNK_LINES = 10_000  # measured: 50k-line chunks peaked 270 MiB higher and ran slower (docs/benchmarks.md)
+CHUNK_LINES = 10_000  # measured: 50k-line chunks peaked 270 MiB higher and ran slower (docs/experiments.md)
 
 
 TRIPLES = "triples (query<TAB>positive<TAB>negative)"

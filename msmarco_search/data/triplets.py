@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.data.records import Passage, QueryRecord, text_id
@@ -30,6 +28,9 @@ from msmarco_search.io.safe_load import (
     save_parquet,
     save_pickle,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COLUMNS = ("query_ids", "queries", "positive_ids", "positives", "negative_ids", "negatives")
 TRIPLET_FORMATS = ("pkl", "parquet")
@@ -59,18 +60,22 @@ class TeacherLabels:
         return len(self.query_rows)
 
     def subset(self, indices: list[int]) -> TeacherLabels:
+        import numpy as np
+
         rows = np.asarray(indices, dtype=np.int64)
         return TeacherLabels(self.name, self.identity, self.queries, self.passages, self.query_rows[rows],
                              self.positive_rows[rows], self.negative_rows[rows])
 
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The teacher's float32 vectors of the queries, positives and negatives of triplets ``indices``."""
-        return (self.queries[self.query_rows[indices]].astype(np.float32),
-                self.passages[self.positive_rows[indices]].astype(np.float32),
-                self.passages[self.negative_rows[indices]].astype(np.float32))
+        return (self.queries[self.query_rows[indices]].astype("float32"),
+                self.passages[self.positive_rows[indices]].astype("float32"),
+                self.passages[self.negative_rows[indices]].astype("float32"))
 
     def to_plain(self) -> dict[str, Any]:
         """Plain values (bytes, not arrays) for the pickle, which ``safe_load.load_pickle`` reads without globals."""
+        import numpy as np
+
         return {"name": self.name, "identity": self.identity, "dim": int(self.queries.shape[1]),
                 **{name: np.ascontiguousarray(getattr(self, name), dtype=dtype).tobytes()
                    for name, dtype in _TEACHER_ARRAYS.items()}}
@@ -78,6 +83,8 @@ class TeacherLabels:
     @classmethod
     def from_plain(cls, data: Any, count: int, path: str | Path) -> TeacherLabels:
         """Checked: the arrays' sizes fit the dimension and the triplets, every row exists, every value is finite."""
+        import numpy as np
+
         try:
             dim = data["dim"]
             if type(dim) is not int or not 0 < dim <= 65536:
@@ -98,8 +105,9 @@ class TeacherLabels:
         return labels
 
 
-_TEACHER_ARRAYS = {"queries": np.float16, "passages": np.float16, "query_rows": np.int32,
-                   "positive_rows": np.int32, "negative_rows": np.int32}
+# numpy's names of the arrays' types: the triplets command's --help reads this module, and needs no numpy
+_TEACHER_ARRAYS = {"queries": "float16", "passages": "float16", "query_rows": "int32", "positive_rows": "int32",
+                   "negative_rows": "int32"}
 
 
 @dataclass
@@ -162,7 +170,7 @@ def triplets_prefix(sample_size: int) -> str:
 
 
 TRIPLETS_OUTPUT = OutputKind("triplets file", recognise_tagged(KIND_TRIPLETS))
-# the fields every triplets metadata JSON holds (``driver.triplets.run``)
+# the fields every triplets metadata JSON holds (``cli.triplets.make_and_save``)
 TRIPLETS_METADATA_OUTPUT = OutputKind("triplets metadata", recognise_json("mode", "source", "num_triplets"))
 
 

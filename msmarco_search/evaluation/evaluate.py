@@ -29,13 +29,18 @@ from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, progress
 from msmarco_search.core.text import tokenize
 from msmarco_search.data.records import QueryRecord
-from msmarco_search.evaluation.metrics import Qrels, score_run, score_run_per_query, seed_summary, significance
+from msmarco_search.evaluation.metrics import (
+    DEFAULT_RUN_DEPTH,
+    FIRST_STAGE,
+    Qrels,
+    score_run,
+    score_run_per_query,
+    seed_summary,
+    significance,
+)
 from msmarco_search.evaluation.tasks import Task, run_of
 from msmarco_search.io.runs import Run, check_trec_ids
 from msmarco_search.search.retrieval import PassagePool, RandomRetriever, Retriever
-
-DEFAULT_RUN_DEPTH = 1000
-
 
 # ------------------------------------------------------------------------------------------------ tasks
 
@@ -63,9 +68,6 @@ def _random_baseline(task: Task, seeds: int, depth: int) -> dict[str, float]:
     draws = [score_run(task.qrels, run_of(RandomRetriever(seed), task, depth), task.threshold, names)
              for seed in range(seeds)]
     return {name: float(np.mean([d[name] for d in draws])) for name in names}
-
-
-FIRST_STAGE = "first-stage"  # re-ranking: the candidates in the order given
 
 
 def first_stage_run(task: Task) -> Run:

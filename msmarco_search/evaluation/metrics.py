@@ -18,6 +18,8 @@ Qrels = dict[str, dict[str, int]]
 
 METRICS = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
 RERANK_METRICS = ("MRR@10", "nDCG@10", "MAP")
+DEFAULT_RUN_DEPTH = 1000  # passages kept per query in a run: R@1000 looks that deep
+FIRST_STAGE = "first-stage"  # re-ranking: the row of the candidates in the order given
 
 
 def measures(threshold: int = 2) -> dict[str, Any]:

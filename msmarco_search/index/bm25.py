@@ -18,9 +18,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from msmarco_search.core.commands import command
 from msmarco_search.core.errors import PipelineError, first_line
@@ -32,6 +30,9 @@ from msmarco_search.core.text import (
 )
 from msmarco_search.io.atomic import save_json
 from msmarco_search.io.safe_load import load_json
+
+if TYPE_CHECKING:  # numpy is imported where the index is used: every command's --help reads BM25Settings
+    import numpy as np
 
 DEFAULT_STEMMER = "english"
 RECORD = "bm25.json"
@@ -90,6 +91,8 @@ class BM25Index:
 
     def search(self, queries: Sequence[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` passage positions and scores per query, best first: two ``(len(queries), k)`` arrays."""
+        import numpy as np
+
         k = min(k, len(self))
         # A query without tokens scores 0 everywhere: bm25s takes an empty list for it, but its own padding
         # token "" lies outside the score matrix and would raise.
@@ -102,6 +105,8 @@ class BM25Index:
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of ``query`` against every passage (for re-ranking candidates)."""
+        import numpy as np
+
         tokens = self.tokenizer(query)
         if not tokens:
             return np.zeros(len(self), dtype=np.float32)
@@ -114,6 +119,8 @@ class BM25Index:
         return PipelineError(f"BM25 index is damaged ({first_line(error)}); rebuild it", self.directory)
 
     def _finite(self, scores: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         # NaN scores sort anywhere and print as nan: only a saved index whose values were changed has them
         if not np.isfinite(scores).all():
             raise self._damaged(ValueError("its scores hold NaN or infinite values"))
@@ -206,6 +213,8 @@ def _check_arrays(retriever: Any, directory: Path) -> None:
     """The score matrix's arrays fit together (a CSC matrix: one column per word, one row per passage), so a
     file replaced by another of the same size is refused here instead of crashing or scoring wrongly later.
     Cheap: one pass over the column pointers (one per word), none over the nonzero entries."""
+    import numpy as np
+
     scores, words = retriever.scores, len(retriever.vocab_dict)
     data, indices, indptr = scores.get("data"), scores.get("indices"), scores.get("indptr")
     arrays = {"data": data, "indices": indices, "indptr": indptr}

@@ -126,7 +126,7 @@ def _encode_collection(model: TwoTowerModel, collection: Path, rows: tuple[int, 
                        settings: IndexSettings, dtype_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Writes ``vectors.npy`` (atomically) for passages ``rows = (start, stop)`` of the collection; returns
     the ids' bytes, their offsets and the byte offsets of its rows in the collection."""
-    dtype = VECTOR_DTYPES[dtype_name]
+    dtype = np.dtype(dtype_name)
     start, stop = rows
     count = stop - start
     offsets = array("q")
@@ -163,7 +163,7 @@ class _Build:
 
     collection: Path
     final_collection: str  # the collection's path as the finished index records it
-    collection_sample: str  # fileio.content_sample of the collection, taken before the encoding
+    collection_sample: str  # atomic.content_sample of the collection, taken before the encoding
     count: int
     dtype: str
     dim: int

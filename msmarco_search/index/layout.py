@@ -26,8 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.io.outputs import OutputKind
 from msmarco_search.io.safe_load import load_json
@@ -43,7 +41,9 @@ VECTORS, IDS, ID_OFFSETS, OFFSETS = "vectors.npy", "ids.npy", "id_offsets.npy", 
 PASSAGES, FAISS_FILE = "passages.tsv", "faiss.index"
 ARRAY_FILES = (VECTORS, IDS, ID_OFFSETS, OFFSETS)  # what every index (or each of its shards) holds
 FAISS_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
-VECTOR_DTYPES = {"float32": np.float32, "float16": np.float16}
+# the vectors' types, by numpy's names (numpy takes the name wherever it takes a type; named here without
+# numpy, so that the search command's --help offers them without importing it)
+VECTOR_DTYPES = ("float32", "float16")
 DTYPE_AUTO = "auto"
 # float16 from 1M passages: there the float32 matrix (1.1 GB at 300 dimensions; 10.6 GB at 8.8M) stops
 # fitting comfortably in the page cache next to other work, exact search reads half the bytes, and the

@@ -32,7 +32,6 @@ from msmarco_search.index.layout import (
     MANIFEST,
     OFFSETS,
     SHARD_RECORD,
-    VECTOR_DTYPES,
     VECTORS,
     shard_name,
 )
@@ -244,7 +243,7 @@ def _map_arrays(folder: OpenedFolder, prefix: str, rows: int, manifest: dict[str
     where = folder.path / prefix
     vectors, id_bytes, id_offsets, offsets = (map_npy(folder.files[prefix + name], where / name)
                                               for name in ARRAY_FILES)
-    dim, dtype = manifest["dim"], VECTOR_DTYPES[manifest["dtype"]]
+    dim, dtype = manifest["dim"], np.dtype(manifest["dtype"])
     if vectors.shape != (rows, dim) or vectors.dtype != dtype:
         raise PipelineError(f"holds {vectors.shape} {vectors.dtype}, the manifest says ({rows}, {dim}) "
                             f"{np.dtype(dtype)}; rebuild the index", where / VECTORS)

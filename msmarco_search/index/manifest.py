@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msmarco_search.core.commands import command
-from msmarco_search.core.errors import PipelineError, first_line, short
+from msmarco_search.core.errors import PipelineError, short
 from msmarco_search.data.vocab import vocabulary_fingerprint
 from msmarco_search.index.layout import (
     ARRAY_FILES,
@@ -23,6 +22,7 @@ from msmarco_search.index.layout import (
     VECTOR_DTYPES,
 )
 from msmarco_search.index.opened import Missing, OpenedFolder
+from msmarco_search.io.safe_load import decode_json
 
 if TYPE_CHECKING:  # the model's type only: the index is read without torch
     from msmarco_search.training.model import TwoTowerModel
@@ -54,11 +54,10 @@ def check_shard_record(record: Any, path: Path, identity: dict[str, Any], rows: 
 def json_of(file: io.FileIO, path: Path) -> Any:
     try:
         file.seek(0)
-        return json.loads(file.readall().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise PipelineError(f"not valid JSON ({first_line(error, 80)})", path) from error
+        data = file.readall()
     except OSError as error:
         raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    return decode_json(data, path)
 
 
 def read_manifest(folder: OpenedFolder) -> dict[str, Any]:
@@ -92,7 +91,7 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
             raise ValueError(f"unknown dtype {manifest['dtype']!r}")
         manifest["collection"] = str(manifest["collection"])
         sizes = [manifest.get("collection_size"), *manifest["files"].values()]
-        if not all(type(size) is int for size in sizes):  # an edited manifest: a size as text was a traceback
+        if not all(type(size) is int for size in sizes):  # an edited manifest: a size as text
             raise ValueError(f"file sizes are not whole numbers ({sizes})")
         samples = manifest["samples"] = dict(manifest.get("samples") or {})
         if not all(isinstance(sample, str) for sample in [manifest["collection_sample"], *samples.values()]):

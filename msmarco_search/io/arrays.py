@@ -210,7 +210,7 @@ def read_row_list(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     (fault-around, 64 KB), so 100K rows scattered over 8.8M float16 vectors put the whole 5.3 GB file in the
     resident set (reclaimable, but it is the peak a process reports). Alone it costs ~5x the map's time
     (1.26 s against 0.18-0.25 s for 100K cached rows); within IVF-PQ's re-scoring at 8.8M, ~25 % of the
-    search's time at refine 40 (docs/benchmarks.md), for 2.2 GB peak instead of 7.1 GB.
+    search's time at refine 40 (docs/experiments.md), for 2.2 GB peak instead of 7.1 GB.
 
     An ``OpenedArray`` is read through the file it was opened from (see ``read_rows``).
     """

@@ -70,13 +70,20 @@ def parse_json(text: str | bytes) -> Any:
 def load_json(path: str | Path) -> Any:
     path = existing_file(path)
     try:
-        return parse_json(path.read_bytes().decode("utf-8"))
+        data = path.read_bytes()
+    except OSError as error:
+        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
+    return decode_json(data, path)
+
+
+def decode_json(data: bytes, path: str | Path) -> Any:
+    """The JSON document ``data`` read from ``path`` (``parse_json``), or a one-line error naming the file."""
+    try:
+        return parse_json(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise PipelineError(f"not valid JSON ({first_line(error, 80)})", path) from error
     except JSONNumberError as error:
         raise PipelineError(f"holds a number out of range: {error}", path) from error
-    except OSError as error:
-        raise PipelineError(f"cannot read ({error.strerror or error})", path) from error
 
 
 def save_torch(data: dict[str, Any], path: str | Path, kind: str) -> Path:

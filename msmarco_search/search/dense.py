@@ -112,7 +112,7 @@ class DenseRetriever(Retriever):
         """The collection's vectors of ``rows`` (float32, in the order given), read through the index's files,
         not its map (``arrays.read_row_list``): at 8.8M passages the map's fault-around left the whole 5.3 GB of
         vectors resident after IVF-PQ's re-scoring (peak 7.1 GB against 2.2 GB), for ~25 % more time at refine
-        40 (docs/benchmarks.md)."""
+        40 (docs/experiments.md)."""
         return np.asarray(vector_row_list(self.vectors, np.asarray(rows, dtype=np.int64)), dtype=np.float32)
 
 

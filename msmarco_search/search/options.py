@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 from msmarco_search.search.fusion import DEFAULT_FUSION_DEPTH, DEFAULT_FUSION_WEIGHT, DEFAULT_RRF_K
 
-# IVF-PQ candidates per hit, re-scored exactly on the index's vectors (docs/benchmarks.md, "Full scale":
-# recall@10 0.824 at nprobe 16 on 1M passages; neither knob has been swept yet)
+# IVF-PQ candidates per hit, re-scored exactly on the index's vectors: at 1M passages, nprobe 16, refine 10 gives
+# recall@10 0.830 at 1,244 queries/s; refine 40 with nprobe 256 reaches 0.955 at 266 (docs/experiments.md, "faiss
+# settings")
 DEFAULT_REFINE = 10
 
 # Chosen on the DL 2021 split with the recipe's models (3 seeds; benchmarks/quality_dl19.sh feedback,
-# docs/benchmarks.md): the best mean of the two-tower-prf and hybrid-linear-prf nDCG@10 over depths 3, 5, 10,
+# docs/experiments.md): the best mean of the two-tower-prf and hybrid-linear-prf nDCG@10 over depths 3, 5, 10,
 # 20 and weights 0.5, 1, 2, 4 (0.5356 at 3 and 2; next 0.5348 at 3 and 1; 0.5290 at 10 and 2)
 DEFAULT_FEEDBACK_DEPTH = 3
 DEFAULT_FEEDBACK_WEIGHT = 2.0

@@ -306,7 +306,7 @@ def model_card(model: TwoTowerModel, model_path: str | Path, layout: str) -> str
               f"Exported {datetime.now().isoformat(timespec='seconds')} by msmarco-search "
               f"{_package_version('msmarco-search')} with sentence-transformers "
               f"{_package_version('sentence-transformers')}; built-in modules only (no `trust_remote_code`). "
-              "Why the modules reproduce the towers exactly: the docstring of `msmarco_search/export.py`.", ""]
+              "Why the modules reproduce the towers exactly: the docstring of `msmarco_search/training/export.py`.", ""]
     return "\n".join(lines)
 
 

@@ -116,7 +116,7 @@ class MeanPoolTower(nn.Module):
             weights = weights * log_weights.squeeze(-1).clamp(-TOKEN_WEIGHT_CLAMP, TOKEN_WEIGHT_CLAMP).exp()
         # the weighted vectors and the weight side by side: one sum-bag gives each text's weighted sum and its
         # total weight (backward: a row scatter and two [U, d] products instead of per-token weights' dot
-        # product per token; measured no faster nor slower, docs/benchmarks.md, and one expression for both
+        # product per token; measured no faster nor slower, docs/experiments.md, and one expression for both
         # the autograd and the row-update paths)
         rows = torch.cat([vectors * weights.unsqueeze(-1), weights.unsqueeze(-1)], dim=1)
         summed, total = F.embedding_bag(inverse, rows, offsets, mode="sum").split([vectors.shape[1], 1], dim=1)
@@ -128,7 +128,7 @@ def distinct_ids(ids: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torc
 
     A batch's tokens number about as many as the vocabulary's words, and marking a vocabulary-sized table is
     then 12x faster than ``torch.unique``'s sort (1.5 against 17 ms for 30K tokens of a 31K vocabulary, one
-    thread, ``docs/benchmarks.md``); a few tokens (one query at search time) keep the sort, and so does MPS
+    thread, ``docs/experiments.md``); a few tokens (one query at search time) keep the sort, and so does MPS
     (whose integer ``cumsum`` depends on the macOS version).
     """
     if len(ids) * 4 < vocab_size or ids.device.type == "mps":

@@ -17,7 +17,8 @@ Two ways in:
 The eps of the fused kernel is passed as ``eps / sqrt(1 - beta2^t)``: the kernel computes Adam's
 ``m / (sqrt(v) / sqrt(bc2) + eps)`` and SparseAdam ``m sqrt(bc2) / (sqrt(v) + eps)``; with that eps the two
 are the same expression (``test_row_adam_is_sparse_adam`` holds it to SparseAdam).
-Measured: ``benchmarks/train_throughput.py`` and ``docs/benchmarks.md``.
+Measured: ``benchmarks/train_throughput.py``; the figures in ``docs/results.md`` ("Training throughput") and
+``docs/experiments.md`` ("Training speed").
 """
 
 from __future__ import annotations

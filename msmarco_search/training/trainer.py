@@ -134,7 +134,7 @@ class Trainer:
         self.network: nn.Module = nn.parallel.DistributedDataParallel(model) if self.context.enabled else model
         # One process: the word tables' rows are gathered into dense leaves and updated in place (no sparse
         # autograd tensors, no coalescing: the tables' update 55 -> 38 ms a step, 1.14x the triplets/s on a
-        # CPU, docs/benchmarks.md). Under DDP the tables stay in autograd, so DDP all-reduces their gradients
+        # CPU, docs/experiments.md). Under DDP the tables stay in autograd, so DDP all-reduces their gradients
         # (sparse on gloo, dense on NCCL).
         self.row_adam = next((o for o in self.optimizers if isinstance(o, RowAdam)), None)
         self.row_updates = settings.row_updates and model.row_updates_work and not self.context.enabled
