@@ -348,10 +348,16 @@ def test_each_thread_stems_with_its_own_stemmer():
     expected = stemmer.stemWords(words)
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(lambda _: stemmer.stemWords(words), range(64))) == [expected] * 64
-    owners = set()
+    together = threading.Barrier(4)  # four threads at once, each holding its stemmer while the others take theirs
+
+    def own(_: int) -> object:
+        mine = stemmer._own()
+        together.wait(30)
+        return mine
+
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda _: owners.add(id(stemmer._own())), range(4)))
-    assert len(owners) > 1 and id(stemmer._own()) not in owners
+        owners = list(pool.map(own, range(4)))
+    assert len({id(owner) for owner in owners}) == 4 and all(owner is not stemmer._own() for owner in owners)
 
 
 class BlockedSession:
