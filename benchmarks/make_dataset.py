@@ -21,9 +21,9 @@ is kept in ``DigestSet``; a passage drawn again is drawn anew), the same file fo
 or nothing: without the pools it stops. With ``--queries-output``, the first ``--queries`` real MS MARCO dev
 queries too (the recall queries). Written as it is made (memory: the pools' sentences and 8-16 bytes a passage
 for the digests), to a temporary file renamed into place. A size that would not fit is refused before any work:
-the collection and the index built over it (``search.py index``: float16 vectors of 300 dimensions and BM25) on
-the output's disk, or that build's memory (estimated from its measured peak at 8.8M passages) in the memory
-available.
+the collection and the index built over it (``search.py index``: float16 vectors of 300 dimensions, IVF-PQ and
+BM25) on the output's disk, or that build's memory (estimated from its measured peaks at 500K and 8.8M passages)
+in the memory available.
 
     uv run benchmarks/make_dataset.py --size 50000 --output /tmp/bench/rows_50k.jsonl
     uv run benchmarks/make_dataset.py --size 1000000 --format triples --output /tmp/bench/triples_1m.tsv
@@ -63,13 +63,14 @@ QUERY_FILES = [f"msmarco-queries/queries.train.sample10k-{i}.tsv" for i in range
 COLLECTIONS = ["msmarco-trec-dl-2019/collection.tsv", "msmarco-v2-trec-dl-2021/collection.tsv"]
 DEV_QUERIES = "msmarco-queries/queries.dev.small.tsv"
 BATCH = 65_536  # passages drawn at once (a fixed number: the file a seed gives depends on it)
-# what the scale benchmark's build adds a passage: float16 vectors of 300 dimensions (600 bytes), BM25's
-# postings (about 290 bytes: 2.5 GB at 8.8M), ids and offsets (about 25 bytes); memory: the build's and
-# the faiss sweep's measured peaks at 8.8M passages, 1.56 GB and 2.2 GB (docs/results.md), about 250 bytes a
-# passage over a base of start-up and model, rounded up
-INDEX_BYTES_PER_PASSAGE = 950
+# What the scale benchmark's build adds a passage on disk: float16 vectors of 300 dimensions (600 bytes), BM25's
+# postings (344 bytes over 500K distinct passages), IVF-PQ's codes and ids (58 bytes), ids and offsets (about 20
+# bytes). Memory, measured: the whole build's peak was 1.46 GiB at 500K distinct passages (float32, IVF-PQ and its
+# recall measurement in the same process), and at 8.8M passages 1.56 GB for dense + BM25 and 2.2 GB for the faiss
+# sweep: a base of 1.5 GiB (the model, the recall's score blocks) and 256 bytes a passage covers each.
+INDEX_BYTES_PER_PASSAGE = 1024
 BUILD_MEMORY_PER_PASSAGE = 256
-BUILD_MEMORY_BASE = 1 << 30
+BUILD_MEMORY_BASE = 3 << 29
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
