@@ -102,7 +102,8 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--parallel", type=whole_number(1, MAX_PARALLEL, "each search holds a thread and its memory"),
                        default=None, help=f"searches run at once, each on its share of the cores (default: the "
                                           f"cores, {available_cores()} here)")
-    serve.add_argument("--queue", type=whole_number(0, MAX_QUEUE), default=DEFAULT_QUEUE,
+    serve.add_argument("--queue", type=whole_number(0, MAX_QUEUE, "each waiting request holds a connection"),
+                       default=DEFAULT_QUEUE,
                        help=f"requests that may wait for a search beyond those running ({DEFAULT_QUEUE}); more are "
                             "answered 503 at once")
     add_search_arguments(serve)
