@@ -13,7 +13,7 @@ Systems:
 - ``autograd``: ``trainable`` with the word tables' lookups in autograd (sparse gradients + ``RowAdam.step``),
   the path DDP takes (``TrainSettings(row_updates=False)``).
 - ``before``: ``trainable`` with another checkout's ``msmarco_search`` (``--before DIR``, imported under
-  another name beside this one).
+  another name beside this one): a checkout of the flat package, one module per concern.
 - ``st``: sentence-transformers' ``StaticEmbedding`` (the same vocabulary, tokens and start vectors, one
   shared tower) with ``MultipleNegativesRankingLoss`` (scale 20) on (anchor, positive, negative):
   ``SentenceTransformerTrainer``'s own data loader (its collator tokenises each batch), ``training_step``
@@ -45,6 +45,7 @@ from pathlib import Path
 
 from msmarco_search.cli import run
 from msmarco_search.cli.arguments import batch_rows, dimension, positive_int, thread_count
+from msmarco_search.core.errors import PipelineError
 from msmarco_search.io.atomic import save_json
 from msmarco_search.io.outputs import OutputKind, claim_output, release
 from msmarco_search.io.safe_load import recognise_json
@@ -87,7 +88,7 @@ def _vectors(args: argparse.Namespace, texts):
 
 
 # where each class the step needs lives: in the package's subpackages, and in a checkout of the flat package
-# (one module per concern, before the subpackages), which ``--before`` may name
+# (one module per concern, before the subpackages), which ``--before`` names
 HOMES = {"TripletArrays": "data.tokens", "TwoTowerConfig": "training.config", "TwoTowerModel": "training.model",
          "InBatchSoftmaxLoss": "training.losses", "Trainer": "training.trainer", "TrainSettings": "training.state",
          "Vocabulary": "data.vocab"}
@@ -96,20 +97,23 @@ FLAT_HOMES = {"TripletArrays": "batches", "TwoTowerConfig": "model", "TwoTowerMo
 
 
 def _classes(checkout: Path | None) -> dict[str, type]:
-    """The classes of ``HOMES`` from ``msmarco_search`` of this checkout, or of ``checkout`` imported as
-    ``msmarco_search_before`` (a benchmark of two checkouts side by side: modules found by name)."""
+    """The classes of ``HOMES`` from ``msmarco_search`` of this checkout, or of ``checkout`` (the flat package,
+    whose modules import each other relatively) imported as ``msmarco_search_before``: two checkouts side by side,
+    their modules found by name."""
     if checkout is None:
         return {name: getattr(importlib.import_module(f"msmarco_search.{home}"), name) for name, home in HOMES.items()}
     folder = checkout.resolve() / "msmarco_search"
+    if (folder / "core").is_dir():  # its modules import msmarco_search by name: they would load this checkout's
+        raise PipelineError("--before: a checkout with subpackages cannot be loaded beside this one; run this "
+                            "script in that checkout and compare the figures", checkout)
     if "msmarco_search_before" not in sys.modules:
         spec = importlib.util.spec_from_file_location("msmarco_search_before", folder / "__init__.py",
                                                       submodule_search_locations=[str(folder)])
         package = importlib.util.module_from_spec(spec)
         sys.modules["msmarco_search_before"] = package
         spec.loader.exec_module(package)
-    homes = HOMES if (folder / "core").is_dir() else FLAT_HOMES
     return {name: getattr(importlib.import_module(f"msmarco_search_before.{home}"), name)
-            for name, home in homes.items()}
+            for name, home in FLAT_HOMES.items()}
 
 
 def _project(args: argparse.Namespace, texts, matrix, words: list[str], system: str) -> Callable[[int], None]:

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_script
 
+from msmarco_search.cli import run
 from msmarco_search.cli.triplets import main as triplets_main
 from msmarco_search.data.records import text_id
 from msmarco_search.data.triplets import load_triplets, metadata_path
@@ -102,11 +103,18 @@ def bad_files(folder):
     }
 
 
+def triplets_status(*args: object) -> int:
+    """The triplets command run as its script runs it (through ``cli.run``): its exit status."""
+    with pytest.raises(SystemExit) as stop:
+        run(triplets_main, [str(a) for a in args])
+    return stop.value.code
+
+
 def test_bad_parquet_files_are_one_line_and_exit_2(tmp_path, capsys, rows_file):
     problems = bad_files(tmp_path)
     for name, problem in problems.items():
-        status = triplets_main(["--dataset-path", str(rows_file), "--max-samples", "20", "--include",
-                                str(tmp_path / name), "--output", str(tmp_path / "out.parquet")])
+        status = triplets_status("--dataset-path", rows_file, "--max-samples", "20", "--include", tmp_path / name,
+                                 "--output", tmp_path / "out.parquet")
         err = capsys.readouterr().err.strip()
         assert status == 2, (name, err)
         assert err.startswith(f"error: {tmp_path / name}: ") and problem in err, (name, err)
@@ -130,8 +138,7 @@ def test_a_parquet_file_from_elsewhere_needs_only_the_three_texts(tmp_path, rows
 
 
 def test_format_and_output_suffix_must_agree(tmp_path, rows_file, capsys):
-    assert triplets_main(["--dataset-path", str(rows_file), "--format", "pkl",
-                          "--output", str(tmp_path / "t.parquet")]) == 2
+    assert triplets_status("--dataset-path", rows_file, "--format", "pkl", "--output", tmp_path / "t.parquet") == 2
     assert "names a .parquet file, but --format is pkl" in capsys.readouterr().err
     assert triplets_main(["--dataset-path", str(rows_file), "--max-samples", "20",
                           "--output", str(tmp_path / "t.parquet")]) == 0  # the suffix picks the format
