@@ -1,18 +1,23 @@
-"""Search page load: N requests to /api/search, C at a time, against `search/search.py serve`; p50/p99 latency.
+"""Search server throughput: requests/s with 1 client and with C clients at once, their ratio, latency, errors.
 
-Starts the server itself (``search/search.py serve MODEL --port 0``, the flags after ``--`` passed on) unless
-``--url`` names a running one, sends ``--requests`` queries from ``--queries`` round-robin over the systems,
-``--concurrency`` at a time, and prints per system and overall: requests, errors, p50/p99/max latency (ms,
-client side: what a user waits), and requests/s. With ``--screenshot``, headless Chromium (Debian's) saves the
-page of the first query, all three systems side by side.
+Starts the server itself (``search/search.py serve MODEL --port 0``, the flags after ``--`` passed on, e.g.
+``-- --parallel 1`` for one search at a time) unless ``--url`` names a running one. Each run sends ``--requests``
+queries from ``--queries`` to ``/api/search`` round-robin over the systems, first from one client, then from
+``--concurrency`` clients at once, each client one keep-alive connection sending its next request when the last
+is answered. Prints for each run: requests, errors (any status but 200, or no answer), requests/s, p50/p95/max
+latency (ms, client side: what a user waits, queueing included); then the ratio of the two request rates (the
+share of the machine's cores that concurrent requests put to work), and per system the p50 of the concurrent
+run. With ``--screenshot``, headless Chromium (Debian's) saves the page of the first query, all systems side by
+side.
 
   uv run --extra serve benchmarks/bench_serve.py checkpoints/two_tower_model_X.pt \\
-      --queries ../shared/data/msmarco-trec-dl-2019/queries.dl19.tsv --screenshot /tmp/serve.png
+      --queries ../shared/data/msmarco-trec-dl-2019/queries.dl19.tsv
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -21,9 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,44 +61,79 @@ def start_server(model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     raise PipelineError(f"the server ended before serving (exit {process.wait()})")
 
 
-def request(url: str) -> tuple[float, int]:
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(url, timeout=120) as response:
+class Client:
+    """One client: a keep-alive HTTP connection, opened again after a failure."""
+
+    def __init__(self, base: str):
+        parts = urllib.parse.urlsplit(base)
+        self.host, self.port = parts.hostname, parts.port
+        self.connection: http.client.HTTPConnection | None = None
+
+    def get(self, path: str) -> tuple[float, int]:
+        """``(milliseconds, status)`` of one GET; status 0: no answer (refused, reset, timed out)."""
+        started = time.perf_counter()
+        try:
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            self.connection.request("GET", path)
+            response = self.connection.getresponse()
             json.loads(response.read())
             status = response.status
-    except urllib.error.HTTPError as error:
-        status = error.code
-    except OSError as error:  # refused, reset, timed out: counted as errors, the first one shown
-        if not _failures:
-            info(f"request failed: {error!r} ({url[:100]})")
-        _failures.append(error)
-        status = 0
-    return (time.perf_counter() - started) * 1000, status
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            if not _failures:
+                info(f"request failed: {error!r} ({path[:100]})")
+            _failures.append(error)
+            self.close()
+            status = 0
+        return (time.perf_counter() - started) * 1000, status
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
-def load(base: str, queries: list[str], requests: int, concurrency: int, k: int) -> list[tuple[str, float, int]]:
+def load(base: str, queries: list[str], requests: int, clients: int, k: int) -> tuple[list[tuple[str, float, int]],
+                                                                                     float]:
+    """``requests`` searches sent by ``clients`` clients at once: ``[(system, ms, status)]`` and the seconds."""
     jobs = [(SYSTEMS[i % len(SYSTEMS)], queries[i % len(queries)]) for i in range(requests)]
+    local = threading.local()
+    opened: list[Client] = []
 
     def one(job: tuple[str, str]) -> tuple[str, float, int]:
+        if not hasattr(local, "client"):
+            local.client = Client(base)
+            opened.append(local.client)
         system, query = job
-        url = f"{base}/api/search?" + urllib.parse.urlencode({"q": query, "system": system, "k": k})
-        return (system, *request(url))
+        return (system, *local.client.get("/api/search?" + urllib.parse.urlencode({"q": query, "system": system,
+                                                                                    "k": k})))
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(one, jobs))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = list(pool.map(one, jobs))
+    seconds = time.perf_counter() - started
+    for client in opened:
+        client.close()
+    return results, seconds
 
 
-def report(results: list[tuple[str, float, int]], seconds: float, concurrency: int) -> None:
-    groups = {system: [r for r in results if r[0] == system] for system in SYSTEMS} | {"all": results}
-    info(f"{'system':<10} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for system, rows in groups.items():
-        times = [ms for _, ms, _ in rows]
-        errors = sum(status != 200 for _, _, status in rows)
-        info(f"{system:<10} {len(rows):>8} {errors:>6} {statistics.median(times):>8.1f} "
-             f"{percentile(times, 0.99):>8.1f} {max(times):>8.1f}")
-    info(f"{len(results)} requests, {concurrency} at a time, in {seconds:.2f} s: "
-         f"{len(results) / seconds:.1f} requests/s")
+def summary(results: list[tuple[str, float, int]], seconds: float) -> dict[str, float]:
+    times = [ms for _, ms, _ in results]
+    return {"requests": len(results), "errors": sum(status != 200 for _, _, status in results),
+            "per_s": len(results) / seconds, "p50": statistics.median(times), "p95": percentile(times, 0.95),
+            "max": max(times)}
+
+
+def report(runs: dict[int, dict[str, float]], concurrent: list[tuple[str, float, int]]) -> None:
+    info(f"{'clients':>7} {'requests':>8} {'errors':>6} {'requests/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for clients, row in runs.items():
+        info(f"{clients:>7} {row['requests']:>8} {row['errors']:>6} {row['per_s']:>10.1f} {row['p50']:>8.1f} "
+             f"{row['p95']:>8.1f} {row['max']:>8.1f}")
+    one, many = runs[min(runs)], runs[max(runs)]
+    info(f"ratio: {many['per_s'] / one['per_s']:.2f} ({max(runs)} clients' requests/s over 1 client's)")
+    info("p50 ms per system, " + f"{max(runs)} clients: " + ", ".join(
+        f"{system} {statistics.median([ms for s, ms, _ in concurrent if s == system]):.1f}"
+        for system in SYSTEMS if any(s == system for s, _, _ in concurrent)))
 
 
 def screenshot(base: str, query: str, path: Path) -> None:
@@ -121,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, nargs="?", help="the model to serve (unless --url)")
     parser.add_argument("--url", default=None, help="a running server (http://HOST:PORT) instead of starting one")
     parser.add_argument("--queries", type=Path, required=True, help="queries TSV (qid<TAB>text), used round-robin")
-    parser.add_argument("--requests", type=positive_int, default=200, help="requests sent (200)")
-    parser.add_argument("--concurrency", type=whole_number(1, 1024, "one thread per request in flight"), default=20,
-                        help="requests in flight at once (20)")
+    parser.add_argument("--requests", type=positive_int, default=200, help="requests sent in each run (200)")
+    parser.add_argument("--concurrency", type=whole_number(2, 1024, "one thread per client"), default=20,
+                        help="clients at once in the second run (20)")
     parser.add_argument("-k", type=positive_int, default=10, help="hits per request (10)")
     parser.add_argument("--warmup", type=non_negative_int, default=20, help="requests sent first and not counted (20)")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the page here (Chromium)")
@@ -136,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if base is None:
         process, base = start_server(args.model, [a for a in extra if a != "--"])
     try:
-        load(base, queries, args.warmup, args.concurrency, args.k) if args.warmup > 0 else None
-        started = time.perf_counter()
-        results = load(base, queries, args.requests, args.concurrency, args.k)
-        report(results, time.perf_counter() - started, args.concurrency)
+        if args.warmup > 0:
+            load(base, queries, args.warmup, args.concurrency, args.k)
+        runs, concurrent = {}, []
+        for clients in (1, args.concurrency):
+            results, seconds = load(base, queries, args.requests, clients, args.k)
+            runs[clients] = summary(results, seconds)
+            concurrent = results
+        report(runs, concurrent)
         if args.screenshot is not None:
             screenshot(base, queries[0], args.screenshot)
     finally:

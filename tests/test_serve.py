@@ -4,6 +4,7 @@ started by the command line (rankings, bad requests, 200 requests 20 at a time),
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import ROOT, SEARCH_SCRIPT, hits_by_system
 
@@ -26,10 +28,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from msmarco_search.cli.search import main as search_command  # noqa: E402
 from msmarco_search.core.errors import PipelineError  # noqa: E402
+from msmarco_search.core.text import load_stemmer  # noqa: E402
 from msmarco_search.index.load import load_index  # noqa: E402
 from msmarco_search.search.options import SYSTEMS, SearchOptions
 from msmarco_search.search.page import highlight  # noqa: E402
-from msmarco_search.search.server import MAX_K, create_app  # noqa: E402
+from msmarco_search.search.server import MAX_K, SearchGate, create_app  # noqa: E402
 from msmarco_search.search.session import SearchSession, make_retrievers
 from msmarco_search.training.model_file import load_model  # noqa: E402
 
@@ -42,7 +45,7 @@ def client(search_setup):
     index = load_index(search_setup["index"], model, search_setup["model"])
     session = SearchSession(index, make_retrievers(list(SYSTEMS), index, model, search_setup["model"],
                                                    SearchOptions()))
-    with TestClient(create_app(session), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(session, SearchGate(4)), raise_server_exceptions=False) as test_client:
         yield test_client
     session.close()
 
@@ -314,3 +317,113 @@ def test_serve_without_the_serve_extra_says_how_to_install_it(search_setup, caps
     result = cli(capsys, SEARCH_SCRIPT, "serve", search_setup["model"], "--port", "0")
     assert_one_line_error(result, "the search page needs FastAPI and uvicorn (uvicorn is missing)",
                           "uv sync --extra serve")
+
+
+# ---------------------------------------------------------------------------------------------- in parallel
+
+
+def test_searches_from_20_threads_at_once_rank_as_one_at_a_time(search_setup):
+    """The session holds nothing while ranking: 20 threads searching every system at once get, hit for hit, the
+    rankings and texts of the same searches made one after another (a shared stemmer, reader or model state would
+    mix them up)."""
+    model = load_model(search_setup["model"])
+    index = load_index(search_setup["index"], model, search_setup["model"])
+    session = SearchSession(index, make_retrievers(list(SYSTEMS), index, model, search_setup["model"],
+                                                   SearchOptions()), threads=1)
+    jobs = [(query, system) for query in search_setup["queries"].values() for system in SYSTEMS]
+    try:
+        alone = [session.search(query, system, 10).to_json()["hits"] for query, system in jobs]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            together = list(pool.map(lambda job: session.search(job[0], job[1], 10).to_json()["hits"], jobs * 2))
+    finally:
+        session.close()
+    assert together == alone * 2
+    assert sum(map(len, alone)) > len(jobs)  # the systems found hits: rankings were compared, not empty lists
+
+
+def test_each_thread_stems_with_its_own_stemmer():
+    stemmer = load_stemmer("english")
+    words = [f"{stem}{ending}" for stem in ("connect", "run", "comput", "gener", "nation") for ending in
+             ("ing", "ed", "ions", "ational", "ers", "s")] * 200
+    expected = stemmer.stemWords(words)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(lambda _: stemmer.stemWords(words), range(64))) == [expected] * 64
+    together = threading.Barrier(4)  # four threads at once, each holding its stemmer while the others take theirs
+
+    def own(_: int) -> object:
+        mine = stemmer._own()
+        together.wait(30)
+        return mine
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        owners = list(pool.map(own, range(4)))
+    assert len({id(owner) for owner in owners}) == 4 and all(owner is not stemmer._own() for owner in owners)
+
+
+class BlockedSession:
+    """A session whose searches wait until released, so that requests stay in flight while others arrive."""
+
+    def __init__(self, session: SearchSession):
+        self.session, self.index, self.systems = session, session.index, session.systems
+        self.started, self.release = threading.Semaphore(0), threading.Event()
+
+    def search(self, query: str, system: str, k: int):
+        self.started.release()
+        assert self.release.wait(60)
+        if query == "fail":
+            raise OSError("a read failed")
+        return self.session.search(query, system, k)
+
+
+def test_an_overloaded_server_answers_503_at_once_and_serves_again_when_it_can(search_setup):
+    """One search at a time and one waiting: a third request is answered 503 with a JSON error at once, while
+    the two are still in flight; they then get their hits, and the server takes requests again (also after a
+    search that failed)."""
+    model = load_model(search_setup["model"])
+    index = load_index(search_setup["index"], model, search_setup["model"])
+    session = BlockedSession(SearchSession(index, make_retrievers(["bm25"], index, model, search_setup["model"],
+                                                                  SearchOptions())))
+    gate = SearchGate(1, queue=1)
+    app = create_app(session, gate)
+    query = search_setup["queries"]["s3"]
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            first = asyncio.create_task(client.get("/api/search", params={"q": query, "system": "bm25"}))
+            assert await asyncio.to_thread(session.started.acquire, True, 60)
+            second = asyncio.create_task(client.get("/", params={"q": query, "system": "bm25"}))
+            while gate.admitted < 2:
+                await asyncio.sleep(0.01)
+            busy = await client.get("/api/search", params={"q": query, "system": "bm25"})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert busy.headers["content-type"] == "application/json"
+            message = "the server is busy: 1 searches are running and 1 waiting, as many as it takes; try again"
+            assert busy.json() == {"error": f"{message} in a moment"}
+            busy_page = await client.get("/", params={"q": query, "system": "bm25"})  # the form, saying so
+            assert busy_page.status_code == 503 and message in busy_page.text and 'name="q"' in busy_page.text
+            assert not first.done() and not second.done()  # the 503s did not wait for them
+            session.release.set()
+            answered, page = await first, await second
+            assert answered.status_code == 200 and answered.json()["hits"][0]["id"] == "p3"
+            assert page.status_code == 200 and 'data-id="p3"' in page.text
+            assert gate.admitted == 0
+            failed = await client.get("/api/search", params={"q": "fail", "system": "bm25"})
+            assert failed.status_code == 500 and gate.admitted == 0
+            again = await client.get("/api/search", params={"q": query, "system": "bm25"})
+            assert again.status_code == 200 and again.json()["hits"][0]["id"] == "p3"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        session.release.set()
+        session.session.close()
+
+
+def test_serve_bounds_its_parallel_searches_and_queue(search_setup, capsys):
+    from test_reliability import assert_usage_error
+
+    for flag, value in (("--parallel", "0"), ("--parallel", "257"), ("--queue", "-1"), ("--queue", "100001")):
+        with pytest.raises(SystemExit) as stop:
+            search_command(["serve", str(search_setup["model"]), flag, value])
+        assert_usage_error((stop.value.code, "", capsys.readouterr().err), flag)

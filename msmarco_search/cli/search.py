@@ -35,11 +35,13 @@ from msmarco_search.cli.arguments import (
     add_feedback_arguments,
     add_fusion_arguments,
     add_source_arguments,
+    available_cores,
     batch_rows,
     hnsw_links,
     non_negative_int,
     positive_int,
     source_from_args,
+    whole_number,
 )
 from msmarco_search.cli.search_query import make_searchers, run_query
 from msmarco_search.core.commands import command, program
@@ -57,7 +59,7 @@ from msmarco_search.index.layout import (
     default_index_dir,
 )
 from msmarco_search.io.msmarco_files import queries_with_words, read_queries
-from msmarco_search.search.options import DEFAULT_REFINE, SYSTEMS
+from msmarco_search.search.options import DEFAULT_QUEUE, DEFAULT_REFINE, MAX_PARALLEL, MAX_QUEUE, SYSTEMS
 
 
 def port_number(text: str) -> int:
@@ -97,6 +99,13 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     serve.add_argument("--port", type=port_number, default=8000, help="port (8000; 0: any free one, printed)")
+    serve.add_argument("--parallel", type=whole_number(1, MAX_PARALLEL, "each search holds a thread and its memory"),
+                       default=None, help=f"searches run at once, each on its share of the cores (default: the "
+                                          f"cores, {available_cores()} here)")
+    serve.add_argument("--queue", type=whole_number(0, MAX_QUEUE, "each waiting request holds a connection"),
+                       default=DEFAULT_QUEUE,
+                       help=f"requests that may wait for a search beyond those running ({DEFAULT_QUEUE}); more are "
+                            "answered 503 at once")
     add_search_arguments(serve)
 
 
@@ -308,7 +317,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from msmarco_search.search.server import create_app
+        from msmarco_search.search.server import SearchGate, create_app
     except ImportError as error:
         raise PipelineError(f"the search page needs FastAPI and uvicorn ({error.name} is missing): "
                             "uv sync --extra serve") from error
@@ -317,20 +326,24 @@ def run_serve(args: argparse.Namespace) -> int:
     from msmarco_search.training.model_file import load_model
 
     sock = listening_socket(args.host, args.port)
+    gate = SearchGate(args.parallel or available_cores(), args.queue)
+    threads = max(1, available_cores() // gate.parallel)  # each search's share of the cores
     index_dir = args.index_dir or default_index_dir(args.model)
     model = load_model(args.model, pick_device(args.device))
     index = load_index(index_dir, model, args.model)
     args.system = "all"
-    session = SearchSession(index, make_searchers(args, index, model))
+    session = SearchSession(index, make_searchers(args, index, model), threads=threads)
     try:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         info(f"Index: {len(index):,} passages in {index_dir}; "
              + "; ".join(f"{s.name}: {s.description}" for s in session.retrievers.values()))
+        info(f"Searches: {gate.parallel} at once, {threads} thread{'s' * (threads > 1)} each; {gate.queue} more may "
+             "wait, and a request beyond those is answered 503 (busy)")
         info(f"Serving the search page on http://{shown}:{port}/ (API: /api/search?q=...); Ctrl-C stops")
         # h11 refuses a request line over 16 KiB with a bare 400 before the app sees it; 256 KiB lets a
         # 100 KB query reach the app, which answers it with its JSON error
-        config = uvicorn.Config(create_app(session), http="h11", log_level="warning", access_log=False,
+        config = uvicorn.Config(create_app(session, gate), http="h11", log_level="warning", access_log=False,
                                 h11_max_incomplete_event_size=256 * 1024)
         try:
             uvicorn.Server(config).run(sockets=[sock])

@@ -25,6 +25,7 @@ word vectors and the towers can (``--stemmer``, recorded in the vocabulary). Bot
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Iterator
 from functools import cache
@@ -178,12 +179,38 @@ def token_spans(text: str) -> list[tuple[int, int, list[str]]]:
     return [(m.start(), m.end(), tokenize(m.group())) for m in _word_as_written().finditer(text)]
 
 
-def load_stemmer(name: str) -> Any:
-    """PyStemmer's Snowball stemmer of ``name`` (``stemWord``, ``stemWords``), or None for ``none``."""
+class ThreadStemmer:
+    """PyStemmer's Snowball stemmer of ``name``, one per thread that stems: PyStemmer's own keeps state between
+    calls and must not be called from two threads at once (its documentation), and a search server stems each
+    request's query on the thread that runs it."""
+
+    def __init__(self, name: str):
+        import Stemmer  # PyStemmer
+
+        self.name, self._make, self._local = name, Stemmer.Stemmer, threading.local()
+        self._local.stemmer = self._make(name)  # an unknown name fails here, in the caller
+
+    def _own(self) -> Any:
+        stemmer = getattr(self._local, "stemmer", None)
+        if stemmer is None:
+            stemmer = self._local.stemmer = self._make(self.name)
+        return stemmer
+
+    def stemWord(self, word: str) -> str:  # noqa: N802 - PyStemmer's names
+        return self._own().stemWord(word)
+
+    def stemWords(self, words: list[str]) -> list[str]:  # noqa: N802
+        return self._own().stemWords(words)
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # a thread-local does not pickle; the name makes it again
+        return ThreadStemmer, (self.name,)
+
+
+def load_stemmer(name: str) -> ThreadStemmer | None:
+    """The Snowball stemmer of ``name`` (``stemWord``, ``stemWords``; one PyStemmer stemmer per thread), or None
+    for ``none``."""
     if name not in STEMMERS:
         raise ValueError(f"unknown stemmer {name!r} (use {', '.join(STEMMERS)})")
     if name == "none":
         return None
-    import Stemmer  # PyStemmer
-
-    return Stemmer.Stemmer(name)
+    return ThreadStemmer(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,7 @@ class PassageIndex:
         collection_file = opened.collection or opened.files[manifest["collection"]]
         self._collection = collection_file.fileno()
         self._faiss: Any = None
+        self._faiss_lock = threading.Lock()  # a server's first searches may ask for it at once: read it once
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -184,6 +186,12 @@ class PassageIndex:
     def faiss_index(self) -> Any:
         """The faiss index, read from its open file on first use and checked against the manifest and the index:
         its kind, metric, dimensions, count and (IVF) the rows its lists hold."""
+        if self._faiss is not None:
+            return self._faiss
+        with self._faiss_lock:
+            return self._read_faiss()
+
+    def _read_faiss(self) -> Any:
         if self._faiss is None:
             if not self.has_faiss:
                 raise PipelineError(f"this index has no faiss index; add one with `{command('search')} faiss MODEL "

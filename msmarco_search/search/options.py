@@ -23,6 +23,12 @@ DEFAULT_FEEDBACK_WEIGHT = 2.0
 SYSTEMS = ("two-tower", "bm25", "hybrid", "two-tower-prf", "hybrid-prf")
 SEARCH_MODES = ("auto", "exact", "faiss")
 
+# The search server (``server.SearchGate``): searches run at once, and requests that may wait for one; beyond
+# both a request is answered 503 at once. 64 waiting x a 40-150 ms search is a few seconds' wait.
+DEFAULT_QUEUE = 64
+MAX_PARALLEL = 256  # each search holds a thread and its working memory (a chunk of vectors)
+MAX_QUEUE = 100_000
+
 
 @dataclass
 class SearchOptions:

@@ -1,5 +1,5 @@
-"""Searching a built index: the retrievers a search session uses, a session that answers one query at a time
-(the search page's), and how hits are shown.
+"""Searching a built index: the retrievers a search session uses, a session that answers queries from any number
+of threads at once (the search page's), and how hits are shown.
 
 The retrievers themselves are ``retrieval``'s, ``dense``'s and ``hybrid``'s (the ones evaluation scores); the index is
 ``msmarco_search.index``'s. This module only picks and configures them for an index and a model.
@@ -7,9 +7,12 @@ The retrievers themselves are ``retrieval``'s, ``dense``'s and ``hybrid``'s (the
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+import torch
 
 from msmarco_search.core.report import warn
 from msmarco_search.data.vocab import UNK_ID
@@ -55,11 +58,16 @@ def make_retrievers(systems: list[str], index: PassageIndex, model, model_path, 
     return chosen
 
 
+def _model_of(searcher: Retriever):
+    """The two-tower model a dense searcher (or a hybrid's or feedback's dense half) encodes with, or None."""
+    return getattr(searcher, "model", None) or getattr(getattr(searcher, "dense", None), "model", None)
+
+
 def known_words(searcher: Retriever, query: str) -> bool:
     """Whether a dense searcher's model knows any word of ``query``: a query of unknown words alone is one
     vector (the <unk> word's) for every such query, so its hits would say nothing about the query. A hybrid
     is asked about its dense half: fused with that ranking, its hits would say as little."""
-    model = getattr(searcher, "model", None) or getattr(getattr(searcher, "dense", None), "model", None)
+    model = _model_of(searcher)
     if model is None:
         return True
     ids = model.vocab.encode(query)
@@ -99,33 +107,54 @@ UNKNOWN_WORDS_NOTE = "no known words in the query: the model has never seen any 
 
 
 class SearchSession:
-    """Prepared retrievers over one index, answering one query at a time from any thread.
+    """Prepared retrievers over one index, answering queries from any number of threads at once.
 
     The retrievers are ``make_retrievers``'s, the ones ``search/search.py query`` uses, so a query gets the
-    same ranking here as on the command line. The index answers from the files it opened, whatever happens to
-    its folder afterwards (``load.PassageIndex``), and reads them with ``os.pread``, which needs no lock.
-    Searches are serialised by a lock all the same: the retrievers (bm25s, faiss, torch) are not shown to be safe
-    to run from several threads at once; the index's reads are not why.
+    same ranking here as on the command line. Nothing is held while ranking: a search keeps its state in its
+    own frames, and what the threads share is read only. The index reads its files with ``os.pread`` (no shared
+    file position) and maps of them; the model ranks in eval mode under ``no_grad``, which is per thread; faiss
+    gets its search parameters with each search; bm25s reads its arrays; each thread stems with a stemmer of its
+    own (``text.load_stemmer``: PyStemmer's may not be called from two threads at once). The index answers from
+    the files it opened, whatever happens to its folder afterwards (``load.PassageIndex``).
     """
 
-    def __init__(self, index: PassageIndex, retrievers: list[Retriever]):
+    def __init__(self, index: PassageIndex, retrievers: list[Retriever], threads: int | None = None):
+        """``threads``: the threads each search ranks on (a server running N searches at once gives each its
+        share of the cores); None leaves torch's and faiss's settings as they are."""
         self.index = index
         self.retrievers = {retriever.name: retriever for retriever in retrievers}
-        self._lock = threading.Lock()
+        self.threads = threads
+        self._thread = threading.local()
+        if threads is not None:
+            torch.set_num_threads(threads)  # the process's: torch gives each new thread this count
+        for retriever in retrievers:  # a model in training mode would be switched per search, under other threads
+            model = _model_of(retriever)
+            if model is not None:
+                model.eval()
 
     @property
     def systems(self) -> list[str]:
         return list(self.retrievers)
 
     def search(self, query: str, system: str, k: int) -> SearchResult:
+        """The top ``k`` hits of ``system`` for ``query``; safe to call from several threads at once."""
         retriever = self.retrievers[system]
-        with self._lock:
-            started = time.perf_counter()
-            if not known_words(retriever, query):
-                return SearchResult(query, system, (time.perf_counter() - started) * 1000, [], UNKNOWN_WORDS_NOTE)
-            hits = [Hit(self.index.pid(position), score, self.index.text(position))
-                    for position, score in retriever.search([query], k)[0]]
-            return SearchResult(query, system, (time.perf_counter() - started) * 1000, hits)
+        self._set_up_this_thread()
+        started = time.perf_counter()
+        if not known_words(retriever, query):
+            return SearchResult(query, system, (time.perf_counter() - started) * 1000, [], UNKNOWN_WORDS_NOTE)
+        hits = [Hit(self.index.pid(position), score, self.index.text(position))
+                for position, score in retriever.search([query], k)[0]]
+        return SearchResult(query, system, (time.perf_counter() - started) * 1000, hits)
+
+    def _set_up_this_thread(self) -> None:
+        # OpenMP's thread count is a setting of each thread (faiss's bundled OpenMP starts a new thread at every
+        # core), so each thread that searches sets it once; faiss is imported by then when the index uses it
+        if self.threads is not None and not getattr(self._thread, "ready", False):
+            faiss = sys.modules.get("faiss")
+            if faiss is not None:
+                faiss.omp_set_num_threads(self.threads)
+            self._thread.ready = True
 
     def close(self) -> None:
         self.index.close()
