@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT
-from test_reliability import _script, assert_one_line_error, cli
+from conftest import ROOT, assert_one_line_error, cli
+from conftest import _script_module as _script
 
 MAKE = "benchmarks/make_dataset.py"
 WORDS = ["river", "bank", "loan", "rate", "city", "water", "tax", "court", "bridge", "price", "song", "film"]

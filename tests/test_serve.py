@@ -421,7 +421,7 @@ def test_an_overloaded_server_answers_503_at_once_and_serves_again_when_it_can(s
 
 
 def test_serve_bounds_its_parallel_searches_and_queue(search_setup, capsys):
-    from test_reliability import assert_usage_error
+    from conftest import assert_usage_error
 
     for flag, value in (("--parallel", "0"), ("--parallel", "257"), ("--queue", "-1"), ("--queue", "100001")):
         with pytest.raises(SystemExit) as stop:
