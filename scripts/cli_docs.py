@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "cli.md"
 WIDTH = "100"
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 # (console command, its subcommands, what it is): the order of the README's stages
 COMMANDS: list[tuple[str, tuple[str, ...], str]] = [
@@ -41,10 +42,11 @@ def help_text(command: str, *subcommand: str) -> str:
 
 def render() -> str:
     """The whole of ``docs/cli.md``."""
-    parts = ["# Commands\n",
+    parts = ["# Commands\n\n",
              "Every command and flag, as `--help` prints it (`python scripts/cli_docs.py` writes this file from the\n"
              "commands; a test keeps the two equal). Each command also runs as `python -m msmarco_search NAME`\n"
-             "(`msmarco-cbow` is `python -m msmarco_search cbow`) and through the repository script named beside it.\n"]
+             "(`msmarco-cbow` is `python -m msmarco_search cbow`) and through the repository script named beside it.\n"
+             f"Written with Python {PYTHON} (argparse words its help its own way in each version).\n"]
     for command, subcommands, about in COMMANDS:
         parts.append(f"\n## `{command}`\n\n{about}\n\n```text\n{help_text(command)}```\n")
         for sub in subcommands:
