@@ -427,3 +427,25 @@ def test_serve_bounds_its_parallel_searches_and_queue(search_setup, capsys):
         with pytest.raises(SystemExit) as stop:
             search_command(["serve", str(search_setup["model"]), flag, value])
         assert_usage_error((stop.value.code, "", capsys.readouterr().err), flag)
+
+
+def test_every_place_a_passage_is_shown_repairs_its_mojibake(search_setup, tmp_path, capsys):
+    """The command line and the JSON API show MS MARCO v1's mojibake repaired, as the page does (one repair for
+    every place a passage is shown); the index keeps the text as the collection holds it."""
+    model = tmp_path / "model.pt"
+    shutil.copy(search_setup["model"], model)
+    broken = "Donâ\x80\x99t stop: " + search_setup["passages"][3]
+    (tmp_path / "collection.tsv").write_text("\n".join([*search_setup["lines"], f"broken\t{broken}"]) + "\n")
+    assert search_command(["index", str(model), "--dataset-path", str(tmp_path / "collection.tsv")]) == 0
+    capsys.readouterr()
+    query = search_setup["queries"]["s3"]
+    assert search_command(["query", str(model), *query.split(), "--system", "bm25", "-k", "60"]) == 0
+    shown = capsys.readouterr().out
+    assert "Don’t stop" in shown and "Donâ" not in shown
+    index = load_index(tmp_path / "model_index", load_model(model), model)
+    session = SearchSession(index, make_retrievers(["bm25"], index, load_model(model), model, SearchOptions()))
+    with TestClient(create_app(session, SearchGate(4)), raise_server_exceptions=False) as api:
+        hits = api.get("/api/search", params={"q": query, "system": "bm25", "k": 60}).json()["hits"]
+    session.close()
+    text = next(hit["text"] for hit in hits if hit["id"] == "broken")
+    assert text.startswith("Don’t stop: ")

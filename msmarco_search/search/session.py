@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from msmarco_search.core.report import warn
+from msmarco_search.core.text import repair
 from msmarco_search.data.vocab import UNK_ID
 from msmarco_search.index.faiss import faiss_available
 from msmarco_search.index.load import PassageIndex
@@ -75,8 +76,9 @@ def known_words(searcher: Retriever, query: str) -> bool:
 
 
 def snippet(text: str, width: int) -> str:
-    """The start of ``text`` on one line, cut at ``width`` characters (0: all of it)."""
-    text = " ".join(text.split())
+    """The start of ``text`` on one line, repaired as every shown passage is (``core.text.repair``: MS MARCO v1's
+    mojibake undone), cut at ``width`` characters (0: all of it)."""
+    text = " ".join(repair(text).split())
     if width and len(text) > width:
         return text[:max(width - 1, 0)].rstrip() + "…"
     return text
@@ -143,7 +145,8 @@ class SearchSession:
         started = time.perf_counter()
         if not known_words(retriever, query):
             return SearchResult(query, system, (time.perf_counter() - started) * 1000, [], UNKNOWN_WORDS_NOTE)
-        hits = [Hit(self.index.pid(position), score, self.index.text(position))
+        # the text shown, in the JSON API as on the page and the command line: repaired (run files hold ids only)
+        hits = [Hit(self.index.pid(position), score, repair(self.index.text(position)))
                 for position, score in retriever.search([query], k)[0]]
         return SearchResult(query, system, (time.perf_counter() - started) * 1000, hits)
 
