@@ -234,7 +234,7 @@ def assert_one_line_error(result: tuple[int, str, str], *words: str) -> str:
     return lines[0]
 
 
-def assert_usage_error(result: tuple[int, str, str], *words: str) -> None:
+def assert_usage_error(result: tuple[int, str, str], *words: str) -> str:
     """argparse's answer: the usage line, then ``prog: error: argument --flag: problem``, exit 2."""
     status, _, err = result
     assert status == 2 and "Traceback" not in err, err
@@ -242,6 +242,7 @@ def assert_usage_error(result: tuple[int, str, str], *words: str) -> None:
     assert "error: argument" in last, err
     for word in words:
         assert word in last, (word, last)
+    return last
 
 
 # the smallest CBOW run the commands accept: one epoch of 8-dimensional vectors on one reproducible thread

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SEARCH_SCRIPT, TRAIN_SCRIPT, run_script
+from conftest import assert_one_line_error as one_line_error
+from conftest import assert_usage_error as usage_error
 
 from msmarco_search.cli import cbow, evaluate, pipeline, run, search, train, triplets
 from msmarco_search.core import resources
@@ -52,23 +54,6 @@ def cli(capsys, main, *args) -> tuple[int, str, str]:
     return stop.value.code, out, err
 
 
-def one_line_error(result: tuple[int, str, str], *words: str) -> str:
-    status, _, err = result
-    lines = err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
-def usage_error(result: tuple[int, str, str], *words: str) -> str:
-    status, _, err = result
-    assert status == 2 and "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert "error: argument" in last, err
-    for word in words:
-        assert word in last, (word, last)
-    return last
 
 
 # ------------------------------------------------------------------------------------------------ flags

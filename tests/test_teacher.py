@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TRIPLETS_SCRIPT, Corpus, make_corpus, write_tsv_folder
+from conftest import assert_one_line_error as one_line_error
 
 from msmarco_search.cli import run
 from msmarco_search.core.text import tokenize
@@ -54,14 +55,6 @@ def command(name: str, *args: object) -> tuple[int, str, str]:
         run(COMMANDS[name][0](), [str(a) for a in args])
     return stop.value.code or 0, out.getvalue(), err.getvalue()
 
-
-def one_line_error(result: tuple[int, str, str], *words: str) -> str:
-    status, _, err = result
-    lines = err.strip().splitlines()
-    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def ict_triplets(work: Path, output: Path, *flags: object) -> tuple[int, str, str]:
