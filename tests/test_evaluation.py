@@ -10,7 +10,16 @@ import ir_measures
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TRAIN_SCRIPT, TRIPLETS_SCRIPT, run_main, run_script, write_tsv_folder
+from conftest import (
+    SHARED_DATA,
+    TRAIN_SCRIPT,
+    TRIPLETS_SCRIPT,
+    assert_one_line_error,
+    cli,
+    run_main,
+    run_script,
+    write_tsv_folder,
+)
 
 from msmarco_search.data.records import text_id
 from msmarco_search.data.triplets import load_triplets, metadata_path
@@ -618,3 +627,15 @@ def test_seed_summary_is_the_mean_min_and_max_over_a_settings_seeds():
     assert set(summary) == {"two-tower[a]"}  # one seed, or no seed at all, is not averaged
     assert summary["two-tower[a]"]["seeds"] == 2
     assert summary["two-tower[a]"]["nDCG@10"] == pytest.approx({"mean": 0.5, "min": 0.4, "max": 0.6})
+
+
+def test_a_failed_evaluation_leaves_no_empty_output_folder(tmp_path, monkeypatch, capsys):
+    """Bad judgments found once the work has begun: one line, and the run's own timestamped folder is gone."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "collection.tsv").write_text("p1\thello world\np2\tgoodbye moon\n")
+    (tmp_path / "queries.tsv").write_text("q1\thello\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 p1 x\n")
+    result = cli(capsys, "evaluation/evaluate.py", "--systems", "bm25", "--collection", "collection.tsv",
+                 "--queries", "queries.tsv", "--qrels", "qrels.txt")
+    assert_one_line_error(result, "qrels.txt", "not an integer")
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())

@@ -303,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             report["word_embeddings"] = {"embeddings": str(args.embeddings), **quality}
         forget_earlier_evaluation(output_dir)  # a word-benchmarks-only run writes no run file before it
         json_path = save_json(report, output_dir / EVALUATION_FILE)
+    except BaseException:
+        if args.output_dir is None and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # the run's own timestamped folder, still empty: a failed run leaves nothing
+        raise
     finally:
         release(claimed)
     info(f"\n💾 Saved the results to {json_path} and the run files to {output_dir}")
