@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FILLER, ROOT, run_main
+from conftest import FILLER, ROOT, built_once, run_main
 
 from msmarco_search.cli.search import main as search_command
 from msmarco_search.core.errors import PipelineError
@@ -132,13 +132,9 @@ def _torchrun_index(model: Path, collection: Path, index: Path, cwd: Path) -> su
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory, trained_pipeline) -> dict:
-    """One collection indexed by one process and by 2 gloo processes (torchrun); the second sharded build
-    resumes from a shard that an interrupted build had finished."""
-    work = tmp_path_factory.mktemp("sharded")
+def _build_sharded(work: Path, trained_model: Path) -> None:
     model = work / "model.pt"
-    shutil.copy(trained_pipeline["model"], model)
+    shutil.copy(trained_model, model)
     collection = _collection(work / "collection.tsv", 81)
     # the one-process build runs in this process; the sharded builds need torchrun's processes
     assert search_command(["index", str(model), "--dataset-path", str(collection), "--index-dir",
@@ -153,7 +149,18 @@ def sharded(tmp_path_factory, trained_pipeline) -> dict:
     (staging / "1-of-2" / "shard.json").unlink()
     again = _torchrun_index(model, collection, work / "again", work)
     assert again.returncode == 0, again.stdout + again.stderr
-    return {"work": work, "model": model, "collection": collection, "first": first, "again": again}
+    (work / "first.out").write_text(first.stdout)
+    (work / "again.out").write_text(again.stdout)
+
+
+@pytest.fixture(scope="session")
+def sharded(tmp_path_factory, trained_pipeline) -> dict:
+    """One collection indexed by one process and by 2 gloo processes (torchrun); the second sharded build
+    resumes from a shard that an interrupted build had finished. Built once for all pytest-xdist workers (three
+    torchrun launches); the tests only read it."""
+    work = built_once(tmp_path_factory, "sharded", lambda folder: _build_sharded(folder, trained_pipeline["model"]))
+    return {"work": work, "model": work / "model.pt", "first": (work / "first.out").read_text(),
+            "again": (work / "again.out").read_text()}
 
 
 def _read(index_dir: Path, model_path: Path):
@@ -161,9 +168,9 @@ def _read(index_dir: Path, model_path: Path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_index_like_one(sharded):
+def test_two_gloo_processes_index_like_one(sharded, tmp_path):
     work, model = sharded["work"], sharded["model"]
-    assert "2 shards" in sharded["first"].stdout and sharded["first"].stdout.count("Saved index of 81") == 1
+    assert "2 shards" in sharded["first"] and sharded["first"].count("Saved index of 81") == 1
     manifest = json.loads((work / "two" / "manifest.json").read_text())
     assert [(s["name"], s["start"], s["stop"]) for s in manifest["shards"]] == [("shards/0-of-2", 0, 40),
                                                                                  ("shards/1-of-2", 40, 81)]
@@ -174,18 +181,18 @@ def test_two_gloo_processes_index_like_one(sharded):
     assert np.array_equal(two.vectors[rows], one.vectors[rows])  # rows across the shard boundary
     assert np.array_equal(two.vectors[35:45], one.vectors[35:45])
     one.close(), two.close()
-    queries = work / "queries.tsv"
+    queries = tmp_path / "queries.tsv"
     queries.write_text("".join(f"q{i}\t{text}\n" for i, text in enumerate(_texts(8, seed=3)) if text))
     for name in ("one", "two"):
         assert search_command(["query", str(model), "--index-dir", str(work / name), "--system", "all",
-                               "--queries", str(queries), "--run-file", str(work / f"{name}.trec")]) == 0
+                               "--queries", str(queries), "--run-file", str(tmp_path / f"{name}.trec")]) == 0
     for system in ("two-tower", "bm25", "hybrid"):
-        assert (work / f"one.{system}.trec").read_text() == (work / f"two.{system}.trec").read_text()
+        assert (tmp_path / f"one.{system}.trec").read_text() == (tmp_path / f"two.{system}.trec").read_text()
 
 
 @pytest.mark.slow
 def test_an_interrupted_sharded_build_resumes_with_the_shards_done(sharded):
-    out = sharded["again"].stdout
+    out = sharded["again"]
     assert "Reusing 0-of-2 (passages 0-40)" in out and "Indexing passages 40-81" in out
     assert "Indexing passages 0-40" not in out
     work = sharded["work"]
