@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from conftest import ROOT, SEARCH_SCRIPT, hits_by_system
 
 pytest.importorskip("fastapi")
@@ -328,6 +329,7 @@ def test_searches_from_20_threads_at_once_rank_as_one_at_a_time(search_setup):
     mix them up)."""
     model = load_model(search_setup["model"])
     index = load_index(search_setup["index"], model, search_setup["model"])
+    threads = torch.get_num_threads()  # the session sets the process's count, as the server does: put it back
     session = SearchSession(index, make_retrievers(list(SYSTEMS), index, model, search_setup["model"],
                                                    SearchOptions()), threads=1)
     jobs = [(query, system) for query in search_setup["queries"].values() for system in SYSTEMS]
@@ -337,6 +339,7 @@ def test_searches_from_20_threads_at_once_rank_as_one_at_a_time(search_setup):
             together = list(pool.map(lambda job: session.search(job[0], job[1], 10).to_json()["hits"], jobs * 2))
     finally:
         session.close()
+        torch.set_num_threads(threads)
     assert together == alone * 2
     assert sum(map(len, alone)) > len(jobs)  # the systems found hits: rankings were compared, not empty lists
 
