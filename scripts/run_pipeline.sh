@@ -9,6 +9,8 @@
 # PYTHON overrides the interpreter (default: uv run python, which installs the project first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the job runs the package as a module; its messages name the repository's scripts, which this user runs
+export MSMARCO_SEARCH_SHOWN_AS=script
 if [[ -n ${PYTHON:-} ]]; then
   exec "$PYTHON" -m msmarco_search pipeline "$@"
 fi

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from msmarco_search.core.commands import DEMO_QUERY
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -169,6 +172,16 @@ def teacher_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def next_command(stdout: str) -> tuple[str, list[str]]:
+    """The repository script and arguments of the command a stage printed under ``Next:`` at its end, as a user
+    reads it (``uv run SCRIPT ARGS``)."""
+    lines = stdout.splitlines()
+    assert "Next:" in lines, f"no Next: command at the end of\n{stdout}"
+    words = shlex.split(lines[lines.index("Next:") + 1])
+    assert words[:2] == ["uv", "run"], words
+    return words[2], words[3:]
+
+
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run one of the project's scripts with this interpreter, as ``uv run script.py args`` would."""
     env = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
@@ -287,13 +300,20 @@ SEARCH_SCRIPT = "search/search.py"
 def trained_pipeline(tmp_path_factory, rows_file) -> dict[str, Path]:
     """CBOW, triplets and a two-tower model made through the command line on the rows fixture (run once)."""
     work = tmp_path_factory.mktemp("pipeline")
-    run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--epochs", "5",
-               "--vector-size", "32", "--workers", "1", cwd=work)  # one worker: gensim is reproducible only so
-    run_script(TRIPLETS_SCRIPT, "--dataset-path", rows_file, "--max-samples", "1000", cwd=work)
+    cbow = run_script(CBOW_SCRIPT, "--dataset-path", rows_file, "--min-count", "1", "--epochs", "5",
+                      "--vector-size", "32", "--workers", "1", cwd=work)  # one worker: gensim is reproducible only so
+    # each stage is started as the one before printed it (a user adds the flags after it)
+    script, arguments = next_command(cbow.stdout)
+    assert (script, arguments) == (TRIPLETS_SCRIPT, ["--dataset-path", str(rows_file)])
+    made = run_script(script, *arguments, "--max-samples", "1000", cwd=work)
     triplets = next((work / "data").glob("msmarco_triplets_*.pkl"))
-    run_script(TRAIN_SCRIPT, triplets, "--epochs", "8", "--batch-size", "32", "--learning-rate", "3e-3",
-               cwd=work)
+    script, arguments = next_command(made.stdout)
+    assert script == TRAIN_SCRIPT and work / arguments[0] == triplets
+    trained = run_script(script, *arguments, "--epochs", "8", "--batch-size", "32", "--learning-rate", "3e-3",
+                         cwd=work)
     model = next((work / "checkpoints").glob("two_tower_model_*.pt"))
+    assert next_command(trained.stdout) == (SEARCH_SCRIPT, ["index", str(model.relative_to(work)),
+                                                            "--dataset-path", str(rows_file)])
     return {"work": work, "embeddings": work / "checkpoints" / "msmarco_word2vec.pt", "triplets": triplets,
             "model": model, "rows": rows_file}
 
@@ -331,6 +351,7 @@ def search_setup(tmp_path_factory, trained_pipeline) -> dict:
     shutil.copy(trained_pipeline["model"], model)
     indexed = run_script(SEARCH_SCRIPT, "index", model, "--dataset-path", folder / "collection.tsv",
                          "--faiss", "flat", "--batch-size", "16", cwd=folder)
+    assert next_command(indexed.stdout) == (SEARCH_SCRIPT, ["query", str(model), DEMO_QUERY])
     return {"folder": folder, "model": model, "index": folder / "model_index", "queries": queries, "qrels": qrels,
             "passages": passages, "index_stdout": indexed.stdout, "lines": lines}
 

@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, Corpus, built_once, make_corpus, run_script, write_tsv_folder
+from conftest import (
+    ROOT,
+    SEARCH_SCRIPT,
+    Corpus,
+    built_once,
+    make_corpus,
+    next_command,
+    run_script,
+    write_tsv_folder,
+)
 
+from msmarco_search.core.commands import DEMO_QUERY
 from msmarco_search.training.model_file import load_model
 
 
@@ -73,8 +83,12 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     # the final models trained on the self-training pairs as well
     labelled = next((run / "data").glob("msmarco_triplets_selftrain_*_metadata.json"))
     assert json.loads(labelled.read_text())["pseudo_labelled"] > 0
-    # the commands are printed as a user would run them, wherever the package is installed
-    assert "$ python -m msmarco_search train " in out
+    # the commands are printed as this user runs them: the repository's scripts, from the shell script
+    assert "$ uv run training/train_two_tower_from_triplets.py " in out
+    assert "Next:" not in out.split("== evaluate against BM25")[0]  # the job runs each next stage itself
+    final = next(m for m in (run / "checkpoints").glob("two_tower_model_*.pt") if "_seed" not in m.name
+                 and "_labeller" not in m.name)
+    assert next_command(out) == (SEARCH_SCRIPT, ["query", str(final), "--system", "all", DEMO_QUERY])
 
     models = sorted(m for m in (run / "checkpoints").glob("two_tower_model_*.pt") if "_labeller" not in m.name)
     final = [m for m in models if "_seed" not in m.name]
@@ -238,3 +252,6 @@ def test_each_stage_runs_from_the_package_and_is_shown_as_the_user_started_the_j
     assert stage.shown() == "msmarco-train t.pkl --seed 1"
     commands.started_as(commands.MODULE)
     assert stage.shown() == "python -m msmarco_search train t.pkl --seed 1"
+    monkeypatch.setenv(commands.SHOWN_AS, commands.SCRIPT)  # what scripts/run_pipeline.sh sets
+    assert stage.shown() == "uv run training/train_two_tower_from_triplets.py t.pkl --seed 1"
+    assert stage.argv() == [sys.executable, "-m", "msmarco_search", "train", "t.pkl", "--seed", "1"]

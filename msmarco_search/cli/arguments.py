@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from msmarco_search.core.errors import short
@@ -34,6 +34,18 @@ def add_source_arguments(parser: Any) -> None:
     group.add_argument("--min-relevance", type=relevance_grade, default=1,
                        help="TSV qrels: the lowest grade that counts as relevant (default 1; at least 1, since "
                             "grade 0 and negative grades mean judged not relevant)")
+
+
+def source_flags(values: Mapping[str, Any]) -> list[str]:
+    """The data-source flags that name the source of ``values`` (parsed arguments, or those a stage recorded in its
+    metadata) again, for the next command: the local files, and the hub config and cache folder where not the
+    defaults."""
+    flags = ["--dataset-path", *map(str, values["dataset_path"])] if values.get("dataset_path") else []
+    if values.get("dataset_config", "v1.1") != "v1.1":
+        flags += ["--dataset-config", str(values["dataset_config"])]
+    if str(values.get("data_dir", "data")) != "data":
+        flags += ["--data-dir", str(values["data_dir"])]
+    return flags
 
 
 class DefaultSplit(str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shlex
 from pathlib import Path
 
 from msmarco_search.cli.arguments import (
@@ -18,12 +19,13 @@ from msmarco_search.cli.arguments import (
     epoch_count,
     positive_int,
     seed_int,
+    source_flags,
     source_from_args,
     thread_count,
 )
-from msmarco_search.core.commands import program
+from msmarco_search.core.commands import program, runnable
 from msmarco_search.core.errors import PipelineError
-from msmarco_search.core.report import info, warn
+from msmarco_search.core.report import info, next_commands, warn
 from msmarco_search.core.text import STEMMERS
 from msmarco_search.io.atomic import ensure_writable_dir
 from msmarco_search.io.outputs import check_output, output_path
@@ -150,4 +152,5 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path, resumed: object | None)
         from msmarco_search.embeddings.word_benchmarks import report_word_embedding_quality, word_embedding_quality
 
         report_word_embedding_quality(word_embedding_quality(matrix, vocab))
+    next_commands(shlex.join([*runnable("triplets").split(), *source_flags(vars(args))]))
     return 0

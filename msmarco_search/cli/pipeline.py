@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -69,9 +70,9 @@ from msmarco_search.cli.arguments import (
     split_given,
     thread_count,
 )
-from msmarco_search.core.commands import command, program
+from msmarco_search.core.commands import DEMO_QUERY, program, runnable
 from msmarco_search.core.errors import PipelineError
-from msmarco_search.core.report import info, warn
+from msmarco_search.core.report import IN_PIPELINE, info, next_commands, warn
 from msmarco_search.core.text import TOKENIZER_VERSION
 from msmarco_search.data.records import Source
 from msmarco_search.data.tsv import TsvFiles, TsvSource, tsv_files_from
@@ -160,7 +161,7 @@ class Stage:
 
     def shown(self) -> str:
         """The stage as the user types it, in the form the job was started in (the module's rule)."""
-        return " ".join([command(self.command), *map(str, self.arguments)])
+        return shlex.join([*runnable(self.command).split(), *map(str, self.arguments)])
 
     def failure(self, status: int) -> str:
         """The job's one-line error when this stage exits with ``status`` (its own message is printed above)."""
@@ -210,7 +211,8 @@ class Workflow:
     def _run_lane(self, lane: list[Stage], number: int) -> None:
         """Run one lane's stages until one fails or another lane's has; the first failure is kept in
         ``_failure`` and stops the processes still running (``_running``: both only under ``_printing``)."""
-        environment = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1",
+                       IN_PIPELINE: "1"}
         for stage in lane:
             with self._printing:
                 if self._failure:
@@ -379,8 +381,7 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
         workflow.run(Stage("evaluate against BM25", "evaluate",
                            [*common, "--collection", evaluation.collection, "--queries", evaluation.queries,
                             "--qrels", evaluation.qrels]))
-        info(f"\nSearch the new index:\n  {command('search')} query {model} --system all "
-             "\"what is a lobster roll\"")
+        next_commands(shlex.join([*runnable("search").split(), "query", str(model), "--system", "all", DEMO_QUERY]))
     elif not args.dataset_path:
         workflow.run(Stage("evaluate on MS MARCO validation", "evaluate",
                            [*common, "--split", "validation", "--dataset-config", args.dataset_config]))

@@ -25,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import shlex
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -44,10 +45,10 @@ from msmarco_search.cli.arguments import (
     whole_number,
 )
 from msmarco_search.cli.search_query import make_searchers, run_query
-from msmarco_search.core.commands import command, program
+from msmarco_search.core.commands import DEMO_QUERY, command, program, runnable
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
-from msmarco_search.core.report import info
+from msmarco_search.core.report import info, next_commands
 from msmarco_search.index.bm25 import BM25Settings
 from msmarco_search.index.layout import (
     BM25_DIR,
@@ -239,6 +240,8 @@ def run_index(args: argparse.Namespace) -> int:
         total += sum(p.stat().st_size for p in (Path(index_dir) / BM25_DIR).iterdir())
         extras += f", BM25 ({bm25.describe()})"
     info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{extras})")
+    where = [] if args.index_dir is None else ["--index-dir", str(index_dir)]
+    next_commands(shlex.join([*runnable("search").split(), "query", str(args.model), *where, DEMO_QUERY]))
     return 0
 
 

@@ -43,6 +43,7 @@ from msmarco_search.cli.arguments import (
     positive_int,
     processes,
     seed_int,
+    source_flags,
     thread_count,
 )
 from msmarco_search.cli.output import (
@@ -55,10 +56,10 @@ from msmarco_search.cli.output import (
     companions,
 )
 from msmarco_search.cli.train_objective import Objective, add_objective_arguments, choose_objective
-from msmarco_search.core.commands import command, command_words, program
+from msmarco_search.core.commands import command, command_words, program, runnable
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
-from msmarco_search.core.report import info, warn
+from msmarco_search.core.report import info, next_commands, warn
 from msmarco_search.data.triplets import metadata_path
 from msmarco_search.io.atomic import content_sample
 from msmarco_search.io.outputs import check_output, claim_output, release
@@ -396,6 +397,8 @@ def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, recor
     outputs.release()
     info(f"💾 Saved model to {outputs.model}")
     info(f"💾 Saved training log to {log_path} (plot: {plot_path})")
+    source = source_flags((metadata or {}).get("arguments", {}))
+    next_commands(shlex.join([*runnable("search").split(), "index", str(outputs.model), *source]))
     if outputs.state is not None and outputs.state.exists() and not args.keep_training_state:
         outputs.state.unlink()
 

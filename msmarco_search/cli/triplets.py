@@ -30,6 +30,7 @@ queries, the triplets' own); it never labels an evaluation query, which this com
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -47,9 +48,9 @@ from msmarco_search.cli.arguments import (
     split_given,
 )
 from msmarco_search.cli.triplets_teacher import add_teacher_arguments, check_teacher_arguments, open_teacher
-from msmarco_search.core.commands import program
+from msmarco_search.core.commands import program, runnable
 from msmarco_search.core.errors import PipelineError
-from msmarco_search.core.report import info
+from msmarco_search.core.report import info, next_commands
 from msmarco_search.data.generation import (
     NEGATIVE_STRATEGIES,
     ClozeStats,
@@ -221,6 +222,7 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
         info(f"➕ {sum(map(len, included)):,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
     info(f"💾 Saved triplets to {path}")
     info(f"💾 Saved metadata to {metadata_path(path)}")
+    next_commands(shlex.join([*runnable("train").split(), str(path)]))
     return 0
 
 

@@ -4,6 +4,8 @@ One rule: a command is named as the user runs it. Started by a repository script
 path (``search/search.py index``); by a console command of the installed package, its name (``msmarco-search
 index``); by ``python -m msmarco_search``, that (``python -m msmarco_search search index``). The runner
 (``cli.run``) records the form before the command starts; a library used from Python names the console commands.
+``MSMARCO_SEARCH_SHOWN_AS=script`` names the repository's scripts whatever the form: ``scripts/run_pipeline.sh``
+sets it, since its user typed a repository script although the job runs the package as a module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ SCRIPTS = {"cbow": "text_embeddings/train_text_embeddings_cbow_msmarco.py",
            "average": "training/average_two_tower_models.py", "export": "training/export_sentence_transformers.py",
            "search": "search/search.py", "evaluate": "evaluation/evaluate.py", "pipeline": "scripts/run_pipeline.sh"}
 MODULE_COMMAND = "python -m msmarco_search"
+SHOWN_AS = "MSMARCO_SEARCH_SHOWN_AS"
+# the query the next-command lines suggest: one the DL 2019 and 2021 pools answer (the README's example)
+DEMO_QUERY = "when was the salvation army founded"
 
 _form = CONSOLE
 
@@ -30,13 +35,25 @@ def started_as(form: str) -> None:
     _form = form
 
 
+def _shown() -> str:
+    return SCRIPT if os.environ.get(SHOWN_AS) == SCRIPT else _form
+
+
 def command(name: str) -> str:
     """Command ``name`` (``cbow``, ``search``, ...) as the user types it in the form this program was started in."""
-    if _form == SCRIPT:
+    if _shown() == SCRIPT:
         return SCRIPTS[name]
-    if _form == MODULE:
+    if _shown() == MODULE:
         return f"{MODULE_COMMAND} {name}"
     return f"msmarco-{name}"
+
+
+def runnable(name: str) -> str:
+    """Command ``name`` as typed at a shell prompt: ``command(name)``, with ``uv run`` (``bash`` for the main
+    job's shell script) before a repository script."""
+    if _shown() == SCRIPT:
+        return f"{'bash' if name == 'pipeline' else 'uv run'} {SCRIPTS[name]}"
+    return command(name)
 
 
 def command_words(name: str, processes: int = 1) -> list[str]:

@@ -14,6 +14,16 @@ def info(message: str = "") -> None:
     print(message, flush=True)
 
 
+IN_PIPELINE = "MSMARCO_SEARCH_IN_PIPELINE"
+
+
+def next_commands(*commands: str) -> None:
+    """End a stage with the exact command(s) of the next one, each on its own line; not when the main job runs
+    the stage (``IN_PIPELINE=1``), since the job runs the next one itself."""
+    if commands and os.environ.get(IN_PIPELINE) != "1":
+        info("\nNext:\n" + "\n".join(f"  {line}" for line in commands))
+
+
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
