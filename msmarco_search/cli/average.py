@@ -17,14 +17,14 @@ from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.cli.output import claim_model_path
-from msmarco_search.core.commands import program, runnable
+from msmarco_search.core.commands import program, runnable, with_commands
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands
 from msmarco_search.io.outputs import release
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=program("average"), description=__doc__,
+    parser = argparse.ArgumentParser(prog=program("average"), description=with_commands(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", type=Path, nargs="+", help="two-tower models (.pt) from training")
     parser.add_argument("--output-dir", type=Path, default=None,

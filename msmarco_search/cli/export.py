@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from msmarco_search.core.commands import program
+from msmarco_search.core.commands import program, with_commands
 from msmarco_search.core.report import info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=program("export"), description=__doc__,
+    parser = argparse.ArgumentParser(prog=program("export"), description=with_commands(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="two-tower model (.pt) from training or averaging")
     parser.add_argument("--output-dir", type=Path, required=True, help="the sentence-transformers folder to write")

@@ -13,13 +13,13 @@
 
 Examples:
   uv run search/search.py index checkpoints/two_tower_model_X.pt --dataset-path ../shared/data/cacm/collection.tsv
-  uv run python -m torch.distributed.run --standalone --nproc-per-node 2 search/search.py index \\
+  uv run torchrun --standalone --nproc-per-node 2 search/search.py index \\
       checkpoints/two_tower_model_X.pt --dataset-path collection.tsv
   uv run search/search.py faiss checkpoints/two_tower_model_X.pt --faiss ivfpq --ivf-lists 4096
   uv run search/search.py query checkpoints/two_tower_model_X.pt "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --system all "what is a compiler"
   uv run search/search.py query checkpoints/two_tower_model_X.pt --queries queries.tsv --run-file run.trec
-  uv run --extra serve search/search.py serve checkpoints/two_tower_model_X.pt --port 8000
+  uv run search/search.py serve checkpoints/two_tower_model_X.pt --port 8000
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from msmarco_search.cli.arguments import (
     whole_number,
 )
 from msmarco_search.cli.search_query import make_searchers, run_query
-from msmarco_search.core.commands import DEMO_QUERY, command, program, runnable
+from msmarco_search.core.commands import DEMO_QUERY, command, program, runnable, with_commands
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands
@@ -147,7 +147,7 @@ def add_faiss_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=program("search"), description=__doc__,
+    parser = argparse.ArgumentParser(prog=program("search"), description=with_commands(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,faiss,serve}")
 

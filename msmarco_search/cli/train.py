@@ -12,7 +12,7 @@ memory-mapped arrays (no 39M-string pickle).
 
 While training, ..._training_state.pt holds a resumable state (every --checkpoint-every steps, at each epoch
 end, and on Ctrl-C/SIGTERM); run the same command with --resume that file to continue exactly where it
-stopped. Several processes: torchrun --nproc-per-node N training/train_two_tower_from_triplets.py ...
+stopped. Several processes: uv run torchrun --nproc-per-node N training/train_two_tower_from_triplets.py ...
 (data parallel; --batch-size is per process).
 
 Triplets made with a teacher (the triplets command's --teacher) carry its vectors: the loss is then the in-batch
@@ -56,7 +56,7 @@ from msmarco_search.cli.output import (
     companions,
 )
 from msmarco_search.cli.train_objective import Objective, add_objective_arguments, choose_objective
-from msmarco_search.core.commands import command, command_words, program, runnable
+from msmarco_search.core.commands import command, command_words, program, runnable, with_commands
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands, warn
@@ -81,7 +81,7 @@ DEFAULT_OUTPUT_DIR = Path("checkpoints")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=program("train"), description=__doc__,
+    parser = argparse.ArgumentParser(prog=program("train"), description=with_commands(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("triplets_file", type=Path,
                         help=f"triplets .pkl or .parquet from {command('triplets')}, or a triples TSV "

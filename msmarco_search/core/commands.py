@@ -11,6 +11,7 @@ sets it, since its user typed a repository script although the job runs the pack
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 SCRIPT, CONSOLE, MODULE = "script", "console", "module"
@@ -67,6 +68,17 @@ def command_words(name: str, processes: int = 1) -> list[str]:
     if _form == MODULE:
         return [*MODULE_COMMAND.split(), name]
     return [f"msmarco-{name}"]
+
+
+def with_commands(text: str) -> str:
+    """``text`` (a ``--help`` description) with its example commands, written ``uv run SCRIPT``, named as
+    ``runnable`` names them: the console command for an installed package, the script in the repository
+    (``uv run torchrun FLAGS SCRIPT``: ``torchrun FLAGS -m msmarco_search NAME`` outside it)."""
+    for name, script in SCRIPTS.items():
+        if _shown() != SCRIPT:
+            text = re.sub(rf"uv run (torchrun [^\n]*?){re.escape(script)}", rf"\1-m msmarco_search {name}", text)
+        text = text.replace(f"uv run {script}", runnable(name))
+    return text
 
 
 def program(name: str) -> str:
