@@ -248,12 +248,6 @@ def test_each_stage_runs_from_the_package_and_is_shown_as_the_user_started_the_j
 
     stage = Stage("two-tower, seed 1", "train", [Path("t.pkl"), "--seed", 1])
     assert stage.argv() == [sys.executable, "-m", "msmarco_search", "train", "t.pkl", "--seed", "1"]
-    # --help's examples follow the same rule
-    example = "uv run torchrun --nproc-per-node 2 search/search.py index m.pt\n  uv run search/search.py query m.pt"
-    assert commands.with_commands(example) == example
-    monkeypatch.delenv(commands.SHOWN_AS)
-    assert commands.with_commands(example) == ("torchrun --nproc-per-node 2 -m msmarco_search search index m.pt\n"
-                                               "  python -m msmarco_search search query m.pt")
     monkeypatch.setattr(commands, "_form", commands.CONSOLE)  # how this process was started, restored after
     assert stage.shown() == "msmarco-train t.pkl --seed 1"
     commands.started_as(commands.MODULE)
@@ -261,3 +255,9 @@ def test_each_stage_runs_from_the_package_and_is_shown_as_the_user_started_the_j
     monkeypatch.setenv(commands.SHOWN_AS, commands.SCRIPT)  # what scripts/run_pipeline.sh sets
     assert stage.shown() == "uv run training/train_two_tower_from_triplets.py t.pkl --seed 1"
     assert stage.argv() == [sys.executable, "-m", "msmarco_search", "train", "t.pkl", "--seed", "1"]
+    # --help's examples follow the same rule
+    example = "uv run torchrun --nproc-per-node 2 search/search.py index m.pt\n  uv run search/search.py query m.pt"
+    assert commands.with_commands(example) == example
+    monkeypatch.delenv(commands.SHOWN_AS)
+    assert commands.with_commands(example) == ("torchrun --nproc-per-node 2 -m msmarco_search search index m.pt\n"
+                                               "  python -m msmarco_search search query m.pt")
