@@ -25,6 +25,7 @@ from conftest import assert_one_line_error as one_line_error
 from msmarco_search.cli import run
 from msmarco_search.core.text import tokenize
 from msmarco_search.data.triplets import load_triplets, metadata_path
+from msmarco_search.teacher.settings import DISTILL_WEIGHT, TEACHER_SCALE
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_distillation_changes_the_training_and_weight_zero_trains_exactly_as_wit
     assert all(torch.equal(weights["weight0"][key], value) for key, value in weights["plain"].items())
     assert logs["weight0"]["objective"]["teacher"] is None and logs["weight0"]["objective"]["distill_weight"] == 0
     objective = logs["distilled"]["objective"]
-    assert objective["distill_weight"] == 1.0 and objective["teacher_scale"] == 20.0
+    assert objective["distill_weight"] == DISTILL_WEIGHT and objective["teacher_scale"] == TEACHER_SCALE
     assert objective["teacher"]["identity"] == load_triplets(labelled["taught"]).teacher.identity
     # the same first batch from the same start: the KL (>= 0) is added to the same cross-entropy
     assert logs["distilled"]["steps"][0]["loss"] > logs["weight0"]["steps"][0]["loss"]
@@ -406,7 +407,7 @@ def test_the_main_job_without_a_teacher_says_so_in_one_line_and_trains_the_recip
     final = flags["triplets: inverse-cloze pseudo-queries plus the judged pairs"]
     assert final[final.index("--teacher") + 1] == str(teacher_folder)
     assert "--teacher" not in flags["triplets: judged pairs"]  # the final triplets are labelled once
-    assert flags["two-tower"][-4:] == ["--distill-weight", "1.0", "--teacher-scale", "20.0"]
+    assert flags["two-tower"][-4:] == ["--distill-weight", str(DISTILL_WEIGHT), "--teacher-scale", str(TEACHER_SCALE)]
     evaluation = flags["evaluate against BM25"]
     assert evaluation[evaluation.index("--teacher") + 1] == str(teacher_folder)
 
