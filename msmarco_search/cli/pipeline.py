@@ -184,7 +184,8 @@ class Workflow:
     def run(self, stage: Stage) -> None:
         info(f"\n== {stage.name}\n$ {stage.shown()}")
         started = time.perf_counter()
-        status = subprocess.run(stage.argv(), check=False).returncode
+        # the job runs each next stage itself: the stages print no Next: line of their own
+        status = subprocess.run(stage.argv(), check=False, env={**os.environ, IN_PIPELINE: "1"}).returncode
         self.timings.append((stage.name, time.perf_counter() - started))
         if status != 0:
             raise PipelineError(stage.failure(status))
