@@ -119,7 +119,7 @@ def test_the_main_job_trains_the_recipe_evaluates_it_and_leaves_a_searchable_ind
     assert "LEAK" not in out
 
     # the printed search command works on the index the workflow built
-    assert f"python -m msmarco_search search query {final[0]}" in out
+    assert f"uv run search/search.py query {final[0]} " in out
     _, query, topic = held_out.queries[0]
     hits = run_script("search/search.py", "query", final[0], "-k", "3", query, cwd=tmp_path).stdout
     shown = [line.split()[1] for line in hits.splitlines() if line.strip()[:1].isdigit()]
