@@ -657,6 +657,14 @@ LEVERS: dict[str, Lever | None] = {
     "teacher-kl-train-queries-t40": Lever("in-batch KL (teacher scale 40), + the 50K train queries labelled",
                                           triplets=teacher_triplets("train-queries", train_queries=True),
                                           teacher=True, loss=distilled(40)),
+    "teacher-kl-train-queries-t40-2-epochs": Lever("the teacher recipe (train queries, scale 40) for 2 epochs",
+                                                   triplets=teacher_triplets("train-queries", train_queries=True),
+                                                   teacher=True, loss=distilled(40), settings={"epochs": 2}),
+    "teacher-kl-train-queries-t40-min-0.4": Lever("the teacher recipe, a train query labelled when the teacher's "
+                                                  "first passage scores at least 0.4",
+                                                  triplets=teacher_triplets("train-queries-0.4", train_queries=True,
+                                                                            min_score=0.4),
+                                                  teacher=True, loss=distilled(40)),
     "teacher-kl-train-queries-all": Lever("in-batch KL, + every one of the 50K train queries (its teacher's first "
                                           "passage, whatever its score)",
                                           triplets=teacher_triplets("train-queries-all", train_queries=True,
