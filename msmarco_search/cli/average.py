@@ -12,12 +12,11 @@ Writes {output_dir}/two_tower_model_<timestamp>.pt (or exactly --output FILE), l
 from __future__ import annotations
 
 import argparse
-import shlex
 from datetime import datetime
 from pathlib import Path
 
 from msmarco_search.cli.output import claim_model_path
-from msmarco_search.core.commands import program, runnable, with_commands
+from msmarco_search.core.commands import command_line, program, with_commands
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands
 from msmarco_search.io.outputs import release
@@ -58,5 +57,5 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         release(path)
     info(f"💾 Saved the average of {len(args.models)} models to {path}")
-    next_commands(shlex.join([*runnable("search").split(), "index", str(path)]))
+    next_commands(command_line("search", "index", path))
     return 0

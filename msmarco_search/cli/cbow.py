@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import shlex
 from pathlib import Path
 
 from msmarco_search.cli.arguments import (
@@ -23,7 +22,7 @@ from msmarco_search.cli.arguments import (
     source_from_args,
     thread_count,
 )
-from msmarco_search.core.commands import program, runnable
+from msmarco_search.core.commands import command_line, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands, warn
 from msmarco_search.core.text import STEMMERS
@@ -152,5 +151,5 @@ def _run(args: argparse.Namespace, checkpoint_dir: Path, resumed: object | None)
         from msmarco_search.embeddings.word_benchmarks import report_word_embedding_quality, word_embedding_quality
 
         report_word_embedding_quality(word_embedding_quality(matrix, vocab))
-    next_commands(shlex.join([*runnable("triplets").split(), *source_flags(vars(args))]))
+    next_commands(command_line("triplets", *source_flags(vars(args))))
     return 0

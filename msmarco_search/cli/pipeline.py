@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import subprocess
 import sys
 import threading
@@ -70,7 +69,7 @@ from msmarco_search.cli.arguments import (
     split_given,
     thread_count,
 )
-from msmarco_search.core.commands import DEMO_QUERY, program, runnable
+from msmarco_search.core.commands import DEMO_QUERY, command_line, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import IN_PIPELINE, info, next_commands, warn
 from msmarco_search.core.text import TOKENIZER_VERSION
@@ -161,7 +160,7 @@ class Stage:
 
     def shown(self) -> str:
         """The stage as the user types it, in the form the job was started in (the module's rule)."""
-        return shlex.join([*runnable(self.command).split(), *map(str, self.arguments)])
+        return command_line(self.command, *self.arguments)
 
     def failure(self, status: int) -> str:
         """The job's one-line error when this stage exits with ``status`` (its own message is printed above)."""
@@ -382,7 +381,7 @@ def evaluate(workflow: Workflow, model: Path, embeddings: Path, evaluation: TsvF
         workflow.run(Stage("evaluate against BM25", "evaluate",
                            [*common, "--collection", evaluation.collection, "--queries", evaluation.queries,
                             "--qrels", evaluation.qrels]))
-        next_commands(shlex.join([*runnable("search").split(), "query", str(model), "--system", "all", DEMO_QUERY]))
+        next_commands(command_line("search", "query", model, "--system", "all", DEMO_QUERY))
     elif not args.dataset_path:
         workflow.run(Stage("evaluate on MS MARCO validation", "evaluate",
                            [*common, "--split", "validation", "--dataset-config", args.dataset_config]))

@@ -25,7 +25,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import shlex
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -45,7 +44,7 @@ from msmarco_search.cli.arguments import (
     whole_number,
 )
 from msmarco_search.cli.search_query import make_searchers, run_query
-from msmarco_search.core.commands import DEMO_QUERY, command, program, runnable, with_commands
+from msmarco_search.core.commands import DEMO_QUERY, command, command_line, program, with_commands
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands
@@ -241,7 +240,7 @@ def run_index(args: argparse.Namespace) -> int:
         extras += f", BM25 ({bm25.describe()})"
     info(f"💾 Saved index of {manifest['count']:,} passages to {index_dir} ({total / 2**20:,.1f} MiB{extras})")
     where = [] if args.index_dir is None else ["--index-dir", str(index_dir)]
-    next_commands(shlex.join([*runnable("search").split(), "query", str(args.model), *where, DEMO_QUERY]))
+    next_commands(command_line("search", "query", args.model, *where, DEMO_QUERY))
     return 0
 
 

@@ -56,7 +56,7 @@ from msmarco_search.cli.output import (
     companions,
 )
 from msmarco_search.cli.train_objective import Objective, add_objective_arguments, choose_objective
-from msmarco_search.core.commands import command, command_words, program, runnable, with_commands
+from msmarco_search.core.commands import command, command_line, command_words, program, with_commands
 from msmarco_search.core.device import pick_device
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands, warn
@@ -228,6 +228,9 @@ def train(args: argparse.Namespace, arguments: list[str], context: DistributedCo
     finally:
         outputs.release()
     similarity_test(model, data.texts)
+    if outputs.model is not None:
+        source = source_flags((described or {}).get("arguments", {}))
+        next_commands(command_line("search", "index", outputs.model, *source))
     return 0
 
 
@@ -397,8 +400,6 @@ def save(args: argparse.Namespace, outputs: Outputs, model: TwoTowerModel, recor
     outputs.release()
     info(f"💾 Saved model to {outputs.model}")
     info(f"💾 Saved training log to {log_path} (plot: {plot_path})")
-    source = source_flags((metadata or {}).get("arguments", {}))
-    next_commands(shlex.join([*runnable("search").split(), "index", str(outputs.model), *source]))
     if outputs.state is not None and outputs.state.exists() and not args.keep_training_state:
         outputs.state.unlink()
 

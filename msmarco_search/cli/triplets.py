@@ -30,7 +30,6 @@ queries, the triplets' own); it never labels an evaluation query, which this com
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -48,7 +47,7 @@ from msmarco_search.cli.arguments import (
     split_given,
 )
 from msmarco_search.cli.triplets_teacher import add_teacher_arguments, check_teacher_arguments, open_teacher
-from msmarco_search.core.commands import program, runnable
+from msmarco_search.core.commands import command_line, program
 from msmarco_search.core.errors import PipelineError
 from msmarco_search.core.report import info, next_commands
 from msmarco_search.data.generation import (
@@ -222,7 +221,7 @@ def make_and_save(args: argparse.Namespace, claimed: Path | None, started: float
         info(f"➕ {sum(map(len, included)):,} triplets added from {len(included)} file(s): {len(triplets):,} in all")
     info(f"💾 Saved triplets to {path}")
     info(f"💾 Saved metadata to {metadata_path(path)}")
-    next_commands(shlex.join([*runnable("train").split(), str(path)]))
+    next_commands(command_line("train", path))
     return 0
 
 

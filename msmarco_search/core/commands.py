@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 
 SCRIPT, CONSOLE, MODULE = "script", "console", "module"
@@ -68,6 +69,11 @@ def command_words(name: str, processes: int = 1) -> list[str]:
     if _form == MODULE:
         return [*MODULE_COMMAND.split(), name]
     return [f"msmarco-{name}"]
+
+
+def command_line(name: str, *arguments: object) -> str:
+    """Command ``name`` with ``arguments``, as one line to paste at a shell prompt (``runnable``, quoted)."""
+    return shlex.join([*runnable(name).split(), *map(str, arguments)])
 
 
 def with_commands(text: str) -> str:
