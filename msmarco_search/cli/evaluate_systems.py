@@ -164,14 +164,10 @@ def teacher_system(args: argparse.Namespace) -> Retriever:
     shipped. Its vectors of the collection and the queries come from its cache under --data-dir, so the
     collection is encoded once for every evaluation (and not at all after the triplets command labelled it)."""
     from msmarco_search.search.dense import TeacherRetriever
-    from msmarco_search.teacher.cache import TeacherCache
-    from msmarco_search.teacher.model import load_teacher
+    from msmarco_search.teacher.cache import open_teacher_cache
 
-    teacher = load_teacher(args.teacher, device=str(pick_device(args.device)), batch_size=args.teacher_batch_size)
-    cache = TeacherCache(teacher, args.data_dir)
-    cache.check()
-    info(f"Teacher: {teacher.name} ({teacher.dim}-d, files {teacher.identity}); vectors cached in {cache.path}")
-    return TeacherRetriever(cache)
+    return TeacherRetriever(open_teacher_cache(args.teacher, args.data_dir, str(pick_device(args.device)),
+                                               args.teacher_batch_size))
 
 
 def parse_models(values: list[str]) -> tuple[list[Path], list[str]]:

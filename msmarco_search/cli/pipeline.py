@@ -25,7 +25,7 @@ search command suggested at the end:
    and the average of their weights;
 6. the dense and BM25 index of the evaluation collection, and the evaluation against BM25.
 
-With a teacher (``--teacher``, on by default; ``pipeline_teacher``), the stage that writes the final triplets has
+With a teacher (``--teacher``, off by default; ``pipeline_teacher``), the stage that writes the final triplets has
 the teacher encode their queries and passages, the training distils its in-batch scores beside the in-batch
 softmax, and the evaluation adds the teacher as a reference row; the model shipped stays static.
 
@@ -167,6 +167,12 @@ class Stage:
         return f"stage '{self.name}' failed (exit status {status}); its message is above"
 
 
+def stage_environment(**settings: str) -> dict[str, str]:
+    """A stage's environment: this process's, with ``settings``, marked as run by the job (``IN_PIPELINE``): the
+    job runs each next stage itself, so a stage prints no ``Next:`` line of its own."""
+    return {**os.environ, IN_PIPELINE: "1", **settings}
+
+
 class Workflow:
     """Runs the stages as commands, prints each command and its time, and keeps the files they wrote."""
 
@@ -183,8 +189,7 @@ class Workflow:
     def run(self, stage: Stage) -> None:
         info(f"\n== {stage.name}\n$ {stage.shown()}")
         started = time.perf_counter()
-        # the job runs each next stage itself: the stages print no Next: line of their own
-        status = subprocess.run(stage.argv(), check=False, env={**os.environ, IN_PIPELINE: "1"}).returncode
+        status = subprocess.run(stage.argv(), check=False, env=stage_environment()).returncode
         self.timings.append((stage.name, time.perf_counter() - started))
         if status != 0:
             raise PipelineError(stage.failure(status))
@@ -211,8 +216,7 @@ class Workflow:
     def _run_lane(self, lane: list[Stage], number: int) -> None:
         """Run one lane's stages until one fails or another lane's has; the first failure is kept in
         ``_failure`` and stops the processes still running (``_running``: both only under ``_printing``)."""
-        environment = {**os.environ, "MSMARCO_SEARCH_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1",
-                       IN_PIPELINE: "1"}
+        environment = stage_environment(MSMARCO_SEARCH_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
         for stage in lane:
             with self._printing:
                 if self._failure:

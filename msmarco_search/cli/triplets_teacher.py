@@ -118,14 +118,9 @@ def open_teacher(args: argparse.Namespace, held_out: list[str]) -> TeacherStage 
                             "leave --teacher out", args.output or "--format parquet")
     queries = _queries(args.teacher_queries, held_out, args.exclude_queries)  # before the model: seconds, not minutes
     from msmarco_search.core.device import pick_device
-    from msmarco_search.teacher.cache import TeacherCache
-    from msmarco_search.teacher.model import load_teacher
+    from msmarco_search.teacher.cache import open_teacher_cache
 
-    teacher = load_teacher(args.teacher, device=str(pick_device(args.device)), batch_size=args.teacher_batch_size)
-    cache = TeacherCache(teacher, args.data_dir)
-    cache.check()
-    info(f"Teacher: {teacher.name} ({teacher.dim}-d, files {teacher.identity}); its vectors are cached in "
-         f"{cache.path}")
+    cache = open_teacher_cache(args.teacher, args.data_dir, str(pick_device(args.device)), args.teacher_batch_size)
     return TeacherStage(args, cache, queries)
 
 

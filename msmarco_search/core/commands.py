@@ -43,9 +43,10 @@ def _shown() -> str:
 
 def command(name: str) -> str:
     """Command ``name`` (``cbow``, ``search``, ...) as the user types it in the form this program was started in."""
-    if _shown() == SCRIPT:
+    shown = _shown()
+    if shown == SCRIPT:
         return SCRIPTS[name]
-    if _shown() == MODULE:
+    if shown == MODULE:
         return f"{MODULE_COMMAND} {name}"
     return f"msmarco-{name}"
 

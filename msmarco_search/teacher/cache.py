@@ -14,7 +14,7 @@ import numpy as np
 from msmarco_search.core.errors import PipelineError, first_line
 from msmarco_search.core.report import info
 from msmarco_search.io.atomic import atomic_write
-from msmarco_search.teacher.model import Teacher
+from msmarco_search.teacher.model import Teacher, load_teacher
 
 CACHE_KIND = "teacher-vectors"
 CACHE_FORMAT_VERSION = 1
@@ -34,7 +34,6 @@ class TeacherCache:
         self.teacher = teacher
         self.path = Path(data_dir) / f"teacher_vectors_{teacher.identity}.npz"
         self.encoded = 0  # distinct texts this cache object had the teacher encode, over all calls
-        self.reused = 0  # distinct texts of a call found in the file, summed over calls
 
     def check(self) -> None:
         """Read the file's header and arrays now (a cache of another teacher, of another dimension or damaged is a
@@ -73,7 +72,6 @@ class TeacherCache:
         row_of = {key.tobytes(): row for row, key in enumerate(keys)}
         wanted = [text_digest(text) for text in texts]
         missing = list({key: text for key, text in zip(wanted, texts, strict=True) if key not in row_of}.items())
-        self.reused += len(set(wanted)) - len(missing)
         if missing:
             info(f"The teacher encodes {len(missing):,} texts ({len(texts) - sum(k not in row_of for k in wanted):,} "
                  f"of {len(texts):,} from its cache {self.path.name})")
@@ -94,3 +92,13 @@ class TeacherCache:
                 np.savez(handle, header=np.array(header), keys=keys, vectors=vectors)
 
         atomic_write(self.path, write)
+
+
+def open_teacher_cache(spec: str | Path, data_dir: str | Path, device: str, batch_size: int) -> TeacherCache:
+    """The teacher ``spec`` (a folder or hub name), loaded safely, with its cache under ``data_dir`` read and
+    checked now: a refused model or a cache of another teacher costs seconds, before any other work."""
+    cache = TeacherCache(load_teacher(spec, device=device, batch_size=batch_size), data_dir)
+    cache.check()
+    teacher = cache.teacher
+    info(f"Teacher: {teacher.name} ({teacher.dim}-d, files {teacher.identity}); its vectors are cached in {cache.path}")
+    return cache
