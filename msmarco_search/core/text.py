@@ -80,23 +80,34 @@ def _word_as_written() -> re.Pattern[str]:
     return re.compile(rf"(?:[^\W_]|[{_marks()}])+")
 
 
+# What UTF-8 read as Latin-1 or Windows-1252 always shows: each multi-byte character leaves a continuation byte
+# (0x80-0xBF), which those code pages read as U+0080-U+00BF or as one of these symbols. None of them is a letter
+# or digit that survives ``normalize``, so no token holds one: text made of tokens is never handed to ftfy, which
+# "repairs" some of them (``œø`` -> ``Ͽ``) and would make tokenising the tokens again change them.
+_MOJIBAKE_SIGN = re.compile("[\x80-\xbf€‚„…†‡ˆ‰‹‘’“”•–—˜™›]")
+
+
 def repair(text: str) -> str:
     """``text`` with mojibake undone; ASCII and correctly encoded text come back unchanged.
 
     MS MARCO v1's defect is one exact round trip (UTF-8 bytes read as Latin-1), so undoing it first is a
     2 µs C-level step. On the DL 2019 pool it repairs 6,525 of the 6,593 non-ASCII passages, agrees with
     ftfy on 6,522 and fully decodes the other 3 (Arabic, Cyrillic) where ftfy leaves half of them broken;
-    ftfy's ``fix_encoding`` (about 230 µs a text) takes what the round trip cannot decode, such as correct
-    Latin-1 (``café`` is not valid UTF-8 once encoded) or text in other scripts.
+    ftfy's ``fix_encoding`` (about 230 µs a text) takes what the round trip cannot decode and that shows a sign
+    of mojibake (``_MOJIBAKE_SIGN``), such as Windows-1252 mojibake (``donâ€™t``); text without one, such as
+    correct Latin-1 (``café`` is not valid UTF-8 once encoded) or text in other scripts, comes back unchanged.
     """
     if text.isascii():
         return text
     try:
         return text.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        import ftfy  # here: a few texts need it, and every command's --help imports this module
+        pass
+    if not _MOJIBAKE_SIGN.search(text):
+        return text
+    import ftfy  # here: a few texts need it, and every command's --help imports this module
 
-        return ftfy.fix_encoding(text)
+    return ftfy.fix_encoding(text)
 
 
 def normalize(text: str) -> str:
