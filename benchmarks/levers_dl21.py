@@ -579,11 +579,26 @@ def held_out_queries(split: Split) -> list[str]:
             for _, text in read_tsv(path)]
 
 
+def own_passage_ranks(triplets: Triplets, pool: PassagePool, cache: TeacherCache) -> np.ndarray:
+    """The teacher's rank (0: first) of each triplet's own positive passage among ``pool``'s, for its query."""
+    passages = torch.from_numpy(cache.vectors(list(pool.texts()), desc="Teacher: passages"))
+    queries = torch.from_numpy(cache.vectors(list(triplets.queries), desc="Teacher: queries"))
+    # an inverse-cloze positive's id is "<source>:<passage id>"
+    own = torch.tensor([pool.position[pid.split(":", 1)[-1]] for pid in triplets.positive_ids])
+    ranks = []
+    for start in range(0, len(own), 2048):
+        scores = queries[start:start + 2048] @ passages.T
+        ranks.append((scores > scores.gather(1, own[start:start + 2048, None])).sum(1))
+    return torch.cat(ranks).numpy()
+
+
 def teacher_triplets(name: str, train_queries: bool = False, ict_negatives: tuple[int, int] | None = None,
-                     margin: float = 0.1, min_score: float = 0.5) -> Callable[[Split], Path]:
+                     margin: float = 0.1, min_score: float = 0.5,
+                     pseudo_within: int | None = None) -> Callable[[Split], Path]:
     """The recipe's triplets, their inverse-cloze negatives re-drawn from the teacher's ranks ``ict_negatives``
     (within ``margin`` of its first hit refused), plus, with ``train_queries``, the 50K real train queries
-    labelled by the teacher (its first passage when it scores ``min_score``)."""
+    labelled by the teacher (its first passage when it scores ``min_score``); with ``pseudo_within``, only the
+    pseudo-queries whose own passage the teacher ranks in its first ``pseudo_within`` over both pools."""
     def make(split: Split) -> Path:
         path = split.out / f"triplets-{name}.pkl"
         if path.exists():
@@ -591,6 +606,13 @@ def teacher_triplets(name: str, train_queries: bool = False, ict_negatives: tupl
         triplets = load_triplets(split.triplets)
         pool = pool_of_both()
         teacher = TeacherRetriever(teacher_cache(split))
+        if pseudo_within is not None:
+            pseudo = [i for i, qid in enumerate(triplets.query_ids) if qid.startswith("ict:")]
+            ranks = own_passage_ranks(triplets.subset(pseudo), pool, teacher_cache(split))
+            kept = set(np.asarray(pseudo)[ranks < pseudo_within].tolist())
+            print(f"  {name}: {len(kept):,} of {len(pseudo):,} pseudo-queries kept", flush=True)
+            triplets = triplets.subset([i for i in range(len(triplets.query_ids))
+                                        if i in kept or not triplets.query_ids[i].startswith("ict:")])
         if ict_negatives is not None:
             pseudo = [i for i, qid in enumerate(triplets.query_ids) if qid.startswith("ict:")]
             judged = [i for i, qid in enumerate(triplets.query_ids) if not qid.startswith("ict:")]
@@ -676,6 +698,23 @@ LEVERS: dict[str, Lever | None] = {
                                                                           train_queries=True,
                                                                           ict_negatives=(10, 50)),
                                                 teacher=True, loss=distilled()),
+    "teacher-kl-train-queries-t40-pseudo-top10": Lever("the teacher recipe, only the pseudo-queries whose own "
+                                                       "passage the teacher ranks in its first 10",
+                                                       triplets=teacher_triplets("train-queries-pseudo-top10",
+                                                                                 train_queries=True,
+                                                                                 pseudo_within=10),
+                                                       teacher=True, loss=distilled(40)),
+    "teacher-kl-train-queries-t40-batch-2048": Lever("the teacher recipe, batches of 2,048",
+                                                     triplets=teacher_triplets("train-queries", train_queries=True),
+                                                     teacher=True, loss=distilled(40),
+                                                     settings={"batch_size": 2048}),
+    "teacher-kl-train-queries-t40-w2": Lever("the teacher recipe, the KL at weight 2",
+                                             triplets=teacher_triplets("train-queries", train_queries=True),
+                                             teacher=True, loss=distilled(40, 2)),
+    "teacher-kl-train-queries-t40-student-30": Lever("the teacher recipe, the student's scale 30 (not 20)",
+                                                     triplets=teacher_triplets("train-queries", train_queries=True),
+                                                     teacher=True,
+                                                     loss=lambda scale: InBatchDistillationLoss(30.0, 40.0, 1.0)),
     "teacher-negatives": Lever("inverse-cloze negatives from the teacher's ranks 10-50 (margin 0.1)",
                                triplets=teacher_triplets("negatives", ict_negatives=(10, 50))),
     "teacher-kl-negatives": Lever("in-batch KL, inverse-cloze negatives from the teacher's ranks 10-50",
