@@ -249,16 +249,26 @@ class DistillationTrainer(Trainer):
     teacher_scale = 20.0
 
     def forward_loss(self, batch: tuple) -> tuple[torch.Tensor, list]:
-        queries, positives, negatives, d_queries, d_passages, where, teacher = batch
+        # the triplets' own batch (with the teacher's in-batch vectors when the loss distils them), then the
+        # distillation queries, their top passages, where each query's are, and the teacher's scores of them
+        triplets, (d_queries, d_passages, where, teacher) = batch[:-4], batch[-4:]
         if len(d_queries) == 0:
-            return super().forward_loss(batch)
+            return super().forward_loss(triplets)
+        queries, positives, negatives = triplets[:3]
         q, passages, _, gathered = self.model.forward_rows(TokenBatch.concatenate([queries, d_queries]),
                                                            TokenBatch.concatenate([positives, negatives, d_passages]))
         p, n, d = passages.split([len(positives), len(negatives), len(d_passages)])
         student = self.loss_fn.scale * (q[len(queries):].unsqueeze(1) * d[where]).sum(-1)
         target = torch.softmax(self.teacher_scale * teacher, dim=1)
         distilled = F.kl_div(F.log_softmax(student, dim=1), target, reduction="batchmean")
-        return self.loss_fn(q[:len(queries)], p, n) + self.weight * distilled, gathered
+        extra = {"teacher": triplets[3]} if len(triplets) > 3 else {}
+        return self.loss_fn(q[:len(queries)], p, n, **extra) + self.weight * distilled, gathered
+
+
+class TeacherListwiseTrainer(DistillationTrainer):
+    """The listwise KL over the teacher's own top passages, at the teacher's scale of the in-batch KL."""
+
+    teacher_scale = 40.0
 
 
 # ------------------------------------------------------------------------------------------ one lever
@@ -565,6 +575,27 @@ def distillation(on: str) -> Callable[[TripletArrays, int, Split, Vocabulary], D
     return make
 
 
+def teacher_listwise(depth: int = 16) -> Callable[[TripletArrays, int, Split, Vocabulary], DistillationData]:
+    """The 48,780 distinct real train queries with the teacher's top ``depth`` passages over both pools and its
+    cosines of them, riding along with the triplets."""
+    def make(arrays: TripletArrays, seed: int, split: Split, vocab: Vocabulary) -> DistillationData:
+        cached = split.out / f"teacher-top{depth}-train-queries.npz"
+        pool = pool_of_both()
+        if not cached.exists():
+            texts = list(dict.fromkeys(text for path in sorted((DATA / "msmarco-queries").glob("queries.train.*.tsv"))
+                                       for _, text in read_tsv(path)))
+            teacher = TeacherRetriever(teacher_cache(split))
+            teacher.prepare(pool)
+            hits = [h for start in range(0, len(texts), 2048) for h in teacher.search(texts[start:start + 2048], depth)]
+            np.savez(cached, queries=np.array(texts), rows=np.array([[row for row, _ in h] for h in hits]),
+                     scores=np.array([[score for _, score in h] for h in hits], dtype=np.float32))
+        saved = np.load(cached)
+        labels = TeacherLabels([str(q) for q in saved["queries"]], saved["rows"], saved["scores"])
+        return DistillationData(arrays, labels, vocab, list(pool.texts()), seed)
+
+    return make
+
+
 def teacher_cache(split: Split) -> TeacherCache:
     return TeacherCache(load_teacher(TEACHER), split.work / "data")
 
@@ -715,6 +746,11 @@ LEVERS: dict[str, Lever | None] = {
                                                      triplets=teacher_triplets("train-queries", train_queries=True),
                                                      teacher=True,
                                                      loss=lambda scale: InBatchDistillationLoss(30.0, 40.0, 1.0)),
+    "teacher-kl-train-queries-t40-listwise": Lever("the teacher recipe, + a listwise KL over the teacher's top 16 "
+                                                   "passages of each train query",
+                                                   triplets=teacher_triplets("train-queries", train_queries=True),
+                                                   teacher=True, loss=distilled(40), data=teacher_listwise(),
+                                                   trainer=TeacherListwiseTrainer),
     "teacher-negatives": Lever("inverse-cloze negatives from the teacher's ranks 10-50 (margin 0.1)",
                                triplets=teacher_triplets("negatives", ict_negatives=(10, 50))),
     "teacher-kl-negatives": Lever("in-batch KL, inverse-cloze negatives from the teacher's ranks 10-50",
