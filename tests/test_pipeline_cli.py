@@ -371,3 +371,15 @@ def test_the_levers_benchmark_lists_its_levers_and_refuses_a_work_folder_without
         status, _, err = cli(capsys, "benchmarks/levers_dl21.py", *argv)
         assert status == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written where the step has not run
+
+
+def test_the_hybrid_weight_sweep_refuses_what_it_cannot_train_in_one_line(tmp_path, capsys):
+    from conftest import cli
+
+    for argv, message in ((["--work", tmp_path, "teacher"], "not a trained lever: teacher"),
+                          (["--work", tmp_path / "missing", "control"],
+                           "missing: run the quality script's levers step"),
+                          (["--work", tmp_path, "--weights", "0.5,2", "control"], "dense shares from 0 to 1")):
+        status, _, err = cli(capsys, "benchmarks/hybrid_weight_dl21.py", *argv)
+        assert status == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
