@@ -639,7 +639,7 @@ def teacher_triplets(name: str, train_queries: bool = False, ict_negatives: tupl
         teacher = TeacherRetriever(teacher_cache(split))
         if pseudo_within is not None:
             pseudo = [i for i, qid in enumerate(triplets.query_ids) if qid.startswith("ict:")]
-            ranks = own_passage_ranks(triplets.subset(pseudo), pool, teacher_cache(split))
+            ranks = own_passage_ranks(triplets.subset(pseudo), pool, teacher.cache)
             kept = set(np.asarray(pseudo)[ranks < pseudo_within].tolist())
             print(f"  {name}: {len(kept):,} of {len(pseudo):,} pseudo-queries kept", flush=True)
             triplets = triplets.subset([i for i in range(len(triplets.query_ids))
