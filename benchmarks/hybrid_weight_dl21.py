@@ -24,10 +24,9 @@ from scipy.stats import ttest_rel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import levers_dl21 as levers  # noqa: E402 - the lever definitions and the split live there
 
-from msmarco_search.evaluation.metrics import score_run_per_query  # noqa: E402
 from msmarco_search.search.dense import ModelRetriever  # noqa: E402
 from msmarco_search.search.hybrid import HybridRetriever  # noqa: E402
-from msmarco_search.search.retrieval import BM25Retriever, PassagePool  # noqa: E402
+from msmarco_search.search.retrieval import BM25Retriever  # noqa: E402
 from msmarco_search.training.model_file import save_two_tower  # noqa: E402
 
 
@@ -40,22 +39,14 @@ def weights(text: str) -> list[float]:
 
 def sweep(split: levers.Split, name: str, shares: list[float]) -> np.ndarray:
     """nDCG@10 of each (seed, weight, held-out query)."""
-    passages = levers.read_tsv(levers.DATA / "msmarco-v2-trec-dl-2021" / "collection.tsv")
-    pool = PassagePool([pid for pid, _ in passages], [text for _, text in passages])
-    queries = levers.read_tsv(split.dev("queries.dl21.tsv"))
-    qrels = levers.read_qrels(split.dev("qrels.dl21-passage.in-collection.txt"))
-    table = np.zeros((len(levers.SEEDS), len(shares), len(queries)))
+    held_out = levers.HeldOut.read(split)
+    table = np.zeros((len(levers.SEEDS), len(shares), len(held_out.queries)))
     for s, seed in enumerate(levers.SEEDS):
         model, _ = levers.train_seed(split, levers.LEVERS[name], seed)
         save_two_tower(split.out / f"{name}-s{seed}.pt", model, {})
         for w, share in enumerate(shares):
             hybrid = HybridRetriever(ModelRetriever(model), BM25Retriever(), "linear", weight=share, depth=1000)
-            hybrid.prepare(pool)
-            hits = hybrid.search([text for _, text in queries], 1000)
-            run = {qid: {pool.pid(row): score for row, score in found}
-                   for (qid, _), found in zip(queries, hits, strict=True)}
-            scores = score_run_per_query(qrels, run, metrics=("nDCG@10",))["nDCG@10"]
-            table[s, w] = [scores.get(qid, 0.0) for qid, _ in queries]
+            table[s, w] = held_out.scores(hybrid, ("nDCG@10",))[0]
     return table
 
 

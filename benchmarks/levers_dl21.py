@@ -50,7 +50,7 @@ from msmarco_search.labels.mining import mine_negatives, teacher_label_triplets
 from msmarco_search.labels.teacher_labels import label_triplets
 from msmarco_search.search.dense import DenseRetriever, ModelRetriever, TeacherRetriever, TwoTowerRetriever
 from msmarco_search.search.hybrid import FeedbackRetriever, HybridRetriever
-from msmarco_search.search.retrieval import BM25Retriever, PassagePool
+from msmarco_search.search.retrieval import BM25Retriever, PassagePool, Retriever
 from msmarco_search.teacher.cache import TeacherCache
 from msmarco_search.teacher.model import load_teacher
 from msmarco_search.training.losses import InBatchDistillationLoss, InBatchSoftmaxLoss
@@ -101,22 +101,35 @@ def pools() -> list[Path]:
     return [DATA / "msmarco-trec-dl-2019" / "collection.tsv", DATA / "msmarco-v2-trec-dl-2021" / "collection.tsv"]
 
 
+@dataclass
+class HeldOut:
+    """The DL 2021 pool and the split's held-out queries with their judgments, texts rewritten as a lever's."""
+
+    pool: PassagePool
+    queries: list[tuple[str, str]]
+    qrels: dict
+
+    @classmethod
+    def read(cls, split: Split, rewrite: Callable[[str], str] = str) -> HeldOut:
+        passages = read_tsv(DATA / "msmarco-v2-trec-dl-2021" / "collection.tsv")
+        return cls(PassagePool([pid for pid, _ in passages], [rewrite(text) for _, text in passages]),
+                   [(qid, rewrite(text)) for qid, text in read_tsv(split.dev("queries.dl21.tsv"))],
+                   read_qrels(split.dev("qrels.dl21-passage.in-collection.txt")))
+
+    def scores(self, system: Retriever, measures: tuple[str, ...] = MEASURES) -> np.ndarray:
+        """``(measure, query)`` scores of ``system``'s top 1,000 over the pool."""
+        system.prepare(self.pool)
+        hits = system.search([text for _, text in self.queries], 1000)
+        run = {qid: {self.pool.pid(row): score for row, score in found}
+               for (qid, _), found in zip(self.queries, hits, strict=True)}
+        found = score_run_per_query(self.qrels, run, metrics=measures)
+        return np.array([[found[measure].get(qid, 0.0) for qid, _ in self.queries] for measure in measures])
+
+
 def per_query(split: Split, dense: DenseRetriever, rewrite: Callable[[str], str] = str) -> np.ndarray:
     """``(system, measure, query)`` scores of ``dense`` and its feedback row on the held-out DL 2021 queries."""
-    passages = read_tsv(DATA / "msmarco-v2-trec-dl-2021" / "collection.tsv")
-    pool = PassagePool([pid for pid, _ in passages], [rewrite(text) for _, text in passages])
-    queries = read_tsv(split.dev("queries.dl21.tsv"))
-    qrels = read_qrels(split.dev("qrels.dl21-passage.in-collection.txt"))
-    texts = [rewrite(text) for _, text in queries]
-    scores = np.zeros((len(SYSTEMS), len(MEASURES), len(queries)))
-    for s, system in enumerate((dense, FeedbackRetriever(dense, depth=3, weight=2.0))):
-        system.prepare(pool)
-        run = {qid: {pool.pid(row): score for row, score in hits}
-               for (qid, _), hits in zip(queries, system.search(texts, 1000), strict=True)}
-        found = score_run_per_query(qrels, run, metrics=MEASURES)
-        for m, measure in enumerate(MEASURES):
-            scores[s, m] = [found[measure].get(qid, 0.0) for qid, _ in queries]
-    return scores
+    held_out = HeldOut.read(split, rewrite)
+    return np.stack([held_out.scores(system) for system in (dense, FeedbackRetriever(dense, depth=3, weight=2.0))])
 
 
 def report(split: Split, name: str) -> None:
